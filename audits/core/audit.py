@@ -1,0 +1,69 @@
+"""The audit contract: a frozen, validated configuration plus one ``compute(context)``."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict
+
+from audits.core.context import AuditContext, Task
+from audits.core.result import AuditResult
+from audits.core.thresholds import Threshold
+
+
+class AuditConfig(BaseModel):
+    """Base for every audit's configuration: frozen, unknown keys rejected, defaults that work."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+@dataclass(frozen=True)
+class Requirements:
+    """What an audit needs, so the runner can answer SKIPPED with a reason before computing."""
+
+    labels: Literal["none", "current", "reference", "any"] = "none"
+    probabilities: bool = False
+    estimator: bool = False  # a native scikit-learn estimator (Pipeline included)
+    tasks: tuple[Task, ...] = ("classification", "regression")
+
+    def unmet(self, context: AuditContext) -> str | None:
+        if context.task not in self.tasks:
+            return f"applies to {' or '.join(self.tasks)} models; this one is a {context.task} model"
+        if self.estimator and context.model.estimator is None:
+            return f"needs a native scikit-learn model; {context.model.label} loads only as {context.model.flavor}"
+        if self.probabilities and context.model.predict_proba is None:
+            return "needs predicted probabilities; the model has no predict_proba"
+        labelled = {"current": context.current.labelled, "reference": context.reference.labelled}
+        if self.labels in labelled and not labelled[self.labels]:
+            return f"needs labels on the {self.labels} data; target column {context.target!r} is absent there"
+        if self.labels == "any" and not any(labelled.values()):
+            return f"needs labels; target column {context.target!r} is absent from both datasets"
+        return None
+
+
+class Audit(ABC):
+    """Subclasses set ``name``, ``Config`` and implement ``compute``.
+
+    The constructor only stores configuration (scikit-learn's rule); anything fitted lives inside
+    ``compute`` and leaves with the result. Random steps draw from ``context.rng(...)``.
+    """
+
+    name: ClassVar[str]
+    Config: ClassVar[type[AuditConfig]] = AuditConfig
+    requires: ClassVar[Requirements] = Requirements()
+    default_thresholds: ClassVar[tuple[Threshold, ...]] = ()
+    description: ClassVar[str] = ""
+
+    def __init__(self, config: AuditConfig | None = None) -> None:
+        self.config = config if config is not None else self.Config()
+        if not isinstance(self.config, self.Config):
+            raise TypeError(f"{type(self).__name__} takes a {self.Config.__name__}, not {type(self.config).__name__}")
+
+    def skip_reason(self, context: AuditContext) -> str | None:
+        return self.requires.unmet(context)
+
+    @abstractmethod
+    def compute(self, context: AuditContext) -> AuditResult:
+        """Return metrics with keys local to this audit (the runner namespaces them)."""

@@ -1,0 +1,153 @@
+"""What every audit reads: the model, the reference and current data, predictions computed once."""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+
+Task = Literal["classification", "regression"]
+
+
+@dataclass(frozen=True)
+class ModelUnderAudit:
+    """A model as the audits see it, whatever its flavour.
+
+    ``estimator`` is the native scikit-learn object when there is one (a Pipeline included), so
+    audits can reach ``predict_proba``, tree internals and ``sklearn.base.clone``; it is None for
+    models that only have a pyfunc ``predict``.
+    """
+
+    task: Task
+    predict: Callable[[pd.DataFrame], np.ndarray]
+    predict_proba: Callable[[pd.DataFrame], np.ndarray] | None = None
+    classes: tuple[Any, ...] | None = None
+    estimator: Any | None = None
+    flavor: str = "sklearn"
+    uri: str = ""
+    name: str | None = None
+    version: str | None = None
+
+    @classmethod
+    def from_estimator(cls, estimator: Any, **identity: Any) -> ModelUnderAudit:
+        from sklearn.base import is_classifier
+
+        if is_classifier(estimator):
+            has_proba = hasattr(estimator, "predict_proba")
+            return cls(
+                task="classification",
+                predict=estimator.predict,
+                predict_proba=estimator.predict_proba if has_proba else None,
+                classes=tuple(estimator.classes_.tolist()),
+                estimator=estimator,
+                **identity,
+            )
+        return cls(task="regression", predict=estimator.predict, estimator=estimator, **identity)
+
+    @property
+    def label(self) -> str:
+        if self.name and self.version:
+            return f"{self.name} v{self.version}"
+        return self.uri or type(self.estimator).__name__
+
+
+@dataclass(frozen=True)
+class Predictions:
+    labels: np.ndarray
+    proba: np.ndarray | None = None  # (n_rows, n_classes), columns ordered as model.classes
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """One side of the comparison: features, optional target, the model's predictions on them."""
+
+    name: Literal["reference", "current"]
+    X: pd.DataFrame
+    y: pd.Series | None
+    predictions: Predictions
+    source: str = ""
+
+    @property
+    def labelled(self) -> bool:
+        return self.y is not None
+
+    def __len__(self) -> int:
+        return len(self.X)
+
+
+@dataclass(frozen=True)
+class AuditContext:
+    model: ModelUnderAudit
+    reference: Dataset
+    current: Dataset
+    features: tuple[str, ...]
+    categorical: tuple[str, ...] = ()
+    target: str | None = None
+    seed: int = 0
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def task(self) -> Task:
+        return self.model.task
+
+    @property
+    def numeric(self) -> tuple[str, ...]:
+        return tuple(f for f in self.features if f not in self.categorical)
+
+    def rng(self, purpose: str) -> np.random.Generator:
+        """A generator seeded from the configured seed and a stable name for the random step."""
+        return np.random.default_rng([self.seed, zlib.crc32(purpose.encode())])
+
+    def random_state(self, purpose: str) -> int:
+        """An integer seed for libraries that take ``random_state``."""
+        return int(self.rng(purpose).integers(0, 2**31 - 1))
+
+    def dataset(self, name: str) -> Dataset:
+        return {"reference": self.reference, "current": self.current}[name]
+
+
+def predict(model: ModelUnderAudit, X: pd.DataFrame) -> Predictions:
+    proba = None
+    if model.predict_proba is not None:
+        proba = np.asarray(model.predict_proba(X), dtype=float)
+        labels = np.asarray(model.classes, dtype=object)[proba.argmax(axis=1)]
+        # Keep the dtype of the classes (ints stay ints) so labels compare equal to targets.
+        labels = np.asarray(labels.tolist())
+    else:
+        labels = np.asarray(model.predict(X))
+    return Predictions(labels=labels, proba=proba)
+
+
+def infer_categorical(X: pd.DataFrame) -> tuple[str, ...]:
+    """Columns that are not numeric (strings, categories, booleans stored as objects)."""
+    return tuple(c for c in X.columns if not pd.api.types.is_numeric_dtype(X[c]) or X[c].dtype == bool)
+
+
+def build_context(
+    model: ModelUnderAudit,
+    reference: tuple[pd.DataFrame, pd.Series | None],
+    current: tuple[pd.DataFrame, pd.Series | None],
+    *,
+    categorical: tuple[str, ...] | None = None,
+    target: str | None = None,
+    seed: int = 0,
+    sources: tuple[str, str] = ("", ""),
+) -> AuditContext:
+    """Compute predictions once for both datasets; every audit shares them."""
+    (X_ref, y_ref), (X_cur, y_cur) = reference, current
+    features = tuple(X_ref.columns)
+    if categorical is None:
+        categorical = infer_categorical(X_ref)
+    return AuditContext(
+        model=model,
+        reference=Dataset("reference", X_ref, y_ref, predict(model, X_ref), sources[0]),
+        current=Dataset("current", X_cur, y_cur, predict(model, X_cur), sources[1]),
+        features=features,
+        categorical=tuple(categorical),
+        target=target,
+        seed=seed,
+    )

@@ -1,0 +1,115 @@
+"""An audit plan: which audits run, with which configuration and thresholds.
+
+    audits:
+      - audit: shap                 # a registered audit
+        id: shap                    # optional; names the metrics and the artifact folder
+        config: {rows: 200}         # validated against the audit's own Config
+        thresholds: [...]           # optional; omitted = the audit's defaults, [] = none
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from audits.core.audit import Audit
+from audits.core.registry import UnknownAuditError, get_audit_class
+from audits.core.thresholds import Threshold
+
+_ID = re.compile(r"^[a-z][a-z0-9_]*$")
+
+
+class AuditSpec(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    audit: str
+    id: str | None = None
+    config: dict[str, Any] = Field(default_factory=dict)
+    thresholds: list[Threshold] | None = None
+
+    @field_validator("id")
+    @classmethod
+    def _id_shape(cls, value: str | None) -> str | None:
+        if value is not None and not _ID.match(value):
+            raise ValueError("an audit id is lower-case letters, digits and '_', starting with a letter")
+        return value
+
+    @property
+    def audit_id(self) -> str:
+        return self.id or self.audit
+
+
+class PlanError(ValueError):
+    """Every problem found in a plan, each with its location, e.g. ('audits', 1, 'config', 'rows')."""
+
+    def __init__(self, problems: list[tuple[tuple[Any, ...], str]]) -> None:
+        self.problems = problems
+        super().__init__("; ".join(f"{format_location(loc)}: {msg}" for loc, msg in problems))
+
+
+def format_location(loc: tuple[Any, ...]) -> str:
+    text = ""
+    for part in loc:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text or "(top level)"
+
+
+def pydantic_problems(error: ValidationError, prefix: tuple[Any, ...] = ()) -> list[tuple[tuple[Any, ...], str]]:
+    problems = []
+    for item in error.errors():
+        loc = prefix + tuple(item["loc"])
+        if item["type"] == "extra_forbidden":
+            message = "unknown key; remove it or check its spelling"
+        elif item["type"] == "missing":
+            message = "required key is missing"
+        else:
+            message = item["msg"].removeprefix("Value error, ")
+        problems.append((loc, message))
+    return problems
+
+
+@dataclass(frozen=True)
+class PlannedAudit:
+    id: str
+    audit: Audit
+    thresholds: tuple[Threshold, ...]
+
+
+class AuditPlan(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    audits: list[AuditSpec] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _unique_ids(self) -> AuditPlan:
+        seen: set[str] = set()
+        for spec in self.audits:
+            if spec.audit_id in seen:
+                raise ValueError(f"two audits share the id {spec.audit_id!r}; give one of them an 'id'")
+            seen.add(spec.audit_id)
+        return self
+
+    def build(self, location: tuple[Any, ...] = ("audits",)) -> list[PlannedAudit]:
+        """Resolve each audit and validate its configuration; raise one PlanError listing every problem."""
+        planned: list[PlannedAudit] = []
+        problems: list[tuple[tuple[Any, ...], str]] = []
+        for index, spec in enumerate(self.audits):
+            here = (*location, index)
+            try:
+                cls = get_audit_class(spec.audit)
+            except UnknownAuditError as exc:
+                problems.append(((*here, "audit"), str(exc)))
+                continue
+            try:
+                config = cls.Config.model_validate(spec.config)
+            except ValidationError as exc:
+                problems.extend(pydantic_problems(exc, (*here, "config")))
+                continue
+            thresholds = cls.default_thresholds if spec.thresholds is None else tuple(spec.thresholds)
+            planned.append(PlannedAudit(spec.audit_id, cls(config), tuple(thresholds)))
+        if problems:
+            raise PlanError(problems)
+        return planned

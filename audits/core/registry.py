@@ -1,0 +1,57 @@
+"""Which audits exist: built-ins listed here explicitly, third-party ones through an entry-point group.
+
+Built-ins are import strings, resolved on first use, so that validating a plan does not import
+SHAP or scikit-learn internals it does not need.
+"""
+
+from __future__ import annotations
+
+import importlib
+from importlib.metadata import entry_points
+
+from audits.core.audit import Audit
+
+ENTRY_POINT_GROUP = "auditlens.audits"
+
+BUILTIN_AUDITS: dict[str, str] = {
+    "data_quality": "audits.data_quality:DataQualityAudit",
+    "performance": "audits.performance:PerformanceAudit",
+    "shap": "audits.explain.shap_values:ShapAudit",
+}
+
+
+class UnknownAuditError(LookupError):
+    def __init__(self, name: str, known: list[str]) -> None:
+        super().__init__(
+            f"unknown audit {name!r}; known audits: {', '.join(known)}. Third-party audits register "
+            f"in the {ENTRY_POINT_GROUP!r} entry-point group of their package"
+        )
+        self.name = name
+        self.known = known
+
+
+def available_audits() -> dict[str, str]:
+    """Audit name -> where it comes from ('module:Class'). Built-ins win over plugins of the same name."""
+    found = {ep.name: ep.value for ep in entry_points(group=ENTRY_POINT_GROUP)}
+    found.update(BUILTIN_AUDITS)
+    return dict(sorted(found.items()))
+
+
+def _load(target: str) -> object:
+    module_name, _, attr = target.partition(":")
+    return getattr(importlib.import_module(module_name), attr)
+
+
+def get_audit_class(name: str) -> type[Audit]:
+    if name in BUILTIN_AUDITS:
+        cls = _load(BUILTIN_AUDITS[name])
+    else:
+        matches = [ep for ep in entry_points(group=ENTRY_POINT_GROUP) if ep.name == name]
+        if not matches:
+            raise UnknownAuditError(name, list(available_audits()))
+        cls = matches[0].load()
+    if not (isinstance(cls, type) and issubclass(cls, Audit)):
+        raise TypeError(f"audit {name!r} resolves to {cls!r}, which is not a subclass of audits.core.Audit")
+    if cls.name != name:
+        raise TypeError(f"audit registered as {name!r} declares name {cls.name!r}; they must match")
+    return cls

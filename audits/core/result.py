@@ -1,0 +1,172 @@
+"""What an audit returns: metrics under stable keys, typed artifacts, checks and a verdict."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import math
+import re
+from dataclasses import dataclass, field, replace
+from enum import Enum
+from typing import Any, Literal
+
+import pandas as pd
+
+
+class Verdict(str, Enum):
+    PASS = "PASS"
+    WARN = "WARN"
+    FAIL = "FAIL"
+    ERROR = "ERROR"
+    SKIPPED = "SKIPPED"
+
+    @property
+    def severity(self) -> int:
+        # FAIL outranks ERROR: a failed check is evidence against the model, an error is only the
+        # absence of evidence. SKIPPED never degrades a verdict.
+        return {"SKIPPED": 0, "PASS": 1, "WARN": 2, "ERROR": 3, "FAIL": 4}[self.value]
+
+
+def worst(verdicts: list[Verdict]) -> Verdict:
+    """The most severe verdict; SKIPPED when there is nothing else."""
+    return max(verdicts, key=lambda v: v.severity, default=Verdict.SKIPPED)
+
+
+# MLflow's rule for metric, param and tag keys (mlflow.utils.validation): word characters,
+# '.', '-', ' ', ':', '/'; at most 250 characters.
+_KEY_ALLOWED = re.compile(r"^[/\w.\- :]+$")
+_KEY_INVALID_CHARS = re.compile(r"[^/\w.\- :]")
+MAX_KEY_LENGTH = 250
+
+
+def is_valid_key(key: str) -> bool:
+    return (
+        bool(_KEY_ALLOWED.match(key))
+        and len(key) <= MAX_KEY_LENGTH
+        and not key.startswith("/")
+        and ".." not in key.split("/")
+    )
+
+
+def key_part(name: Any) -> str:
+    """A column or class name made safe for a metric key ('income ($)' -> 'income (_)')."""
+    text = _KEY_INVALID_CHARS.sub("_", str(name)).strip()
+    return text or "_"
+
+
+def metric_key(*parts: Any) -> str:
+    return ".".join(key_part(p) for p in parts)
+
+
+ArtifactKind = Literal["figure", "table", "html", "json"]
+_SUFFIX = {"figure": ".png", "table": ".json", "html": ".html", "json": ".json"}
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """One typed output of an audit. ``name`` is a file name inside the audit's folder."""
+
+    name: str
+    kind: ArtifactKind
+    content: Any  # figure: PNG bytes; table: DataFrame; html: str; json: JSON-ready dict/list
+    title: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.name.endswith(_SUFFIX[self.kind]):
+            raise ValueError(f"artifact {self.name!r} of kind {self.kind} must end with {_SUFFIX[self.kind]}")
+
+    @classmethod
+    def figure(cls, name: str, fig: Any, title: str = "", dpi: int = 110) -> Artifact:
+        """Render a matplotlib ``Figure`` (object API, no pyplot state) to PNG bytes."""
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+        canvas = FigureCanvasAgg(fig)
+        buffer = io.BytesIO()
+        canvas.print_png(buffer, metadata={"Software": None})  # no version string: byte-stable output
+        return cls(f"{name}.png", "figure", buffer.getvalue(), title)
+
+    @classmethod
+    def table(cls, name: str, frame: pd.DataFrame, title: str = "") -> Artifact:
+        return cls(f"{name}.json", "table", frame.reset_index(drop=True), title)
+
+    @classmethod
+    def html(cls, name: str, text: str, title: str = "") -> Artifact:
+        return cls(f"{name}.html", "html", text, title)
+
+    @classmethod
+    def json(cls, name: str, data: Any, title: str = "") -> Artifact:
+        return cls(f"{name}.json", "json", data, title)
+
+    def to_dict(self) -> dict[str, Any]:
+        if self.kind == "figure":
+            content: Any = base64.b64encode(self.content).decode("ascii")
+        elif self.kind == "table":
+            content = json.loads(self.content.to_json(orient="split", index=False))
+        else:
+            content = self.content
+        return {"name": self.name, "kind": self.kind, "title": self.title, "content": content}
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    """A threshold applied to a metric. ``passed`` is None when the check could not be evaluated."""
+
+    metric: str
+    rule: str
+    severity: Literal["fail", "warn"]
+    value: float | None
+    passed: bool | None
+    message: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "metric": self.metric,
+            "rule": self.rule,
+            "severity": self.severity,
+            "value": _finite_or_none(self.value),
+            "passed": self.passed,
+            "message": self.message,
+        }
+
+
+@dataclass(frozen=True)
+class AuditResult:
+    """The outcome of one audit. Metric keys are full MLflow keys once the runner has namespaced them."""
+
+    audit: str
+    verdict: Verdict = Verdict.PASS
+    reason: str = ""
+    metrics: dict[str, float] = field(default_factory=dict)
+    artifacts: tuple[Artifact, ...] = ()
+    checks: tuple[CheckResult, ...] = ()
+    info: dict[str, str] = field(default_factory=dict)
+    duration_s: float = 0.0
+
+    @classmethod
+    def skipped(cls, audit: str, reason: str) -> AuditResult:
+        return cls(audit=audit, verdict=Verdict.SKIPPED, reason=reason)
+
+    def with_(self, **changes: Any) -> AuditResult:
+        return replace(self, **changes)
+
+    def to_dict(self, with_content: bool = True) -> dict[str, Any]:
+        return {
+            "audit": self.audit,
+            "verdict": self.verdict.value,
+            "reason": self.reason,
+            "metrics": {k: _finite_or_none(v) for k, v in self.metrics.items()},
+            "checks": [c.to_dict() for c in self.checks],
+            "info": dict(self.info),
+            "duration_s": round(self.duration_s, 3),
+            "artifacts": [
+                a.to_dict() if with_content else {"name": a.name, "kind": a.kind, "title": a.title}
+                for a in self.artifacts
+            ],
+        }
+
+
+def _finite_or_none(value: float | None) -> float | None:
+    if value is None or not math.isfinite(value):
+        return None
+    return float(value)

@@ -1,0 +1,77 @@
+"""Thresholds are data: a metric, bounds, an optional baseline metric, a severity.
+
+Modelled on MLflow's ``MetricThreshold`` but written as configuration, so that a reviewer reads
+and changes them in YAML:
+
+    - metric: performance.current.roc_auc
+      min: 0.9                                   # absolute bound
+    - metric: performance.current.accuracy
+      compare_to: performance.reference.accuracy
+      min: -0.05                                 # may drop by at most 0.05 ...
+      relative: false                            # ... absolute points (true: a fraction of the baseline)
+      severity: warn
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, model_validator
+
+from audits.core.result import CheckResult
+
+
+class Threshold(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    metric: str
+    min: float | None = None
+    max: float | None = None
+    compare_to: str | None = None
+    relative: bool = False
+    severity: Literal["fail", "warn"] = "fail"
+
+    @model_validator(mode="after")
+    def _bounds(self) -> Threshold:
+        if self.min is None and self.max is None:
+            raise ValueError("a threshold needs 'min', 'max' or both")
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError(f"'min' ({self.min}) is greater than 'max' ({self.max})")
+        if self.relative and self.compare_to is None:
+            raise ValueError("'relative: true' needs 'compare_to' (the baseline metric)")
+        return self
+
+    @property
+    def rule(self) -> str:
+        quantity = self.metric
+        if self.compare_to:
+            quantity = f"({self.metric} - {self.compare_to})"
+            if self.relative:
+                quantity += f" / |{self.compare_to}|"
+        if self.min is not None and self.max is not None:
+            return f"{self.min:g} <= {quantity} <= {self.max:g}"
+        if self.min is not None:
+            return f"{quantity} >= {self.min:g}"
+        return f"{quantity} <= {self.max:g}"
+
+    def evaluate(self, metrics: dict[str, float]) -> CheckResult:
+        def unevaluated(message: str) -> CheckResult:
+            return CheckResult(self.metric, self.rule, self.severity, None, None, message)
+
+        missing = [k for k in (self.metric, self.compare_to) if k is not None and k not in metrics]
+        if missing:
+            return unevaluated(f"metric {missing[0]!r} was not produced; check the name in the thresholds")
+        value = float(metrics[self.metric])
+        if self.compare_to is not None:
+            baseline = float(metrics[self.compare_to])
+            value = value - baseline
+            if self.relative:
+                if baseline == 0:
+                    return unevaluated(f"baseline {self.compare_to!r} is 0: a relative change is undefined")
+                value = value / abs(baseline)
+        if not math.isfinite(value):
+            return unevaluated(f"value is {value}: the metric is undefined on this data")
+        passed = (self.min is None or value >= self.min) and (self.max is None or value <= self.max)
+        message = f"{value:.6g} {'satisfies' if passed else 'violates'} {self.rule}"
+        return CheckResult(self.metric, self.rule, self.severity, value, passed, message)

@@ -1,0 +1,280 @@
+"""Data quality with Great Expectations: a suite written in YAML, plus a baseline suite inferred
+from the reference data, both validated on the current data.
+
+Expectations stay plain ``{type, kwargs}`` data in our configuration; GX objects are built only
+inside ``compute`` (GX's models are pydantic v1 and do not belong inside our v2 configuration).
+GX runs here with an ephemeral context: nothing persists outside a temporary folder for Data Docs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from audits.core import Artifact, Audit, AuditConfig, AuditContext, AuditResult, Threshold
+
+SUITES = ("user", "baseline")
+NUMERIC_TYPES = [
+    "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64",
+    "float16", "float32", "float64", "Int8", "Int16", "Int32", "Int64", "Float32", "Float64",
+]  # fmt: skip
+
+
+def _gx() -> Any:
+    os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+    import great_expectations
+
+    return great_expectations
+
+
+class Expectation(BaseModel):
+    """One GX expectation as data, e.g. ``{type: expect_column_values_to_not_be_null, kwargs: {column: age}}``."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    type: str
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _known_to_gx(self) -> Expectation:
+        _gx()
+        from great_expectations.exceptions import ExpectationNotFoundError
+        from great_expectations.expectations.registry import get_expectation_impl
+
+        try:
+            impl = get_expectation_impl(self.type)
+        except ExpectationNotFoundError:
+            raise ValueError(
+                f"Great Expectations has no expectation {self.type!r}; see "
+                "https://greatexpectations.io/expectations for the names (snake_case)"
+            ) from None
+        try:
+            impl(**self.kwargs)
+        except Exception as exc:  # GX raises pydantic v1 ValidationErrors: keep their text, drop the type
+            raise ValueError(f"invalid kwargs for {self.type}: {' '.join(str(exc).split())}") from None
+        return self
+
+
+class BaselineSuite(BaseModel):
+    """How the reference data becomes expectations for the current data."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    enabled: bool = True
+    types: bool = True
+    null_rate_tolerance: float = Field(0.02, ge=0, le=1)  # current may exceed the reference null rate by this much
+    range_mostly: float = Field(0.99, gt=0, le=1)  # share of current values that must lie in the reference range
+    domain_mostly: float = Field(0.99, gt=0, le=1)  # share of categorical values that must be seen in reference
+    max_domain_size: int = Field(50, ge=1)  # larger categorical domains get no in-set expectation
+
+
+class DataQualityConfig(AuditConfig):
+    expectations: list[Expectation] = Field(default_factory=list)
+    baseline: BaselineSuite = BaselineSuite()
+    data_docs: bool = True
+
+    @field_validator("expectations", mode="before")
+    @classmethod
+    def _list(cls, value: Any) -> Any:
+        return [] if value is None else value
+
+
+def _python(value: Any) -> Any:
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def infer_baseline(reference: pd.DataFrame, categorical: tuple[str, ...], cfg: BaselineSuite) -> list[dict]:
+    """Expectations that the reference data satisfies by construction (columns, types, nulls, ranges, domains)."""
+    expectations: list[dict] = [
+        {"type": "expect_table_columns_to_match_set", "kwargs": {"column_set": list(reference.columns), "exact_match": True}}
+    ]
+    for column in reference.columns:
+        series = reference[column]
+        if cfg.types:
+            if column not in categorical and pd.api.types.is_numeric_dtype(series):
+                expectations.append(
+                    {"type": "expect_column_values_to_be_in_type_list", "kwargs": {"column": column, "type_list": NUMERIC_TYPES}}
+                )
+            elif pd.api.types.is_string_dtype(series):
+                # pandas 3 stores strings as 'str'; GX's in-type-list check never matches them
+                expectations.append({"type": "expect_column_values_to_be_of_type", "kwargs": {"column": column, "type_": "str"}})
+        null_rate = float(series.isna().mean())
+        mostly = round(1.0 - null_rate - cfg.null_rate_tolerance, 6)
+        if mostly > 0:
+            expectations.append({"type": "expect_column_values_to_not_be_null", "kwargs": {"column": column, "mostly": mostly}})
+        present = series.dropna()
+        if present.empty:
+            continue
+        if column not in categorical and pd.api.types.is_numeric_dtype(series) and not pd.api.types.is_bool_dtype(series):
+            expectations.append(
+                {
+                    "type": "expect_column_values_to_be_between",
+                    "kwargs": {
+                        "column": column,
+                        "min_value": _python(present.min()),
+                        "max_value": _python(present.max()),
+                        "mostly": cfg.range_mostly,
+                    },
+                }
+            )
+        elif present.nunique() <= cfg.max_domain_size:
+            domain = sorted({_python(v) for v in present.unique()}, key=str)
+            expectations.append(
+                {"type": "expect_column_values_to_be_in_set", "kwargs": {"column": column, "value_set": domain, "mostly": cfg.domain_mostly}}
+            )
+    return expectations
+
+
+def column_profile(reference: pd.DataFrame, current: pd.DataFrame) -> pd.DataFrame:
+    rows = []
+    for column in reference.columns:
+        ref, cur = reference[column], current[column] if column in current else None
+        rows.append(
+            {
+                "column": column,
+                "dtype_reference": str(ref.dtype),
+                "dtype_current": str(cur.dtype) if cur is not None else "(missing)",
+                "null_rate_reference": float(ref.isna().mean()),
+                "null_rate_current": float(cur.isna().mean()) if cur is not None else float("nan"),
+                "distinct_reference": int(ref.nunique()),
+                "distinct_current": int(cur.nunique()) if cur is not None else 0,
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def _observed(result: dict) -> str:
+    detail = result.get("result", {}) or {}
+    if "observed_value" in detail:
+        text = json.dumps(detail["observed_value"], default=str)
+    elif "unexpected_count" in detail:
+        partial = detail.get("partial_unexpected_list") or []
+        text = f"{detail['unexpected_count']} unexpected, e.g. {json.dumps(partial[:5], default=str)}"
+    else:
+        text = ""
+    exception = result.get("exception_info") or {}
+    if exception.get("raised_exception"):
+        text = f"error: {exception.get('exception_message', '')}"
+    return text[:300]
+
+
+class DataQualityAudit(Audit):
+    """Great Expectations suites (user-written and inferred from reference) validated on current data."""
+
+    name = "data_quality"
+    Config = DataQualityConfig
+    description = "Great Expectations: a user suite and a baseline suite inferred from reference data."
+    default_thresholds = (
+        Threshold(metric="data_quality.user.failed", max=0, severity="fail"),
+        Threshold(metric="data_quality.baseline.failed", max=0, severity="warn"),
+    )
+
+    def compute(self, context: AuditContext) -> AuditResult:
+        cfg: DataQualityConfig = self.config
+        reference, current = _with_target(context.reference), _with_target(context.current)
+        shared = [c for c in reference.columns if c in current.columns]
+        suites = {
+            "user": [e.model_dump() for e in cfg.expectations],
+            "baseline": infer_baseline(reference[shared], context.categorical, cfg.baseline) if cfg.baseline.enabled else [],
+        }
+        validations, docs = _validate(current, suites, cfg.data_docs)
+
+        metrics: dict[str, float] = {}
+        rows = []
+        for suite in SUITES:
+            results = validations.get(suite, {}).get("results", [])
+            failed = sum(not r["success"] for r in results)
+            metrics[f"{suite}.evaluated"] = float(len(results))
+            metrics[f"{suite}.failed"] = float(failed)
+            metrics[f"{suite}.success_rate"] = 1.0 - failed / len(results) if results else 1.0
+            for r in results:
+                config = r["expectation_config"]
+                detail = r.get("result", {}) or {}
+                rows.append(
+                    {
+                        "suite": suite,
+                        "expectation": config["type"],
+                        "column": config["kwargs"].get("column", ""),
+                        "success": bool(r["success"]),
+                        "unexpected_percent": detail.get("unexpected_percent"),
+                        "observed": _observed(r),
+                        "kwargs": json.dumps({k: v for k, v in config["kwargs"].items() if k != "batch_id"}, default=str)[:500],
+                    }
+                )
+        metrics["failed_expectations"] = metrics["user.failed"] + metrics["baseline.failed"]
+        metrics["current.null_rate"] = float(current.isna().to_numpy().mean()) if current.size else 0.0
+        metrics["reference.null_rate"] = float(reference.isna().to_numpy().mean()) if reference.size else 0.0
+
+        table = pd.DataFrame(rows, columns=["suite", "expectation", "column", "success", "unexpected_percent", "observed", "kwargs"])
+        table = table.sort_values(["success", "suite"], kind="stable").reset_index(drop=True)
+        artifacts = [
+            Artifact.table("expectations", table, "Every expectation and its outcome on current data (failures first)"),
+            Artifact.table("columns", column_profile(reference, current), "Column profile: types, null rates, distinct values"),
+            Artifact.json("gx_validation_results", validations, "Great Expectations validation results (JSON)"),
+            Artifact.json("baseline_suite", {"name": "baseline", "expectations": suites["baseline"]}, "The inferred baseline suite"),
+        ]
+        artifacts += [Artifact.html(f"data_docs_{suite}", html, f"GX Data Docs: {suite} suite") for suite, html in docs.items()]
+        failing = table[~table["success"]].head(8)
+        summary = "; ".join(f"{r.suite}: {r.expectation}({r.column})" for r in failing.itertuples())
+        return AuditResult(
+            audit=self.name,
+            metrics=metrics,
+            artifacts=tuple(artifacts),
+            info={"failing_expectations": summary or "none"},
+        )
+
+
+def _with_target(ds: Any) -> pd.DataFrame:
+    if ds.y is None:
+        return ds.X
+    return pd.concat([ds.X, ds.y.rename(ds.y.name)], axis=1)
+
+
+def _validate(current: pd.DataFrame, suites: dict[str, list[dict]], data_docs: bool) -> tuple[dict, dict]:
+    """Validate each non-empty suite on ``current``; return JSON results and Data Docs pages by suite."""
+    gx = _gx()
+    from great_expectations.data_context.types.base import ProgressBarsConfig
+
+    validations: dict[str, dict] = {}
+    docs: dict[str, str] = {}
+    with tempfile.TemporaryDirectory(prefix="auditlens-gx-") as tmp:
+        ctx = gx.get_context(mode="ephemeral")
+        ctx.variables.progress_bars = ProgressBarsConfig(globally=False)
+        actions = []
+        if data_docs:
+            ctx.add_data_docs_site(
+                site_name="auditlens",
+                site_config={
+                    "class_name": "SiteBuilder",
+                    "store_backend": {"class_name": "TupleFilesystemStoreBackend", "base_directory": tmp},
+                    "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
+                },
+            )
+            actions.append(gx.checkpoint.UpdateDataDocsAction(name="docs", site_names=["auditlens"]))
+        batch = ctx.data_sources.add_pandas("auditlens").add_dataframe_asset("current").add_batch_definition_whole_dataframe("all")
+        definitions = []
+        for suite_name, expectations in suites.items():
+            if not expectations:
+                continue
+            suite = ctx.suites.add(gx.ExpectationSuite(name=suite_name, expectations=expectations))
+            definitions.append(ctx.validation_definitions.add(gx.ValidationDefinition(name=suite_name, data=batch, suite=suite)))
+        if not definitions:
+            return validations, docs
+        checkpoint = ctx.checkpoints.add(
+            gx.Checkpoint(name="auditlens", validation_definitions=definitions, actions=actions, result_format={"result_format": "SUMMARY"})
+        )
+        outcome = checkpoint.run(batch_parameters={"dataframe": current})
+        for result in outcome.run_results.values():
+            data = result.to_json_dict()
+            validations[data["suite_name"]] = data
+        if data_docs:
+            for page in Path(tmp, "validations").rglob("*.html"):
+                docs[page.relative_to(tmp).parts[1]] = page.read_text(encoding="utf-8")
+    return validations, docs

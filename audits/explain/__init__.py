@@ -1,0 +1,1 @@
+"""Explanation audits: SHAP now; LIME, prototypes, occlusion and sanity checks to follow."""

@@ -1,0 +1,341 @@
+"""SHAP: global importance and per-row attributions, with the explainer chosen by model.
+
+- tree ensembles (alone or at the end of a Pipeline): ``shap.TreeExplainer`` on the model's raw
+  output (log-odds for gradient boosting, probabilities for forests, the prediction for regressors);
+- linear models (alone or in a Pipeline): ``shap.LinearExplainer`` on the decision function;
+- anything else: ``shap.PermutationExplainer`` on the whole model with a small background sample.
+
+Inside a Pipeline the model is explained in the transformed feature space, where tree and linear
+explainers are exact, and the attributions are summed back onto the original columns through a
+``FeatureMap``. The additivity error (sum of attributions + base value - model output) is measured
+against the model itself and reported as a metric.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+
+from audits.core import Artifact, Audit, AuditConfig, AuditContext, AuditResult, Threshold
+from audits.core.result import key_part
+from audits.explain.model_structure import FeatureMap, dense, is_linear_model, probe_feature_map, split_pipeline, transformed_names
+from pydantic import Field
+
+# shap's plotting reads matplotlib's global rcParams while drawing; audits run in threads.
+_PLOT_LOCK = threading.Lock()
+
+
+class ShapConfig(AuditConfig):
+    explainer: Literal["auto", "tree", "linear", "permutation"] = "auto"
+    dataset: Literal["current", "reference"] = "current"  # the rows explained
+    rows: int = Field(200, ge=1)  # rows explained by the tree and linear explainers (sampled with the seed)
+    permutation_rows: int = Field(50, ge=1)  # rows explained by the costlier model-agnostic explainer
+    background_rows: int = Field(50, ge=1)  # background sample for linear and permutation explainers
+    max_display: int = Field(15, ge=1)  # features shown in plots
+    max_class_plots: int = Field(4, ge=1)  # multiclass: beeswarm plots for the first N classes
+
+
+class FrameFunction:
+    """A model called on numeric rows, decoded back into a DataFrame with the original columns and dtypes.
+
+    Model-agnostic explainers mask numeric arrays (shap's Independent masker compares values with
+    ``np.isclose``), while Pipelines select columns by name and need their string categories.
+    Categorical columns are therefore passed to the explainer as codes into ``categories``. Picklable.
+    """
+
+    def __init__(self, function: Any, X: pd.DataFrame) -> None:
+        self.function = function
+        self.columns = [str(c) for c in X.columns]
+        self.dtypes = X.dtypes
+        self.categories = {
+            c: pd.Index(X[c].dropna().unique()) for c in X.columns if not pd.api.types.is_numeric_dtype(X[c])
+        }
+
+    def encode(self, frame: pd.DataFrame) -> np.ndarray:
+        columns = []
+        for column in frame.columns:
+            if column in self.categories:
+                codes = self.categories[column].get_indexer(frame[column]).astype(float)
+                codes[codes < 0] = np.nan  # missing or unseen
+                columns.append(codes)
+            else:
+                columns.append(frame[column].to_numpy(dtype=float))
+        return np.column_stack(columns)
+
+    def decode(self, rows: np.ndarray) -> pd.DataFrame:
+        rows = np.asarray(rows, dtype=float)
+        data = {}
+        for j, column in enumerate(self.columns):
+            if column in self.categories:
+                codes = rows[:, j]
+                known = ~np.isnan(codes)
+                values = np.full(len(codes), None, dtype=object)
+                values[known] = self.categories[column].to_numpy(dtype=object)[codes[known].astype(int)]
+                data[column] = pd.Series(values).astype(self.dtypes[column])
+            else:
+                data[column] = pd.Series(rows[:, j]).astype(self.dtypes[column])
+        return pd.DataFrame(data)
+
+    def __call__(self, rows: np.ndarray) -> np.ndarray:
+        return np.asarray(self.function(self.decode(rows)), dtype=float)
+
+
+@dataclass(frozen=True)
+class Attribution:
+    """Attributions in a canonical shape: values (rows, features, outputs), base (outputs,)."""
+
+    values: np.ndarray
+    base: np.ndarray
+    outputs: np.ndarray  # (rows, outputs): the model output being explained, computed by the model
+    output_names: list[str]
+    features: list[str]
+    explainer: str
+    output_space: str
+    space: str  # "original" or "transformed (mapped back to original columns)"
+    feature_map: FeatureMap | None = None
+
+
+def _as_3d(values: np.ndarray) -> np.ndarray:
+    values = np.asarray(values, dtype=float)
+    return values[:, :, None] if values.ndim == 2 else values
+
+
+def _as_2d(outputs: np.ndarray) -> np.ndarray:
+    outputs = np.asarray(outputs, dtype=float)
+    return outputs[:, None] if outputs.ndim == 1 else outputs
+
+
+def choose_explainer(estimator: Any, requested: str) -> str:
+    if requested != "auto":
+        return requested
+    if estimator is None:
+        return "permutation"
+    _, final = split_pipeline(estimator)
+    if _tree_explainer_or_none(final) is not None:
+        return "tree"
+    if is_linear_model(final):
+        return "linear"
+    return "permutation"
+
+
+def _tree_explainer_or_none(model: Any) -> Any | None:
+    import shap
+
+    try:
+        return shap.TreeExplainer(model)
+    except Exception:  # shap raises InvalidModelError (and others) for models it cannot walk
+        return None
+
+
+def _raw_output(final: Any, tree_output: str | None, Xt: np.ndarray, task: str) -> tuple[np.ndarray, str]:
+    """The output a tree or linear explainer attributes, computed by the model itself."""
+    if task == "regression":
+        return _as_2d(final.predict(Xt)), "prediction"
+    if tree_output == "probability":
+        return _as_2d(final.predict_proba(Xt)), "probability"
+    return _as_2d(final.decision_function(Xt)), "log-odds (decision function)"
+
+
+def explain(context: AuditContext, cfg: ShapConfig, X: pd.DataFrame, background: pd.DataFrame) -> Attribution:
+    import shap
+
+    model = context.model
+    kind = choose_explainer(model.estimator, cfg.explainer)
+    if kind in ("tree", "linear"):
+        if model.estimator is None:
+            raise ValueError(f"the {kind} explainer needs a native scikit-learn model")
+        preprocessor, final = split_pipeline(model.estimator)
+        if preprocessor is None:
+            Xt, Bt, names = dense(X), dense(background), [str(c) for c in X.columns]
+        else:
+            Xt, Bt = dense(preprocessor.transform(X)), dense(preprocessor.transform(background))
+            names = transformed_names(preprocessor, Xt.shape[1])
+        if kind == "tree":
+            explainer = _tree_explainer_or_none(final)
+            if explainer is None:
+                raise ValueError(f"shap.TreeExplainer does not support {type(final).__name__}; use explainer: auto")
+            tree_output = getattr(explainer.model, "tree_output", None)
+        else:
+            if not is_linear_model(final):
+                raise ValueError(f"{type(final).__name__} is not a linear model; use explainer: auto")
+            explainer = shap.LinearExplainer(final, shap.maskers.Independent(Bt, max_samples=len(Bt)))
+            tree_output = None
+        explanation = explainer(Xt, check_additivity=False) if kind == "tree" else explainer(Xt)
+        outputs, output_space = _raw_output(final, tree_output, Xt, context.task)
+        values = _as_3d(explanation.values)
+        base = np.broadcast_to(np.asarray(explanation.base_values, dtype=float).reshape(len(Xt), -1)[0], (values.shape[2],))
+        feature_map = None
+        space = "original"
+        features = names
+        if preprocessor is not None:
+            feature_map = probe_feature_map(preprocessor, background, names, context.rng("shap.feature_map"))
+            values = feature_map.aggregate(values)
+            features = feature_map.columns
+            space = "transformed, summed back to original columns"
+        return Attribution(values, np.array(base), outputs, [], features, kind, output_space, space, feature_map)
+
+    # Model-agnostic: explain the whole model (Pipeline included) in the original feature space.
+    if context.task == "classification":
+        if model.predict_proba is None:
+            raise ValueError("a classifier without predict_proba cannot be explained by probabilities")
+        function, output_space = model.predict_proba, "probability"
+    else:
+        function, output_space = model.predict, "prediction"
+    f = FrameFunction(function, pd.concat([X, background]))
+    rows = f.encode(X)
+    masker = shap.maskers.Independent(f.encode(background), max_samples=len(background))
+    explainer = shap.PermutationExplainer(f, masker, seed=context.random_state("shap.permutation"))
+    explanation = explainer(rows, silent=True)
+    values = _as_3d(explanation.values)
+    base = np.asarray(explanation.base_values, dtype=float).reshape(len(X), -1)[0]
+    outputs = _as_2d(f(rows))
+    return Attribution(values, base, outputs, [], f.columns, "permutation", output_space, "original")
+
+
+def canonical_outputs(attr: Attribution, context: AuditContext) -> Attribution:
+    """Name the outputs; for binary probabilities keep only the positive class (class 0 mirrors it)."""
+    values, base, outputs = attr.values, attr.base, attr.outputs
+    if context.task == "regression":
+        names = ["prediction"]
+    else:
+        classes = [str(c) for c in context.model.classes]
+        if values.shape[2] == 1:  # binary margin: the log-odds of the positive class
+            names = [classes[-1]]
+        elif len(classes) == 2:
+            values, base, outputs = values[:, :, 1:], base[1:], outputs[:, 1:]
+            names = [classes[1]]
+        else:
+            names = classes
+    return Attribution(values, base, outputs, names, attr.features, attr.explainer, attr.output_space, attr.space, attr.feature_map)
+
+
+class ShapAudit(Audit):
+    """SHAP attributions: importance, per-row values, beeswarm and bar plots, additivity error."""
+
+    name = "shap"
+    Config = ShapConfig
+    description = "SHAP values with the explainer chosen by model, summed back to original columns."
+    default_thresholds = (Threshold(metric="shap.additivity_relative_error", max=1e-3, severity="fail"),)
+
+    def skip_reason(self, context: AuditContext) -> str | None:
+        reason = super().skip_reason(context)
+        if reason:
+            return reason
+        if context.task == "classification" and context.model.predict_proba is None and context.model.estimator is None:
+            return "a classifier loaded through pyfunc has no probabilities to explain"
+        return None
+
+    def compute(self, context: AuditContext) -> AuditResult:
+        cfg: ShapConfig = self.config
+        source = context.dataset(cfg.dataset).X
+        kind = choose_explainer(context.model.estimator, cfg.explainer)
+        budget = cfg.permutation_rows if kind == "permutation" else cfg.rows
+        X = source.sample(n=min(budget, len(source)), random_state=context.random_state("shap.rows"))
+        reference = context.reference.X
+        background = reference.sample(
+            n=min(cfg.background_rows, len(reference)), random_state=context.random_state("shap.background")
+        )
+        attr = canonical_outputs(explain(context, cfg, X, background), context)
+
+        residual = attr.values.sum(axis=1) + attr.base[None, :] - attr.outputs
+        max_abs = float(np.abs(residual).max())
+        scale = float(np.ptp(attr.outputs)) or 1.0
+        mean_abs = np.abs(attr.values).mean(axis=0)  # (features, outputs)
+        importance = mean_abs.sum(axis=1)
+
+        metrics: dict[str, float] = {
+            "additivity_max_abs_error": max_abs,
+            "additivity_relative_error": max_abs / scale,
+            "rows_explained": float(len(X)),
+        }
+        for feature, value in zip(attr.features, importance, strict=True):
+            metrics[f"importance.{key_part(feature)}"] = float(value)
+        for name, value in zip(attr.output_names, attr.base, strict=True):
+            metrics[f"base_value.{key_part(name)}" if len(attr.output_names) > 1 else "base_value"] = float(value)
+
+        importance_table = pd.DataFrame({"feature": attr.features, "mean_abs_shap": importance})
+        if len(attr.output_names) > 1:
+            for k, name in enumerate(attr.output_names):
+                importance_table[f"mean_abs_shap[{name}]"] = mean_abs[:, k]
+        importance_table = importance_table.sort_values("mean_abs_shap", ascending=False, kind="stable")
+        importance_table.insert(0, "rank", np.arange(1, len(importance_table) + 1))
+
+        artifacts = [
+            Artifact.table("importance", importance_table, "Global importance: mean |SHAP| per original column"),
+            Artifact.table("values", _values_table(attr, X), "Per-row SHAP values (original columns), base value, model output"),
+            *_figures(attr, X, cfg),
+        ]
+        if attr.feature_map is not None:
+            artifacts.append(Artifact.table("feature_map", attr.feature_map.table(), "Transformed features and their original columns"))
+        top = importance_table.head(5)["feature"].tolist()
+        return AuditResult(
+            audit=self.name,
+            metrics=metrics,
+            artifacts=tuple(artifacts),
+            info={
+                "explainer": attr.explainer,
+                "explained_space": attr.space,
+                "output": f"{attr.output_space} of {', '.join(attr.output_names)}",
+                "model_class": type(split_pipeline(context.model.estimator)[1]).__name__ if context.model.estimator is not None else context.model.flavor,
+                "rows_from": cfg.dataset,
+                "top_features": ", ".join(top),
+            },
+        )
+
+
+def _values_table(attr: Attribution, X: pd.DataFrame) -> pd.DataFrame:
+    frames = []
+    for k, name in enumerate(attr.output_names):
+        frame = pd.DataFrame(attr.values[:, :, k], columns=attr.features)
+        frame.insert(0, "model_output", attr.outputs[:, k])
+        frame.insert(0, "base_value", attr.base[k])
+        frame.insert(0, "output", name)
+        frame.insert(0, "row", [str(i) for i in X.index])
+        frames.append(frame)
+    return pd.concat(frames, ignore_index=True)
+
+
+def _display_data(attr: Attribution, X: pd.DataFrame) -> np.ndarray:
+    """Feature values for colouring beeswarm points: numeric columns as they are, the rest grey (NaN)."""
+    columns = []
+    for feature in attr.features:
+        if feature in X.columns and pd.api.types.is_numeric_dtype(X[feature]) and not pd.api.types.is_bool_dtype(X[feature]):
+            columns.append(X[feature].to_numpy(dtype=float))
+        else:
+            columns.append(np.full(len(X), np.nan))
+    return np.column_stack(columns)
+
+
+def _figures(attr: Attribution, X: pd.DataFrame, cfg: ShapConfig) -> list[Artifact]:
+    import shap
+
+    data = _display_data(attr, X)
+    explanations = {
+        name: shap.Explanation(values=attr.values[:, :, k], base_values=np.full(len(X), attr.base[k]), data=data, feature_names=attr.features)
+        for k, name in enumerate(attr.output_names)
+    }
+    artifacts = []
+    with _PLOT_LOCK:
+        for k, (name, explanation) in enumerate(explanations.items()):
+            if k >= cfg.max_class_plots:
+                break
+            fig = Figure(figsize=(8, 0.4 * min(cfg.max_display, len(attr.features)) + 1.8), layout="constrained")
+            ax = fig.add_subplot()
+            shap.plots.beeswarm(explanation, max_display=cfg.max_display, ax=ax, show=False, plot_size=None)
+            ax.set_title(f"SHAP values ({attr.output_space} of {name})")
+            suffix = "" if len(explanations) == 1 else f"_{key_part(name)}"
+            artifacts.append(Artifact.figure(f"beeswarm{suffix}", fig, f"Beeswarm: per-row SHAP values for {name}"))
+        fig = Figure(figsize=(8, 0.4 * min(cfg.max_display, len(attr.features)) + 1.8), layout="constrained")
+        ax = fig.add_subplot()
+        if len(explanations) == 1:
+            shap.plots.bar(next(iter(explanations.values())), max_display=cfg.max_display, ax=ax, show=False)
+        else:
+            shap.plots.bar({n: e.abs.mean(0) for n, e in explanations.items()}, max_display=cfg.max_display, ax=ax, show=False)
+        ax.set_title("Global importance: mean |SHAP|")
+        artifacts.append(Artifact.figure("bar", fig, "Bar: mean |SHAP| per original column"))
+    return artifacts

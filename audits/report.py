@@ -1,0 +1,106 @@
+"""One self-contained HTML report per audit: verdicts, checks, key metrics, figures embedded.
+
+No external CSS, scripts or fonts: the MLflow artifact viewer shows HTML in a sandboxed iframe
+from a blob URL, where relative links do not resolve and a reviewer may be offline.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+from typing import Any
+
+import pandas as pd
+from jinja2 import Environment
+
+from audits.core.result import AuditResult, Verdict
+
+COLOURS = {"PASS": "#1a7f37", "WARN": "#9a6700", "FAIL": "#cf222e", "ERROR": "#8250df", "SKIPPED": "#6e7781"}
+MAX_TABLE_ROWS = 25
+MAX_METRICS = 40
+
+_TEMPLATE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>Audit: {{ title }}</title>
+<style>
+body{font-family:-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:24px;color:#1f2328;max-width:1200px}
+h1{font-size:22px;margin:0 0 4px} h2{font-size:18px;margin:28px 0 8px;border-bottom:1px solid #d0d7de;padding-bottom:4px}
+h3{font-size:14px;margin:16px 0 6px} .muted{color:#656d76;font-size:13px}
+.badge{display:inline-block;padding:2px 10px;border-radius:12px;color:#fff;font-weight:600;font-size:13px}
+table{border-collapse:collapse;font-size:12.5px;margin:6px 0 12px} th,td{border:1px solid #d0d7de;padding:3px 8px;text-align:left;vertical-align:top}
+th{background:#f6f8fa} td.num{text-align:right;font-variant-numeric:tabular-nums}
+img{max-width:100%;border:1px solid #d0d7de;margin:4px 0} .scroll{overflow-x:auto}
+dl{display:grid;grid-template-columns:max-content auto;gap:2px 12px;font-size:13px} dt{color:#656d76}
+</style></head><body>
+<h1>Audit of {{ title }} <span class="badge" style="background:{{ colours[verdict] }}">{{ verdict }}</span></h1>
+<div class="muted">{{ subtitle }}</div>
+<h2>Verdicts</h2>
+<table><tr><th>audit</th><th>verdict</th><th>reason</th><th>time (s)</th></tr>
+{% for r in results %}<tr><td><a href="#{{ r.audit }}">{{ r.audit }}</a></td>
+<td><span class="badge" style="background:{{ colours[r.verdict.value] }}">{{ r.verdict.value }}</span></td>
+<td>{{ r.reason }}</td><td class="num">{{ "%.2f"|format(r.duration_s) }}</td></tr>{% endfor %}
+</table>
+<h2>Provenance</h2><dl>{% for k, v in provenance %}<dt>{{ k }}</dt><dd>{{ v }}</dd>{% endfor %}</dl>
+{% for r in results %}
+<h2 id="{{ r.audit }}">{{ r.audit }} <span class="badge" style="background:{{ colours[r.verdict.value] }}">{{ r.verdict.value }}</span></h2>
+<div class="muted">{{ r.reason }}</div>
+{% if r.info %}<dl>{% for k, v in r.info.items() if k != "traceback" %}<dt>{{ k }}</dt><dd>{{ v }}</dd>{% endfor %}</dl>{% endif %}
+{% if r.info.traceback %}<details><summary>traceback</summary><pre>{{ r.info.traceback }}</pre></details>{% endif %}
+{% if r.checks %}<h3>Checks</h3><table><tr><th>rule</th><th>severity</th><th>value</th><th>outcome</th></tr>
+{% for c in r.checks %}<tr><td>{{ c.rule }}</td><td>{{ c.severity }}</td><td class="num">{{ fmt(c.value) }}</td>
+<td>{{ "pass" if c.passed else ("not evaluated: " + c.message if c.passed is none else "violated") }}</td></tr>{% endfor %}</table>{% endif %}
+{% if r.metrics %}<h3>Metrics</h3><table><tr><th>metric</th><th>value</th></tr>
+{% for k, v in metrics(r) %}<tr><td>{{ k }}</td><td class="num">{{ fmt(v) }}</td></tr>{% endfor %}</table>
+{% if r.metrics|length > max_metrics %}<div class="muted">{{ r.metrics|length - max_metrics }} more metrics in the MLflow run.</div>{% endif %}{% endif %}
+{% for a in r.artifacts %}
+{% if a.kind == "figure" %}<h3>{{ a.title or a.name }}</h3><img alt="{{ a.name }}" src="data:image/png;base64,{{ b64(a.content) }}">
+{% elif a.kind == "table" %}<h3>{{ a.title or a.name }}</h3><div class="scroll">{{ table(a.content) | safe }}</div>
+<div class="muted">{{ a.content|length }} rows; full table: {{ r.audit }}/{{ a.name }}</div>
+{% else %}<div class="muted">{{ a.title or a.name }}: see artifact {{ r.audit }}/{{ a.name }}</div>{% endif %}
+{% endfor %}{% endfor %}
+</body></html>
+"""
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "n/a"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return html.escape(str(value))
+
+
+def _table(frame: pd.DataFrame) -> str:
+    shown = frame.head(MAX_TABLE_ROWS)
+    return shown.to_html(index=False, border=0, float_format=lambda v: f"{v:.4g}", na_rep="", escape=True)
+
+
+def _metrics(result: AuditResult) -> list[tuple[str, float]]:
+    return list(result.metrics.items())[:MAX_METRICS]
+
+
+def render_report(title: str, subtitle: str, verdict: Verdict, results: list[AuditResult], provenance: dict[str, Any]) -> str:
+    env = Environment(autoescape=True)
+    template = env.from_string(_TEMPLATE)
+    return template.render(
+        title=title,
+        subtitle=subtitle,
+        verdict=verdict.value,
+        results=results,
+        provenance=list(provenance.items()),
+        colours=COLOURS,
+        max_metrics=MAX_METRICS,
+        fmt=_fmt,
+        b64=lambda data: base64.b64encode(data).decode("ascii"),
+        table=_table,
+        metrics=_metrics,
+    )
+
+
+def markdown_summary(title: str, verdict: Verdict, results: list[AuditResult]) -> str:
+    """A short Markdown table for the MLflow run's description."""
+    lines = [f"**Audit of {title}: {verdict.value}**", "", "| audit | verdict | reason |", "|---|---|---|"]
+    for r in results:
+        reason = r.reason.replace("|", "/").replace("\n", " ")[:200]
+        lines.append(f"| {r.audit} | {r.verdict.value} | {reason} |")
+    lines += ["", "Full report: artifact `audit_report.html`."]
+    return "\n".join(lines)

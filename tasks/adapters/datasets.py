@@ -1,0 +1,136 @@
+"""Reading the reference and current datasets, checking them against the model, sampling to budgets."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from tasks.adapters.errors import DataError
+
+READERS = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
+
+
+def _format(path: Path) -> str:
+    fmt = READERS.get(path.suffix.lower())
+    if fmt is None:
+        raise DataError(f"{path}: unsupported file type {path.suffix!r}", "use a .csv or .parquet file")
+    if not path.is_file():
+        raise DataError(f"data file {path} does not exist", "check the path under 'data:' in the config (relative paths start at the config file's folder)")
+    return fmt
+
+
+def read_columns(path: Path) -> list[str]:
+    """The column names alone, cheaply (a CSV header, a Parquet schema)."""
+    if _format(path) == "csv":
+        try:
+            return [str(c) for c in pd.read_csv(path, nrows=0).columns]
+        except pd.errors.EmptyDataError:
+            return []
+    import pyarrow.parquet as pq
+
+    return [str(c) for c in pq.read_schema(path).names]
+
+
+def read_table(path: Path) -> pd.DataFrame:
+    fmt = _format(path)
+    try:
+        frame = pd.read_csv(path) if fmt == "csv" else pd.read_parquet(path)
+    except pd.errors.EmptyDataError:
+        frame = pd.DataFrame()
+    except Exception as exc:
+        raise DataError(f"{path}: cannot be read as {fmt} ({exc})", f"check that the file is valid {fmt}") from None
+    frame.columns = [str(c) for c in frame.columns]
+    return frame
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def frame_sha256(frame: pd.DataFrame) -> str:
+    digest = hashlib.sha256(",".join(map(str, frame.columns)).encode())
+    digest.update(pd.util.hash_pandas_object(frame, index=True).to_numpy().tobytes())
+    return digest.hexdigest()
+
+
+def resolve_features(
+    columns: list[str], target: str | None, configured: list[str] | None, model_features: list[str] | None
+) -> list[str]:
+    if configured:
+        return list(configured)
+    if model_features:
+        return list(model_features)
+    return [c for c in columns if c != target]
+
+
+def check_columns(role: str, path: Path, columns: list[str], features: list[str], target: str | None, target_required: bool) -> None:
+    missing = [f for f in features if f not in columns]
+    if missing:
+        raise DataError(
+            f"{role} data {path} lacks feature column(s) {missing} that the model needs (it has {columns[:20]})",
+            "add the columns to the file, or list the model's features under 'data.features' in the config",
+        )
+    if target_required and target and target not in columns:
+        raise DataError(
+            f"{role} data {path} lacks the target column {target!r} (it has {columns[:20]})",
+            "add the label column, or set 'data.target' to the name of the label column",
+        )
+
+
+@dataclass(frozen=True)
+class PreparedData:
+    X: pd.DataFrame
+    y: pd.Series | None
+    fingerprint: dict[str, Any] = field(default_factory=dict)
+
+
+def prepare(
+    role: str, path: Path, features: list[str], target: str | None, target_required: bool, budget: int, seed: int
+) -> PreparedData:
+    """Read, check and sample one dataset; refuse empty or all-missing data with a clear error."""
+    frame = read_table(path)
+    check_columns(role, path, list(frame.columns), features, target, target_required)
+    if frame.empty:
+        raise DataError(f"{role} data {path} has no rows", "point 'data." + role + "' at a file with data")
+    X = frame[features]
+    if X.isna().all().all():
+        raise DataError(f"{role} data {path}: every feature value is missing (NaN)", "check how the file was exported")
+    all_missing = [c for c in features if X[c].isna().all()]
+    if all_missing and role == "reference":
+        raise DataError(f"reference data {path}: column(s) {all_missing} are entirely missing",
+                        "the reference is what the model was trained on; fix the export or drop those features")
+    y = None
+    if target and target in frame.columns:
+        labels = frame[target]
+        if labels.isna().all():
+            if target_required:
+                raise DataError(f"{role} data {path}: the target column {target!r} is entirely missing", "fill in the labels")
+        elif labels.isna().any():
+            raise DataError(
+                f"{role} data {path}: the target column {target!r} has {int(labels.isna().sum())} missing labels",
+                "drop the unlabelled rows, or remove the target column to audit without labels",
+            )
+        else:
+            y = labels
+    sampled = len(frame) > budget
+    if sampled:
+        index = frame.sample(n=budget, random_state=seed).index.sort_values()
+        X, y = X.loc[index], (y.loc[index] if y is not None else None)
+    fingerprint = {
+        "path": str(path),
+        "sha256": file_sha256(path),
+        "sample_sha256": frame_sha256(X if y is None else pd.concat([X, y], axis=1)),
+        "rows": len(frame),
+        "rows_used": len(X),
+        "columns": len(frame.columns),
+        "labelled": y is not None,
+    }
+    return PreparedData(X, y, fingerprint)

@@ -1,0 +1,33 @@
+"""Errors a user can fix. Each names the problem and the fix; the CLI prints them without a traceback."""
+
+from __future__ import annotations
+
+
+class AuditlensError(Exception):
+    """Base of the errors caused by input (configuration, model, data, servers), not by a bug."""
+
+    exit_code = 2
+
+    def __init__(self, problem: str, fix: str = "") -> None:
+        self.problem, self.fix = problem, fix
+        super().__init__(f"{problem}\n  fix: {fix}" if fix else problem)
+
+
+class ConfigError(AuditlensError):
+    pass
+
+
+class ModelNotFoundError(AuditlensError):
+    pass
+
+
+class ModelLoadError(AuditlensError):
+    pass
+
+
+class DataError(AuditlensError):
+    pass
+
+
+class TrackingServerError(AuditlensError):
+    pass

@@ -1,0 +1,70 @@
+"""Everything an audit reads, assembled once: the model, both datasets checked and sampled, predictions."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from audits.core.context import AuditContext, ModelUnderAudit, build_context, infer_categorical
+from tasks.adapters.datasets import check_columns, prepare, read_columns, resolve_features
+from tasks.adapters.errors import DataError
+from tasks.adapters.models import ModelRef, load_model
+from tasks.adapters.settings import LoadedSettings
+
+
+@dataclass(frozen=True)
+class AuditInputs:
+    context: AuditContext
+    fingerprints: dict[str, dict[str, Any]]
+
+
+def _model_features(model: ModelUnderAudit) -> list[str] | None:
+    names = getattr(model.estimator, "feature_names_in_", None)
+    return [str(n) for n in names] if names is not None else None
+
+
+def preflight_data(loaded: LoadedSettings) -> None:
+    """Cheap checks (files exist, headers have the columns) before any run is opened."""
+    data = loaded.settings.data
+    ref_path, cur_path = loaded.data_path("reference"), loaded.data_path("current")
+    ref_columns = read_columns(ref_path)
+    if not ref_columns:
+        raise DataError(f"reference data {ref_path} is empty (no header, no rows)", "point data.reference at the training data")
+    features = resolve_features(ref_columns, data.target, data.features, None)
+    check_columns("reference", ref_path, ref_columns, features, data.target, target_required=True)
+    cur_columns = read_columns(cur_path)
+    if not cur_columns:
+        raise DataError(f"current data {cur_path} is empty (no header, no rows)", "point data.current at the data to audit")
+    check_columns("current", cur_path, cur_columns, features, data.target, target_required=False)
+
+
+def assemble(ref: ModelRef, loaded: LoadedSettings) -> AuditInputs:
+    settings = loaded.settings
+    model = load_model(ref, settings.model.task)
+    ref_path, cur_path = loaded.data_path("reference"), loaded.data_path("current")
+    features = resolve_features(read_columns(ref_path), settings.data.target, settings.data.features, _model_features(model))
+    reference = prepare("reference", ref_path, features, settings.data.target, True,
+                        settings.sampling.reference_rows, settings.seed)
+    current = prepare("current", cur_path, features, settings.data.target, False,
+                      settings.sampling.current_rows, settings.seed)
+    categorical = tuple(settings.data.categorical) if settings.data.categorical is not None else infer_categorical(reference.X)
+    unknown = [c for c in categorical if c not in features]
+    if unknown:
+        raise DataError(f"data.categorical names {unknown}, which are not features ({features[:20]})",
+                        "list only feature columns under data.categorical")
+    try:
+        context = build_context(
+            model,
+            (reference.X, reference.y),
+            (current.X, current.y),
+            categorical=categorical,
+            target=settings.data.target,
+            seed=settings.seed,
+            sources=(str(ref_path), str(cur_path)),
+        )
+    except Exception as exc:
+        raise DataError(
+            f"{ref.label} cannot predict on the data ({type(exc).__name__}: {exc})",
+            "check that the columns and their types match what the model was trained on",
+        ) from None
+    return AuditInputs(context, {"reference": reference.fingerprint, "current": current.fingerprint})

@@ -1,0 +1,196 @@
+"""The only module that writes to MLflow.
+
+Everything goes through ``MlflowClient`` with an explicit run id: MLflow's fluent active run is
+thread-local, and Prefect runs tasks in threads, where ``mlflow.log_*`` would silently start stray
+runs. Every write here is idempotent (same keys, same files), so a retried task cannot duplicate
+anything; the manifest is written last and marks the record complete.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tempfile
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from audits.core.result import AuditResult, Verdict
+
+TABLE_TAG = "mlflow.loggedArtifacts"  # how MLflow's own log_table lists tables for the UI's comparison view
+MAX_BATCH = {"metrics": 1000, "params": 100, "tags": 100}
+
+
+@dataclass(frozen=True)
+class AuditRun:
+    run_id: str
+    experiment_id: str
+    experiment_name: str
+    tracking_uri: str
+    model_name: str | None = None
+    model_version: str | None = None
+
+    @property
+    def ui_path(self) -> str:
+        return f"#/experiments/{self.experiment_id}/runs/{self.run_id}"
+
+
+def _chunks(items: list, size: int) -> Iterable[list]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def _text(value: Any, limit: int = 5000) -> str:
+    text = str(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+class MlflowSink:
+    def __init__(self, tracking_uri: str) -> None:
+        from tasks.adapters.tracking import make_client
+
+        self.tracking_uri = tracking_uri
+        self.client = make_client(tracking_uri)
+
+    # --- runs -----------------------------------------------------------------------------------
+    def experiment_id(self, name: str, artifact_location: str | None = None) -> str:
+        from mlflow.exceptions import MlflowException
+
+        experiment = self.client.get_experiment_by_name(name)
+        if experiment is not None:
+            if experiment.lifecycle_stage == "deleted":
+                self.client.restore_experiment(experiment.experiment_id)
+            return experiment.experiment_id
+        try:
+            return self.client.create_experiment(name, artifact_location=artifact_location)
+        except MlflowException:  # created concurrently by another audit
+            return self.client.get_experiment_by_name(name).experiment_id
+
+    def open_run(
+        self,
+        *,
+        experiment: str,
+        run_name: str,
+        audit_key: str,
+        tags: dict[str, str],
+        params: dict[str, Any],
+        model_name: str | None,
+        model_version: str | None,
+        artifact_location: str | None = None,
+    ) -> AuditRun:
+        """Create the audit's run, or find the one this audit (``audit_key``) already created."""
+        experiment_id = self.experiment_id(experiment, artifact_location)
+        existing = self.client.search_runs(
+            [experiment_id], filter_string=f"tags.`auditlens.audit_key` = '{audit_key}'", max_results=1
+        )
+        if existing:
+            run_id = existing[0].info.run_id
+        else:
+            run = self.client.create_run(
+                experiment_id, run_name=run_name, tags={**tags, "auditlens.audit_key": audit_key, "audit.status": "running"}
+            )
+            run_id = run.info.run_id
+            self._log_batch(run_id, params=params)
+        audit_run = AuditRun(run_id, experiment_id, experiment, self.tracking_uri, model_name, model_version)
+        self.tag_version(audit_run, {"audit.status": "running", "audit.run_id": run_id})
+        return audit_run
+
+    def tag_version(self, run: AuditRun, tags: dict[str, str]) -> None:
+        if run.model_name is None or run.model_version is None:
+            return
+        for key, value in tags.items():
+            self.client.set_model_version_tag(run.model_name, run.model_version, key, _text(value))
+
+    def log_params(self, run: AuditRun, params: dict[str, Any]) -> None:
+        self._log_batch(run.run_id, params=params)
+
+    def _log_batch(self, run_id: str, metrics: dict[str, float] | None = None, params: dict[str, Any] | None = None,
+                   tags: dict[str, str] | None = None) -> None:
+        from mlflow.entities import Metric, Param, RunTag
+
+        now = int(time.time() * 1000)
+        for chunk in _chunks(sorted((metrics or {}).items()), MAX_BATCH["metrics"]):
+            self.client.log_batch(run_id, metrics=[Metric(k, float(v), now, 0) for k, v in chunk])
+        for chunk in _chunks(sorted((params or {}).items()), MAX_BATCH["params"]):
+            self.client.log_batch(run_id, params=[Param(k, _text(v, 6000)) for k, v in chunk])
+        for chunk in _chunks(sorted((tags or {}).items()), MAX_BATCH["tags"]):
+            self.client.log_batch(run_id, tags=[RunTag(k, _text(v)) for k, v in chunk])
+
+    # --- the record -----------------------------------------------------------------------------
+    def record(self, run: AuditRun, results: list[AuditResult], report_html: str, manifest: dict[str, Any]) -> dict[str, Any]:
+        """Log metrics, tags and every artifact; the manifest (with each file's sha256) goes last."""
+        metrics = {k: v for r in results for k, v in r.metrics.items()}
+        tags = {f"audit.{r.audit}.verdict": r.verdict.value for r in results}
+        tables: list[dict[str, str]] = []
+        files: dict[str, dict[str, Any]] = {}
+        with tempfile.TemporaryDirectory(prefix="auditlens-record-") as tmp:
+            root = Path(tmp)
+            for result in results:
+                folder = root / result.audit
+                folder.mkdir(parents=True, exist_ok=True)
+                (folder / "result.json").write_text(json.dumps(result.to_dict(with_content=False), indent=2, default=str))
+                for artifact in result.artifacts:
+                    path = folder / artifact.name
+                    if artifact.kind == "figure":
+                        path.write_bytes(artifact.content)
+                    elif artifact.kind == "table":
+                        artifact.content.to_json(path, orient="split", index=False, date_format="iso")
+                        tables.append({"path": f"{result.audit}/{artifact.name}", "type": "table"})
+                    elif artifact.kind == "html":
+                        path.write_text(artifact.content, encoding="utf-8")
+                    else:
+                        path.write_text(json.dumps(artifact.content, indent=2, default=str), encoding="utf-8")
+            (root / "audit_report.html").write_text(report_html, encoding="utf-8")
+            for path in sorted(p for p in root.rglob("*") if p.is_file()):
+                data = path.read_bytes()
+                files[path.relative_to(root).as_posix()] = {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+            self.client.log_artifacts(run.run_id, tmp)
+        if tables:
+            tags[TABLE_TAG] = json.dumps(tables)
+        self._log_batch(run.run_id, metrics=metrics, tags=tags)
+        complete = {**manifest, "artifacts": files, "complete": True}
+        self.client.log_dict(run.run_id, complete, "manifest.json")
+        return complete
+
+    def close(self, run: AuditRun, verdict: Verdict, note: str) -> None:
+        self._log_batch(run.run_id, tags={"audit.verdict": verdict.value, "audit.status": "done", "mlflow.note.content": note})
+        self.client.set_terminated(run.run_id, "FINISHED")
+        self.tag_version(run, {"audit.status": "done", "audit.verdict": verdict.value, "audit.run_id": run.run_id})
+
+    def fail(self, run: AuditRun, reason: str) -> None:
+        """End the run FAILED with the reason; the version says 'failed'. Never leaves a run RUNNING."""
+        try:
+            self._log_batch(run.run_id, tags={"audit.status": "failed", "audit.error": reason,
+                                              "mlflow.note.content": f"**Audit failed**\n\n```\n{_text(reason, 4000)}\n```"})
+        finally:
+            self.client.set_terminated(run.run_id, "FAILED")
+            self.tag_version(run, {"audit.status": "failed", "audit.error": reason, "audit.run_id": run.run_id})
+
+    # --- the registry (used by the demo) --------------------------------------------------------
+    def register_sklearn_model(self, estimator: Any, *, name: str, experiment: str, input_example: Any,
+                               params: dict[str, Any], description: str = "", artifact_location: str | None = None) -> str:
+        """Log a scikit-learn model in a training run and register it as a new version of ``name``."""
+        import mlflow
+
+        experiment_id = self.experiment_id(experiment, artifact_location)
+        mlflow.set_tracking_uri(self.tracking_uri)  # the fluent log_model needs it; the demo is single-threaded
+        mlflow.set_registry_uri(self.tracking_uri)
+        with mlflow.start_run(experiment_id=experiment_id, run_name=f"train {name}") as run:
+            self._log_batch(run.info.run_id, params=params)
+            info = mlflow.sklearn.log_model(
+                estimator,
+                name="model",
+                input_example=input_example,
+                # cloudpickle: skops would need every tree type listed as trusted; loading handles both formats
+                serialization_format=mlflow.sklearn.SERIALIZATION_FORMAT_CLOUDPICKLE,
+                registered_model_name=name,
+            )
+        version = str(info.registered_model_version)
+        if description:
+            self.client.update_model_version(name, version, description=description)
+        return version
+
+    def set_alias(self, name: str, alias: str, version: str) -> None:
+        self.client.set_registered_model_alias(name, alias, version)

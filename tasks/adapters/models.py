@@ -1,0 +1,115 @@
+"""Resolving a model URI against the MLflow registry, and loading the model for the audits.
+
+scikit-learn models load natively (``predict_proba``, tree internals, ``clone``); anything else
+loads through pyfunc. An alias is resolved to its version first and the version is loaded, so the
+audit records exactly what it audited even if the alias moves meanwhile.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from audits.core.context import ModelUnderAudit
+from tasks.adapters.errors import ModelLoadError, ModelNotFoundError
+
+_REGISTRY = re.compile(r"^models:/(?P<name>[^/@]+)(?:/(?P<version>\d+)|@(?P<alias>[\w\-]+))$")
+_RUN = re.compile(r"^runs:/(?P<run_id>[0-9a-f]{32})/(?P<path>.+)$")
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    uri: str  # as requested
+    load_uri: str  # what is loaded (an alias resolved to its version)
+    name: str | None = None
+    version: str | None = None
+    alias: str | None = None
+    run_id: str | None = None
+
+    @property
+    def registered(self) -> bool:
+        return self.name is not None and self.version is not None
+
+    @property
+    def label(self) -> str:
+        return f"{self.name} v{self.version}" if self.registered else self.uri
+
+
+def _not_found(exc: Exception) -> bool:
+    return getattr(exc, "error_code", "") == "RESOURCE_DOES_NOT_EXIST" or "not found" in str(exc).lower()
+
+
+def resolve_model(uri: str, client) -> ModelRef:  # client: mlflow.MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    where = f"the registry at {client._registry_uri}"
+    if match := _REGISTRY.match(uri):
+        name, version, alias = match["name"], match["version"], match["alias"]
+        try:
+            client.get_registered_model(name)
+        except MlflowException as exc:
+            if not _not_found(exc):
+                raise
+            known = sorted(m.name for m in client.search_registered_models(max_results=50))
+            raise ModelNotFoundError(
+                f"no registered model {name!r} in {where} (registered: {known or 'none'})",
+                "check the model name, or the tracking URI (--tracking-uri / mlflow.tracking_uri)",
+            ) from None
+        try:
+            mv = client.get_model_version_by_alias(name, alias) if alias else client.get_model_version(name, version)
+        except MlflowException as exc:
+            if not _not_found(exc):
+                raise
+            versions = sorted(int(v.version) for v in client.search_model_versions(f"name='{name}'"))
+            aliases = sorted(client.get_registered_model(name).aliases)
+            what = f"alias @{alias}" if alias else f"version {version}"
+            raise ModelNotFoundError(
+                f"model {name!r} has no {what} in {where} (versions: {versions}, aliases: {aliases})",
+                f"use models:/{name}/<version> or models:/{name}@<alias> with one of those",
+            ) from None
+        return ModelRef(uri, f"models:/{name}/{mv.version}", name, str(mv.version), alias, mv.run_id)
+    if match := _RUN.match(uri):
+        try:
+            client.get_run(match["run_id"])
+        except MlflowException as exc:
+            if not _not_found(exc):
+                raise
+            raise ModelNotFoundError(f"no run {match['run_id']} in the tracking store", "check the run id in the URI") from None
+        return ModelRef(uri, uri, run_id=match["run_id"])
+    raise ModelNotFoundError(
+        f"unsupported model URI {uri!r}",
+        "use models:/NAME/VERSION, models:/NAME@ALIAS or runs:/RUN_ID/PATH",
+    )
+
+
+def load_model(ref: ModelRef, task: str = "auto") -> ModelUnderAudit:
+    import mlflow
+
+    identity = {"uri": ref.load_uri, "name": ref.name, "version": ref.version}
+    try:
+        flavors = mlflow.models.get_model_info(ref.load_uri).flavors
+    except Exception as exc:
+        raise ModelLoadError(f"cannot read the MLmodel of {ref.load_uri}: {exc}", "check that the URI points at a logged model") from None
+    try:
+        if "sklearn" in flavors:
+            model = ModelUnderAudit.from_estimator(mlflow.sklearn.load_model(ref.load_uri), flavor="sklearn", **identity)
+            if task != "auto" and task != model.task:
+                raise ModelLoadError(
+                    f"the config says model.task is {task!r}, but {ref.label} is a scikit-learn {model.task} model",
+                    f"set model.task to {model.task!r} or 'auto'",
+                )
+            return model
+        if task == "auto":
+            raise ModelLoadError(
+                f"{ref.label} has flavors {sorted(flavors)}; only scikit-learn models reveal their task",
+                "set model.task to 'classification' or 'regression' in the config",
+            )
+        pyfunc = mlflow.pyfunc.load_model(ref.load_uri)
+        return ModelUnderAudit(task=task, predict=pyfunc.predict, flavor="pyfunc", **identity)
+    except ModelLoadError:
+        raise
+    except Exception as exc:
+        raise ModelLoadError(
+            f"cannot load {ref.label} ({type(exc).__name__}: {exc})",
+            "load it once with mlflow.pyfunc.load_model to see why; skops-format models need their trusted types",
+        ) from None

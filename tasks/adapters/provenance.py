@@ -1,0 +1,81 @@
+"""What produced an audit: package versions and the code version, for the reproducibility manifest."""
+
+from __future__ import annotations
+
+import platform
+import subprocess
+from functools import cache
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+PACKAGES = ("auditlens", "mlflow", "prefect", "great-expectations", "shap", "lime", "scikit-learn",
+            "pandas", "numpy", "scipy", "matplotlib", "pydantic")  # fmt: skip
+
+
+@cache
+def package_versions() -> dict[str, str]:
+    found = {"python": platform.python_version()}
+    for name in PACKAGES:
+        try:
+            found[name] = version(name)
+        except PackageNotFoundError:
+            found[name] = "not installed"
+    return found
+
+
+@cache
+def code_version() -> str:
+    """The git commit of this checkout (with '+dirty' for local changes), else the package version."""
+    root = Path(__file__).resolve().parents[2]
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=5, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, capture_output=True, text=True, timeout=5).stdout.strip()
+        return sha + ("+dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return f"auditlens {package_versions()['auditlens']}"
+
+
+def model_params(ref, loaded, tracking_uri: str) -> dict[str, str]:
+    """Params known before the data is read (logged when the run opens)."""
+    settings = loaded.settings
+    return {
+        "model.uri": ref.uri,
+        "model.load_uri": ref.load_uri,
+        "model.name": ref.name or "",
+        "model.version": ref.version or "",
+        "model.alias": ref.alias or "",
+        "config.path": str(loaded.path),
+        "config.hash": loaded.config_hash,
+        "seed": str(settings.seed),
+        "audits": ",".join(p.id for p in loaded.plan),
+        "code.version": code_version(),
+        **{f"pkg.{name}": v for name, v in package_versions().items()},
+    }
+
+
+def data_params(fingerprints: dict[str, dict]) -> dict[str, str]:
+    return {
+        f"data.{role}.{key}": str(value)
+        for role, fp in fingerprints.items()
+        for key, value in fp.items()
+    }
+
+
+def build_manifest(ref, loaded, fingerprints: dict, results: list, verdict, tracking_uri: str, run_id: str) -> dict:
+    """What a reviewer needs to reproduce the audit: inputs by hash, configuration, code, packages, outcome."""
+    return {
+        "auditlens_manifest": 1,
+        "run_id": run_id,
+        "tracking_uri": tracking_uri,
+        "model": {"uri": ref.uri, "load_uri": ref.load_uri, "name": ref.name, "version": ref.version,
+                  "alias": ref.alias, "run_id": ref.run_id},
+        "config": {"path": str(loaded.path), "hash": loaded.config_hash,
+                   "settings": loaded.settings.model_dump(mode="json")},
+        "data": fingerprints,
+        "seed": loaded.settings.seed,
+        "code_version": code_version(),
+        "packages": package_versions(),
+        "verdict": verdict.value,
+        "audits": [{"id": r.audit, "verdict": r.verdict.value, "reason": r.reason,
+                    "duration_s": round(r.duration_s, 3)} for r in results],
+    }

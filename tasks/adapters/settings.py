@@ -1,0 +1,136 @@
+"""The audit configuration file: its schema, and loading it into validated settings.
+
+    kind: audit
+    seed: 0
+    data:
+      reference: data/reference.csv      # CSV or Parquet; relative paths are relative to this file
+      current: data/current.parquet
+      target: label                      # optional on current data
+    sampling: {reference_rows: 20000, current_rows: 20000}
+    mlflow: {tracking_uri: http://127.0.0.1:5000}
+    audits:
+      - audit: data_quality
+      - audit: shap
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from audits.core.plan import AuditPlan, AuditSpec, PlanError, PlannedAudit, format_location, pydantic_problems
+from tasks.adapters.errors import ConfigError
+
+DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class DataSources(_Strict):
+    reference: str  # what the model was trained on
+    current: str  # what it sees now
+    target: str | None = None
+    features: list[str] | None = None  # default: the model's own feature names, else every non-target column
+    categorical: list[str] | None = None  # default: the non-numeric columns
+
+
+class Sampling(_Strict):
+    """Row budgets: larger datasets are sampled without replacement, with the configured seed."""
+
+    reference_rows: int = Field(20_000, ge=1)
+    current_rows: int = Field(20_000, ge=1)
+
+
+class ModelOptions(_Strict):
+    task: Literal["auto", "classification", "regression"] = "auto"  # 'auto' needs a native sklearn model
+
+
+class MlflowSettings(_Strict):
+    tracking_uri: str | None = None  # default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db
+    experiment: str = "auditlens/{model_name}"  # one experiment per model
+    artifact_location: str | None = None  # only for new experiments; default: the store's own
+    request_timeout_s: int = Field(30, ge=1)
+    request_max_retries: int = Field(3, ge=0)  # MLflow's own HTTP retries, with exponential backoff
+
+
+class AuditSettings(_Strict):
+    kind: Literal["audit"] = "audit"
+    seed: int = 0
+    data: DataSources
+    sampling: Sampling = Sampling()
+    model: ModelOptions = ModelOptions()
+    mlflow: MlflowSettings = MlflowSettings()
+    audits: list[AuditSpec] = Field(min_length=1)
+
+    def resolved_tracking_uri(self, override: str | None = None) -> str:
+        return override or self.mlflow.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+
+    def build_plan(self) -> list[PlannedAudit]:
+        return AuditPlan(audits=self.audits).build()
+
+
+@dataclass(frozen=True)
+class LoadedSettings:
+    settings: AuditSettings
+    path: Path
+    config_hash: str
+    plan: list[PlannedAudit]
+
+    def data_path(self, which: Literal["reference", "current"]) -> Path:
+        raw = Path(os.path.expandvars(getattr(self.settings.data, which))).expanduser()
+        return raw if raw.is_absolute() else (self.path.parent / raw).resolve()
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist", "pass the path of a YAML file, e.g. config/demo.yaml")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(f"{path}{where}: malformed YAML ({problem})", "fix the YAML syntax at that position") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of settings at the top level, got {type(data).__name__}",
+                          "start the file with keys such as 'kind: audit', 'data:' and 'audits:'")
+    return data
+
+
+def config_error(path: Path, problems: list[tuple[tuple, str]]) -> ConfigError:
+    lines = [f"{format_location(loc)}: {message}" for loc, message in problems]
+    return ConfigError(
+        f"{path}: invalid configuration\n    " + "\n    ".join(lines),
+        "correct the keys listed above (the README's 'Configuration' section lists every key)",
+    )
+
+
+def hash_settings(settings: BaseModel) -> str:
+    canonical = json.dumps(settings.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def load_settings(path: str | Path) -> LoadedSettings:
+    path = Path(path).resolve()
+    data = read_yaml(path)
+    if data.get("kind", "audit") != "audit":
+        raise ConfigError(f"{path}: this is a {data.get('kind')!r} file, not an audit configuration",
+                          "pass a file with 'kind: audit' to 'auditlens audit'")
+    try:
+        settings = AuditSettings.model_validate(data)
+    except ValidationError as exc:
+        raise config_error(path, pydantic_problems(exc)) from None
+    try:
+        plan = settings.build_plan()
+    except PlanError as exc:
+        raise config_error(path, exc.problems) from None
+    return LoadedSettings(settings, path, hash_settings(settings), plan)

@@ -1,0 +1,122 @@
+"""Prefect tasks: names in the Prefect UI, retries on MLflow I/O, no logic of their own.
+
+Errors a user can fix (AuditlensError) are not retried: a missing column stays missing.
+Tasks that take models or DataFrames never cache (hashing them is slow and meaningless).
+"""
+
+from __future__ import annotations
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+from prefect.tasks import exponential_backoff
+
+from audits.core.context import AuditContext
+from audits.core.plan import PlannedAudit
+from audits.core.result import AuditResult
+from audits.core.runner import overall_verdict, run_planned
+from audits.report import markdown_summary, render_report
+from tasks.adapters import provenance
+from tasks.adapters.errors import AuditlensError
+from tasks.adapters.inputs import AuditInputs, assemble
+from tasks.adapters.mlflow_sink import AuditRun, MlflowSink
+from tasks.adapters.models import ModelRef, resolve_model
+from tasks.adapters.settings import LoadedSettings, load_settings
+from tasks.adapters.tracking import configure_http, make_client
+
+
+def _retry_unless_user_error(task, task_run, state) -> bool:
+    exc = state.result(raise_on_failure=False)
+    return not isinstance(exc, AuditlensError)
+
+
+MLFLOW_IO = {
+    "retries": 3,
+    "retry_delay_seconds": exponential_backoff(backoff_factor=1),
+    "retry_jitter_factor": 0.2,
+    "retry_condition_fn": _retry_unless_user_error,
+    "cache_policy": NO_CACHE,
+}
+
+
+@task(name="load-config", cache_policy=NO_CACHE)
+def load_config(config_path: str) -> LoadedSettings:
+    loaded = load_settings(config_path)
+    mlflow_settings = loaded.settings.mlflow
+    configure_http(mlflow_settings.request_timeout_s, mlflow_settings.request_max_retries)
+    return loaded
+
+
+@task(name="resolve-model", **MLFLOW_IO)
+def resolve(model_uri: str, tracking_uri: str) -> ModelRef:
+    return resolve_model(model_uri, make_client(tracking_uri))
+
+
+@task(name="open-audit-run", **MLFLOW_IO)
+def open_audit_run(ref: ModelRef, loaded: LoadedSettings, tracking_uri: str, audit_key: str, reason: str) -> AuditRun:
+    experiment = loaded.settings.mlflow.experiment.format(model_name=ref.name or "unregistered")
+    return MlflowSink(tracking_uri).open_run(
+        experiment=experiment,
+        run_name=f"audit {ref.label}",
+        audit_key=audit_key,
+        tags={
+            "auditlens.model_uri": ref.uri,
+            "auditlens.model_name": ref.name or "",
+            "auditlens.model_version": ref.version or "",
+            "auditlens.trigger": reason,
+        },
+        params=provenance.model_params(ref, loaded, tracking_uri),
+        model_name=ref.name,
+        model_version=ref.version,
+        artifact_location=loaded.settings.mlflow.artifact_location,
+    )
+
+
+@task(name="load-inputs", cache_policy=NO_CACHE)
+def load_inputs(ref: ModelRef, loaded: LoadedSettings) -> AuditInputs:
+    return assemble(ref, loaded)
+
+
+@task(name="audit", cache_policy=NO_CACHE)
+def run_one(planned: PlannedAudit, context: AuditContext) -> AuditResult:
+    return run_planned(planned, context)
+
+
+@task(name="record-audit", **MLFLOW_IO)
+def record_audit(run: AuditRun, ref: ModelRef, loaded: LoadedSettings, inputs: AuditInputs,
+                 results: list[AuditResult]) -> dict:
+    verdict = overall_verdict(results)
+    manifest = provenance.build_manifest(ref, loaded, inputs.fingerprints, results, verdict, run.tracking_uri, run.run_id)
+    report = render_report(
+        title=ref.label,
+        subtitle=f"{ref.uri} · config {loaded.path.name} ({loaded.config_hash}) · MLflow run {run.run_id}",
+        verdict=verdict,
+        results=results,
+        provenance={
+            "model URI": ref.uri,
+            "loaded": ref.load_uri,
+            "reference data": f"{inputs.fingerprints['reference']['path']} ({inputs.fingerprints['reference']['rows_used']} rows used)",
+            "current data": f"{inputs.fingerprints['current']['path']} ({inputs.fingerprints['current']['rows_used']} rows used)",
+            "config hash": loaded.config_hash,
+            "seed": loaded.settings.seed,
+            "code version": provenance.code_version(),
+        },
+    )
+    sink = MlflowSink(run.tracking_uri)
+    sink.log_params(run, provenance.data_params(inputs.fingerprints))
+    sink.record(run, results, report, manifest)
+    sink.close(run, verdict, markdown_summary(ref.label, verdict, results))
+    return {
+        "run_id": run.run_id,
+        "experiment_id": run.experiment_id,
+        "experiment": run.experiment_name,
+        "tracking_uri": run.tracking_uri,
+        "model": ref.label,
+        "verdict": verdict.value,
+        "audits": {r.audit: {"verdict": r.verdict.value, "reason": r.reason} for r in results},
+    }
+
+
+@task(name="fail-audit-run", **{**MLFLOW_IO, "retry_condition_fn": None})
+def fail_audit_run(run: AuditRun, reason: str) -> None:
+    MlflowSink(run.tracking_uri).fail(run, reason)
+
