@@ -69,8 +69,11 @@ class BaselineSuite(BaseModel):
 
     enabled: bool = True
     types: bool = True
-    null_rate_tolerance: float = Field(0.02, ge=0, le=1)  # current may exceed the reference null rate by this much
-    range_mostly: float = Field(0.99, gt=0, le=1)  # share of current values that must lie in the reference range
+    # Current data may exceed the reference null rate by this much, or by 3 standard errors of a
+    # binomial rate at the current sample size when that is larger (small samples are noisy).
+    null_rate_tolerance: float = Field(0.02, ge=0, le=1)
+    range_margin: float = Field(0.1, ge=0)  # widen the reference [min, max] by this share of its width on each side
+    range_mostly: float = Field(0.99, gt=0, le=1)  # share of current values that must lie in the widened range
     domain_mostly: float = Field(0.99, gt=0, le=1)  # share of categorical values that must be seen in reference
     max_domain_size: int = Field(50, ge=1)  # larger categorical domains get no in-set expectation
 
@@ -90,7 +93,7 @@ def _python(value: Any) -> Any:
     return value.item() if isinstance(value, np.generic) else value
 
 
-def infer_baseline(reference: pd.DataFrame, categorical: tuple[str, ...], cfg: BaselineSuite) -> list[dict]:
+def infer_baseline(reference: pd.DataFrame, categorical: tuple[str, ...], cfg: BaselineSuite, current_rows: int | None = None) -> list[dict]:
     """Expectations that the reference data satisfies by construction (columns, types, nulls, ranges, domains)."""
     expectations: list[dict] = [
         {"type": "expect_table_columns_to_match_set", "kwargs": {"column_set": list(reference.columns), "exact_match": True}}
@@ -106,20 +109,25 @@ def infer_baseline(reference: pd.DataFrame, categorical: tuple[str, ...], cfg: B
                 # pandas 3 stores strings as 'str'; GX's in-type-list check never matches them
                 expectations.append({"type": "expect_column_values_to_be_of_type", "kwargs": {"column": column, "type_": "str"}})
         null_rate = float(series.isna().mean())
-        mostly = round(1.0 - null_rate - cfg.null_rate_tolerance, 6)
+        noise = 3 * np.sqrt(null_rate * (1 - null_rate) / current_rows) if current_rows else 0.0
+        mostly = round(1.0 - null_rate - max(cfg.null_rate_tolerance, noise), 6)
         if mostly > 0:
             expectations.append({"type": "expect_column_values_to_not_be_null", "kwargs": {"column": column, "mostly": mostly}})
         present = series.dropna()
         if present.empty:
             continue
         if column not in categorical and pd.api.types.is_numeric_dtype(series) and not pd.api.types.is_bool_dtype(series):
+            # The sample extremes of a finite reference are exceeded by fresh draws of the same
+            # distribution about 2/(n+1) of the time; the margin keeps such draws from warning.
+            low, high = float(present.min()), float(present.max())
+            margin = cfg.range_margin * (high - low)
             expectations.append(
                 {
                     "type": "expect_column_values_to_be_between",
                     "kwargs": {
                         "column": column,
-                        "min_value": _python(present.min()),
-                        "max_value": _python(present.max()),
+                        "min_value": low - margin,
+                        "max_value": high + margin,
                         "mostly": cfg.range_mostly,
                     },
                 }
@@ -160,8 +168,11 @@ def _observed(result: dict) -> str:
     else:
         text = ""
     exception = result.get("exception_info") or {}
-    if exception.get("raised_exception"):
-        text = f"error: {exception.get('exception_message', '')}"
+    # GX reports either one exception, or one per metric it failed to compute
+    reports = [exception] if "raised_exception" in exception else [v for v in exception.values() if isinstance(v, dict)]
+    raised = [r for r in reports if r.get("raised_exception")]
+    if raised:
+        text = f"error: {raised[0].get('exception_message', '')}"
     return text[:300]
 
 
@@ -182,7 +193,9 @@ class DataQualityAudit(Audit):
         shared = [c for c in reference.columns if c in current.columns]
         suites = {
             "user": [e.model_dump() for e in cfg.expectations],
-            "baseline": infer_baseline(reference[shared], context.categorical, cfg.baseline) if cfg.baseline.enabled else [],
+            "baseline": infer_baseline(reference[shared], context.categorical, cfg.baseline, len(current))
+            if cfg.baseline.enabled
+            else [],
         }
         validations, docs = _validate(current, suites, cfg.data_docs)
 

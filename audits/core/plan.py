@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from audits.core.audit import Audit
 from audits.core.registry import UnknownAuditError, get_audit_class
@@ -83,21 +83,16 @@ class AuditPlan(BaseModel):
 
     audits: list[AuditSpec] = Field(min_length=1)
 
-    @model_validator(mode="after")
-    def _unique_ids(self) -> AuditPlan:
-        seen: set[str] = set()
-        for spec in self.audits:
-            if spec.audit_id in seen:
-                raise ValueError(f"two audits share the id {spec.audit_id!r}; give one of them an 'id'")
-            seen.add(spec.audit_id)
-        return self
-
     def build(self, location: tuple[Any, ...] = ("audits",)) -> list[PlannedAudit]:
         """Resolve each audit and validate its configuration; raise one PlanError listing every problem."""
         planned: list[PlannedAudit] = []
         problems: list[tuple[tuple[Any, ...], str]] = []
+        seen: set[str] = set()
         for index, spec in enumerate(self.audits):
             here = (*location, index)
+            if spec.audit_id in seen:
+                problems.append(((*here, "id"), f"two audits share the id {spec.audit_id!r}; give one of them an 'id'"))
+            seen.add(spec.audit_id)
             try:
                 cls = get_audit_class(spec.audit)
             except UnknownAuditError as exc:

@@ -6,6 +6,7 @@ import base64
 import io
 import json
 import math
+import posixpath
 import re
 from dataclasses import dataclass, field, replace
 from enum import Enum
@@ -34,25 +35,26 @@ def worst(verdicts: list[Verdict]) -> Verdict:
 
 
 # MLflow's rule for metric, param and tag keys (mlflow.utils.validation): word characters,
-# '.', '-', ' ', ':', '/'; at most 250 characters.
+# '.', '-', ' ', ':', '/'; a key must not change under path normalisation; at most 250 characters.
 _KEY_ALLOWED = re.compile(r"^[/\w.\- :]+$")
-_KEY_INVALID_CHARS = re.compile(r"[^/\w.\- :]")
+_KEY_PART_INVALID = re.compile(r"[^\w.\- :]")  # inside one part, '/' is replaced too
 MAX_KEY_LENGTH = 250
 
 
 def is_valid_key(key: str) -> bool:
+    normalised = posixpath.normpath(key)
     return (
         bool(_KEY_ALLOWED.match(key))
         and len(key) <= MAX_KEY_LENGTH
-        and not key.startswith("/")
-        and ".." not in key.split("/")
+        and normalised == key
+        and not normalised.startswith(("..", "/"))
     )
 
 
 def key_part(name: Any) -> str:
-    """A column or class name made safe for a metric key ('income ($)' -> 'income (_)')."""
-    text = _KEY_INVALID_CHARS.sub("_", str(name)).strip()
-    return text or "_"
+    """A column or class name made safe inside a metric key ('income ($)' -> 'income ___')."""
+    text = _KEY_PART_INVALID.sub("_", str(name)).strip()
+    return text.strip(".") or "_"
 
 
 def metric_key(*parts: Any) -> str:

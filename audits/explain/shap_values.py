@@ -14,6 +14,9 @@ against the model itself and reported as a metric.
 from __future__ import annotations
 
 import threading
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -268,7 +271,7 @@ class ShapAudit(Audit):
         artifacts = [
             Artifact.table("importance", importance_table, "Global importance: mean |SHAP| per original column"),
             Artifact.table("values", _values_table(attr, X), "Per-row SHAP values (original columns), base value, model output"),
-            *_figures(attr, X, cfg),
+            *_figures(attr, X, cfg, context.random_state("shap.plots")),
         ]
         if attr.feature_map is not None:
             artifacts.append(Artifact.table("feature_map", attr.feature_map.table(), "Transformed features and their original columns"))
@@ -311,7 +314,18 @@ def _display_data(attr: Attribution, X: pd.DataFrame) -> np.ndarray:
     return np.column_stack(columns)
 
 
-def _figures(attr: Attribution, X: pd.DataFrame, cfg: ShapConfig) -> list[Artifact]:
+@contextmanager
+def _seeded_global_numpy(seed: int) -> Iterator[None]:
+    """shap's beeswarm jitters points with numpy's global generator: seed it for byte-stable figures, then restore it."""
+    state = np.random.get_state()
+    np.random.seed(seed)
+    try:
+        yield
+    finally:
+        np.random.set_state(state)
+
+
+def _figures(attr: Attribution, X: pd.DataFrame, cfg: ShapConfig, seed: int) -> list[Artifact]:
     import shap
 
     data = _display_data(attr, X)
@@ -320,7 +334,8 @@ def _figures(attr: Attribution, X: pd.DataFrame, cfg: ShapConfig) -> list[Artifa
         for k, name in enumerate(attr.output_names)
     }
     artifacts = []
-    with _PLOT_LOCK:
+    with _PLOT_LOCK, _seeded_global_numpy(seed), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # all-NaN colour columns (categoricals) and shap's own deprecations
         for k, (name, explanation) in enumerate(explanations.items()):
             if k >= cfg.max_class_plots:
                 break

@@ -1,0 +1,37 @@
+# One virtual environment (.venv), installed from the lock file; every target sets it up if needed.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+
+.PHONY: install demo ui test test-fast bench lock clean
+
+$(STAMP): pyproject.toml requirements.lock
+	$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "auditlens needs Python 3.11 (set PYTHON=python3.11)"'
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -c requirements.lock -e ".[dev]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: install                 ## train, register and audit the demo models; prints how to open the MLflow UI
+	$(BIN)/auditlens demo
+
+ui: install                   ## the MLflow UI on the demo's store: http://127.0.0.1:5000
+	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/.auditlens-demo/mlflow.db --host 127.0.0.1 --port 5000
+
+test: install                 ## every test: unit, end to end (Prefect + MLflow), integration (a real mlflow server)
+	$(BIN)/python -m pytest
+
+test-fast: install            ## unit tests only
+	$(BIN)/python -m pytest tests/unit
+
+bench: install                ## our audit against mlflow.evaluate + a GX validation on 20,000 x 30
+	$(BIN)/python bench/bench_audit.py
+
+lock: install                 ## refresh requirements.lock after changing pyproject.toml
+	$(BIN)/python -m pip freeze --exclude-editable | grep -v '^auditlens' > requirements.lock
+
+clean:
+	rm -rf $(VENV) .auditlens-demo .pytest_cache bench/out

@@ -1,0 +1,116 @@
+"""The shape of the house: imports run flows -> tasks -> audits; audits stay pure; one MLflow writer;
+our generic package names belong to this repository alone."""
+
+from __future__ import annotations
+
+import ast
+import importlib.util
+from importlib.metadata import distributions
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT
+
+PACKAGES = ("flows", "tasks", "audits")
+
+
+def imported_modules(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+def python_files(package: str) -> list[Path]:
+    return sorted((ROOT / package).rglob("*.py"))
+
+
+def test_audits_never_import_prefect_or_mlflow():
+    offenders = {str(p.relative_to(ROOT)): sorted(imported_modules(p) & {"prefect", "mlflow"}) for p in python_files("audits")}
+    assert {k: v for k, v in offenders.items() if v} == {}
+
+
+def test_imports_only_run_downwards():
+    upward = {"audits": {"tasks", "flows"}, "tasks": {"flows"}}
+    offenders = [
+        (str(p.relative_to(ROOT)), sorted(imported_modules(p) & banned))
+        for package, banned in upward.items()
+        for p in python_files(package)
+        if imported_modules(p) & banned
+    ]
+    assert offenders == []
+
+
+def test_adapters_never_import_prefect_and_flows_never_import_mlflow():
+    adapters = [str(p.relative_to(ROOT)) for p in (ROOT / "tasks" / "adapters").rglob("*.py") if "prefect" in imported_modules(p)]
+    flows = [str(p.relative_to(ROOT)) for p in python_files("flows") if "mlflow" in imported_modules(p)]
+    assert adapters == [] and flows == []
+
+
+WRITE_CALLS = {
+    "log_metric", "log_metrics", "log_param", "log_params", "log_batch", "log_artifact", "log_artifacts",
+    "log_dict", "log_text", "log_figure", "log_image", "log_table", "set_tag", "set_tags", "create_run",
+    "set_terminated", "create_experiment", "set_model_version_tag", "set_registered_model_alias",
+    "create_model_version", "create_registered_model", "log_model", "start_run", "update_model_version",
+}  # fmt: skip
+
+
+def test_only_the_sink_writes_to_mlflow():
+    sink = ROOT / "tasks" / "adapters" / "mlflow_sink.py"
+    offenders = []
+    for package in PACKAGES:
+        for path in python_files(package):
+            if path == sink:
+                continue
+            for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+                if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr in WRITE_CALLS:
+                    receiver = ast.unparse(node.func.value)
+                    if "mlflow" in receiver or "client" in receiver:
+                        offenders.append(f"{path.relative_to(ROOT)}:{node.lineno} {ast.unparse(node.func)}")
+    assert offenders == []
+
+
+@pytest.mark.parametrize("package", PACKAGES)
+def test_package_names_resolve_to_this_repository(package):
+    spec = importlib.util.find_spec(package)
+    assert spec is not None and spec.origin is not None
+    assert Path(spec.origin).resolve().parent == ROOT / package
+
+
+def _top_level_names(dist) -> set[str]:
+    top_level = dist.read_text("top_level.txt")
+    if top_level:
+        return {line.strip() for line in top_level.splitlines() if line.strip()}
+    names = set()
+    for file in dist.files or []:
+        parts = file.parts
+        if len(parts) > 1 and not parts[0].endswith((".dist-info", ".egg-info", ".data")) and parts[0] != "..":
+            names.add(parts[0])
+        elif len(parts) == 1 and parts[0].endswith(".py"):
+            names.add(parts[0][:-3])
+    return names
+
+
+def test_no_installed_dependency_provides_our_package_names():
+    from importlib.metadata import distribution
+
+    # the detector itself works: it finds the packages that distributions do install
+    assert "mlflow" in _top_level_names(distribution("mlflow")) and "prefect" in _top_level_names(distribution("prefect"))
+    clashes = {
+        dist.metadata["Name"]: sorted(_top_level_names(dist) & set(PACKAGES))
+        for dist in distributions()
+        if dist.metadata["Name"] != "auditlens"
+    }
+    assert {name: found for name, found in clashes.items() if found} == {}
+
+
+def test_flow_files_are_not_named_like_libraries():
+    # Prefect puts a flow file's folder first on sys.path: flows/mlflow.py would shadow mlflow.
+    installed = {name for dist in distributions() for name in _top_level_names(dist)}
+    clashing = sorted(p.stem for p in (ROOT / "flows").glob("*.py") if p.stem in installed)
+    assert clashing == []

@@ -1,0 +1,62 @@
+"""Every YAML in config/ validates; every file in tests/invalid_configs/ fails with the message its first line names."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from flows.cli import app
+from tasks.adapters.demo import load_demo_settings
+from tasks.adapters.errors import ConfigError
+from tasks.adapters.settings import load_settings, read_yaml
+from tests.conftest import ROOT
+
+SHIPPED = sorted((ROOT / "config").rglob("*.yaml"))
+INVALID = sorted((ROOT / "tests" / "invalid_configs").glob("*.yaml"))
+
+
+def load_any(path: Path):
+    kind = read_yaml(path).get("kind", "audit")
+    return load_demo_settings(path) if kind == "demo" else load_settings(path)
+
+
+def test_there_are_shipped_and_invalid_configs():
+    assert {p.name for p in SHIPPED} >= {"demo.yaml", "example-audit.yaml"}
+    assert len(INVALID) >= 10
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.name)
+def test_shipped_configs_validate(path):
+    loaded = load_any(path)
+    if path.name == "example-audit.yaml":
+        assert [p.id for p in loaded.plan] == ["data_quality", "performance", "shap"]
+        assert len(loaded.config_hash) == 16
+
+
+@pytest.mark.parametrize("path", INVALID, ids=lambda p: p.name)
+def test_invalid_configs_fail_with_a_clear_message(path):
+    expected = path.read_text().splitlines()[0].removeprefix("# expect: ")
+    with pytest.raises(ConfigError) as info:
+        load_any(path)
+    message = str(info.value)
+    assert str(path) in message
+    assert expected in message
+    assert "fix:" in message
+
+
+@pytest.mark.parametrize("path", INVALID[:4], ids=lambda p: p.name)
+def test_cli_reports_invalid_configs_in_one_message_with_exit_code_2(path):
+    result = CliRunner().invoke(app, ["check-config", str(path)])
+    assert result.exit_code == 2
+    assert "error:" in result.output and "Traceback" not in result.output
+
+
+def test_config_hash_is_stable_and_sensitive(tmp_path):
+    text = (ROOT / "config" / "example-audit.yaml").read_text()
+    a, b = tmp_path / "a.yaml", tmp_path / "b.yaml"
+    a.write_text(text)
+    b.write_text(text.replace("seed: 7", "seed: 8"))
+    assert load_settings(a).config_hash == load_settings(ROOT / "config" / "example-audit.yaml").config_hash
+    assert load_settings(a).config_hash != load_settings(b).config_hash

@@ -1,0 +1,109 @@
+"""Data quality: the inferred suite holds on its own reference, planted faults are caught with the right
+counts (checked against pandas), the user suite gates the verdict, Data Docs are produced."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from audits.core.plan import PlannedAudit
+from audits.core.result import Verdict
+from audits.core.runner import run_planned
+from audits.data_quality import BaselineSuite, DataQualityAudit, DataQualityConfig, infer_baseline
+from tests.conftest import context_for, make_pipeline_model, make_tabular
+
+
+def run(context, **config):
+    audit = DataQualityAudit(DataQualityConfig.model_validate(config))
+    return run_planned(PlannedAudit("data_quality", audit, DataQualityAudit.default_thresholds), context)
+
+
+def table(result, name="expectations.json"):
+    return next(a.content for a in result.artifacts if a.name == name)
+
+
+def test_baseline_expectations_describe_the_reference():
+    X, _ = make_tabular(200)
+    suite = {(e["type"], e["kwargs"].get("column")): e["kwargs"] for e in infer_baseline(X, ("colour",), BaselineSuite())}
+    assert suite[("expect_table_columns_to_match_set", None)]["column_set"] == list(X.columns)
+    between = suite[("expect_column_values_to_be_between", "x1")]
+    width = X["x1"].max() - X["x1"].min()
+    assert between["min_value"] == pytest.approx(X["x1"].min() - 0.1 * width)
+    assert between["max_value"] == pytest.approx(X["x1"].max() + 0.1 * width)
+    assert suite[("expect_column_values_to_not_be_null", "x3")]["mostly"] == pytest.approx(1 - X["x3"].isna().mean() - 0.02)
+    assert suite[("expect_column_values_to_be_in_set", "colour")]["value_set"] == ["blue", "green", "red"]
+    assert suite[("expect_column_values_to_be_of_type", "colour")]["type_"] == "str"
+    assert ("expect_column_values_to_be_in_set", "x1") not in suite  # numeric: a range, not a domain
+
+
+def test_the_reference_satisfies_its_own_baseline(tabular):
+    X, y = tabular
+    model = make_pipeline_model(X, y, "gbm")
+    context = context_for(model, pd.concat([X, X]), pd.concat([y, y]), split=len(X))  # current == reference
+    result = run(context)
+    assert result.metrics["data_quality.baseline.failed"] == 0
+    assert result.metrics["data_quality.baseline.evaluated"] > 10
+    assert result.verdict is Verdict.PASS
+
+
+def test_planted_faults_are_caught_with_pandas_counts(tabular):
+    X, y = tabular
+    model = make_pipeline_model(X, y, "gbm")
+    current = X.iloc[250:].copy()
+    rng = np.random.default_rng(0)
+    current.loc[rng.random(len(current)) < 0.2, "x1"] = np.nan
+    current.loc[current.index[:9], "colour"] = "purple"
+    current.loc[current.index[10:20], "x2"] = 1e6
+    context = context_for(model, pd.concat([X.iloc[:250], current]), y, split=250)
+    result = run(context)
+    outcomes = table(result).set_index(["expectation", "column"])
+    null_row = outcomes.loc[("expect_column_values_to_not_be_null", "x1")]
+    assert not null_row["success"]
+    assert null_row["unexpected_percent"] == pytest.approx(100 * current["x1"].isna().mean())
+    in_set = outcomes.loc[("expect_column_values_to_be_in_set", "colour")]
+    assert not in_set["success"] and in_set["unexpected_percent"] == pytest.approx(100 * 9 / len(current))
+    assert not outcomes.loc[("expect_column_values_to_be_between", "x2")]["success"]
+    assert outcomes.loc[("expect_column_values_to_be_between", "x3")]["success"]
+    assert result.metrics["data_quality.baseline.failed"] == 3
+    assert result.metrics["data_quality.current.null_rate"] == pytest.approx(
+        pd.concat([current, y.iloc[250:]], axis=1).isna().to_numpy().mean())
+    assert result.verdict is Verdict.WARN  # baseline failures warn by default
+    assert "x1" in result.info["failing_expectations"]
+
+
+def test_the_user_suite_fails_the_audit_and_data_docs_are_produced(classifier_context):
+    result = run(
+        classifier_context,
+        expectations=[
+            {"type": "expect_column_values_to_be_between", "kwargs": {"column": "x1", "min_value": -0.5, "max_value": 0.5}},
+            {"type": "expect_column_values_to_not_be_null", "kwargs": {"column": "colour"}},
+        ],
+    )
+    assert result.metrics["data_quality.user.evaluated"] == 2 and result.metrics["data_quality.user.failed"] == 1
+    assert result.verdict is Verdict.FAIL and "data_quality.user.failed" in result.reason
+    docs = {a.name: a.content for a in result.artifacts if a.kind == "html"}
+    assert set(docs) == {"data_docs_user.html", "data_docs_baseline.html"}
+    assert "Data documentation compiled by Great Expectations" in docs["data_docs_user.html"]
+    assert "x1" in docs["data_docs_user.html"] and "colour" in docs["data_docs_user.html"]
+
+
+def test_a_user_expectation_on_a_missing_column_fails_instead_of_crashing(classifier_context):
+    result = run(classifier_context, expectations=[{"type": "expect_column_values_to_not_be_null", "kwargs": {"column": "nope"}}])
+    assert result.metrics["data_quality.user.failed"] == 1
+    row = table(result).query("suite == 'user'").iloc[0]
+    assert not row["success"] and "error" in row["observed"]
+
+
+def test_no_data_docs_when_disabled(classifier_context):
+    result = run(classifier_context, data_docs=False, baseline={"enabled": False})
+    assert not [a for a in result.artifacts if a.kind == "html"]
+    assert result.metrics["data_quality.baseline.evaluated"] == 0
+
+
+def test_null_tolerance_widens_with_sampling_noise_on_small_current_data():
+    X = pd.DataFrame({"v": [np.nan] * 5 + list(range(95))})
+    [nulls] = [e for e in infer_baseline(X, (), BaselineSuite(), current_rows=50) if e["type"] == "expect_column_values_to_not_be_null"]
+    assert nulls["kwargs"]["mostly"] == pytest.approx(1 - 0.05 - 3 * np.sqrt(0.05 * 0.95 / 50), abs=1e-6)
+    [large] = [e for e in infer_baseline(X, (), BaselineSuite(), current_rows=100_000) if e["type"] == "expect_column_values_to_not_be_null"]
+    assert large["kwargs"]["mostly"] == pytest.approx(1 - 0.05 - 0.02)

@@ -1,0 +1,140 @@
+"""Thresholds as data, the runner's SKIPPED / ERROR / verdict logic, metric key rules."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from pydantic import ValidationError
+
+from audits.core import Audit, AuditConfig, AuditResult, Requirements, Threshold, Verdict
+from audits.core.plan import PlannedAudit
+from audits.core.result import is_valid_key, key_part, worst
+from audits.core.runner import overall_verdict, run_planned
+
+
+def test_absolute_bounds():
+    t = Threshold(metric="m", min=0.5, max=0.9)
+    assert t.evaluate({"m": 0.7}).passed is True
+    assert t.evaluate({"m": 0.95}).passed is False
+    assert t.evaluate({"m": 0.5}).passed is True  # bounds are inclusive
+
+
+def test_change_against_a_baseline_absolute_and_relative():
+    drop = Threshold(metric="cur", compare_to="ref", min=-0.05)
+    assert drop.evaluate({"cur": 0.80, "ref": 0.84}).passed is True
+    check = drop.evaluate({"cur": 0.70, "ref": 0.84})
+    assert check.passed is False and check.value == pytest.approx(-0.14)
+    growth = Threshold(metric="cur", compare_to="ref", max=0.5, relative=True)
+    assert growth.evaluate({"cur": 14.0, "ref": 10.0}).value == pytest.approx(0.4)
+    assert growth.evaluate({"cur": 16.0, "ref": 10.0}).passed is False
+    assert growth.evaluate({"cur": 1.0, "ref": 0.0}).passed is None  # relative change to 0 is undefined
+
+
+def test_missing_or_nan_metric_cannot_be_evaluated():
+    t = Threshold(metric="m", min=0)
+    assert t.evaluate({}).passed is None and "not produced" in t.evaluate({}).message
+    assert t.evaluate({"m": math.nan}).passed is None
+
+
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        ({"metric": "m"}, "needs 'min', 'max'"),
+        ({"metric": "m", "min": 2, "max": 1}, "greater than"),
+        ({"metric": "m", "min": 0, "relative": True}, "compare_to"),
+        ({"metric": "m", "min": 0, "sevrity": "warn"}, "Extra inputs"),
+    ],
+)
+def test_invalid_thresholds_are_rejected(bad, message):
+    with pytest.raises(ValidationError, match=message):
+        Threshold.model_validate(bad)
+
+
+@pytest.mark.parametrize(
+    "key", ["shap.importance.mean radius", "a/b:c-d e", "shap.importance.income ($)", "../up", "a//b", "a/./b", "é.ok", ""]
+)
+def test_metric_key_rule_agrees_with_mlflow(key):
+    from mlflow.exceptions import MlflowException
+    from mlflow.utils.validation import _validate_metric_name
+
+    try:
+        _validate_metric_name(key)
+        mlflow_accepts = True
+    except MlflowException:
+        mlflow_accepts = False
+    assert is_valid_key(key) == mlflow_accepts
+
+
+def test_keys_longer_than_mlflow_allows_are_invalid():
+    assert is_valid_key("x" * 250) and not is_valid_key("x" * 251)
+
+
+def test_key_part_makes_any_name_valid():
+    assert key_part("income ($)") == "income ___"
+    for name in ["weird/../name?", "..", "a//b", " spaced ", "€"]:
+        assert is_valid_key(f"shap.importance.{key_part(name)}"), name
+
+
+def test_verdict_order():
+    assert worst([Verdict.PASS, Verdict.WARN]) is Verdict.WARN
+    assert worst([Verdict.ERROR, Verdict.FAIL]) is Verdict.FAIL
+    assert worst([Verdict.SKIPPED, Verdict.PASS]) is Verdict.PASS
+    assert worst([]) is Verdict.SKIPPED
+
+
+class Fixed(Audit):
+    name = "fixed"
+    Config = AuditConfig
+
+    def __init__(self, metrics, verdict=Verdict.PASS, requires=Requirements()):
+        super().__init__()
+        self.metrics, self.verdict = metrics, verdict
+        self.requires = requires
+
+    def compute(self, context):
+        return AuditResult(audit=self.name, metrics=self.metrics, verdict=self.verdict)
+
+
+class Crashing(Audit):
+    name = "crashing"
+
+    def compute(self, context):
+        raise ZeroDivisionError("division by zero in the audit")
+
+
+def test_runner_namespaces_metrics_and_applies_checks(classifier_context):
+    planned = PlannedAudit("fixed", Fixed({"score": 0.4}), (Threshold(metric="fixed.score", min=0.5),))
+    result = run_planned(planned, classifier_context)
+    assert result.metrics == {"fixed.score": 0.4}
+    assert result.verdict is Verdict.FAIL and "violates" in result.reason
+    warn = PlannedAudit("fixed", Fixed({"score": 0.4}), (Threshold(metric="fixed.score", min=0.5, severity="warn"),))
+    assert run_planned(warn, classifier_context).verdict is Verdict.WARN
+    typo = PlannedAudit("fixed", Fixed({"score": 0.4}), (Threshold(metric="fixed.scroe", min=0.5),))
+    result = run_planned(typo, classifier_context)
+    assert result.verdict is Verdict.ERROR and "fixed.scroe" in result.reason
+
+
+def test_a_crash_becomes_error_and_the_others_still_run(classifier_context):
+    results = [
+        run_planned(PlannedAudit("crashing", Crashing(), ()), classifier_context),
+        run_planned(PlannedAudit("fixed", Fixed({"score": 1.0}), ()), classifier_context),
+    ]
+    assert results[0].verdict is Verdict.ERROR
+    assert results[0].reason == "ZeroDivisionError: division by zero in the audit"
+    assert "Traceback" in results[0].info["traceback"]
+    assert results[1].verdict is Verdict.PASS
+    assert overall_verdict(results) is Verdict.ERROR
+
+
+def test_unmet_requirements_skip_with_a_reason(classifier_context, regressor_context):
+    needs_regression = Fixed({}, requires=Requirements(tasks=("regression",)))
+    result = run_planned(PlannedAudit("fixed", needs_regression, ()), classifier_context)
+    assert result.verdict is Verdict.SKIPPED and "regression" in result.reason
+    needs_proba = Fixed({}, requires=Requirements(probabilities=True))
+    assert "predict_proba" in run_planned(PlannedAudit("fixed", needs_proba, ()), regressor_context).reason
+
+
+def test_invalid_metric_keys_become_an_error(classifier_context):
+    result = run_planned(PlannedAudit("fixed", Fixed({"bad key!": 1.0}), ()), classifier_context)
+    assert result.verdict is Verdict.ERROR and "MLflow rejects" in result.reason
