@@ -72,9 +72,12 @@ class BaselineSuite(BaseModel):
     # Current data may exceed the reference null rate by this much, or by 3 standard errors of a
     # binomial rate at the current sample size when that is larger (small samples are noisy).
     null_rate_tolerance: float = Field(0.02, ge=0, le=1)
-    range_margin: float = Field(0.1, ge=0)  # widen the reference [min, max] by this share of its width on each side
-    range_mostly: float = Field(0.99, gt=0, le=1)  # share of current values that must lie in the widened range
-    domain_mostly: float = Field(0.99, gt=0, le=1)  # share of categorical values that must be seen in reference
+    # Shares of current values that must lie in the reference [min, max] / the reference categories.
+    # Loosened where chance alone would break them: a fresh draw from the reference distribution falls
+    # outside the sample's range with probability 2/(n+1), and outside its categories with the
+    # Good-Turing estimate (categories seen once)/n; the allowed share is that rate plus 3 standard errors.
+    range_mostly: float = Field(0.99, gt=0, le=1)
+    domain_mostly: float = Field(0.99, gt=0, le=1)
     max_domain_size: int = Field(50, ge=1)  # larger categorical domains get no in-set expectation
 
 
@@ -91,6 +94,12 @@ class DataQualityConfig(AuditConfig):
 
 def _python(value: Any) -> Any:
     return value.item() if isinstance(value, np.generic) else value
+
+
+def _mostly(configured: float, chance_rate: float, current_rows: int | None) -> float:
+    """The configured share, or less when the rate expected by chance (plus 3 standard errors) needs it."""
+    noise = 3 * np.sqrt(chance_rate * (1 - chance_rate) / current_rows) if current_rows else 0.0
+    return round(1.0 - max(1.0 - configured, chance_rate + noise), 6)
 
 
 def infer_baseline(reference: pd.DataFrame, categorical: tuple[str, ...], cfg: BaselineSuite, current_rows: int | None = None) -> list[dict]:
@@ -110,32 +119,33 @@ def infer_baseline(reference: pd.DataFrame, categorical: tuple[str, ...], cfg: B
                 expectations.append({"type": "expect_column_values_to_be_of_type", "kwargs": {"column": column, "type_": "str"}})
         null_rate = float(series.isna().mean())
         noise = 3 * np.sqrt(null_rate * (1 - null_rate) / current_rows) if current_rows else 0.0
-        mostly = round(1.0 - null_rate - max(cfg.null_rate_tolerance, noise), 6)
+        mostly = round(1.0 - null_rate - max(cfg.null_rate_tolerance, noise), 6)  # nulls have a base rate of their own
         if mostly > 0:
             expectations.append({"type": "expect_column_values_to_not_be_null", "kwargs": {"column": column, "mostly": mostly}})
         present = series.dropna()
         if present.empty:
             continue
         if column not in categorical and pd.api.types.is_numeric_dtype(series) and not pd.api.types.is_bool_dtype(series):
-            # The sample extremes of a finite reference are exceeded by fresh draws of the same
-            # distribution about 2/(n+1) of the time; the margin keeps such draws from warning.
-            low, high = float(present.min()), float(present.max())
-            margin = cfg.range_margin * (high - low)
             expectations.append(
                 {
                     "type": "expect_column_values_to_be_between",
                     "kwargs": {
                         "column": column,
-                        "min_value": low - margin,
-                        "max_value": high + margin,
-                        "mostly": cfg.range_mostly,
+                        "min_value": _python(present.min()),
+                        "max_value": _python(present.max()),
+                        "mostly": _mostly(cfg.range_mostly, 2 / (len(present) + 1), current_rows),
                     },
                 }
             )
         elif present.nunique() <= cfg.max_domain_size:
-            domain = sorted({_python(v) for v in present.unique()}, key=str)
+            counts = present.value_counts()
+            domain = sorted({_python(v) for v in counts.index}, key=str)
+            unseen_rate = float((counts == 1).sum()) / len(present)
             expectations.append(
-                {"type": "expect_column_values_to_be_in_set", "kwargs": {"column": column, "value_set": domain, "mostly": cfg.domain_mostly}}
+                {
+                    "type": "expect_column_values_to_be_in_set",
+                    "kwargs": {"column": column, "value_set": domain, "mostly": _mostly(cfg.domain_mostly, unseen_rate, current_rows)},
+                }
             )
     return expectations
 
@@ -206,7 +216,7 @@ class DataQualityAudit(Audit):
             failed = sum(not r["success"] for r in results)
             metrics[f"{suite}.evaluated"] = float(len(results))
             metrics[f"{suite}.failed"] = float(failed)
-            metrics[f"{suite}.success_rate"] = 1.0 - failed / len(results) if results else 1.0
+            metrics[f"{suite}.success_rate"] = 1.0 - failed / len(results) if results else float("nan")
             for r in results:
                 config = r["expectation_config"]
                 detail = r.get("result", {}) or {}

@@ -87,7 +87,11 @@ class PerformanceAudit(Audit):
                 Artifact.table("metrics", table, "Performance on reference and current data"),
                 figure,
             ),
-            info={"task": context.task, "labelled": ", ".join(ds.name for ds in datasets)},
+            info={
+                "task": context.task,
+                "labelled": ", ".join(ds.name for ds in datasets),
+                "reference_scores": "in-sample when the reference is the training data: an optimistic baseline",
+            },
         )
 
 

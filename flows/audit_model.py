@@ -6,6 +6,9 @@ from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 
 from tasks.audit_tasks import fail_audit_run, load_config, load_inputs, open_audit_run, record_audit, resolve, run_one
+from tasks.logs import quiet_user_errors
+
+quiet_user_errors()
 
 
 @flow(name="audit-model", log_prints=True)
@@ -18,7 +21,7 @@ def audit_model(model_uri: str, config_path: str, tracking_uri: str | None = Non
     logger.info("Auditing %s (%s) with %s; recording to %s", ref.label, ref.load_uri, loaded.path.name, store)
     run = open_audit_run(ref, loaded, store, audit_key=f"prefect:{flow_run.id}", reason=reason)
     try:
-        inputs = load_inputs(ref, loaded)
+        inputs = load_inputs(ref, loaded, store)
         futures = [run_one.with_options(task_run_name=f"audit-{p.id}").submit(p, inputs.context) for p in loaded.plan]
         results = [future.result() for future in futures]
         for result in results:

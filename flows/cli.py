@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
+from contextlib import contextmanager
 from enum import Enum
 from pathlib import Path
 
@@ -37,6 +38,16 @@ def _setup() -> None:
     # `docker stop` and Prefect cancellation send SIGTERM: turn it into SystemExit so the audit's
     # run is ended FAILED instead of being left RUNNING.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+
+
+@contextmanager
+def _in_process_flow_settings():
+    """A flow the CLI runs in its own process needs no heartbeat (Prefect uses it to detect crashed
+    workers); joining the heartbeat thread costs about a second per flow call."""
+    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+
+    with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+        yield
 
 
 def _fail(exc: Exception) -> None:
@@ -96,7 +107,8 @@ def audit(
     from flows.audit_model import audit_model
 
     try:
-        summary = audit_model(model_uri=model, config_path=str(loaded.path), tracking_uri=uri, reason="cli")
+        with _in_process_flow_settings():
+            summary = audit_model(model_uri=model, config_path=str(loaded.path), tracking_uri=uri, reason="cli")
     except AuditlensError as exc:
         _fail(exc)
     except Exception as exc:
@@ -123,7 +135,8 @@ def demo(config: Path = typer.Option(Path("config/demo.yaml"), "--config", "-c",
         _fail(exc)
     from flows.run_demo import run_demo
 
-    result = run_demo(config_path=str(config.resolve()))
+    with _in_process_flow_settings():
+        result = run_demo(config_path=str(config.resolve()))
     for summary in result["audits"]:
         _print_summary(summary)
     console.print("\n[bold]Every audit is recorded in MLflow.[/] Open the UI to compare the versions side by side:")

@@ -6,6 +6,9 @@ Tasks that take models or DataFrames never cache (hashing them is slow and meani
 
 from __future__ import annotations
 
+from datetime import datetime, timezone
+from pathlib import Path
+
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 from prefect.tasks import exponential_backoff
@@ -67,13 +70,13 @@ def open_audit_run(ref: ModelRef, loaded: LoadedSettings, tracking_uri: str, aud
         params=provenance.model_params(ref, loaded, tracking_uri),
         model_name=ref.name,
         model_version=ref.version,
-        artifact_location=loaded.settings.mlflow.artifact_location,
+        artifact_location=loaded.settings.resolved_artifact_location(tracking_uri),
     )
 
 
 @task(name="load-inputs", cache_policy=NO_CACHE)
-def load_inputs(ref: ModelRef, loaded: LoadedSettings) -> AuditInputs:
-    return assemble(ref, loaded)
+def load_inputs(ref: ModelRef, loaded: LoadedSettings, tracking_uri: str) -> AuditInputs:
+    return assemble(ref, loaded, make_client(tracking_uri))
 
 
 @task(name="audit", cache_policy=NO_CACHE)
@@ -94,8 +97,11 @@ def record_audit(run: AuditRun, ref: ModelRef, loaded: LoadedSettings, inputs: A
         provenance={
             "model URI": ref.uri,
             "loaded": ref.load_uri,
-            "reference data": f"{inputs.fingerprints['reference']['path']} ({inputs.fingerprints['reference']['rows_used']} rows used)",
-            "current data": f"{inputs.fingerprints['current']['path']} ({inputs.fingerprints['current']['rows_used']} rows used)",
+            "audited at": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC"),
+            **{
+                f"{role} data": f"{fp['path']} ({fp['rows_used']} of {fp['rows']} rows used; sha256 {fp['sha256'][:16]}…)"
+                for role, fp in inputs.fingerprints.items()
+            },
             "config hash": loaded.config_hash,
             "seed": loaded.settings.seed,
             "code version": provenance.code_version(),
@@ -103,6 +109,7 @@ def record_audit(run: AuditRun, ref: ModelRef, loaded: LoadedSettings, inputs: A
     )
     sink = MlflowSink(run.tracking_uri)
     sink.log_params(run, provenance.data_params(inputs.fingerprints))
+    sink.link_inputs(run, _dataset_inputs(inputs), ref.model_id)
     sink.record(run, results, report, manifest)
     sink.close(run, verdict, markdown_summary(ref.label, verdict, results))
     return {
@@ -114,6 +121,17 @@ def record_audit(run: AuditRun, ref: ModelRef, loaded: LoadedSettings, inputs: A
         "verdict": verdict.value,
         "audits": {r.audit: {"verdict": r.verdict.value, "reason": r.reason} for r in results},
     }
+
+
+def _dataset_inputs(inputs: AuditInputs) -> list[dict]:
+    context, items = inputs.context, []
+    for ds in (context.reference, context.current):
+        frame = ds.X if ds.y is None else ds.X.assign(**{context.target: ds.y})
+        fingerprint = inputs.fingerprints[ds.name]
+        items.append({"name": f"{ds.name}:{Path(ds.source).name}", "frame": frame, "source": ds.source,
+                      "target": context.target if ds.y is not None else None,
+                      "digest": fingerprint["sample_sha256"], "context": ds.name})
+    return items
 
 
 @task(name="fail-audit-run", **{**MLFLOW_IO, "retry_condition_fn": None})

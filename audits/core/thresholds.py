@@ -43,17 +43,21 @@ class Threshold(BaseModel):
         return self
 
     @property
-    def rule(self) -> str:
-        quantity = self.metric
-        if self.compare_to:
-            quantity = f"({self.metric} - {self.compare_to})"
-            if self.relative:
-                quantity += f" / |{self.compare_to}|"
+    def quantity(self) -> str:
+        if not self.compare_to:
+            return self.metric
+        change = f"{self.metric} - {self.compare_to}"
+        return f"({change}) / |{self.compare_to}|" if self.relative else change
+
+    @property
+    def bound(self) -> str:
         if self.min is not None and self.max is not None:
-            return f"{self.min:g} <= {quantity} <= {self.max:g}"
-        if self.min is not None:
-            return f"{quantity} >= {self.min:g}"
-        return f"{quantity} <= {self.max:g}"
+            return f"between {self.min:g} and {self.max:g}"
+        return f">= {self.min:g}" if self.min is not None else f"<= {self.max:g}"
+
+    @property
+    def rule(self) -> str:
+        return f"{self.quantity} {self.bound}"
 
     def evaluate(self, metrics: dict[str, float]) -> CheckResult:
         def unevaluated(message: str) -> CheckResult:
@@ -73,5 +77,5 @@ class Threshold(BaseModel):
         if not math.isfinite(value):
             return unevaluated(f"value is {value}: the metric is undefined on this data")
         passed = (self.min is None or value >= self.min) and (self.max is None or value <= self.max)
-        message = f"{value:.6g} {'satisfies' if passed else 'violates'} {self.rule}"
+        message = f"{self.quantity} = {value:.4g}" + ("" if passed else f", must be {self.bound}")
         return CheckResult(self.metric, self.rule, self.severity, value, passed, message)

@@ -29,8 +29,10 @@ from audits.core.result import key_part
 from audits.explain.model_structure import FeatureMap, dense, is_linear_model, probe_feature_map, split_pipeline, transformed_names
 from pydantic import Field
 
-# shap's plotting reads matplotlib's global rcParams while drawing; audits run in threads.
+# shap's plotting reads matplotlib's global rcParams and numpy's global generator; audits run in threads.
 _PLOT_LOCK = threading.Lock()
+# Categorical columns are drawn grey (all-NaN colour values): numpy warns about that on every plot.
+warnings.filterwarnings("ignore", message="All-NaN slice encountered", category=RuntimeWarning)
 
 
 class ShapConfig(AuditConfig):
@@ -113,17 +115,29 @@ def _as_2d(outputs: np.ndarray) -> np.ndarray:
     return outputs[:, None] if outputs.ndim == 1 else outputs
 
 
-def choose_explainer(estimator: Any, requested: str) -> str:
-    if requested != "auto":
-        return requested
+def select_explainer(estimator: Any, requested: str = "auto") -> tuple[str, Any | None]:
+    """(kind, a ready shap.TreeExplainer when the kind is 'tree'). SHAP itself decides what it can walk."""
     if estimator is None:
-        return "permutation"
+        if requested not in ("auto", "permutation"):
+            raise ValueError(f"the {requested} explainer needs a native scikit-learn model")
+        return "permutation", None
     _, final = split_pipeline(estimator)
-    if _tree_explainer_or_none(final) is not None:
-        return "tree"
-    if is_linear_model(final):
-        return "linear"
-    return "permutation"
+    if requested in ("auto", "tree"):
+        tree = _tree_explainer_or_none(final)
+        if tree is not None:
+            return "tree", tree
+        if requested == "tree":
+            raise ValueError(f"shap.TreeExplainer does not support {type(final).__name__}; use explainer: auto")
+    if requested in ("auto", "linear"):
+        if is_linear_model(final):
+            return "linear", None
+        if requested == "linear":
+            raise ValueError(f"{type(final).__name__} is not a linear model; use explainer: auto")
+    return "permutation", None
+
+
+def choose_explainer(estimator: Any, requested: str = "auto") -> str:
+    return select_explainer(estimator, requested)[0]
 
 
 def _tree_explainer_or_none(model: Any) -> Any | None:
@@ -135,23 +149,28 @@ def _tree_explainer_or_none(model: Any) -> Any | None:
         return None
 
 
+def _as_fitted(final: Any, Xt: np.ndarray) -> Any:
+    """Give the final estimator its input the way it was fitted (with column names if it saw them)."""
+    names = getattr(final, "feature_names_in_", None)
+    return pd.DataFrame(Xt, columns=names) if names is not None else Xt
+
+
 def _raw_output(final: Any, tree_output: str | None, Xt: np.ndarray, task: str) -> tuple[np.ndarray, str]:
     """The output a tree or linear explainer attributes, computed by the model itself."""
+    inputs = _as_fitted(final, Xt)
     if task == "regression":
-        return _as_2d(final.predict(Xt)), "prediction"
+        return _as_2d(final.predict(inputs)), "prediction"
     if tree_output == "probability":
-        return _as_2d(final.predict_proba(Xt)), "probability"
-    return _as_2d(final.decision_function(Xt)), "log-odds (decision function)"
+        return _as_2d(final.predict_proba(inputs)), "probability"
+    return _as_2d(final.decision_function(inputs)), "log-odds (decision function)"
 
 
-def explain(context: AuditContext, cfg: ShapConfig, X: pd.DataFrame, background: pd.DataFrame) -> Attribution:
+def explain(context: AuditContext, X: pd.DataFrame, background: pd.DataFrame, explainer: str = "auto") -> Attribution:
     import shap
 
     model = context.model
-    kind = choose_explainer(model.estimator, cfg.explainer)
+    kind, tree = select_explainer(model.estimator, explainer)
     if kind in ("tree", "linear"):
-        if model.estimator is None:
-            raise ValueError(f"the {kind} explainer needs a native scikit-learn model")
         preprocessor, final = split_pipeline(model.estimator)
         if preprocessor is None:
             Xt, Bt, names = dense(X), dense(background), [str(c) for c in X.columns]
@@ -159,16 +178,11 @@ def explain(context: AuditContext, cfg: ShapConfig, X: pd.DataFrame, background:
             Xt, Bt = dense(preprocessor.transform(X)), dense(preprocessor.transform(background))
             names = transformed_names(preprocessor, Xt.shape[1])
         if kind == "tree":
-            explainer = _tree_explainer_or_none(final)
-            if explainer is None:
-                raise ValueError(f"shap.TreeExplainer does not support {type(final).__name__}; use explainer: auto")
-            tree_output = getattr(explainer.model, "tree_output", None)
+            explanation = tree(Xt, check_additivity=False)  # additivity is measured below, against the model
+            tree_output = getattr(tree.model, "tree_output", None)
         else:
-            if not is_linear_model(final):
-                raise ValueError(f"{type(final).__name__} is not a linear model; use explainer: auto")
-            explainer = shap.LinearExplainer(final, shap.maskers.Independent(Bt, max_samples=len(Bt)))
+            explanation = shap.LinearExplainer(final, shap.maskers.Independent(Bt, max_samples=len(Bt)))(Xt)
             tree_output = None
-        explanation = explainer(Xt, check_additivity=False) if kind == "tree" else explainer(Xt)
         outputs, output_space = _raw_output(final, tree_output, Xt, context.task)
         values = _as_3d(explanation.values)
         base = np.broadcast_to(np.asarray(explanation.base_values, dtype=float).reshape(len(Xt), -1)[0], (values.shape[2],))
@@ -192,8 +206,7 @@ def explain(context: AuditContext, cfg: ShapConfig, X: pd.DataFrame, background:
     f = FrameFunction(function, pd.concat([X, background]))
     rows = f.encode(X)
     masker = shap.maskers.Independent(f.encode(background), max_samples=len(background))
-    explainer = shap.PermutationExplainer(f, masker, seed=context.random_state("shap.permutation"))
-    explanation = explainer(rows, silent=True)
+    explanation = shap.PermutationExplainer(f, masker, seed=context.random_state("shap.permutation"))(rows, silent=True)
     values = _as_3d(explanation.values)
     base = np.asarray(explanation.base_values, dtype=float).reshape(len(X), -1)[0]
     outputs = _as_2d(f(rows))
@@ -236,14 +249,13 @@ class ShapAudit(Audit):
     def compute(self, context: AuditContext) -> AuditResult:
         cfg: ShapConfig = self.config
         source = context.dataset(cfg.dataset).X
-        kind = choose_explainer(context.model.estimator, cfg.explainer)
-        budget = cfg.permutation_rows if kind == "permutation" else cfg.rows
+        budget = cfg.permutation_rows if choose_explainer(context.model.estimator, cfg.explainer) == "permutation" else cfg.rows
         X = source.sample(n=min(budget, len(source)), random_state=context.random_state("shap.rows"))
         reference = context.reference.X
         background = reference.sample(
             n=min(cfg.background_rows, len(reference)), random_state=context.random_state("shap.background")
         )
-        attr = canonical_outputs(explain(context, cfg, X, background), context)
+        attr = canonical_outputs(explain(context, X, background, cfg.explainer), context)
 
         residual = attr.values.sum(axis=1) + attr.base[None, :] - attr.outputs
         max_abs = float(np.abs(residual).max())
@@ -297,7 +309,7 @@ def _values_table(attr: Attribution, X: pd.DataFrame) -> pd.DataFrame:
         frame = pd.DataFrame(attr.values[:, :, k], columns=attr.features)
         frame.insert(0, "model_output", attr.outputs[:, k])
         frame.insert(0, "base_value", attr.base[k])
-        frame.insert(0, "output", name)
+        frame.insert(0, "explained_output", name)
         frame.insert(0, "row", [str(i) for i in X.index])
         frames.append(frame)
     return pd.concat(frames, ignore_index=True)
@@ -334,8 +346,7 @@ def _figures(attr: Attribution, X: pd.DataFrame, cfg: ShapConfig, seed: int) -> 
         for k, name in enumerate(attr.output_names)
     }
     artifacts = []
-    with _PLOT_LOCK, _seeded_global_numpy(seed), warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # all-NaN colour columns (categoricals) and shap's own deprecations
+    with _PLOT_LOCK, _seeded_global_numpy(seed):
         for k, (name, explanation) in enumerate(explanations.items()):
             if k >= cfg.max_class_plots:
                 break

@@ -38,9 +38,9 @@ def preflight_data(loaded: LoadedSettings) -> None:
     check_columns("current", cur_path, cur_columns, features, data.target, target_required=False)
 
 
-def assemble(ref: ModelRef, loaded: LoadedSettings) -> AuditInputs:
+def assemble(ref: ModelRef, loaded: LoadedSettings, client) -> AuditInputs:
     settings = loaded.settings
-    model = load_model(ref, settings.model.task)
+    model = load_model(ref, client, settings.model.task)
     ref_path, cur_path = loaded.data_path("reference"), loaded.data_path("current")
     features = resolve_features(read_columns(ref_path), settings.data.target, settings.data.features, _model_features(model))
     reference = prepare("reference", ref_path, features, settings.data.target, True,

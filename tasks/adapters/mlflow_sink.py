@@ -8,6 +8,7 @@ anything; the manifest is written last and marks the record complete.
 
 from __future__ import annotations
 
+import getpass
 import hashlib
 import json
 import tempfile
@@ -40,6 +41,13 @@ class AuditRun:
 def _chunks(items: list, size: int) -> Iterable[list]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
+
+
+def _user() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # no name for this uid (containers)
+        return "auditlens"
 
 
 def _text(value: Any, limit: int = 5000) -> str:
@@ -88,8 +96,10 @@ class MlflowSink:
         if existing:
             run_id = existing[0].info.run_id
         else:
+            origin = {"mlflow.source.name": "auditlens", "mlflow.source.type": "JOB", "mlflow.user": _user()}
             run = self.client.create_run(
-                experiment_id, run_name=run_name, tags={**tags, "auditlens.audit_key": audit_key, "audit.status": "running"}
+                experiment_id, run_name=run_name,
+                tags={**origin, **tags, "auditlens.audit_key": audit_key, "audit.status": "running"},
             )
             run_id = run.info.run_id
             self._log_batch(run_id, params=params)
@@ -117,6 +127,22 @@ class MlflowSink:
             self.client.log_batch(run_id, params=[Param(k, _text(v, 6000)) for k, v in chunk])
         for chunk in _chunks(sorted((tags or {}).items()), MAX_BATCH["tags"]):
             self.client.log_batch(run_id, tags=[RunTag(k, _text(v)) for k, v in chunk])
+
+    def link_inputs(self, run: AuditRun, datasets: list[dict[str, Any]], model_id: str | None) -> None:
+        """Show the audited data and model as the run's inputs (the UI's Datasets and Models columns).
+
+        Each dataset: {"name", "frame", "source", "target", "digest", "context"}.
+        """
+        import mlflow.data
+        from mlflow.entities import DatasetInput, InputTag, LoggedModelInput
+
+        inputs = []
+        for item in datasets:
+            dataset = mlflow.data.from_pandas(item["frame"], source=item["source"], targets=item["target"],
+                                              name=item["name"], digest=item["digest"][:36])
+            inputs.append(DatasetInput(dataset._to_mlflow_entity(), tags=[InputTag("mlflow.data.context", item["context"])]))
+        models = [LoggedModelInput(model_id)] if model_id else None
+        self.client.log_inputs(run.run_id, datasets=inputs, models=models)
 
     # --- the record -----------------------------------------------------------------------------
     def record(self, run: AuditRun, results: list[AuditResult], report_html: str, manifest: dict[str, Any]) -> dict[str, Any]:
@@ -171,26 +197,42 @@ class MlflowSink:
     # --- the registry (used by the demo) --------------------------------------------------------
     def register_sklearn_model(self, estimator: Any, *, name: str, experiment: str, input_example: Any,
                                params: dict[str, Any], description: str = "", artifact_location: str | None = None) -> str:
-        """Log a scikit-learn model in a training run and register it as a new version of ``name``."""
-        import mlflow
+        """Log a scikit-learn model in a training run, as an MLflow 3 logged model, and register it as a new
+        version of ``name``. Client calls only: the fluent API would set process-wide tracking URIs
+        (and MLFLOW_TRACKING_URI in the environment, which child processes then inherit)."""
+        import mlflow.sklearn
+        from importlib.metadata import version as installed
 
         experiment_id = self.experiment_id(experiment, artifact_location)
-        mlflow.set_tracking_uri(self.tracking_uri)  # the fluent log_model needs it; the demo is single-threaded
-        mlflow.set_registry_uri(self.tracking_uri)
-        with mlflow.start_run(experiment_id=experiment_id, run_name=f"train {name}") as run:
-            self._log_batch(run.info.run_id, params=params)
-            info = mlflow.sklearn.log_model(
-                estimator,
-                name="model",
-                input_example=input_example,
-                # cloudpickle: skops would need every tree type listed as trusted; loading handles both formats
-                serialization_format=mlflow.sklearn.SERIALIZATION_FORMAT_CLOUDPICKLE,
-                registered_model_name=name,
-            )
-        version = str(info.registered_model_version)
-        if description:
-            self.client.update_model_version(name, version, description=description)
-        return version
+        origin = {"mlflow.source.name": "auditlens demo", "mlflow.source.type": "LOCAL", "mlflow.user": _user()}
+        run_id = self.client.create_run(experiment_id, run_name=f"train {name}", tags=origin).info.run_id
+        try:
+            self._log_batch(run_id, params=params)
+            logged = self.client.create_logged_model(experiment_id, name="model", source_run_id=run_id)
+            with tempfile.TemporaryDirectory(prefix="auditlens-model-") as tmp:
+                path = Path(tmp) / "model"
+                mlflow.sklearn.save_model(
+                    estimator,
+                    str(path),
+                    # cloudpickle: skops would need every tree type listed as trusted; loading handles both
+                    serialization_format=mlflow.sklearn.SERIALIZATION_FORMAT_CLOUDPICKLE,
+                    input_example=input_example,
+                    # stated, not inferred: inference imports the model in a subprocess, for seconds
+                    pip_requirements=[f"{p}=={installed(p)}" for p in ("scikit-learn", "pandas", "numpy", "cloudpickle")],
+                )
+                self.client.log_model_artifacts(logged.model_id, str(path))
+            self.client.finalize_logged_model(logged.model_id, "READY")
+            if not self.client.search_registered_models(filter_string=f"name = '{name}'"):
+                self.client.create_registered_model(name)
+            # the storage URI, not models:/m-...: a SQL registry would resolve that through the global tracking URI
+            version = self.client.create_model_version(
+                name, source=logged.artifact_location, run_id=run_id, model_id=logged.model_id, description=description
+            ).version
+        except BaseException:
+            self.client.set_terminated(run_id, "FAILED")
+            raise
+        self.client.set_terminated(run_id, "FINISHED")
+        return str(version)
 
     def set_alias(self, name: str, alias: str, version: str) -> None:
         self.client.set_registered_model_alias(name, alias, version)

@@ -8,6 +8,7 @@ audit records exactly what it audited even if the alias moves meanwhile.
 from __future__ import annotations
 
 import re
+import tempfile
 from dataclasses import dataclass
 
 from audits.core.context import ModelUnderAudit
@@ -15,6 +16,7 @@ from tasks.adapters.errors import ModelLoadError, ModelNotFoundError
 
 _REGISTRY = re.compile(r"^models:/(?P<name>[^/@]+)(?:/(?P<version>\d+)|@(?P<alias>[\w\-]+))$")
 _RUN = re.compile(r"^runs:/(?P<run_id>[0-9a-f]{32})/(?P<path>.+)$")
+_LOGGED_MODEL = re.compile(r"^models:/(?P<model_id>m-[0-9a-f]+)$")
 
 
 @dataclass(frozen=True)
@@ -25,6 +27,8 @@ class ModelRef:
     version: str | None = None
     alias: str | None = None
     run_id: str | None = None
+    model_id: str | None = None  # MLflow 3's logged-model id, linked to the audit run as an input
+    source: str = ""  # where the registry says the model's files are (models:/m-..., runs:/..., a storage URI)
 
     @property
     def registered(self) -> bool:
@@ -67,7 +71,7 @@ def resolve_model(uri: str, client) -> ModelRef:  # client: mlflow.MlflowClient
                 f"model {name!r} has no {what} in {where} (versions: {versions}, aliases: {aliases})",
                 f"use models:/{name}/<version> or models:/{name}@<alias> with one of those",
             ) from None
-        return ModelRef(uri, f"models:/{name}/{mv.version}", name, str(mv.version), alias, mv.run_id)
+        return ModelRef(uri, f"models:/{name}/{mv.version}", name, str(mv.version), alias, mv.run_id, _logged_model_id(mv, client), mv.source)
     if match := _RUN.match(uri):
         try:
             client.get_run(match["run_id"])
@@ -75,24 +79,69 @@ def resolve_model(uri: str, client) -> ModelRef:  # client: mlflow.MlflowClient
             if not _not_found(exc):
                 raise
             raise ModelNotFoundError(f"no run {match['run_id']} in the tracking store", "check the run id in the URI") from None
-        return ModelRef(uri, uri, run_id=match["run_id"])
+        return ModelRef(uri, uri, run_id=match["run_id"], source=uri)
     raise ModelNotFoundError(
         f"unsupported model URI {uri!r}",
         "use models:/NAME/VERSION, models:/NAME@ALIAS or runs:/RUN_ID/PATH",
     )
 
 
-def load_model(ref: ModelRef, task: str = "auto") -> ModelUnderAudit:
+def _logged_model_id(mv, client) -> str | None:
+    """MLflow 3's logged-model id of a version: given, in its source URI, or found through its training run."""
+    if getattr(mv, "model_id", None):
+        return mv.model_id
+    if logged := _LOGGED_MODEL.match(mv.source or ""):
+        return logged["model_id"]
+    if not mv.run_id:
+        return None
+    try:
+        run = client.get_run(mv.run_id)
+        found = client.search_logged_models(experiment_ids=[run.info.experiment_id],
+                                            filter_string=f"source_run_id = '{mv.run_id}'", max_results=50)
+    except Exception:  # the run may be deleted, or the store too old for logged models: no link then
+        return None
+    matches = [m for m in found if mv.source and mv.source.startswith(m.artifact_location)]
+    return matches[0].model_id if matches else None
+
+
+def storage_location(ref: ModelRef, client) -> str:
+    """The artifact URI of the model's files, found through ``client`` (never MLflow's global URIs,
+    which point at ./mlflow.db unless something set them)."""
+    source = ref.source
+    if logged := _LOGGED_MODEL.match(source):
+        return client.get_logged_model(logged["model_id"]).artifact_location
+    if run := _RUN.match(source):
+        info = client.get_run(run["run_id"]).info
+        found = client.search_logged_models(
+            experiment_ids=[info.experiment_id],
+            filter_string=f"source_run_id = '{run['run_id']}' AND name = '{run['path']}'",
+            max_results=1,
+        )
+        return found[0].artifact_location if found else f"{info.artifact_uri}/{run['path']}"
+    return source
+
+
+def load_model(ref: ModelRef, client, task: str = "auto") -> ModelUnderAudit:
     import mlflow
+    from mlflow.artifacts import download_artifacts
 
     identity = {"uri": ref.load_uri, "name": ref.name, "version": ref.version}
-    try:
-        flavors = mlflow.models.get_model_info(ref.load_uri).flavors
-    except Exception as exc:
-        raise ModelLoadError(f"cannot read the MLmodel of {ref.load_uri}: {exc}", "check that the URI points at a logged model") from None
+    with tempfile.TemporaryDirectory(prefix="auditlens-model-") as folder:
+        try:
+            local = download_artifacts(artifact_uri=storage_location(ref, client), tracking_uri=client.tracking_uri, dst_path=folder)
+            flavors = mlflow.models.get_model_info(local).flavors
+        except Exception as exc:
+            raise ModelLoadError(f"cannot fetch the model files of {ref.label} ({ref.source}): {exc}",
+                                 "check that the version's source still exists in the artifact store") from None
+        return _load_local(local, flavors, ref, task, identity)
+
+
+def _load_local(local: str, flavors: dict, ref: ModelRef, task: str, identity: dict) -> ModelUnderAudit:
+    import mlflow
+
     try:
         if "sklearn" in flavors:
-            model = ModelUnderAudit.from_estimator(mlflow.sklearn.load_model(ref.load_uri), flavor="sklearn", **identity)
+            model = ModelUnderAudit.from_estimator(mlflow.sklearn.load_model(local), flavor="sklearn", **identity)
             if task != "auto" and task != model.task:
                 raise ModelLoadError(
                     f"the config says model.task is {task!r}, but {ref.label} is a scikit-learn {model.task} model",
@@ -104,7 +153,7 @@ def load_model(ref: ModelRef, task: str = "auto") -> ModelUnderAudit:
                 f"{ref.label} has flavors {sorted(flavors)}; only scikit-learn models reveal their task",
                 "set model.task to 'classification' or 'regression' in the config",
             )
-        pyfunc = mlflow.pyfunc.load_model(ref.load_uri)
+        pyfunc = mlflow.pyfunc.load_model(local)
         return ModelUnderAudit(task=task, predict=pyfunc.predict, flavor="pyfunc", **identity)
     except ModelLoadError:
         raise

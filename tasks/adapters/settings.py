@@ -57,7 +57,7 @@ class ModelOptions(_Strict):
 class MlflowSettings(_Strict):
     tracking_uri: str | None = None  # default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db
     experiment: str = "auditlens/{model_name}"  # one experiment per model
-    artifact_location: str | None = None  # only for new experiments; default: the store's own
+    artifact_location: str | None = None  # new experiments only; default: next to a SQLite store, else the server's
     request_timeout_s: int = Field(30, ge=1)
     request_max_retries: int = Field(3, ge=0)  # MLflow's own HTTP retries, with exponential backoff
 
@@ -73,6 +73,16 @@ class AuditSettings(_Strict):
 
     def resolved_tracking_uri(self, override: str | None = None) -> str:
         return override or self.mlflow.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+
+    def resolved_artifact_location(self, tracking_uri: str) -> str | None:
+        """Where new experiments keep artifacts. MLflow's own default for a SQLite store is ./mlruns in
+        whatever folder the process runs from; keep them beside the database instead."""
+        if self.mlflow.artifact_location:
+            return self.mlflow.artifact_location
+        if tracking_uri.startswith("sqlite:///"):
+            database = Path(tracking_uri.removeprefix("sqlite:///")).expanduser().resolve()
+            return (database.parent / "mlartifacts").as_uri()
+        return None
 
     def build_plan(self) -> list[PlannedAudit]:
         return AuditPlan(audits=self.audits).build()

@@ -28,9 +28,8 @@ def test_baseline_expectations_describe_the_reference():
     suite = {(e["type"], e["kwargs"].get("column")): e["kwargs"] for e in infer_baseline(X, ("colour",), BaselineSuite())}
     assert suite[("expect_table_columns_to_match_set", None)]["column_set"] == list(X.columns)
     between = suite[("expect_column_values_to_be_between", "x1")]
-    width = X["x1"].max() - X["x1"].min()
-    assert between["min_value"] == pytest.approx(X["x1"].min() - 0.1 * width)
-    assert between["max_value"] == pytest.approx(X["x1"].max() + 0.1 * width)
+    assert (between["min_value"], between["max_value"]) == (X["x1"].min(), X["x1"].max())
+    assert between["mostly"] == pytest.approx(0.99)  # without a current size: the configured share
     assert suite[("expect_column_values_to_not_be_null", "x3")]["mostly"] == pytest.approx(1 - X["x3"].isna().mean() - 0.02)
     assert suite[("expect_column_values_to_be_in_set", "colour")]["value_set"] == ["blue", "green", "red"]
     assert suite[("expect_column_values_to_be_of_type", "colour")]["type_"] == "str"
@@ -107,3 +106,29 @@ def test_null_tolerance_widens_with_sampling_noise_on_small_current_data():
     assert nulls["kwargs"]["mostly"] == pytest.approx(1 - 0.05 - 3 * np.sqrt(0.05 * 0.95 / 50), abs=1e-6)
     [large] = [e for e in infer_baseline(X, (), BaselineSuite(), current_rows=100_000) if e["type"] == "expect_column_values_to_not_be_null"]
     assert large["kwargs"]["mostly"] == pytest.approx(1 - 0.05 - 0.02)
+
+
+def test_range_and_domain_tolerances_follow_chance_rates():
+    rng = np.random.default_rng(0)
+    small = pd.DataFrame({"v": rng.normal(size=99), "c": pd.Series(["a"] * 90 + [f"rare{i}" for i in range(9)], dtype="str")})
+    suite = {e["type"]: e["kwargs"] for e in infer_baseline(small, ("c",), BaselineSuite(), current_rows=150)}
+    p = 2 / 100  # a fresh draw lands outside the range of 99 values with probability 2/(n+1)
+    assert suite["expect_column_values_to_be_between"]["mostly"] == pytest.approx(1 - p - 3 * np.sqrt(p * (1 - p) / 150), abs=1e-6)
+    q = 9 / 99  # nine categories seen once: Good-Turing unseen mass
+    assert suite["expect_column_values_to_be_in_set"]["mostly"] == pytest.approx(1 - q - 3 * np.sqrt(q * (1 - q) / 150), abs=1e-6)
+    big = pd.DataFrame({"v": rng.normal(size=20_000)})
+    [between] = [e for e in infer_baseline(big, (), BaselineSuite(), 20_000) if e["type"] == "expect_column_values_to_be_between"]
+    assert between["kwargs"]["mostly"] == pytest.approx(0.99)  # large samples keep the configured share
+
+
+def test_a_wider_spread_on_a_large_reference_is_caught():
+    rng = np.random.default_rng(1)
+    reference, current = rng.normal(size=20_000), 1.8 * rng.normal(size=20_000)
+    X = pd.DataFrame({"v": np.concatenate([reference, current])})
+    y = pd.Series(np.where(X["v"] > 0, "yes", "no"), name="label")
+    from sklearn.linear_model import LogisticRegression
+
+    context = context_for(LogisticRegression().fit(X, y), X, y, split=20_000)
+    result = run(context, data_docs=False)
+    outcomes = table(result).set_index(["expectation", "column"])
+    assert not outcomes.loc[("expect_column_values_to_be_between", "v")]["success"]

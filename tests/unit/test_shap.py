@@ -53,7 +53,7 @@ def numeric_data(n=300, p=5, seed=3):
 def attribution_for(estimator, X, y, rows, background, explainer="auto"):
     model = ModelUnderAudit.from_estimator(estimator)
     context = build_context(model, (X, y), (rows, None), seed=0)
-    attr = explain(context, ShapConfig(explainer=explainer), rows, background)
+    attr = explain(context, rows, background, explainer)
     return canonical_outputs(attr, context)
 
 
@@ -88,7 +88,7 @@ def test_linear_shap_equals_exact_interventional_shapley():
         def game(S, x=x):
             mixed = B.copy()
             mixed[:, list(S)] = x[list(S)]
-            return lr.decision_function(mixed).mean()
+            return lr.decision_function(pd.DataFrame(mixed, columns=X.columns)).mean()
 
         np.testing.assert_allclose(attr.values[r, :, 0], exact_shapley(game, X.shape[1]), atol=1e-9)
 
@@ -189,7 +189,7 @@ def test_multiclass_gets_one_output_per_class():
     names = [a.name for a in result.artifacts]
     assert {f"beeswarm_{c}.png" for c in iris.target_names} <= set(names)
     values = result.artifacts[names.index("values.json")].content
-    assert sorted(values["output"].unique()) == sorted(iris.target_names)
+    assert sorted(values["explained_output"].unique()) == sorted(iris.target_names)
     assert len(values) == 3 * len(context.current)
 
 

@@ -107,7 +107,7 @@ def test_runner_namespaces_metrics_and_applies_checks(classifier_context):
     planned = PlannedAudit("fixed", Fixed({"score": 0.4}), (Threshold(metric="fixed.score", min=0.5),))
     result = run_planned(planned, classifier_context)
     assert result.metrics == {"fixed.score": 0.4}
-    assert result.verdict is Verdict.FAIL and "violates" in result.reason
+    assert result.verdict is Verdict.FAIL and result.reason == "fixed.score = 0.4, must be >= 0.5"
     warn = PlannedAudit("fixed", Fixed({"score": 0.4}), (Threshold(metric="fixed.score", min=0.5, severity="warn"),))
     assert run_planned(warn, classifier_context).verdict is Verdict.WARN
     typo = PlannedAudit("fixed", Fixed({"score": 0.4}), (Threshold(metric="fixed.scroe", min=0.5),))

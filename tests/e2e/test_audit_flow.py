@@ -1,0 +1,144 @@
+"""The audit_model flow end to end: a real Prefect flow run, a real MLflow store, a registered model.
+Everything is read back from MLflow and checked by value."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn import metrics as skm
+
+from flows.audit_model import audit_model
+from tasks.adapters.errors import DataError
+from tasks.adapters.settings import load_settings
+from tasks.adapters.tracking import make_client
+from tests.helpers import build_world, runs_with_status, sha256, write_config
+
+pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("prefect_harness")]
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    return build_world(tmp_path_factory.mktemp("world"), versions=2)
+
+
+@pytest.fixture(scope="module")
+def audited(world):
+    summary = audit_model(model_uri="models:/e2e-model@champion", config_path=str(world.config), tracking_uri=world.tracking_uri)
+    return summary
+
+
+def test_the_run_is_finished_named_and_parametrised(world, audited):
+    client = make_client(world.tracking_uri)
+    run = client.get_run(audited["run_id"])
+    assert run.info.status == "FINISHED"
+    assert run.info.run_name == "audit e2e-model v1"
+    assert client.get_experiment(run.info.experiment_id).name == "auditlens/e2e-model"
+    params = run.data.params
+    assert params["model.uri"] == "models:/e2e-model@champion" and params["model.load_uri"] == "models:/e2e-model/1"
+    assert params["model.version"] == "1" and params["model.alias"] == "champion"
+    assert params["config.hash"] == load_settings(world.config).config_hash
+    assert params["data.current.sha256"] == sha256(world.current)
+    assert params["data.reference.rows"] == "300" and params["data.current.rows_used"] == "200"
+    assert params["seed"] == "3" and params["pkg.mlflow"] == mlflow.__version__
+    assert run.data.tags["audit.verdict"] == audited["verdict"]
+    assert run.data.tags["audit.status"] == "done"
+    assert "| performance |" in run.data.tags["mlflow.note.content"]
+    contexts = {d.tags[0].value: d.dataset for d in run.inputs.dataset_inputs}
+    assert set(contexts) == {"reference", "current"} and contexts["current"].source_type == "local"
+    source = client.get_model_version("e2e-model", "1").source
+    [linked] = [client.get_logged_model(m.model_id) for m in run.inputs.model_inputs]
+    assert source.startswith(linked.artifact_location)
+
+
+def test_metrics_equal_an_independent_recomputation(world, audited):
+    client = make_client(world.tracking_uri)
+    metrics = client.get_run(audited["run_id"]).data.metrics
+    model = mlflow.sklearn.load_model(client.get_model_version("e2e-model", "1").source)  # a file:// URI
+    current = pd.read_csv(world.current)
+    X, y = current.drop(columns="label"), current["label"]
+    assert metrics["performance.current.accuracy"] == pytest.approx(skm.accuracy_score(y, model.predict(X)))
+    assert metrics["performance.current.roc_auc"] == pytest.approx(skm.roc_auc_score(y == "yes", model.predict_proba(X)[:, 1]))
+    assert metrics["data_quality.user.failed"] == 0 and metrics["data_quality.user.evaluated"] == 1
+    assert metrics["shap.additivity_relative_error"] < 1e-9 and metrics["shap.rows_explained"] == 60
+    assert metrics["shap.importance.x1"] > metrics["shap.importance.noise"]
+
+
+def test_artifacts_are_complete_and_the_manifest_hashes_them(world, audited):
+    client = make_client(world.tracking_uri)
+    run_id = audited["run_id"]
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(client.download_artifacts(run_id, "", tmp))
+        files = {p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()}
+        expected = {
+            "audit_report.html", "manifest.json",
+            "data_quality/expectations.json", "data_quality/columns.json", "data_quality/data_docs_user.html",
+            "data_quality/data_docs_baseline.html", "data_quality/result.json",
+            "performance/metrics.json", "performance/confusion_matrix.png",
+            "shap/values.json", "shap/importance.json", "shap/beeswarm.png", "shap/bar.png", "shap/feature_map.json",
+        }  # fmt: skip
+        assert expected <= files
+        manifest = json.loads((root / "manifest.json").read_text())
+        assert manifest["complete"] is True and manifest["verdict"] == audited["verdict"]
+        assert set(manifest["artifacts"]) == files - {"manifest.json"}
+        for name, entry in manifest["artifacts"].items():
+            assert entry["sha256"] == sha256(root / name), name
+        values = pd.read_json(root / "shap" / "values.json", orient="split")
+        assert len(values) == 60 and {"row", "explained_output", "base_value", "model_output", "x1", "colour"} <= set(values.columns)
+        np.testing.assert_allclose(values[["x1", "x2", "x3", "noise", "colour"]].sum(axis=1) + values["base_value"],
+                                   values["model_output"], atol=1e-9)
+        report = (root / "audit_report.html").read_text()
+        assert audited["verdict"] in report and "data:image/png;base64," in report
+    tables = json.loads(client.get_run(run_id).data.tags["mlflow.loggedArtifacts"])
+    assert {"path": "shap/values.json", "type": "table"} in tables
+
+
+def test_the_model_version_carries_the_audit(world, audited):
+    client = make_client(world.tracking_uri)
+    tags = client.get_model_version("e2e-model", "1").tags
+    assert tags["audit.status"] == "done"
+    assert tags["audit.verdict"] == audited["verdict"]
+    assert tags["audit.run_id"] == audited["run_id"]
+    assert "audit.status" not in client.get_model_version("e2e-model", "2").tags
+    assert runs_with_status(client, "RUNNING") == []
+
+
+def test_versions_audited_with_one_plan_share_metric_keys(world, audited):
+    second = audit_model(model_uri="models:/e2e-model/2", config_path=str(world.config), tracking_uri=world.tracking_uri)
+    client = make_client(world.tracking_uri)
+    first_keys = set(client.get_run(audited["run_id"]).data.metrics)
+    second_keys = set(client.get_run(second["run_id"]).data.metrics)
+    assert first_keys == second_keys  # what makes side-by-side comparison in the MLflow UI work
+    shap_info = json.loads(Path(client.download_artifacts(second["run_id"], "shap/result.json", tempfile.mkdtemp())).read_text())
+    assert shap_info["info"]["explainer"] == "linear"
+
+
+def test_a_crashing_audit_is_an_error_and_the_others_still_record(world):
+    config = write_config(world.folder, world.tracking_uri, name="forced.yaml", audits=[
+        {"audit": "performance"}, {"audit": "shap", "config": {"explainer": "linear"}}])
+    summary = audit_model(model_uri="models:/e2e-model/1", config_path=str(config), tracking_uri=world.tracking_uri)
+    assert summary["verdict"] == "ERROR"
+    assert summary["audits"]["shap"]["verdict"] == "ERROR" and "not a linear model" in summary["audits"]["shap"]["reason"]
+    assert summary["audits"]["performance"]["verdict"] == "PASS"
+    run = make_client(world.tracking_uri).get_run(summary["run_id"])
+    assert run.info.status == "FINISHED" and "performance.current.accuracy" in run.data.metrics
+
+
+def test_bad_data_inside_the_flow_ends_the_run_failed_and_tags_the_version(world):
+    broken = world.folder / "current_missing_column.csv"
+    pd.read_csv(world.current).drop(columns="x2").to_csv(broken, index=False)
+    config = write_config(world.folder, world.tracking_uri, name="broken.yaml",
+                          data={"reference": "reference.csv", "current": broken.name, "target": "label"})
+    with pytest.raises(DataError, match=r"lacks feature column\(s\) \['x2'\]"):
+        audit_model(model_uri="models:/e2e-model/2", config_path=str(config), tracking_uri=world.tracking_uri)
+    client = make_client(world.tracking_uri)
+    failed = runs_with_status(client, "FAILED")
+    assert len(failed) == 1 and "x2" in failed[0].data.tags["audit.error"]
+    tags = client.get_model_version("e2e-model", "2").tags
+    assert tags["audit.status"] == "failed" and "x2" in tags["audit.error"]
+    assert runs_with_status(client, "RUNNING") == []

@@ -1,0 +1,78 @@
+"""`auditlens demo`, as the README runs it: models trained on bundled data, registered, audited; the right
+explainer for each; the planted faults found; the way to the MLflow UI printed."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from tasks.adapters.tracking import make_client
+from tests.conftest import ROOT
+from tests.helpers import runs_with_status
+
+pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("prefect_harness")]
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    from prefect.settings import PREFECT_API_URL
+
+    folder = tmp_path_factory.mktemp("demo")
+    shutil.copytree(ROOT / "config", folder / "config")
+    env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value(), "COLUMNS": "250"}
+    completed = subprocess.run([str(Path(sys.executable).parent / "auditlens"), "demo"], cwd=folder, env=env,
+                               capture_output=True, text=True, timeout=600)
+    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
+    return folder, completed.stdout, f"sqlite:///{folder / '.auditlens-demo' / 'mlflow.db'}"
+
+
+def shap_info(client, run_id):
+    return json.loads(Path(client.download_artifacts(run_id, "shap/result.json", tempfile.mkdtemp())).read_text())["info"]
+
+
+def test_demo_prints_verdicts_and_the_ui_command(demo):
+    folder, output, tracking_uri = demo
+    assert f"mlflow ui --backend-store-uri {tracking_uri} --host 127.0.0.1 --port 5000" in output
+    for label in ("demo-classifier v1", "demo-classifier v2", "demo-regressor v1"):
+        assert f"Audit of {label}" in output
+    assert (folder / ".auditlens-demo" / "demo-classifier.audit.yaml").is_file()
+
+
+def test_each_demo_model_gets_the_right_explainer(demo):
+    _, _, tracking_uri = demo
+    client = make_client(tracking_uri)
+    runs = {r.info.run_name: r for r in runs_with_status(client, "FINISHED") if r.info.run_name.startswith("audit ")}
+    assert set(runs) == {"audit demo-classifier v1", "audit demo-classifier v2", "audit demo-regressor v1"}
+    expected = {
+        "audit demo-classifier v1": ("linear", "LogisticRegression", "log-odds"),
+        "audit demo-classifier v2": ("tree", "GradientBoostingClassifier", "log-odds"),
+        "audit demo-regressor v1": ("tree", "RandomForestRegressor", "prediction"),
+    }
+    for name, (explainer, model_class, output) in expected.items():
+        info = shap_info(client, runs[name].info.run_id)
+        assert (info["explainer"], info["model_class"]) == (explainer, model_class), name
+        assert info["explained_space"] == "transformed, summed back to original columns"
+        assert output in info["output"]
+        assert runs[name].data.metrics["shap.additivity_relative_error"] < 1e-9
+    assert str(client.get_model_version_by_alias("demo-classifier", "champion").version) == "2"
+
+
+def test_the_planted_faults_are_found_and_the_random_column_does_not_matter(demo):
+    _, _, tracking_uri = demo
+    client = make_client(tracking_uri)
+    [v2] = [r for r in runs_with_status(client, "FINISHED") if r.info.run_name == "audit demo-classifier v2"]
+    metrics = v2.data.metrics
+    # the user suite: 'mean radius' nulls, negative 'mean smoothness', size_class 'unknown' -> all three fail
+    assert metrics["data_quality.user.failed"] == 3 and v2.data.tags["audit.data_quality.verdict"] == "FAIL"
+    importance = {k.removeprefix("shap.importance."): v for k, v in metrics.items() if k.startswith("shap.importance.")}
+    assert min(importance, key=importance.get) == "clinic"  # random by construction
+    tags = client.get_model_version("demo-classifier", "2").tags
+    assert tags["audit.status"] == "done" and tags["audit.verdict"] == v2.data.tags["audit.verdict"]
+    assert runs_with_status(client, "RUNNING") == []

@@ -1,0 +1,117 @@
+"""Against a real `mlflow server` on 127.0.0.1 (SQLite backend, proxied artifacts), started and stopped
+by this test: register a model through the server, run the audit flow under Prefect, read it all back."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from flows.audit_model import audit_model
+from tasks.adapters.tracking import make_client
+from tests.helpers import build_world, runs_with_status, sha256, wait_for
+
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("prefect_harness")]
+
+STARTUP_TIMEOUT_S = 120
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def healthy(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
+            return response.status == 200
+    except OSError:
+        return False
+
+
+def port_free(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) != 0
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("mlflow-server")
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    log = (folder / "server.log").open("w")
+    process = subprocess.Popen(
+        [str(Path(sys.executable).parent / "mlflow"), "server",
+         "--backend-store-uri", f"sqlite:///{folder / 'mlflow.db'}",
+         "--artifacts-destination", str(folder / "mlartifacts"),
+         "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"},
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + STARTUP_TIMEOUT_S
+        while not healthy(url):
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"mlflow server did not start:\n{(folder / 'server.log').read_text()[-3000:]}")
+            time.sleep(0.5)
+        yield url
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)  # the CLI, uvicorn and the job runner's consumers
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=10)
+        wait_for(lambda: port_free(port), timeout=30)
+        log.close()
+
+
+def test_audit_recorded_through_a_real_server(mlflow_server, tmp_path):
+    world = build_world(tmp_path / "world", tracking_uri=mlflow_server, versions=1)
+    summary = audit_model(model_uri="models:/e2e-model@champion", config_path=str(world.config), tracking_uri=mlflow_server)
+
+    client = make_client(mlflow_server)
+    run = client.get_run(summary["run_id"])
+    assert run.info.status == "FINISHED"
+    assert run.info.artifact_uri.startswith("mlflow-artifacts:/")  # uploaded through the server
+    assert run.data.params["model.load_uri"] == "models:/e2e-model/1"
+    assert run.data.params["data.reference.sha256"] == sha256(world.reference)
+    assert run.data.tags["audit.verdict"] == summary["verdict"]
+
+    current = pd.read_csv(world.current)
+    model = _load(client)
+    expected_accuracy = (model.predict(current.drop(columns="label")) == current["label"]).mean()
+    assert run.data.metrics["performance.current.accuracy"] == pytest.approx(expected_accuracy)
+    assert run.data.metrics["shap.additivity_relative_error"] < 1e-9
+
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(client.download_artifacts(summary["run_id"], "", tmp))
+        manifest = json.loads((root / "manifest.json").read_text())
+        assert manifest["complete"] and manifest["tracking_uri"] == mlflow_server
+        for name, entry in manifest["artifacts"].items():
+            assert entry["sha256"] == sha256(root / name), name
+        assert (root / "audit_report.html").stat().st_size > 10_000
+
+    tags = client.get_model_version("e2e-model", "1").tags
+    assert (tags["audit.status"], tags["audit.verdict"], tags["audit.run_id"]) == ("done", summary["verdict"], summary["run_id"])
+    assert runs_with_status(client, "RUNNING") == []
+
+
+def _load(client):
+    import mlflow
+    from mlflow.artifacts import download_artifacts
+
+    source = client.get_model_version("e2e-model", "1").source  # mlflow-artifacts:/..., served by the server
+    return mlflow.sklearn.load_model(download_artifacts(artifact_uri=source, tracking_uri=client.tracking_uri,
+                                                        dst_path=tempfile.mkdtemp()))
