@@ -1,6 +1,6 @@
 """Our full audit against the plain approach (mlflow.evaluate + a Great Expectations suite), one workload, one run.
 
-    .venv/bin/python bench/bench_audit.py [--seed 0] [--workdir bench/out] [--repeats 2] [--profile]
+    .venv/bin/python bench/bench_audit.py [--seed 0] [--workdir bench/out] [--repeats 3] [--profile]
 
 Workload: make_classification, 40,000 x 30, split into reference (20,000 rows, the training data) and
 current (20,000 rows, two features shifted); a HistGradientBoostingClassifier registered once through
@@ -36,7 +36,7 @@ REPO = Path(__file__).resolve().parents[1]
 MODEL_NAME = "bench-gbm"
 N_ROWS, N_FEATURES = 20_000, 30
 SHAP_ROWS = 2000  # mlflow.evaluate's default explainability_nsamples
-SHIFTS = {"f03": "mean +1.0 sd", "f07": "scale x1.8"}
+SHIFTS = {"f03": "mean +1.0 sd", "f07": "spread x2.5 around the reference mean"}
 GOAL = 0.2
 
 # Everything this script creates in the work folder; only these are wiped before a run.
@@ -48,7 +48,7 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workdir", type=Path, default=REPO / "bench" / "out")
-    parser.add_argument("--repeats", type=int, default=2, help="rounds per side, alternating which side goes first")
+    parser.add_argument("--repeats", type=int, default=3, help="rounds per side, alternating which side goes first")
     parser.add_argument("--profile", action="store_true", help="then profile one more run of ours (no Prefect) and plain with cProfile")
     return parser.parse_args()
 
@@ -110,7 +110,7 @@ def build_workload(workdir: Path, seed: int, tracking_uri: str) -> dict:
     reference = frame.iloc[:N_ROWS].reset_index(drop=True)
     current = frame.iloc[N_ROWS:].reset_index(drop=True)
     current["f03"] = current["f03"] + 1.0 * reference["f03"].std()
-    current["f07"] = reference["f07"].mean() + 1.8 * (current["f07"] - reference["f07"].mean())
+    current["f07"] = reference["f07"].mean() + 2.5 * (current["f07"] - reference["f07"].mean())
     reference.to_parquet(workdir / "reference.parquet", index=False)
     current.to_parquet(workdir / "current.parquet", index=False)
 
@@ -181,10 +181,13 @@ def run_record(client, run_id: str) -> dict:
 
 # --- our side ------------------------------------------------------------------------------------
 def ours_flow(model_uri: str, config_path: Path, tracking_uri: str, client, downloads: Path) -> dict:
+    """The flow as `auditlens audit` runs it (in process, no heartbeat thread)."""
     from flows.audit_model import audit_model
+    from flows.cli import _in_process_flow_settings
 
     started = time.perf_counter()
-    summary = audit_model(model_uri=model_uri, config_path=str(config_path), tracking_uri=tracking_uri, reason="bench")
+    with _in_process_flow_settings():
+        summary = audit_model(model_uri=model_uri, config_path=str(config_path), tracking_uri=tracking_uri, reason="bench")
     wall = time.perf_counter() - started
     record = run_record(client, summary["run_id"])
     local = client.download_artifacts(summary["run_id"], "manifest.json", str(downloads))
@@ -218,7 +221,7 @@ def ours_without_prefect(model_uri: str, config_path: Path, tracking_uri: str, c
     with clock.time("open MLflow run"):
         run = open_audit_run.fn(ref, loaded, tracking_uri, audit_key=f"bench:{uuid.uuid4().hex}", reason="bench-no-prefect")
     with clock.time("load model + data, predict"):
-        inputs = load_inputs.fn(ref, loaded)
+        inputs = load_inputs.fn(ref, loaded, tracking_uri)
     results = []
     for planned in loaded.plan:
         with clock.time(f"audit {planned.id}"):
@@ -234,6 +237,7 @@ def ours_without_prefect(model_uri: str, config_path: Path, tracking_uri: str, c
         "audits": {r.audit: {"verdict": r.verdict.value, "duration_s": r.duration_s, "reason": r.reason[:200],
                              "metrics": len(r.metrics), "artifacts": len(r.artifacts)} for r in results},
         "shap_explainer": shap.info.get("explainer"),
+        "dq_failing": next(r for r in results if r.audit == "data_quality").info.get("failing_expectations"),
         "shap_output": shap.info.get("output"),
         "verdict": summary["verdict"],
         **run_record(client, summary["run_id"]),
@@ -250,7 +254,7 @@ class Capture(logging.Handler):
         self.messages.append(f"{record.levelname}: {record.getMessage()}")
 
 
-def gx_validate(reference, current) -> tuple[dict, int, int]:
+def gx_validate(reference, current) -> tuple[dict, int, list[str]]:
     """What a user writes by hand: table columns, and for each column not-null and the reference's range."""
     import great_expectations as gx
     import great_expectations.expectations as gxe
@@ -270,7 +274,7 @@ def gx_validate(reference, current) -> tuple[dict, int, int]:
     definition = context.validation_definitions.add(gx.ValidationDefinition(name="current_data", data=batch, suite=suite))
     result = definition.run(batch_parameters={"dataframe": current})
     described = result.describe_dict()
-    failed = sum(not r["success"] for r in described["expectations"])
+    failed = [f"{r['expectation_type']}({r['kwargs'].get('column', '')})" for r in described["expectations"] if not r["success"]]
     return described, len(expectations), failed
 
 
@@ -299,7 +303,7 @@ def plain(model_uri: str, workdir: Path, tracking_uri: str, client, experiment_i
             with clock.time("GX validate + log"):
                 described, evaluated, failed = gx_validate(reference, current)
                 mlflow.log_dict(described, "gx/validation_result.json")
-                mlflow.log_metrics({"gx.evaluated": evaluated, "gx.failed": failed})
+                mlflow.log_metrics({"gx.evaluated": evaluated, "gx.failed": len(failed)})
         wall = time.perf_counter() - started
     finally:
         shap_logger.removeHandler(capture)
@@ -353,7 +357,10 @@ def report(r: dict) -> str:
         f"auditlens benchmark: {r['workload']['rows']:,} reference + {r['workload']['rows']:,} current rows x "
         f"{r['workload']['features']} features, HistGradientBoostingClassifier(max_iter=100), seed {r['seed']}, "
         f"{os.cpu_count()} CPU(s)",
-        f"best of {r['repeats']} round(s) per side; imports {r['imports_s']:.1f} s and Prefect start-up paid before timing",
+        f"shifted in current: {', '.join(f'{k} {v}' for k, v in r['workload']['shifted'].items())}; model accuracy "
+        f"reference {r['workload']['reference_accuracy']:.3f}, current {r['workload']['current_accuracy']:.3f}",
+        f"best of {r['repeats']} round(s) per side; imports {r['imports_s']:.1f} s and Prefect start-up paid before timing; "
+        f"code {r['code_version'][:12]}{'+dirty' if r['code_version'].endswith('+dirty') else ''}",
         "",
         f"{'side':<44}{'wall':>10}   {'ratio to plain':>14}",
         f"{'plain: mlflow.evaluate + GX suite':<44}{fmt_s(p['wall_s']):>10}   {'1.00':>14}",
@@ -375,9 +382,10 @@ def report(r: dict) -> str:
         f"{'ours':<10}{o['metrics']:>8}{o['params']:>8}{o['artifacts']:>10}   explainer {n['shap_explainer']} "
         f"({n['shap_output']}); {int(o['shap_rows'] or 0)} rows, values logged: {'yes' if o['shap_values'] else 'no'}",
         f"plain artifacts: {', '.join(p['artifact_paths'])}",
-        f"plain GX: {p['gx_expectations']} expectations, {p['gx_failed']} failed",
+        f"plain GX: {p['gx_expectations']} expectations, {len(p['gx_failed'])} failed: {', '.join(p['gx_failed']) or 'none'}",
         f"ours artifacts:  {', '.join(o['artifact_paths'])}",
-        f"ours verdict: {o['verdict']}; " + "; ".join(f"{k} {v['verdict']}" for k, v in o["audits"].items()),
+        f"ours verdict: {o['verdict']}; " + "; ".join(f"{k} {v['verdict']}" for k, v in o["audits"].items())
+        + f"; data_quality failing: {n['dq_failing']}",
         "",
         "where the time goes (best rounds):",
         "  plain:  " + ", ".join(f"{k} {v:.2f} s" for k, v in p["steps_s"].items()),
@@ -416,6 +424,7 @@ def main() -> int:
     import audits.data_quality  # noqa: F401
     import audits.explain.shap_values  # noqa: F401
     import flows.audit_model  # noqa: F401
+    from tasks.adapters.provenance import code_version
     from tasks.adapters.tracking import make_client
     imports_s = time.perf_counter() - started
     print(f"imports: {imports_s:.1f} s", flush=True)
@@ -458,6 +467,7 @@ def main() -> int:
         "repeats": args.repeats,
         "cpus": os.cpu_count(),
         "python": sys.version.split()[0],
+        "code_version": code_version(),
         "versions": {"mlflow": mlflow.__version__, "shap": shap.__version__,
                      "great_expectations": great_expectations.__version__},
         "workload": {"rows": N_ROWS, "features": N_FEATURES, "shifted": SHIFTS, "shap_rows": SHAP_ROWS, **workload},

@@ -43,6 +43,18 @@ def _chunks(items: list, size: int) -> Iterable[list]:
         yield items[start : start + size]
 
 
+def _colspec_type(dtype: Any) -> str:
+    import pandas as pd
+
+    if pd.api.types.is_bool_dtype(dtype):
+        return "boolean"
+    if pd.api.types.is_integer_dtype(dtype):
+        return "long"
+    if pd.api.types.is_float_dtype(dtype):
+        return "double"
+    return "string"
+
+
 def _user() -> str:
     try:
         return getpass.getuser()
@@ -131,16 +143,25 @@ class MlflowSink:
     def link_inputs(self, run: AuditRun, datasets: list[dict[str, Any]], model_id: str | None) -> None:
         """Show the audited data and model as the run's inputs (the UI's Datasets and Models columns).
 
-        Each dataset: {"name", "frame", "source", "target", "digest", "context"}.
+        Each dataset: {"name", "frame", "source", "target", "digest", "context"}. The entity is built
+        directly: ``mlflow.data.from_pandas`` infers a schema value by value (0.3 s for 20,000 x 30) and
+        warns about integer columns on every call.
         """
-        import mlflow.data
-        from mlflow.entities import DatasetInput, InputTag, LoggedModelInput
+        from mlflow.entities import Dataset, DatasetInput, InputTag, LoggedModelInput
 
         inputs = []
         for item in datasets:
-            dataset = mlflow.data.from_pandas(item["frame"], source=item["source"], targets=item["target"],
-                                              name=item["name"], digest=item["digest"][:36])
-            inputs.append(DatasetInput(dataset._to_mlflow_entity(), tags=[InputTag("mlflow.data.context", item["context"])]))
+            frame = item["frame"]
+            schema = {"mlflow_colspec": [{"name": str(c), "type": _colspec_type(frame[c].dtype)} for c in frame.columns]}
+            entity = Dataset(
+                name=item["name"],
+                digest=item["digest"][:36],
+                source_type="local",
+                source=json.dumps({"uri": item["source"]}),
+                schema=json.dumps(schema),
+                profile=json.dumps({"num_rows": len(frame), "num_elements": int(frame.size), "target": item["target"]}),
+            )
+            inputs.append(DatasetInput(entity, tags=[InputTag("mlflow.data.context", item["context"])]))
         models = [LoggedModelInput(model_id)] if model_id else None
         self.client.log_inputs(run.run_id, datasets=inputs, models=models)
 
