@@ -76,7 +76,7 @@ def _print_summary(summary: dict) -> None:
     console.print(table)
     colour = COLOURS[summary["verdict"]]
     console.print(f"Verdict: [bold {colour}]{summary['verdict']}[/]   MLflow run {summary['run_id']} "
-                  f"in experiment '{summary['experiment']}'")
+                  f"in experiment '{summary['experiment']}'", soft_wrap=True)
 
 
 @app.command()
@@ -115,10 +115,9 @@ def audit(
         errors.print(f"[bold red]audit failed:[/] {type(exc).__name__}: {exc}\n(the MLflow run was ended FAILED with this reason)")
         raise typer.Exit(1) from None
     _print_summary(summary)
-    console.print(f"Open the MLflow UI: {ui_hint(uri, summary)}")
-    severity = {"PASS": 1, "WARN": 2, "ERROR": 4, "FAIL": 4, "SKIPPED": 0}
-    threshold = {"FAIL": 4, "WARN": 2, "never": 99}[fail_on.value]
-    if severity[summary["verdict"]] >= threshold:
+    console.print(f"Open the MLflow UI: {ui_hint(uri, summary)}", soft_wrap=True, highlight=False)
+    gate = {"FAIL": {"FAIL", "ERROR"}, "WARN": {"WARN", "FAIL", "ERROR"}, "never": set()}[fail_on.value]
+    if summary["verdict"] in gate:
         raise typer.Exit(1)
 
 
@@ -140,14 +139,14 @@ def demo(config: Path = typer.Option(Path("config/demo.yaml"), "--config", "-c",
     for summary in result["audits"]:
         _print_summary(summary)
     console.print("\n[bold]Every audit is recorded in MLflow.[/] Open the UI to compare the versions side by side:")
-    console.print(f"  {ui_hint(result['tracking_uri'])}")
+    console.print(f"  {ui_hint(result['tracking_uri'])}", soft_wrap=True, highlight=False)
     console.print("  (or: make ui)  Experiments 'auditlens/demo-classifier' and 'auditlens/demo-regressor' hold the audits;"
-                  " the Models page shows each version's audit.status and audit.verdict tags.")
+                  " the Models page shows each version's audit.status and audit.verdict tags.", soft_wrap=True)
     workdir = Path(result["tracking_uri"].removeprefix("sqlite:///")).parent
-    first = result["audits"][0] if result["audits"] else None
-    if first:
-        console.print(f"To audit again from the command line: auditlens audit --model models:/demo-classifier@champion "
-                      f"--config {os.path.relpath(workdir / 'demo-classifier.audit.yaml')}")
+    if result["audits"]:
+        console.print(f"To audit again from the command line: {Path(sys.executable).parent / 'auditlens'} audit "
+                      f"--model models:/demo-classifier@champion --config {os.path.relpath(workdir / 'demo-classifier.audit.yaml')}",
+                      soft_wrap=True, highlight=False)
 
 
 @app.command("audits")

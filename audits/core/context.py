@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import zlib
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
@@ -88,7 +88,6 @@ class AuditContext:
     categorical: tuple[str, ...] = ()
     target: str | None = None
     seed: int = 0
-    extras: dict[str, Any] = field(default_factory=dict)
 
     @property
     def task(self) -> Task:
@@ -111,15 +110,9 @@ class AuditContext:
 
 
 def predict(model: ModelUnderAudit, X: pd.DataFrame) -> Predictions:
-    proba = None
-    if model.predict_proba is not None:
-        proba = np.asarray(model.predict_proba(X), dtype=float)
-        labels = np.asarray(model.classes, dtype=object)[proba.argmax(axis=1)]
-        # Keep the dtype of the classes (ints stay ints) so labels compare equal to targets.
-        labels = np.asarray(labels.tolist())
-    else:
-        labels = np.asarray(model.predict(X))
-    return Predictions(labels=labels, proba=proba)
+    # Labels from predict itself: for some models (SVC, calibrated wrappers) argmax(predict_proba) disagrees with it.
+    proba = np.asarray(model.predict_proba(X), dtype=float) if model.predict_proba is not None else None
+    return Predictions(labels=np.asarray(model.predict(X)), proba=proba)
 
 
 def infer_categorical(X: pd.DataFrame) -> tuple[str, ...]:

@@ -16,17 +16,13 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import Field, ValidationError
 
 from audits.core.plan import AuditPlan, AuditSpec, PlanError, pydantic_problems
-from tasks.adapters.settings import config_error, read_yaml
+from tasks.adapters.settings import StrictModel, config_error, read_yaml
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-
-class DemoModel(_Strict):
+class DemoModel(StrictModel):
     name: str
     dataset: Literal["breast_cancer", "diabetes"]
     versions: list[Literal["logistic_regression", "gradient_boosting", "random_forest"]] = Field(min_length=1)
@@ -35,7 +31,7 @@ class DemoModel(_Strict):
     audits: list[AuditSpec] = Field(min_length=1)
 
 
-class DemoSettings(_Strict):
+class DemoSettings(StrictModel):
     kind: Literal["demo"] = "demo"
     seed: int = 0
     workdir: str = ".auditlens-demo"  # relative to the current directory; wiped on each demo run

@@ -218,30 +218,36 @@ class MlflowSink:
     # --- the registry (used by the demo) --------------------------------------------------------
     def register_sklearn_model(self, estimator: Any, *, name: str, experiment: str, input_example: Any,
                                params: dict[str, Any], description: str = "", artifact_location: str | None = None) -> str:
-        """Log a scikit-learn model in a training run, as an MLflow 3 logged model, and register it as a new
-        version of ``name``. Client calls only: the fluent API would set process-wide tracking URIs
-        (and MLFLOW_TRACKING_URI in the environment, which child processes then inherit)."""
+        """Save a scikit-learn model (cloudpickle: skops would need every tree type listed as trusted;
+        loading handles both formats) and register it as a new version of ``name``."""
         import mlflow.sklearn
         from importlib.metadata import version as installed
 
+        with tempfile.TemporaryDirectory(prefix="auditlens-model-") as tmp:
+            path = Path(tmp) / "model"
+            mlflow.sklearn.save_model(
+                estimator,
+                str(path),
+                serialization_format=mlflow.sklearn.SERIALIZATION_FORMAT_CLOUDPICKLE,
+                input_example=input_example,
+                # stated, not inferred: inference imports the model in a subprocess, for seconds
+                pip_requirements=[f"{p}=={installed(p)}" for p in ("scikit-learn", "pandas", "numpy", "cloudpickle")],
+            )
+            return self.register_model_files(path, name=name, experiment=experiment, params=params,
+                                             description=description, artifact_location=artifact_location)
+
+    def register_model_files(self, path: Path, *, name: str, experiment: str, params: dict[str, Any],
+                             description: str = "", artifact_location: str | None = None) -> str:
+        """Register a saved MLflow model folder as a new version of ``name``, through a training run and an
+        MLflow 3 logged model. Client calls only: the fluent API would set process-wide tracking URIs (and
+        MLFLOW_TRACKING_URI in the environment, which child processes then inherit)."""
         experiment_id = self.experiment_id(experiment, artifact_location)
-        origin = {"mlflow.source.name": "auditlens demo", "mlflow.source.type": "LOCAL", "mlflow.user": _user()}
+        origin = {"mlflow.source.name": "auditlens", "mlflow.source.type": "LOCAL", "mlflow.user": _user()}
         run_id = self.client.create_run(experiment_id, run_name=f"train {name}", tags=origin).info.run_id
         try:
             self._log_batch(run_id, params=params)
             logged = self.client.create_logged_model(experiment_id, name="model", source_run_id=run_id)
-            with tempfile.TemporaryDirectory(prefix="auditlens-model-") as tmp:
-                path = Path(tmp) / "model"
-                mlflow.sklearn.save_model(
-                    estimator,
-                    str(path),
-                    # cloudpickle: skops would need every tree type listed as trusted; loading handles both
-                    serialization_format=mlflow.sklearn.SERIALIZATION_FORMAT_CLOUDPICKLE,
-                    input_example=input_example,
-                    # stated, not inferred: inference imports the model in a subprocess, for seconds
-                    pip_requirements=[f"{p}=={installed(p)}" for p in ("scikit-learn", "pandas", "numpy", "cloudpickle")],
-                )
-                self.client.log_model_artifacts(logged.model_id, str(path))
+            self.client.log_model_artifacts(logged.model_id, str(path))
             self.client.finalize_logged_model(logged.model_id, "READY")
             if not self.client.search_registered_models(filter_string=f"name = '{name}'"):
                 self.client.create_registered_model(name)

@@ -31,11 +31,13 @@ from tasks.adapters.errors import ConfigError
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 
 
-class _Strict(BaseModel):
+class StrictModel(BaseModel):
+    """Configuration sections: frozen, and unknown keys are errors rather than silently ignored."""
+
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
-class DataSources(_Strict):
+class DataSources(StrictModel):
     reference: str  # what the model was trained on
     current: str  # what it sees now
     target: str | None = None
@@ -43,18 +45,18 @@ class DataSources(_Strict):
     categorical: list[str] | None = None  # default: the non-numeric columns
 
 
-class Sampling(_Strict):
+class Sampling(StrictModel):
     """Row budgets: larger datasets are sampled without replacement, with the configured seed."""
 
     reference_rows: int = Field(20_000, ge=1)
     current_rows: int = Field(20_000, ge=1)
 
 
-class ModelOptions(_Strict):
+class ModelOptions(StrictModel):
     task: Literal["auto", "classification", "regression"] = "auto"  # 'auto' needs a native sklearn model
 
 
-class MlflowSettings(_Strict):
+class MlflowSettings(StrictModel):
     tracking_uri: str | None = None  # default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db
     experiment: str = "auditlens/{model_name}"  # one experiment per model
     artifact_location: str | None = None  # new experiments only; default: next to a SQLite store, else the server's
@@ -62,7 +64,7 @@ class MlflowSettings(_Strict):
     request_max_retries: int = Field(3, ge=0)  # MLflow's own HTTP retries, with exponential backoff
 
 
-class AuditSettings(_Strict):
+class AuditSettings(StrictModel):
     kind: Literal["audit"] = "audit"
     seed: int = 0
     data: DataSources

@@ -14,7 +14,7 @@ import pytest
 from sklearn import metrics as skm
 
 from flows.audit_model import audit_model
-from tasks.adapters.errors import DataError
+from tasks.adapters.errors import DataError, ModelLoadError
 from tasks.adapters.settings import load_settings
 from tasks.adapters.tracking import make_client
 from tests.helpers import build_world, runs_with_status, sha256, write_config
@@ -142,3 +142,50 @@ def test_bad_data_inside_the_flow_ends_the_run_failed_and_tags_the_version(world
     tags = client.get_model_version("e2e-model", "2").tags
     assert tags["audit.status"] == "failed" and "x2" in tags["audit.error"]
     assert runs_with_status(client, "RUNNING") == []
+
+
+def test_a_run_uri_is_audited_without_registry_tags(world):
+    client = make_client(world.tracking_uri)
+    run_id = client.get_model_version("e2e-model", "1").run_id
+    summary = audit_model(model_uri=f"runs:/{run_id}/model", config_path=str(world.config), tracking_uri=world.tracking_uri)
+    run = client.get_run(summary["run_id"])
+    assert run.info.status == "FINISHED" and run.data.params["model.uri"] == f"runs:/{run_id}/model"
+    assert run.data.params["model.version"] == ""
+    assert client.get_experiment(run.info.experiment_id).name == "auditlens/unregistered"
+    first = client.search_runs([run.info.experiment_id])[0]
+    assert first.data.metrics.keys() >= {"performance.current.accuracy", "shap.additivity_relative_error"}
+
+
+class LinearFormula(mlflow.pyfunc.PythonModel):
+    """A model that is not scikit-learn: only pyfunc's predict is available."""
+
+    def predict(self, context, model_input, params=None):
+        return (2.0 * model_input["x1"] - model_input["x2"]).to_numpy()
+
+
+def test_a_pyfunc_model_is_audited_by_its_predictions(world, tmp_path):
+    from tasks.adapters.mlflow_sink import MlflowSink
+    from tests.conftest import make_tabular
+
+    X, _ = make_tabular(300, seed=5)
+    data = X.assign(y=2.0 * X["x1"] - X["x2"])
+    data.iloc[:200].to_csv(world.folder / "formula_reference.csv", index=False)
+    data.iloc[200:].to_csv(world.folder / "formula_current.csv", index=False)
+    mlflow.pyfunc.save_model(str(tmp_path / "formula"), python_model=LinearFormula())
+    MlflowSink(world.tracking_uri).register_model_files(tmp_path / "formula", name="formula", experiment="e2e/training",
+                                                        params={}, artifact_location=(world.folder / "mlartifacts").as_uri())
+    data_spec = {"reference": "formula_reference.csv", "current": "formula_current.csv", "target": "y"}
+    auto = write_config(world.folder, world.tracking_uri, name="formula_auto.yaml", data=data_spec)
+    with pytest.raises(ModelLoadError, match="set model.task to 'classification' or 'regression'"):
+        audit_model(model_uri="models:/formula/1", config_path=str(auto), tracking_uri=world.tracking_uri)
+
+    config = write_config(world.folder, world.tracking_uri, name="formula.yaml", data=data_spec,
+                          model={"task": "regression"}, audits=[{"audit": "performance"}, {"audit": "shap"}])
+    summary = audit_model(model_uri="models:/formula/1", config_path=str(config), tracking_uri=world.tracking_uri)
+    metrics = make_client(world.tracking_uri).get_run(summary["run_id"]).data.metrics
+    assert summary["verdict"] == "PASS"
+    assert metrics["performance.current.r2"] == pytest.approx(1.0) and metrics["performance.current.rmse"] < 1e-9
+    # a model-agnostic explainer on the formula: x1 and x2 carry it, the rest gets nothing
+    assert metrics["shap.importance.noise"] == pytest.approx(0.0, abs=1e-12)
+    assert metrics["shap.importance.x1"] > metrics["shap.importance.x2"] > 0
+    assert metrics["shap.additivity_relative_error"] < 1e-9
