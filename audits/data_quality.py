@@ -168,6 +168,18 @@ def column_profile(reference: pd.DataFrame, current: pd.DataFrame) -> pd.DataFra
     return pd.DataFrame(rows)
 
 
+def _compact(kwargs: dict) -> dict:
+    """Kwargs for a table cell: long value lists shortened (the full suite is its own artifact)."""
+    compact = {}
+    for key, value in kwargs.items():
+        if key == "batch_id":
+            continue
+        if isinstance(value, list) and len(value) > 6:
+            value = [*value[:3], f"... {len(value)} values"]
+        compact[key] = value
+    return compact
+
+
 def _observed(result: dict) -> str:
     detail = result.get("result", {}) or {}
     if "observed_value" in detail:
@@ -228,7 +240,7 @@ class DataQualityAudit(Audit):
                         "success": bool(r["success"]),
                         "unexpected_percent": detail.get("unexpected_percent"),
                         "observed": _observed(r),
-                        "kwargs": json.dumps({k: v for k, v in config["kwargs"].items() if k != "batch_id"}, default=str)[:500],
+                        "kwargs": json.dumps(_compact(config["kwargs"]), default=str)[:500],
                     }
                 )
         metrics["failed_expectations"] = metrics["user.failed"] + metrics["baseline.failed"]
