@@ -16,7 +16,7 @@ def audit_model(model_uri: str, config_path: str, tracking_uri: str | None = Non
     """Audit one model version against the plan in ``config_path``; return the verdict and the MLflow run."""
     logger = get_run_logger()
     loaded = load_config(config_path)
-    store = loaded.settings.resolved_tracking_uri(tracking_uri)
+    store = loaded.tracking_uri(tracking_uri)
     ref = resolve(model_uri, store)
     logger.info("Auditing %s (%s) with %s; recording to %s", ref.label, ref.load_uri, loaded.path.name, store)
     run = open_audit_run(ref, loaded, store, audit_key=f"prefect:{flow_run.id}", reason=reason)

@@ -57,6 +57,7 @@ def _fail(exc: Exception) -> None:
 
 def ui_hint(tracking_uri: str, summary: dict | None = None) -> str:
     if tracking_uri.startswith("sqlite:///"):
+        tracking_uri = f"sqlite:///{Path(tracking_uri.removeprefix('sqlite:///')).resolve()}"  # works from any folder
         venv_bin = Path(sys.executable).parent
         mlflow = venv_bin / "mlflow" if (venv_bin / "mlflow").exists() else "mlflow"
         return (f"{mlflow} ui --backend-store-uri {tracking_uri} --host 127.0.0.1 --port 5000\n"
@@ -96,7 +97,7 @@ def audit(
 
     try:
         loaded = load_settings(config)
-        uri = loaded.settings.resolved_tracking_uri(tracking_uri)
+        uri = loaded.tracking_uri(tracking_uri)
         configure_http(loaded.settings.mlflow.request_timeout_s, loaded.settings.mlflow.request_max_retries)
         check_reachable(uri)
         resolve_model(model, make_client(uri))

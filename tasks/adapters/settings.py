@@ -57,7 +57,7 @@ class ModelOptions(StrictModel):
 
 
 class MlflowSettings(StrictModel):
-    tracking_uri: str | None = None  # default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db
+    tracking_uri: str | None = None  # default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db (in the working folder)
     experiment: str = "auditlens/{model_name}"  # one experiment per model
     artifact_location: str | None = None  # new experiments only; default: next to a SQLite store, else the server's
     request_timeout_s: int = Field(30, ge=1)
@@ -72,9 +72,6 @@ class AuditSettings(StrictModel):
     model: ModelOptions = ModelOptions()
     mlflow: MlflowSettings = MlflowSettings()
     audits: list[AuditSpec] = Field(min_length=1)
-
-    def resolved_tracking_uri(self, override: str | None = None) -> str:
-        return override or self.mlflow.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
 
     def resolved_artifact_location(self, tracking_uri: str) -> str | None:
         """Where new experiments keep artifacts. MLflow's own default for a SQLite store is ./mlruns in
@@ -96,6 +93,19 @@ class LoadedSettings:
     path: Path
     config_hash: str
     plan: list[PlannedAudit]
+
+    def tracking_uri(self, override: str | None = None) -> str:
+        """--tracking-uri, else the config's (a relative SQLite path starts at the config file's folder,
+        like the data paths), else $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db."""
+        if override:
+            return override
+        configured = self.settings.mlflow.tracking_uri
+        if configured:
+            database = configured.removeprefix("sqlite:///")
+            if configured.startswith("sqlite:///") and not Path(database).is_absolute():
+                return f"sqlite:///{(self.path.parent / database).resolve()}"
+            return configured
+        return os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
 
     def data_path(self, which: Literal["reference", "current"]) -> Path:
         raw = Path(os.path.expandvars(getattr(self.settings.data, which))).expanduser()

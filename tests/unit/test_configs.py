@@ -61,3 +61,20 @@ def test_config_hash_is_stable_and_sensitive(tmp_path):
     b.write_text(text.replace("seed: 7", "seed: 8"))
     assert load_settings(a).config_hash == load_settings(ROOT / "config" / "example-audit.yaml").config_hash
     assert load_settings(a).config_hash != load_settings(b).config_hash
+
+
+def test_relative_paths_start_at_the_config_file(tmp_path, monkeypatch):
+    folder = tmp_path / "configs"
+    folder.mkdir()
+    (folder / "a.yaml").write_text(
+        "kind: audit\ndata: {reference: data/ref.csv, current: /abs/cur.csv}\n"
+        "mlflow: {tracking_uri: sqlite:///../store/mlflow.db}\naudits: [{audit: performance}]\n"
+    )
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://from-env:5000")
+    loaded = load_settings(folder / "a.yaml")
+    assert loaded.data_path("reference") == folder / "data" / "ref.csv"
+    assert str(loaded.data_path("current")) == "/abs/cur.csv"
+    assert loaded.tracking_uri() == f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}"
+    assert loaded.tracking_uri("http://flag:1") == "http://flag:1"
+    (folder / "b.yaml").write_text("kind: audit\ndata: {reference: r.csv, current: c.csv}\naudits: [{audit: shap}]\n")
+    assert load_settings(folder / "b.yaml").tracking_uri() == "http://from-env:5000"
