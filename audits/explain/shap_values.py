@@ -3,7 +3,9 @@
 - tree ensembles (alone or at the end of a Pipeline): ``shap.TreeExplainer`` on the model's raw
   output (log-odds for gradient boosting, probabilities for forests, the prediction for regressors);
 - linear models (alone or in a Pipeline): ``shap.LinearExplainer`` on the decision function;
-- anything else: ``shap.PermutationExplainer`` on the whole model with a small background sample.
+- anything else, model-agnostically on the whole model with a small background sample: exact
+  interventional Shapley values (every coalition enumerated) when there are few features, else
+  ``shap.PermutationExplainer``.
 
 Inside a Pipeline the model is explained in the transformed feature space, where tree and linear
 explainers are exact, and the attributions are summed back onto the original columns through a
@@ -24,8 +26,10 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from audits.core import Artifact, Audit, AuditConfig, AuditContext, AuditResult, Threshold
+from audits.core import Artifact, Audit, AuditConfig, AuditContext, AuditResult, ModelUnderAudit, Threshold
 from audits.core.result import key_part
+from audits.explain.exact_shapley import interventional_values
+from audits.explain.frames import FrameFunction
 from audits.explain.model_structure import FeatureMap, dense, is_linear_model, probe_feature_map, split_pipeline, transformed_names
 from pydantic import Field
 
@@ -36,58 +40,14 @@ warnings.filterwarnings("ignore", message="All-NaN slice encountered", category=
 
 
 class ShapConfig(AuditConfig):
-    explainer: Literal["auto", "tree", "linear", "permutation"] = "auto"
+    explainer: Literal["auto", "tree", "linear", "exact", "permutation"] = "auto"
+    exact_max_features: int = Field(8, ge=1, le=15)  # 'auto' enumerates every coalition up to this many features
     dataset: Literal["current", "reference"] = "current"  # the rows explained
     rows: int = Field(200, ge=1)  # rows explained by the tree and linear explainers (sampled with the seed)
-    permutation_rows: int = Field(50, ge=1)  # rows explained by the costlier model-agnostic explainer
+    permutation_rows: int = Field(50, ge=1)  # rows explained by the costlier model-agnostic explainers
     background_rows: int = Field(50, ge=1)  # background sample for linear and permutation explainers
     max_display: int = Field(15, ge=1)  # features shown in plots
     max_class_plots: int = Field(4, ge=1)  # multiclass: beeswarm plots for the first N classes
-
-
-class FrameFunction:
-    """A model called on numeric rows, decoded back into a DataFrame with the original columns and dtypes.
-
-    Model-agnostic explainers mask numeric arrays (shap's Independent masker compares values with
-    ``np.isclose``), while Pipelines select columns by name and need their string categories.
-    Categorical columns are therefore passed to the explainer as codes into ``categories``. Picklable.
-    """
-
-    def __init__(self, function: Any, X: pd.DataFrame) -> None:
-        self.function = function
-        self.columns = [str(c) for c in X.columns]
-        self.dtypes = X.dtypes
-        self.categories = {
-            c: pd.Index(X[c].dropna().unique()) for c in X.columns if not pd.api.types.is_numeric_dtype(X[c])
-        }
-
-    def encode(self, frame: pd.DataFrame) -> np.ndarray:
-        columns = []
-        for column in frame.columns:
-            if column in self.categories:
-                codes = self.categories[column].get_indexer(frame[column]).astype(float)
-                codes[codes < 0] = np.nan  # missing or unseen
-                columns.append(codes)
-            else:
-                columns.append(frame[column].to_numpy(dtype=float))
-        return np.column_stack(columns)
-
-    def decode(self, rows: np.ndarray) -> pd.DataFrame:
-        rows = np.asarray(rows, dtype=float)
-        data = {}
-        for j, column in enumerate(self.columns):
-            if column in self.categories:
-                codes = rows[:, j]
-                known = ~np.isnan(codes)
-                values = np.full(len(codes), None, dtype=object)
-                values[known] = self.categories[column].to_numpy(dtype=object)[codes[known].astype(int)]
-                data[column] = pd.Series(values).astype(self.dtypes[column])
-            else:
-                data[column] = pd.Series(rows[:, j]).astype(self.dtypes[column])
-        return pd.DataFrame(data)
-
-    def __call__(self, rows: np.ndarray) -> np.ndarray:
-        return np.asarray(self.function(self.decode(rows)), dtype=float)
 
 
 @dataclass(frozen=True)
@@ -115,12 +75,19 @@ def _as_2d(outputs: np.ndarray) -> np.ndarray:
     return outputs[:, None] if outputs.ndim == 1 else outputs
 
 
-def select_explainer(estimator: Any, requested: str = "auto") -> tuple[str, Any | None]:
-    """(kind, a ready shap.TreeExplainer when the kind is 'tree'). SHAP itself decides what it can walk."""
+def select_explainer(estimator: Any, requested: str = "auto", n_features: int = 0, exact_max_features: int = 8) -> tuple[str, Any | None]:
+    """(kind, a ready shap.TreeExplainer when the kind is 'tree'). SHAP itself decides what it can walk.
+
+    Tree and linear explainers are exact for their models. Anything else is explained model-agnostically:
+    exactly, by enumerating all 2^n coalitions, when there are few features; else by sampled permutations.
+    """
+    agnostic = "exact" if 0 < n_features <= exact_max_features else "permutation"
+    if requested in ("exact", "permutation"):
+        return requested, None
     if estimator is None:
-        if requested not in ("auto", "permutation"):
+        if requested != "auto":
             raise ValueError(f"the {requested} explainer needs a native scikit-learn model")
-        return "permutation", None
+        return agnostic, None
     _, final = split_pipeline(estimator)
     if requested in ("auto", "tree"):
         tree = _tree_explainer_or_none(final)
@@ -133,11 +100,11 @@ def select_explainer(estimator: Any, requested: str = "auto") -> tuple[str, Any 
             return "linear", None
         if requested == "linear":
             raise ValueError(f"{type(final).__name__} is not a linear model; use explainer: auto")
-    return "permutation", None
+    return agnostic, None
 
 
-def choose_explainer(estimator: Any, requested: str = "auto") -> str:
-    return select_explainer(estimator, requested)[0]
+def choose_explainer(estimator: Any, requested: str = "auto", n_features: int = 0, exact_max_features: int = 8) -> str:
+    return select_explainer(estimator, requested, n_features, exact_max_features)[0]
 
 
 def _tree_explainer_or_none(model: Any) -> Any | None:
@@ -165,11 +132,13 @@ def _raw_output(final: Any, tree_output: str | None, Xt: np.ndarray, task: str) 
     return _as_2d(final.decision_function(inputs)), "log-odds (decision function)"
 
 
-def explain(context: AuditContext, X: pd.DataFrame, background: pd.DataFrame, explainer: str = "auto") -> Attribution:
+def explain(context: AuditContext, X: pd.DataFrame, background: pd.DataFrame, explainer: str = "auto",
+            model: ModelUnderAudit | None = None, exact_max_features: int = 8) -> Attribution:
+    """SHAP values of ``model`` (default: the audited one) for rows ``X``, in canonical shape and named outputs."""
     import shap
 
-    model = context.model
-    kind, tree = select_explainer(model.estimator, explainer)
+    model = model or context.model
+    kind, tree = select_explainer(model.estimator, explainer, X.shape[1], exact_max_features)
     if kind in ("tree", "linear"):
         preprocessor, final = split_pipeline(model.estimator)
         if preprocessor is None:
@@ -183,7 +152,7 @@ def explain(context: AuditContext, X: pd.DataFrame, background: pd.DataFrame, ex
         else:
             explanation = shap.LinearExplainer(final, shap.maskers.Independent(Bt, max_samples=len(Bt)))(Xt)
             tree_output = None
-        outputs, output_space = _raw_output(final, tree_output, Xt, context.task)
+        outputs, output_space = _raw_output(final, tree_output, Xt, model.task)
         values = _as_3d(explanation.values)
         base = np.broadcast_to(np.asarray(explanation.base_values, dtype=float).reshape(len(Xt), -1)[0], (values.shape[2],))
         feature_map = None
@@ -194,32 +163,37 @@ def explain(context: AuditContext, X: pd.DataFrame, background: pd.DataFrame, ex
             values = feature_map.aggregate(values)
             features = feature_map.columns
             space = "transformed, summed back to original columns"
-        return Attribution(values, np.array(base), outputs, [], features, kind, output_space, space, feature_map)
+        return canonical_outputs(Attribution(values, np.array(base), outputs, [], features, kind, output_space, space, feature_map), model)
 
     # Model-agnostic: explain the whole model (Pipeline included) in the original feature space.
-    if context.task == "classification":
+    if model.task == "classification":
         if model.predict_proba is None:
             raise ValueError("a classifier without predict_proba cannot be explained by probabilities")
         function, output_space = model.predict_proba, "probability"
     else:
         function, output_space = model.predict, "prediction"
     f = FrameFunction(function, pd.concat([X, background]))
-    rows = f.encode(X)
-    masker = shap.maskers.Independent(f.encode(background), max_samples=len(background))
-    explanation = shap.PermutationExplainer(f, masker, seed=context.random_state("shap.permutation"))(rows, silent=True)
-    values = _as_3d(explanation.values)
-    base = np.asarray(explanation.base_values, dtype=float).reshape(len(X), -1)[0]
+    rows, reference = f.encode(X), f.encode(background)
+    if kind == "exact":
+        solved = [interventional_values(f, row, reference) for row in rows]
+        values = np.stack([phi for phi, _ in solved])  # (rows, features, outputs)
+        base = solved[0][1]
+    else:
+        masker = shap.maskers.Independent(reference, max_samples=len(background))
+        explanation = shap.PermutationExplainer(f, masker, seed=context.random_state("shap.permutation"))(rows, silent=True)
+        values = _as_3d(explanation.values)
+        base = np.asarray(explanation.base_values, dtype=float).reshape(len(X), -1)[0]
     outputs = _as_2d(f(rows))
-    return Attribution(values, base, outputs, [], f.columns, "permutation", output_space, "original")
+    return canonical_outputs(Attribution(values, base, outputs, [], f.columns, kind, output_space, "original"), model)
 
 
-def canonical_outputs(attr: Attribution, context: AuditContext) -> Attribution:
+def canonical_outputs(attr: Attribution, model: ModelUnderAudit) -> Attribution:
     """Name the outputs; for binary probabilities keep only the positive class (class 0 mirrors it)."""
     values, base, outputs = attr.values, attr.base, attr.outputs
-    if context.task == "regression":
+    if model.task == "regression":
         names = ["prediction"]
     else:
-        classes = [str(c) for c in context.model.classes]
+        classes = [str(c) for c in model.classes]
         if values.shape[2] == 1:  # binary margin: the log-odds of the positive class
             names = [classes[-1]]
         elif len(classes) == 2:
@@ -249,13 +223,14 @@ class ShapAudit(Audit):
     def compute(self, context: AuditContext) -> AuditResult:
         cfg: ShapConfig = self.config
         source = context.dataset(cfg.dataset).X
-        budget = cfg.permutation_rows if choose_explainer(context.model.estimator, cfg.explainer) == "permutation" else cfg.rows
+        agnostic = choose_explainer(context.model.estimator, cfg.explainer, len(context.features), cfg.exact_max_features)
+        budget = cfg.permutation_rows if agnostic in ("permutation", "exact") else cfg.rows
         X = source.sample(n=min(budget, len(source)), random_state=context.random_state("shap.rows"))
         reference = context.reference.X
         background = reference.sample(
             n=min(cfg.background_rows, len(reference)), random_state=context.random_state("shap.background")
         )
-        attr = canonical_outputs(explain(context, X, background, cfg.explainer), context)
+        attr = explain(context, X, background, cfg.explainer, exact_max_features=cfg.exact_max_features)
 
         residual = attr.values.sum(axis=1) + attr.base[None, :] - attr.outputs
         max_abs = float(np.abs(residual).max())

@@ -36,12 +36,13 @@ def run(name, context):
     return run_planned(PlannedAudit(name, cls(), cls.default_thresholds), context)
 
 
-@pytest.mark.parametrize("context_name", CONTEXTS)
-@pytest.mark.parametrize("name", AUDITS)
-def test_audit_contract(name, context_name, request):
-    context = request.getfixturevalue(context_name)
+def check_audit_contract(audit_cls, context, config=None):
+    """The contract, for one audit class on one context. Also called by each audit's own tests."""
+    name = audit_cls.name
+    cls_config = audit_cls.Config.model_validate(config or {})
     before = fingerprint(context)
-    first, second = run(name, context), run(name, context)
+    first = run_planned(PlannedAudit(name, audit_cls(cls_config), audit_cls.default_thresholds), context)
+    second = run_planned(PlannedAudit(name, audit_cls(cls_config), audit_cls.default_thresholds), context)
 
     assert first.verdict is not Verdict.ERROR, first.reason
     assert fingerprint(context) == before, "the audit mutated its inputs"
@@ -63,6 +64,13 @@ def test_audit_contract(name, context_name, request):
     encoded = json.dumps(first.to_dict())
     assert json.loads(encoded)["audit"] == name
     assert plt.get_fignums() == [], "figures left open in pyplot's global state"
+    return first
+
+
+@pytest.mark.parametrize("context_name", CONTEXTS)
+@pytest.mark.parametrize("name", AUDITS)
+def test_audit_contract(name, context_name, request):
+    check_audit_contract(get_audit_class(name), request.getfixturevalue(context_name))
 
 
 def test_a_different_seed_changes_sampled_audits(tabular):

@@ -14,7 +14,7 @@ from audits.core.context import ModelUnderAudit, build_context
 from audits.core.plan import PlannedAudit
 from audits.core.result import Verdict
 from audits.core.runner import run_planned
-from audits.explain.shap_values import ShapAudit, ShapConfig, canonical_outputs, choose_explainer, explain
+from audits.explain.shap_values import ShapAudit, ShapConfig, choose_explainer, explain
 from tests.conftest import context_for, make_pipeline_model
 
 
@@ -53,8 +53,7 @@ def numeric_data(n=300, p=5, seed=3):
 def attribution_for(estimator, X, y, rows, background, explainer="auto"):
     model = ModelUnderAudit.from_estimator(estimator)
     context = build_context(model, (X, y), (rows, None), seed=0)
-    attr = explain(context, rows, background, explainer)
-    return canonical_outputs(attr, context)
+    return explain(context, rows, background, explainer)
 
 
 def test_tree_shap_equals_exact_shapley_of_the_path_dependent_game():
@@ -99,7 +98,7 @@ def test_permutation_shap_approximates_exact_interventional_shapley_and_is_exact
     X, y = numeric_data(p=4)
     knn = KNeighborsRegressor(n_neighbors=10).fit(X, y)
     rows, background = X.iloc[:4], X.iloc[100:130]
-    attr = attribution_for(knn, X, y, rows, background)
+    attr = attribution_for(knn, X, y, rows, background, explainer="permutation")
     assert attr.explainer == "permutation"
     B = background.to_numpy()
     for r, x in enumerate(rows.to_numpy()):
@@ -115,12 +114,31 @@ def test_permutation_shap_approximates_exact_interventional_shapley_and_is_exact
     np.testing.assert_allclose(attr.values.sum(axis=1) + attr.base, attr.outputs, atol=1e-9)
 
 
+def test_few_features_get_exact_shapley_values_by_default():
+    from sklearn.neighbors import KNeighborsRegressor
+
+    X, y = numeric_data(p=4)
+    knn = KNeighborsRegressor(n_neighbors=10).fit(X, y)
+    rows, background = X.iloc[:4], X.iloc[100:130]
+    attr = attribution_for(knn, X, y, rows, background)
+    assert attr.explainer == "exact"
+    B = background.to_numpy()
+    for r, x in enumerate(rows.to_numpy()):
+        def game(S, x=x):
+            mixed = B.copy()
+            mixed[:, list(S)] = x[list(S)]
+            return knn.predict(pd.DataFrame(mixed, columns=X.columns)).mean()
+
+        np.testing.assert_allclose(attr.values[r, :, 0], exact_shapley(game, X.shape[1]), atol=1e-9)
+    assert choose_explainer(knn, "auto", n_features=9, exact_max_features=8) == "permutation"
+
+
 @pytest.mark.parametrize(
     "final, explainer, output",
     [
         ("gbm", "tree", "log-odds"),
         ("logistic", "linear", "log-odds"),
-        ("knn", "permutation", "probability"),
+        ("knn", "exact", "probability"),
         ("rfr", "tree", "prediction"),
         ("gbr", "tree", "prediction"),
     ],
@@ -132,7 +150,7 @@ def test_explainer_is_chosen_by_model_and_stays_additive(final, explainer, outpu
     assert result.verdict is Verdict.PASS, result.reason
     assert result.info["explainer"] == explainer
     assert output in result.info["output"]
-    expected_space = "original" if explainer == "permutation" else "transformed, summed back to original columns"
+    expected_space = "original" if explainer in ("exact", "permutation") else "transformed, summed back to original columns"
     assert result.info["explained_space"] == expected_space
     assert result.metrics["shap.additivity_relative_error"] < 1e-9
     # attributions land on the original columns, never on one-hot or indicator columns
@@ -209,4 +227,4 @@ def test_forcing_an_explainer_that_does_not_fit_the_model_is_an_error(tabular):
     context = context_for(make_pipeline_model(X, y, "knn"), X, y)
     result = run_planned(PlannedAudit("shap", ShapAudit(ShapConfig(explainer="tree")), ()), context)
     assert result.verdict is Verdict.ERROR and "TreeExplainer does not support KNeighborsClassifier" in result.reason
-    assert choose_explainer(None, "auto") == "permutation"
+    assert choose_explainer(None, "auto") == "permutation" and choose_explainer(None, "auto", n_features=3) == "exact"
