@@ -88,7 +88,7 @@ def run_one(planned: PlannedAudit, context: AuditContext) -> AuditResult:
 def record_audit(run: AuditRun, ref: ModelRef, loaded: LoadedSettings, inputs: AuditInputs,
                  results: list[AuditResult]) -> dict:
     verdict = overall_verdict(results)
-    manifest = provenance.build_manifest(ref, loaded, inputs.fingerprints, results, verdict, run.tracking_uri, run.run_id)
+    manifest = provenance.build_manifest(ref, loaded, inputs, results, verdict, run.tracking_uri, run.run_id)
     report = render_report(
         title=ref.label,
         subtitle=f"{ref.uri} · config {loaded.path.name} ({loaded.config_hash}) · MLflow run {run.run_id}",
@@ -102,13 +102,14 @@ def record_audit(run: AuditRun, ref: ModelRef, loaded: LoadedSettings, inputs: A
                 f"{role} data": f"{fp['path']} ({fp['rows_used']} of {fp['rows']} rows used; sha256 {fp['sha256'][:16]}…)"
                 for role, fp in inputs.fingerprints.items()
             },
+            "compared with": inputs.context.baseline.label if inputs.context.baseline is not None else inputs.context.baseline_note,
             "config hash": loaded.config_hash,
             "seed": loaded.settings.seed,
             "code version": provenance.code_version(),
         },
     )
     sink = MlflowSink(run.tracking_uri)
-    sink.log_params(run, provenance.data_params(inputs.fingerprints))
+    sink.log_params(run, provenance.input_params(inputs))
     sink.link_inputs(run, _dataset_inputs(inputs), ref.model_id)
     sink.record(run, results, report, manifest)
     sink.close(run, verdict, markdown_summary(ref.label, verdict, results))

@@ -71,14 +71,18 @@ def make_pipeline_model(X: pd.DataFrame, y: pd.Series, final: str = "gbm"):
     return Pipeline([("pre", pre), ("model", estimator)]).fit(X, y)
 
 
-def context_for(model, X: pd.DataFrame, y: pd.Series | None, split: int = 250, seed: int = 0) -> AuditContext:
+def context_for(model, X: pd.DataFrame, y: pd.Series | None, split: int = 250, seed: int = 0, baseline=None) -> AuditContext:
     m = ModelUnderAudit.from_estimator(model, uri="test://model", name="test-model", version="1")
+    if baseline is not None:
+        baseline = ModelUnderAudit.from_estimator(baseline, uri="test://baseline", name="test-model", version="0")
     return build_context(
         m,
         (X.iloc[:split], None if y is None else y.iloc[:split]),
         (X.iloc[split:], None if y is None else y.iloc[split:]),
         target=None if y is None else y.name,
         seed=seed,
+        baseline=baseline,
+        baseline_note="" if baseline is not None else "no baseline in this test",
     )
 
 
@@ -90,7 +94,7 @@ def tabular() -> tuple[pd.DataFrame, pd.Series]:
 @pytest.fixture(scope="session")
 def classifier_context(tabular) -> AuditContext:
     X, y = tabular
-    return context_for(make_pipeline_model(X, y, "gbm"), X, y)
+    return context_for(make_pipeline_model(X, y, "gbm"), X, y, baseline=make_pipeline_model(X, y, "logistic"))
 
 
 @pytest.fixture(scope="session")
@@ -104,7 +108,7 @@ def regression_data() -> tuple[pd.DataFrame, pd.Series]:
 @pytest.fixture(scope="session")
 def regressor_context(regression_data) -> AuditContext:
     X, y = regression_data
-    return context_for(make_pipeline_model(X, y, "rfr"), X, y, split=200)
+    return context_for(make_pipeline_model(X, y, "rfr"), X, y, split=200, baseline=make_pipeline_model(X, y, "gbr"))
 
 
 @pytest.fixture(scope="session")

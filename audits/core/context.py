@@ -88,6 +88,8 @@ class AuditContext:
     categorical: tuple[str, ...] = ()
     target: str | None = None
     seed: int = 0
+    baseline: ModelUnderAudit | None = None  # the deployed version (behind an alias) to compare with, if any
+    baseline_note: str = ""  # why there is no baseline, when there is none
 
     @property
     def task(self) -> Task:
@@ -129,6 +131,8 @@ def build_context(
     target: str | None = None,
     seed: int = 0,
     sources: tuple[str, str] = ("", ""),
+    baseline: ModelUnderAudit | None = None,
+    baseline_note: str = "",
 ) -> AuditContext:
     """Compute predictions once for both datasets; every audit shares them."""
     (X_ref, y_ref), (X_cur, y_cur) = reference, current
@@ -143,4 +147,6 @@ def build_context(
         categorical=tuple(categorical),
         target=target,
         seed=seed,
+        baseline=baseline,
+        baseline_note=baseline_note,
     )

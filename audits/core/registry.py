@@ -17,6 +17,8 @@ BUILTIN_AUDITS: dict[str, str] = {
     "data_quality": "audits.data_quality:DataQualityAudit",
     "performance": "audits.performance:PerformanceAudit",
     "shap": "audits.explain.shap_values:ShapAudit",
+    "importance": "audits.explain.importance:ImportanceAudit",
+    "explanation_drift": "audits.explain.explanation_drift:ExplanationDriftAudit",
 }
 
 

@@ -8,7 +8,7 @@ from typing import Any
 from audits.core.context import AuditContext, ModelUnderAudit, build_context, infer_categorical
 from tasks.adapters.datasets import check_columns, prepare, read_columns, resolve_features
 from tasks.adapters.errors import DataError
-from tasks.adapters.models import ModelRef, load_model
+from tasks.adapters.models import ModelRef, load_baseline, load_model
 from tasks.adapters.settings import LoadedSettings
 
 
@@ -41,6 +41,7 @@ def preflight_data(loaded: LoadedSettings) -> None:
 def assemble(ref: ModelRef, loaded: LoadedSettings, client) -> AuditInputs:
     settings = loaded.settings
     model = load_model(ref, client, settings.model.task)
+    baseline, baseline_note = load_baseline(ref, settings.model.baseline_alias, client, settings.model.task)
     ref_path, cur_path = loaded.data_path("reference"), loaded.data_path("current")
     features = resolve_features(read_columns(ref_path), settings.data.target, settings.data.features, _model_features(model))
     reference = prepare("reference", ref_path, features, settings.data.target, True,
@@ -61,6 +62,8 @@ def assemble(ref: ModelRef, loaded: LoadedSettings, client) -> AuditInputs:
             target=settings.data.target,
             seed=settings.seed,
             sources=(str(ref_path), str(cur_path)),
+            baseline=baseline,
+            baseline_note=baseline_note,
         )
     except Exception as exc:
         raise DataError(

@@ -162,3 +162,25 @@ def _load_local(local: str, flavors: dict, ref: ModelRef, task: str, identity: d
             f"cannot load {ref.label} ({type(exc).__name__}: {exc})",
             "load it once with mlflow.pyfunc.load_model to see why; skops-format models need their trusted types",
         ) from None
+
+
+def load_baseline(ref: ModelRef, alias: str | None, client, task: str = "auto") -> tuple[ModelUnderAudit | None, str]:
+    """The version behind ``alias`` of the audited model, when it is another version; else None and why."""
+    from mlflow.exceptions import MlflowException
+
+    if alias is None:
+        return None, "no baseline alias is configured (model.baseline_alias)"
+    if not ref.registered:
+        return None, f"{ref.uri} is not a registry version, so it has no @{alias} to compare with"
+    try:
+        mv = client.get_model_version_by_alias(ref.name, alias)
+    except MlflowException:
+        return None, f"model {ref.name!r} has no version behind @{alias}"
+    if str(mv.version) == ref.version:
+        return None, f"the audited version is @{alias} itself"
+    baseline = ModelRef(f"models:/{ref.name}@{alias}", f"models:/{ref.name}/{mv.version}", ref.name, str(mv.version), alias,
+                        mv.run_id, _logged_model_id(mv, client), mv.source)
+    try:
+        return load_model(baseline, client, task), ""
+    except ModelLoadError as exc:
+        return None, f"the @{alias} version {mv.version} could not be loaded: {exc.problem}"

@@ -53,15 +53,19 @@ def model_params(ref, loaded, tracking_uri: str) -> dict[str, str]:
     }
 
 
-def data_params(fingerprints: dict[str, dict]) -> dict[str, str]:
-    return {
+def input_params(inputs) -> dict[str, str]:
+    """Params known once the data and models are loaded: dataset fingerprints, the baseline version."""
+    params = {
         f"data.{role}.{key}": str(value)
-        for role, fp in fingerprints.items()
+        for role, fp in inputs.fingerprints.items()
         for key, value in fp.items()
     }
+    baseline = inputs.context.baseline
+    params["baseline.model"] = baseline.uri if baseline is not None else f"none: {inputs.context.baseline_note}"
+    return params
 
 
-def build_manifest(ref, loaded, fingerprints: dict, results: list, verdict, tracking_uri: str, run_id: str) -> dict:
+def build_manifest(ref, loaded, inputs, results: list, verdict, tracking_uri: str, run_id: str) -> dict:
     """What a reviewer needs to reproduce the audit: inputs by hash, configuration, code, packages, outcome."""
     return {
         "auditlens_manifest": 1,
@@ -71,7 +75,8 @@ def build_manifest(ref, loaded, fingerprints: dict, results: list, verdict, trac
                   "alias": ref.alias, "run_id": ref.run_id},
         "config": {"path": str(loaded.path), "hash": loaded.config_hash,
                    "settings": loaded.settings.model_dump(mode="json")},
-        "data": fingerprints,
+        "data": inputs.fingerprints,
+        "baseline": inputs.context.baseline.uri if inputs.context.baseline is not None else None,
         "seed": loaded.settings.seed,
         "code_version": code_version(),
         "packages": package_versions(),

@@ -54,6 +54,7 @@ class Sampling(StrictModel):
 
 class ModelOptions(StrictModel):
     task: Literal["auto", "classification", "regression"] = "auto"  # 'auto' needs a native sklearn model
+    baseline_alias: str | None = "champion"  # the deployed version to compare with (explanation drift); null: none
 
 
 class MlflowSettings(StrictModel):

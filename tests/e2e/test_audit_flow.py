@@ -189,3 +189,16 @@ def test_a_pyfunc_model_is_audited_by_its_predictions(world, tmp_path):
     assert metrics["shap.importance.noise"] == pytest.approx(0.0, abs=1e-12)
     assert metrics["shap.importance.x1"] > metrics["shap.importance.x2"] > 0
     assert metrics["shap.additivity_relative_error"] < 1e-9
+
+
+def test_the_champion_is_loaded_as_the_baseline_for_explanation_drift(world):
+    config = write_config(world.folder, world.tracking_uri, name="drift.yaml", audits=[{"audit": "explanation_drift"}])
+    challenger = audit_model(model_uri="models:/e2e-model/2", config_path=str(config), tracking_uri=world.tracking_uri)
+    champion = audit_model(model_uri="models:/e2e-model@champion", config_path=str(config), tracking_uri=world.tracking_uri)
+    client = make_client(world.tracking_uri)
+    run = client.get_run(challenger["run_id"])
+    assert run.data.params["baseline.model"] == "models:/e2e-model/1"
+    assert challenger["audits"]["explanation_drift"]["verdict"] == "PASS"
+    assert -1 <= run.data.metrics["explanation_drift.importance_spearman"] <= 1
+    assert champion["audits"]["explanation_drift"]["verdict"] == "SKIPPED"
+    assert "is @champion itself" in champion["audits"]["explanation_drift"]["reason"]
