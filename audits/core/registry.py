@@ -19,6 +19,7 @@ BUILTIN_AUDITS: dict[str, str] = {
     "shap": "audits.explain.shap_values:ShapAudit",
     "importance": "audits.explain.importance:ImportanceAudit",
     "explanation_drift": "audits.explain.explanation_drift:ExplanationDriftAudit",
+    "prototypes": "audits.explain.prototypes:PrototypesAudit",
 }
 
 
