@@ -20,6 +20,8 @@ BUILTIN_AUDITS: dict[str, str] = {
     "importance": "audits.explain.importance:ImportanceAudit",
     "explanation_drift": "audits.explain.explanation_drift:ExplanationDriftAudit",
     "prototypes": "audits.explain.prototypes:PrototypesAudit",
+    "lime": "audits.explain.lime_audit:LimeAudit",
+    "explanation_agreement": "audits.explain.agreement:AgreementAudit",
 }
 
 

@@ -25,7 +25,7 @@ class LimeAttribution:
     local_prediction: np.ndarray  # (rows,): the surrogate's prediction at the row
     model_output: np.ndarray  # (rows,): the model's output being explained
     explained: list[str]  # (rows,): the class explained (classifiers) or 'prediction'
-    descriptions: list[list[str]]  # per row, LIME's readable conditions ('mean radius > 17.2'), by weight
+    conditions: list[list[str]]  # per row and feature, LIME's readable condition ('mean radius > 17.2')
     features: list[str]
 
 
@@ -86,7 +86,7 @@ def lime_attributions(
     outputs = predict(rows)
     n_features = len(codec.features)
     weights = np.zeros((len(X), n_features))
-    fidelity, local, model_output, explained, descriptions = [], [], [], [], []
+    fidelity, local, model_output, explained, conditions = [], [], [], [], []
     classes = [str(c) for c in model.classes] if classification else []
     for r, row in enumerate(rows):
         if classification:
@@ -100,9 +100,13 @@ def lime_attributions(
             explanation = explainer.explain_instance(row, predict, num_features=n_features, num_samples=num_samples)
             explained.append("prediction")
             model_output.append(float(np.ravel(outputs)[r]))
-        for feature, weight in explanation.as_map()[label]:
+        pairs = explanation.as_map()[label]  # (feature, weight), and as_list gives the texts in the same order
+        texts = [text for text, _ in explanation.as_list(label=label)]
+        row_conditions = list(codec.features)
+        for (feature, weight), text in zip(pairs, texts, strict=True):
             weights[r, feature] = weight
-        descriptions.append([text for text, _ in explanation.as_list(label=label)])
+            row_conditions[feature] = text
+        conditions.append(row_conditions)
         fidelity.append(float(explanation.score))
         local.append(float(np.ravel(explanation.local_pred)[0]))
-    return LimeAttribution(weights, np.array(fidelity), np.array(local), np.array(model_output), explained, descriptions, codec.features)
+    return LimeAttribution(weights, np.array(fidelity), np.array(local), np.array(model_output), explained, conditions, codec.features)
