@@ -22,6 +22,8 @@ BUILTIN_AUDITS: dict[str, str] = {
     "prototypes": "audits.explain.prototypes:PrototypesAudit",
     "lime": "audits.explain.lime_audit:LimeAudit",
     "explanation_agreement": "audits.explain.agreement:AgreementAudit",
+    "sanity_checks": "audits.explain.sanity:SanityChecksAudit",
+    "explanation_stability": "audits.explain.stability:ExplanationStabilityAudit",
 }
 
 
