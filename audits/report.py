@@ -39,6 +39,7 @@ dl{display:grid;grid-template-columns:max-content auto;gap:2px 12px;font-size:13
 <td><span class="badge" style="background:{{ colours[r.verdict.value] }}">{{ r.verdict.value }}</span></td>
 <td>{{ r.reason }}</td><td class="num">{{ "%.2f"|format(r.duration_s) }}</td></tr>{% endfor %}
 </table>
+<div class="muted">Times are each audit's wall time; independent audits run concurrently, so they overlap and do not add up.</div>
 <h2>Provenance</h2><dl>{% for k, v in provenance %}<dt>{{ k }}</dt><dd>{{ v }}</dd>{% endfor %}</dl>
 {% for r in results %}
 <h2 id="{{ r.audit }}">{{ r.audit }} <span class="badge" style="background:{{ colours[r.verdict.value] }}">{{ r.verdict.value }}</span></h2>
