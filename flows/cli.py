@@ -151,12 +151,21 @@ def demo(config: Path = typer.Option(Path("config/demo.yaml"), "--config", "-c",
 
 
 @app.command("audits")
-def list_audits() -> None:
+def list_audits(verbose: bool = typer.Option(False, "--verbose", "-v", help="also each audit's configuration keys, defaults and default thresholds")) -> None:
     """List the audits that plans can name (built-in and installed plugins)."""
-    from audits.core.registry import available_audits
+    from audits.core.registry import available_audits, get_audit_class
 
     for name, source in available_audits().items():
-        console.print(f"{name:16} {source}")
+        console.print(f"[bold]{name:22}[/] {source}", highlight=False)
+        if not verbose:
+            continue
+        cls = get_audit_class(name)
+        if cls.description:
+            console.print(f"    {cls.description}", highlight=False)
+        for key, field in cls.Config.model_fields.items():
+            console.print(f"    config.{key}: {field.get_default(call_default_factory=True)!r}", highlight=False)
+        for threshold in cls.default_thresholds:
+            console.print(f"    threshold: {threshold.rule} ({threshold.severity})", highlight=False)
 
 
 @app.command("check-config")

@@ -31,7 +31,7 @@ def test_there_are_shipped_and_invalid_configs():
 def test_shipped_configs_validate(path):
     loaded = load_any(path)
     if path.name == "example-audit.yaml":
-        assert [p.id for p in loaded.plan] == ["data_quality", "performance", "shap"]
+        assert [p.id for p in loaded.plan][:3] == ["data_quality", "performance", "shap"] and len(loaded.plan) == 10
         assert len(loaded.config_hash) == 16
 
 
