@@ -103,7 +103,10 @@ class AuditPlan(BaseModel):
             except ValidationError as exc:
                 problems.extend(pydantic_problems(exc, (*here, "config")))
                 continue
-            thresholds = cls.default_thresholds if spec.thresholds is None else tuple(spec.thresholds)
+            if spec.thresholds is None:  # the audit's defaults, renamed to this audit's id
+                thresholds = tuple(t.for_audit_id(cls.name, spec.audit_id) for t in cls.default_thresholds)
+            else:
+                thresholds = tuple(spec.thresholds)
             planned.append(PlannedAudit(spec.audit_id, cls(config), tuple(thresholds)))
         if problems:
             raise PlanError(problems)

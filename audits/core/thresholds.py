@@ -42,6 +42,13 @@ class Threshold(BaseModel):
             raise ValueError("'relative: true' needs 'compare_to' (the baseline metric)")
         return self
 
+    def for_audit_id(self, name: str, audit_id: str) -> Threshold:
+        """The same threshold for an audit run under another id: metric keys are namespaced by the id."""
+        def rename(key: str | None) -> str | None:
+            return f"{audit_id}.{key[len(name) + 1:]}" if key and key.startswith(f"{name}.") else key
+
+        return self.model_copy(update={"metric": rename(self.metric), "compare_to": rename(self.compare_to)})
+
     @property
     def quantity(self) -> str:
         if not self.compare_to:

@@ -62,6 +62,9 @@ def test_each_demo_model_gets_the_right_explainer(demo):
         assert output in info["output"]
         assert runs[name].data.metrics["shap.additivity_relative_error"] < 1e-9
     assert str(client.get_model_version_by_alias("demo-classifier", "champion").version) == "2"
+    exact = json.loads(Path(client.download_artifacts(runs["audit demo-classifier v2"].info.run_id, "shap_exact/result.json",
+                                                      tempfile.mkdtemp())).read_text())["info"]
+    assert exact["explainer"] == "exact" and runs["audit demo-classifier v2"].data.metrics["shap_exact.additivity_relative_error"] < 1e-9
 
 
 def test_the_planted_faults_are_found_and_the_random_column_does_not_matter(demo):
@@ -73,6 +76,10 @@ def test_the_planted_faults_are_found_and_the_random_column_does_not_matter(demo
     assert metrics["data_quality.user.failed"] == 3 and v2.data.tags["audit.data_quality.verdict"] == "FAIL"
     importance = {k.removeprefix("shap.importance."): v for k, v in metrics.items() if k.startswith("shap.importance.")}
     assert min(importance, key=importance.get) == "clinic"  # random by construction
+    # every explanation part ran and has a verdict; v2 is the champion, so only its drift is skipped
+    parts = ("lime", "explanation_agreement", "prototypes", "importance", "sanity_checks", "explanation_stability")
+    assert all(v2.data.tags[f"audit.{p}.verdict"] in ("PASS", "WARN") for p in parts), {p: v2.data.tags.get(f"audit.{p}.verdict") for p in parts}
+    assert v2.data.tags["audit.explanation_drift.verdict"] == "SKIPPED"
     tags = client.get_model_version("demo-classifier", "2").tags
     assert tags["audit.status"] == "done" and tags["audit.verdict"] == v2.data.tags["audit.verdict"]
     assert runs_with_status(client, "RUNNING") == []

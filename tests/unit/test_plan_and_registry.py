@@ -43,6 +43,13 @@ def test_duplicate_ids_are_rejected_and_ids_rename():
     assert [p.id for p in planned] == ["shap", "shap_wide"]
 
 
+def test_default_thresholds_follow_a_renamed_audit(classifier_context):
+    [planned] = AuditPlan.model_validate({"audits": [{"audit": "shap", "id": "shap_exact", "config": {"explainer": "exact", "permutation_rows": 3, "background_rows": 5}}]}).build()
+    assert [t.metric for t in planned.thresholds] == ["shap_exact.additivity_relative_error"]
+    result = run_planned(planned, classifier_context)
+    assert result.verdict.value == "PASS", result.reason
+
+
 def test_thresholds_default_when_omitted_and_none_when_empty():
     default, none = AuditPlan.model_validate({"audits": [{"audit": "shap"}, {"audit": "shap", "id": "bare", "thresholds": []}]}).build()
     assert default.thresholds == get_audit_class("shap").default_thresholds and len(default.thresholds) == 1
