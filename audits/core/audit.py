@@ -24,7 +24,7 @@ class Requirements:
     """What an audit needs, so the runner can answer SKIPPED with a reason before computing."""
 
     labels: Literal["none", "current", "reference", "any"] = "none"
-    probabilities: bool = False
+    probabilities: bool = False  # a classifier must have predict_proba (regressors are unaffected)
     estimator: bool = False  # a native scikit-learn estimator (Pipeline included)
     tasks: tuple[Task, ...] = ("classification", "regression")
 
@@ -33,8 +33,8 @@ class Requirements:
             return f"applies to {' or '.join(self.tasks)} models; this one is a {context.task} model"
         if self.estimator and context.model.estimator is None:
             return f"needs a native scikit-learn model; {context.model.label} loads only as {context.model.flavor}"
-        if self.probabilities and context.model.predict_proba is None:
-            return "needs predicted probabilities; the model has no predict_proba"
+        if self.probabilities and context.task == "classification" and context.model.predict_proba is None:
+            return f"explains a classifier through its predicted probabilities; {context.model.label} ({context.model.flavor}) has no predict_proba"
         labelled = {"current": context.current.labelled, "reference": context.reference.labelled}
         if self.labels in labelled and not labelled[self.labels]:
             return f"needs labels on the {self.labels} data; target column {context.target!r} is absent there"

@@ -20,9 +20,9 @@ import pandas as pd
 from matplotlib.figure import Figure
 from pydantic import Field
 
-from audits.core import Artifact, Audit, AuditConfig, AuditContext, AuditResult, Threshold
+from audits.core import Artifact, Audit, AuditConfig, AuditContext, AuditResult, Requirements, Threshold
 from audits.explain.compare import rowwise, spearman, top_k, topk_overlap
-from audits.explain.lime_audit import LimeConfig, explain_informative_rows, lime_skip_reason, nan_safe, output_description
+from audits.explain.lime_audit import LimeConfig, explain_informative_rows, nan_safe, output_description
 from audits.explain.lime_values import LimeAttribution
 from audits.explain.shap_values import Attribution, explain
 
@@ -104,6 +104,7 @@ class AgreementAudit(Audit):
 
     name = "explanation_agreement"
     Config = AgreementConfig
+    requires = Requirements(probabilities=True)
     description = "Agreement of SHAP and LIME on the same rows: Spearman of |attributions|, top-k overlap, signs."
     # Warn when SHAP's and LIME's top-k sets overlap less than a quarter of the way from chance (two
     # random sets, k/p) to always identical: the methods then name different drivers for the same rows
@@ -112,9 +113,6 @@ class AgreementAudit(Audit):
     # drops on healthy wide models, where irrelevant features rank at random under both methods.
     # Disagreement is not evidence against the model, so it only warns.
     default_thresholds = (Threshold(metric="explanation_agreement.topk_overlap_above_chance", min=0.25, severity="warn"),)
-
-    def skip_reason(self, context: AuditContext) -> str | None:
-        return super().skip_reason(context) or lime_skip_reason(context)
 
     def compute(self, context: AuditContext) -> AuditResult:
         cfg: AgreementConfig = self.config

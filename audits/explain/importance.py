@@ -90,15 +90,9 @@ class ImportanceAudit(Audit):
 
     name = "importance"
     Config = ImportanceConfig
-    requires = Requirements(labels="any")
+    requires = Requirements(labels="any", probabilities=True)
     description = "Occlusion and permutation importance beside SHAP, with their rank correlations."
     default_thresholds = (Threshold(metric="importance.spearman.occlusion_vs_shap", min=0.5, severity="warn"),)
-
-    def skip_reason(self, context: AuditContext) -> str | None:
-        reason = super().skip_reason(context)
-        if not reason and context.task == "classification" and context.model.predict_proba is None:
-            return "needs predicted probabilities; the model has no predict_proba"
-        return reason
 
     def compute(self, context: AuditContext) -> AuditResult:
         from sklearn.inspection import permutation_importance

@@ -22,7 +22,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 from pydantic import Field
 
-from audits.core import Artifact, Audit, AuditConfig, AuditContext, AuditResult, Threshold
+from audits.core import Artifact, Audit, AuditConfig, AuditContext, AuditResult, Requirements, Threshold
 from audits.core.result import key_part
 from audits.explain.lime_values import LimeAttribution, lime_attributions
 from audits.explain.selection import informative_rows
@@ -47,13 +47,6 @@ class ExplainedRows:
     selection: pd.DataFrame  # informative_rows: row, position, reason, score, ood_score
     X: pd.DataFrame  # the selected rows, in selection order
     lime: LimeAttribution
-
-
-def lime_skip_reason(context: AuditContext) -> str | None:
-    if context.task == "classification" and context.model.predict_proba is None:
-        return (f"LIME explains a classifier through its predicted probabilities; {context.model.label} "
-                f"({context.model.flavor}) has no predict_proba")
-    return None
 
 
 def explain_informative_rows(context: AuditContext, rows: int, dataset: str, num_samples: int, training_rows: int) -> ExplainedRows:
@@ -84,15 +77,13 @@ class LimeAudit(Audit):
 
     name = "lime"
     Config = LimeConfig
+    requires = Requirements(probabilities=True)
     description = "LIME local surrogates for informative rows, with each surrogate's local fidelity (weighted R^2)."
     # A mean weighted R^2 under 0.1 means the surrogates explain less than a tenth of the model's variation
     # around the rows: their weights say little about the model. That is a reason to distrust the explanations,
     # not evidence against the model, hence a warning. Measured means: 0.25 to 0.59 on the test fixtures,
     # 0.14 to 0.21 on 20,000-row, 30-feature make_classification data with gradient boosting.
     default_thresholds = (Threshold(metric="lime.fidelity_mean", min=0.1, severity="warn"),)
-
-    def skip_reason(self, context: AuditContext) -> str | None:
-        return super().skip_reason(context) or lime_skip_reason(context)
 
     def compute(self, context: AuditContext) -> AuditResult:
         cfg: LimeConfig = self.config

@@ -38,7 +38,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 from pydantic import Field
 
-from audits.core import Artifact, Audit, AuditConfig, AuditContext, AuditResult, Threshold
+from audits.core import Artifact, Audit, AuditConfig, AuditContext, AuditResult, Requirements, Threshold
 from audits.core.feature_space import FeatureSpace
 from audits.explain.selection import informative_rows
 
@@ -230,19 +230,12 @@ class PrototypesAudit(Audit):
 
     name = "prototypes"
     Config = PrototypesConfig
+    requires = Requirements(probabilities=True)
     description = "MMD-critic prototypes and criticisms of the reference data; fidelity of explaining rows by prototypes."
     # A prototype surrogate below 0.7 agreement (classifiers) or R^2 (regressors) disagrees with the
     # model on more than 3 rows in 10 (or misses 30% of its variance): its explanations are then more
     # the prototypes' than the model's. A warning, not a failure: the model itself may be fine.
     default_thresholds = (Threshold(metric="prototypes.fidelity", min=0.7, severity="warn"),)
-
-    def skip_reason(self, context: AuditContext) -> str | None:
-        reason = super().skip_reason(context)
-        if reason:
-            return reason
-        if context.task == "classification" and context.model.predict_proba is None:
-            return "prototype explanations of a classifier average its predicted probabilities; the model has no predict_proba"
-        return None
 
     def compute(self, context: AuditContext) -> AuditResult:
         cfg: PrototypesConfig = self.config

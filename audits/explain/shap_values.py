@@ -204,6 +204,13 @@ def canonical_outputs(attr: Attribution, model: ModelUnderAudit) -> Attribution:
     return Attribution(values, base, outputs, names, attr.features, attr.explainer, attr.output_space, attr.space, attr.feature_map)
 
 
+def unexplainable(context: AuditContext) -> str | None:
+    """Why SHAP has nothing to explain: a pyfunc classifier gives neither probabilities nor a native model."""
+    if context.task == "classification" and context.model.predict_proba is None and context.model.estimator is None:
+        return "a classifier loaded through pyfunc has no probabilities to explain"
+    return None
+
+
 class ShapAudit(Audit):
     """SHAP attributions: importance, per-row values, beeswarm and bar plots, additivity error."""
 
@@ -213,12 +220,7 @@ class ShapAudit(Audit):
     default_thresholds = (Threshold(metric="shap.additivity_relative_error", max=1e-3, severity="fail"),)
 
     def skip_reason(self, context: AuditContext) -> str | None:
-        reason = super().skip_reason(context)
-        if reason:
-            return reason
-        if context.task == "classification" and context.model.predict_proba is None and context.model.estimator is None:
-            return "a classifier loaded through pyfunc has no probabilities to explain"
-        return None
+        return super().skip_reason(context) or unexplainable(context)
 
     def compute(self, context: AuditContext) -> AuditResult:
         cfg: ShapConfig = self.config

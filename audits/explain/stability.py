@@ -34,7 +34,7 @@ from audits.explain.compare import rowwise, topk_overlap
 from audits.explain.lime_values import lime_attributions
 from audits.explain.model_structure import dense, probe_feature_map, split_pipeline, transformed_names
 from audits.explain.sanity import on_columns
-from audits.explain.shap_values import choose_explainer, explain
+from audits.explain.shap_values import choose_explainer, explain, unexplainable
 
 EPS = 1e-12
 
@@ -126,8 +126,7 @@ class ExplanationStabilityAudit(Audit):
     default_thresholds = (Threshold(metric="explanation_stability.lime.topk_overlap_mean", min=0.7, severity="warn"),)
 
     def skip_reason(self, context: AuditContext) -> str | None:
-        nothing_to_explain = context.task == "classification" and context.model.predict_proba is None and context.model.estimator is None
-        return super().skip_reason(context) or ("a classifier loaded through pyfunc has no probabilities to explain" if nothing_to_explain else None)
+        return super().skip_reason(context) or unexplainable(context)
 
     def compute(self, context: AuditContext) -> AuditResult:
         cfg: StabilityConfig = self.config

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -132,7 +133,9 @@ def test_unmet_requirements_skip_with_a_reason(classifier_context, regressor_con
     result = run_planned(PlannedAudit("fixed", needs_regression, ()), classifier_context)
     assert result.verdict is Verdict.SKIPPED and "regression" in result.reason
     needs_proba = Fixed({}, requires=Requirements(probabilities=True))
-    assert "predict_proba" in run_planned(PlannedAudit("fixed", needs_proba, ()), regressor_context).reason
+    assert run_planned(PlannedAudit("fixed", needs_proba, ()), regressor_context).verdict is Verdict.PASS  # regressors need none
+    pyfunc_like = dataclasses.replace(classifier_context, model=dataclasses.replace(classifier_context.model, predict_proba=None))
+    assert "has no predict_proba" in run_planned(PlannedAudit("fixed", needs_proba, ()), pyfunc_like).reason
 
 
 def test_invalid_metric_keys_become_an_error(classifier_context):
