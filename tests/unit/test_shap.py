@@ -43,6 +43,16 @@ def tree_path_expectation(tree, x: np.ndarray, S: frozenset, node: int = 0) -> f
     return (cover[left] * tree_path_expectation(tree, x, S, left) + cover[right] * tree_path_expectation(tree, x, S, right)) / cover[node]
 
 
+def interventional_game(predict, background: np.ndarray, columns, x: np.ndarray):
+    """v(S) = mean over background rows of the model with the features in S taken from x."""
+    def game(S):
+        mixed = background.copy()
+        mixed[:, list(S)] = x[list(S)]
+        return predict(pd.DataFrame(mixed, columns=columns)).mean()
+
+    return game
+
+
 def numeric_data(n=300, p=5, seed=3):
     rng = np.random.default_rng(seed)
     X = pd.DataFrame(rng.normal(size=(n, p)), columns=[f"f{i}" for i in range(p)])
@@ -82,13 +92,8 @@ def test_linear_shap_equals_exact_interventional_shapley():
     rows, background = X.iloc[:5], X.iloc[100:140]
     attr = attribution_for(lr, X, labels, rows, background)
     assert attr.explainer == "linear" and attr.output_names == ["low"]  # classes_ = [high, low]
-    B = background.to_numpy()
     for r, x in enumerate(rows.to_numpy()):
-        def game(S, x=x):
-            mixed = B.copy()
-            mixed[:, list(S)] = x[list(S)]
-            return lr.decision_function(pd.DataFrame(mixed, columns=X.columns)).mean()
-
+        game = interventional_game(lr.decision_function, background.to_numpy(), X.columns, x)
         np.testing.assert_allclose(attr.values[r, :, 0], exact_shapley(game, X.shape[1]), atol=1e-9)
 
 
@@ -100,14 +105,8 @@ def test_permutation_shap_approximates_exact_interventional_shapley_and_is_exact
     rows, background = X.iloc[:4], X.iloc[100:130]
     attr = attribution_for(knn, X, y, rows, background, explainer="permutation")
     assert attr.explainer == "permutation"
-    B = background.to_numpy()
     for r, x in enumerate(rows.to_numpy()):
-        def game(S, x=x):
-            mixed = B.copy()
-            mixed[:, list(S)] = x[list(S)]
-            return knn.predict(pd.DataFrame(mixed, columns=X.columns)).mean()
-
-        exact = exact_shapley(game, X.shape[1])
+        exact = exact_shapley(interventional_game(knn.predict, background.to_numpy(), X.columns, x), X.shape[1])
         # sampled permutations (antithetic): an estimate, within 2% of the largest attribution here
         np.testing.assert_allclose(attr.values[r, :, 0], exact, atol=0.02 * np.abs(exact).max())
         assert np.argmax(np.abs(attr.values[r, :, 0])) == np.argmax(np.abs(exact))
@@ -122,13 +121,8 @@ def test_few_features_get_exact_shapley_values_by_default():
     rows, background = X.iloc[:4], X.iloc[100:130]
     attr = attribution_for(knn, X, y, rows, background)
     assert attr.explainer == "exact"
-    B = background.to_numpy()
     for r, x in enumerate(rows.to_numpy()):
-        def game(S, x=x):
-            mixed = B.copy()
-            mixed[:, list(S)] = x[list(S)]
-            return knn.predict(pd.DataFrame(mixed, columns=X.columns)).mean()
-
+        game = interventional_game(knn.predict, background.to_numpy(), X.columns, x)
         np.testing.assert_allclose(attr.values[r, :, 0], exact_shapley(game, X.shape[1]), atol=1e-9)
     assert choose_explainer(knn, "auto", n_features=9, exact_max_features=8) == "permutation"
 
