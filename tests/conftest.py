@@ -71,7 +71,8 @@ def make_pipeline_model(X: pd.DataFrame, y: pd.Series, final: str = "gbm"):
     return Pipeline([("pre", pre), ("model", estimator)]).fit(X, y)
 
 
-def context_for(model, X: pd.DataFrame, y: pd.Series | None, split: int = 250, seed: int = 0, baseline=None) -> AuditContext:
+def context_for(model, X: pd.DataFrame, y: pd.Series | None, split: int = 250, seed: int = 0, baseline=None,
+                segments: tuple[str, ...] = ("colour",)) -> AuditContext:
     m = ModelUnderAudit.from_estimator(model, uri="test://model", name="test-model", version="1")
     if baseline is not None:
         baseline = ModelUnderAudit.from_estimator(baseline, uri="test://baseline", name="test-model", version="0")
@@ -83,6 +84,7 @@ def context_for(model, X: pd.DataFrame, y: pd.Series | None, split: int = 250, s
         seed=seed,
         baseline=baseline,
         baseline_note="" if baseline is not None else "no baseline in this test",
+        segments=(X.iloc[:split][list(segments)], X.iloc[split:][list(segments)]) if set(segments) <= set(X.columns) else (None, None),
     )
 
 

@@ -70,6 +70,7 @@ class Dataset:
     y: pd.Series | None
     predictions: Predictions
     source: str = ""
+    segments: pd.DataFrame | None = None  # the configured segment columns (features or not), same index as X
 
     @property
     def labelled(self) -> bool:
@@ -133,6 +134,7 @@ def build_context(
     sources: tuple[str, str] = ("", ""),
     baseline: ModelUnderAudit | None = None,
     baseline_note: str = "",
+    segments: tuple[pd.DataFrame | None, pd.DataFrame | None] = (None, None),
 ) -> AuditContext:
     """Compute predictions once for both datasets; every audit shares them."""
     (X_ref, y_ref), (X_cur, y_cur) = reference, current
@@ -141,8 +143,8 @@ def build_context(
         categorical = infer_categorical(X_ref)
     return AuditContext(
         model=model,
-        reference=Dataset("reference", X_ref, y_ref, predict(model, X_ref), sources[0]),
-        current=Dataset("current", X_cur, y_cur, predict(model, X_cur), sources[1]),
+        reference=Dataset("reference", X_ref, y_ref, predict(model, X_ref), sources[0], segments[0]),
+        current=Dataset("current", X_cur, y_cur, predict(model, X_cur), sources[1], segments[1]),
         features=features,
         categorical=tuple(categorical),
         target=target,

@@ -90,14 +90,20 @@ class PreparedData:
     X: pd.DataFrame
     y: pd.Series | None
     fingerprint: dict[str, Any] = field(default_factory=dict)
+    segments: pd.DataFrame | None = None
 
 
 def prepare(
-    role: str, path: Path, features: list[str], target: str | None, target_required: bool, budget: int, seed: int
+    role: str, path: Path, features: list[str], target: str | None, target_required: bool, budget: int, seed: int,
+    segments: list[str] | None = None,
 ) -> PreparedData:
     """Read, check and sample one dataset; refuse empty or all-missing data with a clear error."""
     frame = read_table(path)
     check_columns(role, path, list(frame.columns), features, target, target_required)
+    missing_segments = [c for c in segments or [] if c not in frame.columns]
+    if missing_segments:
+        raise DataError(f"{role} data {path} lacks segment column(s) {missing_segments} named in data.segments",
+                        "add the columns to the file or remove them from data.segments")
     if frame.empty:
         raise DataError(f"{role} data {path} has no rows", "point 'data." + role + "' at a file with data")
     X = frame[features]
@@ -120,10 +126,11 @@ def prepare(
             )
         else:
             y = labels
-    sampled = len(frame) > budget
-    if sampled:
+    segment_frame = frame[list(segments)] if segments else None
+    if len(frame) > budget:
         index = frame.sample(n=budget, random_state=seed).index.sort_values()
         X, y = X.loc[index], (y.loc[index] if y is not None else None)
+        segment_frame = segment_frame.loc[index] if segment_frame is not None else None
     fingerprint = {
         "path": str(path),
         "sha256": file_sha256(path),
@@ -133,4 +140,4 @@ def prepare(
         "columns": len(frame.columns),
         "labelled": y is not None,
     }
-    return PreparedData(X, y, fingerprint)
+    return PreparedData(X, y, fingerprint, segment_frame)

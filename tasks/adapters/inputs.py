@@ -44,10 +44,11 @@ def assemble(ref: ModelRef, loaded: LoadedSettings, client) -> AuditInputs:
     baseline, baseline_note = load_baseline(ref, settings.model.baseline_alias, client, settings.model.task)
     ref_path, cur_path = loaded.data_path("reference"), loaded.data_path("current")
     features = resolve_features(read_columns(ref_path), settings.data.target, settings.data.features, _model_features(model))
+    segments = settings.data.segments
     reference = prepare("reference", ref_path, features, settings.data.target, True,
-                        settings.sampling.reference_rows, settings.seed)
+                        settings.sampling.reference_rows, settings.seed, segments)
     current = prepare("current", cur_path, features, settings.data.target, False,
-                      settings.sampling.current_rows, settings.seed)
+                      settings.sampling.current_rows, settings.seed, segments)
     categorical = tuple(settings.data.categorical) if settings.data.categorical is not None else infer_categorical(reference.X)
     unknown = [c for c in categorical if c not in features]
     if unknown:
@@ -64,6 +65,7 @@ def assemble(ref: ModelRef, loaded: LoadedSettings, client) -> AuditInputs:
             sources=(str(ref_path), str(cur_path)),
             baseline=baseline,
             baseline_note=baseline_note,
+            segments=(reference.segments, current.segments),
         )
     except Exception as exc:
         raise DataError(

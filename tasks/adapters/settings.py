@@ -43,6 +43,7 @@ class DataSources(StrictModel):
     target: str | None = None
     features: list[str] | None = None  # default: the model's own feature names, else every non-target column
     categorical: list[str] | None = None  # default: the non-numeric columns
+    segments: list[str] = Field(default_factory=list)  # columns to slice results by (features or not, e.g. a sensitive attribute)
 
 
 class Sampling(StrictModel):
