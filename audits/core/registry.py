@@ -24,6 +24,9 @@ BUILTIN_AUDITS: dict[str, str] = {
     "explanation_agreement": "audits.explain.agreement:AgreementAudit",
     "sanity_checks": "audits.explain.sanity:SanityChecksAudit",
     "explanation_stability": "audits.explain.stability:ExplanationStabilityAudit",
+    "calibration": "audits.uncertainty.calibration:CalibrationAudit",
+    "conformal": "audits.uncertainty.conformal:ConformalAudit",
+    "segments": "audits.uncertainty.segments:SegmentsAudit",
 }
 
 

@@ -28,6 +28,7 @@ class DemoModel(StrictModel):
     versions: list[Literal["logistic_regression", "gradient_boosting", "random_forest"]] = Field(min_length=1)
     champion: int = Field(1, ge=1)  # the version behind the alias 'champion'
     audit_versions: list[int] | None = None  # default: every version
+    segments: list[str] = Field(default_factory=list)  # columns to slice results by (data.segments)
     audits: list[AuditSpec] = Field(min_length=1)
 
 
@@ -189,7 +190,8 @@ def prepare_demo(settings: DemoSettings, sink_factory: Callable[[str], Any], log
         config = {
             "kind": "audit",
             "seed": settings.seed,
-            "data": {"reference": f"data/{ref_path.name}", "current": f"data/{cur_path.name}", "target": data.target},
+            "data": {"reference": f"data/{ref_path.name}", "current": f"data/{cur_path.name}", "target": data.target,
+                     "segments": list(spec.segments)},
             "mlflow": {"tracking_uri": tracking_uri, "artifact_location": f"{artifacts}/audits"},
             "audits": [a.model_dump(mode="json", exclude_none=True) for a in spec.audits],
         }
