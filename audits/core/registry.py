@@ -27,6 +27,7 @@ BUILTIN_AUDITS: dict[str, str] = {
     "calibration": "audits.uncertainty.calibration:CalibrationAudit",
     "conformal": "audits.uncertainty.conformal:ConformalAudit",
     "segments": "audits.uncertainty.segments:SegmentsAudit",
+    "drift": "audits.uncertainty.drift:DriftAudit",
 }
 
 

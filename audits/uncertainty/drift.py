@@ -244,9 +244,11 @@ def domain_classifier(reference: pd.DataFrame, current: pd.DataFrame, categorica
     from threadpoolctl import threadpool_limits
 
     X = domain_matrix([reference, current], categorical, max_categories)
+    usable = ~np.isnan(X).all(axis=0)  # a column with no values at all tells nothing (and breaks the binning)
+    X = X[:, usable]
     y = np.r_[np.zeros(len(reference), dtype=int), np.ones(len(current), dtype=int)]
     model = HistGradientBoostingClassifier(
-        categorical_features=np.array([c in categorical for c in reference.columns]),
+        categorical_features=np.array([c in categorical for c in reference.columns])[usable],
         max_iter=100, max_leaf_nodes=15, early_stopping=False, random_state=seed,
     )
     cv = StratifiedKFold(folds, shuffle=True, random_state=seed)
@@ -259,12 +261,13 @@ def domain_classifier(reference: pd.DataFrame, current: pd.DataFrame, categorica
             result = permutation_importance(estimator, X[test], y[test], scoring="roc_auc", n_repeats=repeats,
                                             random_state=seed + k)
             importances.append(result.importances_mean)
-    importances = np.array(importances)
+    importance, spread = np.zeros(len(usable)), np.zeros(len(usable))
+    importance[usable], spread[usable] = np.mean(importances, axis=0), np.std(importances, axis=0)
     return {
         "auc": float(np.mean(scores["test_score"])),
         "fold_auc": [float(v) for v in scores["test_score"]],
-        "importance": importances.mean(axis=0),
-        "importance_std": importances.std(axis=0),
+        "importance": importance,
+        "importance_std": spread,
     }
 
 
@@ -515,10 +518,15 @@ def _distribution_figure(table: pd.DataFrame, X_ref: pd.DataFrame, X_cur: pd.Dat
                         X_cur[row.feature].to_numpy(dtype=float, na_value=np.nan))
         ax.set_title(f"{row.feature}{' (drifted)' if row.drifted else ''}\n{row.effect_measure} = {row.effect:.3g}",
                      fontsize=9)
-        ax.legend(fontsize=7)
+        _legend(ax, fontsize=7)
     for ax in axes[len(shown):]:
         ax.set_axis_off()
     return Artifact.figure("distributions", fig, "Reference and current distributions of the most drifted features")
+
+
+def _legend(ax, **kwargs) -> None:
+    if ax.get_legend_handles_labels()[0]:  # nothing drawn (no values): no legend
+        ax.legend(**kwargs)
 
 
 def _histograms(ax, reference: np.ndarray, current: np.ndarray, label: str = "") -> None:
@@ -543,7 +551,7 @@ def _prediction_figure(context: AuditContext, ref_rows: np.ndarray, cur_rows: np
         fig = Figure(figsize=(6, 3.8), layout="constrained")
         ax = fig.add_subplot()
         _histograms(ax, ref.labels[ref_rows].astype(float), cur.labels[cur_rows].astype(float), "prediction")
-        ax.legend()
+        _legend(ax)
         ax.set_title("Predictions: reference against current")
         return Artifact.figure("predictions", fig, "Distribution of the predictions, reference against current")
     panels = 2 if ref.proba is not None and cur.proba is not None else 1
@@ -562,5 +570,5 @@ def _prediction_figure(context: AuditContext, ref_rows: np.ndarray, cur_rows: np
         name, score = _score(context)
         _histograms(axes[1], score(ref.proba[ref_rows]), score(cur.proba[cur_rows]), name)
         axes[1].set_title(f"Predicted {name}")
-        axes[1].legend()
+        _legend(axes[1])
     return Artifact.figure("predictions", fig, "Distribution of the predictions, reference against current")
