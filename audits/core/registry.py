@@ -28,6 +28,9 @@ BUILTIN_AUDITS: dict[str, str] = {
     "conformal": "audits.uncertainty.conformal:ConformalAudit",
     "segments": "audits.uncertainty.segments:SegmentsAudit",
     "drift": "audits.uncertainty.drift:DriftAudit",
+    "disagreement": "audits.uncertainty.disagreement:DisagreementAudit",
+    "ood": "audits.uncertainty.ood_audit:OODAudit",
+    "concordance": "audits.uncertainty.concordance:ConcordanceAudit",
 }
 
 

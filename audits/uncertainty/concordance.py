@@ -21,7 +21,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
-from pydantic import Field, field_validator
+from pydantic import Field
 from scipy.stats import rankdata
 
 from audits.core import Artifact, Audit, AuditConfig, AuditContext, AuditResult
@@ -29,25 +29,18 @@ from audits.explain.compare import spearman
 from audits.uncertainty.disagreement import member_predictions, regressor_uncertainty
 from audits.uncertainty.ensemble import bootstrap_members
 from audits.uncertainty.ood import fit_ood
-from audits.uncertainty.ood_audit import Scorer
+from audits.uncertainty.ood_audit import Scorers
 from audits.uncertainty.scores import entropy
 
 PLOT_POINTS = 5000  # scatter plots draw at most this many rows (sampled with the seed)
 
 
 class ConcordanceConfig(AuditConfig):
-    scorers: tuple[Scorer, ...] = Field(("knn", "pca"), min_length=1)  # OOD scorers compared
+    scorers: Scorers = ("knn", "pca")  # OOD scorers compared
     k: int = Field(5, ge=1, le=100)  # neighbours averaged by the knn scorer
     max_rows: int = Field(5000, ge=20)  # reference rows for the OOD scorers and per ensemble member
     members: int = Field(5, ge=2, le=100)  # regressors: bootstrap clones whose spread is the uncertainty
     rows: int = Field(20, ge=1)  # worst rows in the table
-
-    @field_validator("scorers")
-    @classmethod
-    def _distinct(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        if len(set(value)) != len(value):
-            raise ValueError("each scorer may be named once")
-        return value
 
 
 def uncertainty(context: AuditContext, cfg: ConcordanceConfig) -> tuple[np.ndarray | None, str]:

@@ -21,34 +21,34 @@ of ``fit_ood`` altogether (``fit_ood`` does not expose its own held-out scores),
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
-from pydantic import Field, field_validator
+from pydantic import AfterValidator, Field
 
 from audits.core import Artifact, Audit, AuditConfig, AuditContext, AuditResult, Threshold
 from audits.uncertainty.ood import SCORERS, fit_ood
 
-Scorer = Literal["knn", "pca", "autoencoder"]
+def _distinct(value: tuple[str, ...]) -> tuple[str, ...]:
+    if len(set(value)) != len(value):
+        raise ValueError("each scorer may be named once")
+    return value
+
+
+# A configuration field naming fit_ood scorers: at least one, each at most once.
+Scorers = Annotated[tuple[Literal["knn", "pca", "autoencoder"], ...], Field(min_length=1), AfterValidator(_distinct)]
 DISPLAY_ROWS = 1000  # reference rows kept out of fit_ood for the histograms
 
 
 class OODConfig(AuditConfig):
-    scorers: tuple[Scorer, ...] = Field(SCORERS, min_length=1)
+    scorers: Scorers = SCORERS
     k: int = Field(5, ge=1, le=100)  # neighbours averaged by the knn scorer
     percentile: float = Field(95.0, gt=0, lt=100)  # of held-out reference scores: the flag threshold
     max_rows: int = Field(5000, ge=20)  # reference rows fitted and calibrated on (sampled with the seed)
     holdout: float = Field(0.25, ge=0.05, le=0.5)  # share of those rows kept for the thresholds
     rows: int = Field(20, ge=1)  # most unfamiliar current rows in the table
-
-    @field_validator("scorers")
-    @classmethod
-    def _distinct(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        if len(set(value)) != len(value):
-            raise ValueError("each scorer may be named once")
-        return value
 
 
 def split_display(context: AuditContext, holdout: float, purpose: str) -> tuple[np.ndarray, np.ndarray]:
