@@ -27,8 +27,10 @@ test: install                 ## every test: unit, end to end (Prefect + MLflow)
 test-fast: install            ## unit tests only
 	$(BIN)/python -m pytest tests/unit
 
-bench: install                ## our audit against mlflow.evaluate + a GX validation on 20,000 x 30
+bench: install                ## our audit against mlflow.evaluate + GX; every audit's cost; t-SNE against sklearn
 	$(BIN)/python bench/bench_audit.py
+	$(BIN)/python bench/bench_parts.py
+	$(BIN)/python bench/bench_tsne.py
 
 lock: install                 ## refresh requirements.lock after changing pyproject.toml
 	$(BIN)/python -m pip freeze --exclude-editable | grep -v '^auditlens' > requirements.lock

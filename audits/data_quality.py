@@ -255,7 +255,8 @@ class DataQualityAudit(Audit):
             Artifact.json("gx_validation_results", validations, "Great Expectations validation results (JSON)"),
             Artifact.json("baseline_suite", {"name": "baseline", "expectations": suites["baseline"]}, "The inferred baseline suite"),
         ]
-        artifacts += [Artifact.html(f"data_docs_{suite}", html, f"GX Data Docs: {suite} suite") for suite, html in docs.items()]
+        artifacts += [Artifact.html(f"data_docs_{suite}", html, f"GX Data Docs: {suite} suite (styling loads from the internet)")
+                      for suite, html in docs.items()]
         failing = table[~table["success"]].head(8)
         summary = "; ".join(f"{r.suite}: {r.expectation}({r.column})" for r in failing.itertuples())
         return AuditResult(

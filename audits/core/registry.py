@@ -31,6 +31,7 @@ BUILTIN_AUDITS: dict[str, str] = {
     "disagreement": "audits.uncertainty.disagreement:DisagreementAudit",
     "ood": "audits.uncertainty.ood_audit:OODAudit",
     "concordance": "audits.uncertainty.concordance:ConcordanceAudit",
+    "projections": "audits.uncertainty.projections:ProjectionsAudit",
 }
 
 
