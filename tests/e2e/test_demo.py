@@ -80,6 +80,12 @@ def test_the_planted_faults_are_found_and_the_random_column_does_not_matter(demo
     parts = ("lime", "explanation_agreement", "prototypes", "importance", "sanity_checks", "explanation_stability")
     assert all(v2.data.tags[f"audit.{p}.verdict"] in ("PASS", "WARN") for p in parts), {p: v2.data.tags.get(f"audit.{p}.verdict") for p in parts}
     assert v2.data.tags["audit.explanation_drift.verdict"] == "SKIPPED"
+    # how sure is the model: every part ran; the planted texture shift and clinic mix are found as drift
+    uncertainty = ("calibration", "conformal", "disagreement", "ood", "concordance", "drift", "segments", "projections")
+    assert all(v2.data.tags[f"audit.{p}.verdict"] in ("PASS", "WARN", "FAIL") for p in uncertainty)
+    drifted = {k.split(".")[2] for k, v in metrics.items() if k.startswith("drift.feature.") and k.endswith(".drifted") and v == 1}
+    assert {"mean texture", "clinic"} <= drifted, drifted
+    assert metrics["drift.domain_auc"] > 0.8 and v2.data.tags["audit.drift.verdict"] == "FAIL"
     tags = client.get_model_version("demo-classifier", "2").tags
     assert tags["audit.status"] == "done" and tags["audit.verdict"] == v2.data.tags["audit.verdict"]
     assert runs_with_status(client, "RUNNING") == []
