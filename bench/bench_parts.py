@@ -35,7 +35,8 @@ def demo_context(seed: int):
     baseline = make_estimator("logistic_regression", X_ref, data.task, seed).fit(X_ref, y_ref)
     return build_context(ModelUnderAudit.from_estimator(model, name="demo-classifier", version="2"), (X_ref, y_ref), (X_cur, y_cur),
                          target=data.target, seed=seed,
-                         baseline=ModelUnderAudit.from_estimator(baseline, name="demo-classifier", version="1"))
+                         baseline=ModelUnderAudit.from_estimator(baseline, name="demo-classifier", version="1"),
+                         segments=(X_ref[["clinic", "size_class"]], X_cur[["clinic", "size_class"]]))
 
 
 def bench_context(seed: int):
@@ -55,9 +56,11 @@ def bench_context(seed: int):
     model = HistGradientBoostingClassifier(max_iter=100, random_state=seed).fit(X_ref, labels.iloc[:20_000])
     baseline = LogisticRegression(max_iter=1000).fit(X_ref, labels.iloc[:20_000])
     assert np.isfinite(X_cur.to_numpy()).all()
+    segment = pd.DataFrame({"segment": pd.qcut(frame["f05"], 4, labels=["q1", "q2", "q3", "q4"]).astype(str)})
     return build_context(ModelUnderAudit.from_estimator(model, name="bench-gbm", version="2"),
                          (X_ref, labels.iloc[:20_000]), (X_cur, labels.iloc[20_000:]), target="label", seed=seed,
-                         baseline=ModelUnderAudit.from_estimator(baseline, name="bench-gbm", version="1"))
+                         baseline=ModelUnderAudit.from_estimator(baseline, name="bench-gbm", version="1"),
+                         segments=(segment.iloc[:20_000], segment.iloc[20_000:]))
 
 
 def time_audits(context, names: list[str]) -> dict[str, dict]:
