@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import time
 from contextlib import contextmanager
 from enum import Enum
 from pathlib import Path
@@ -62,8 +63,10 @@ def ui_hint(tracking_uri: str, summary: dict | None = None) -> str:
         mlflow = venv_bin / "mlflow" if (venv_bin / "mlflow").exists() else "mlflow"
         return (f"{mlflow} ui --backend-store-uri {tracking_uri} --host 127.0.0.1 --port 5000\n"
                 "  then open http://127.0.0.1:5000")
+    from tasks.adapters.mlflow_sink import redact
+
     path = f"/#/experiments/{summary['experiment_id']}/runs/{summary['run_id']}" if summary else ""
-    return f"open {tracking_uri.rstrip('/')}{path}"
+    return f"open {redact(tracking_uri).rstrip('/')}{path}"
 
 
 def _print_summary(summary: dict) -> None:
@@ -182,6 +185,153 @@ def check_config(config: Path = typer.Argument(..., help="an audit (kind: audit)
     except AuditlensError as exc:
         _fail(exc)
     console.print(f"{config}: valid {kind} configuration" + (f" (hash {loaded.config_hash})" if kind == "audit" else ""))
+
+
+def _prefect_api_url() -> str | None:
+    from prefect.settings import PREFECT_API_URL
+
+    return PREFECT_API_URL.value()
+
+
+@app.command()
+def serve(
+    deployments: Path = typer.Option(Path("config/deployments.yaml"), "--deployments", "-d", help="deployments configuration (kind: deployments)"),
+    tracking_uri: str | None = typer.Option(None, help="MLflow tracking URI; default: the deployments file's, $MLFLOW_TRACKING_URI"),
+    webhook: bool = typer.Option(False, "--webhook", help="also receive MLflow's model_version.created webhook"),
+) -> None:
+    """Serve the automatic audits (scheduled, watcher, triggered) from this process, without a work pool."""
+    _setup()
+    from tasks.adapters.deployments import load_deployments
+    from tasks.adapters.errors import AuditlensError, ConfigError
+    from tasks.adapters.tracking import check_reachable
+
+    try:
+        loaded = load_deployments(deployments)
+        uri = loaded.tracking_uri(tracking_uri)
+        check_reachable(uri)
+        if not _prefect_api_url():
+            raise ConfigError("schedules need a Prefect server; PREFECT_API_URL is not set",
+                              "start one (prefect server start, or auditlens up) and set PREFECT_API_URL=http://127.0.0.1:4200/api")
+        receiver = _start_webhook(loaded, uri) if webhook else None
+    except AuditlensError as exc:
+        _fail(exc)
+    from prefect import serve as prefect_serve
+
+    from flows.serve_audits import build_deployments
+
+    if receiver is not None:
+        console.print(f"Receiving MLflow webhooks on http://{loaded.settings.webhook.host}:{receiver.port}{loaded.settings.webhook.path}")
+    try:
+        prefect_serve(*build_deployments(loaded, uri), pause_on_shutdown=False)
+    finally:
+        if receiver is not None:
+            receiver.stop()
+
+
+def _start_webhook(loaded, tracking_uri: str):
+    from tasks.adapters.errors import ConfigError
+    from tasks.adapters.webhook import WebhookReceiver
+    from tasks.triggers import trigger_audit
+
+    spec = loaded.settings.webhook
+    secret = os.environ.get(spec.secret_env, "")
+    if not secret:
+        raise ConfigError(f"the webhook secret is not set: environment variable {spec.secret_env} is empty",
+                          f"export {spec.secret_env}=<the secret given to MLflow's create_webhook>")
+
+    def on_new_version(name: str, version: str) -> None:
+        model = loaded.model(name)
+        if model is not None and model.on_new_version:
+            trigger_audit(loaded, model, version, 1, "webhook: new version", tracking_uri)
+
+    return WebhookReceiver(secret, on_new_version, spec.host, spec.port, spec.path, spec.max_age_s).start()
+
+
+@app.command()
+def up(
+    deployments: Path = typer.Option(Path("config/deployments.yaml"), "--deployments", "-d"),
+    store: Path = typer.Option(Path(".auditlens-demo"), help="folder of the MLflow store (mlflow.db) to serve"),
+    state: Path = typer.Option(Path(".auditlens-servers"), help="logs, keys and Prefect's database"),
+    mlflow_port: int = typer.Option(5000), prefect_port: int = typer.Option(4200),
+) -> None:
+    """Start MLflow and Prefect servers on 127.0.0.1 and serve the automatic audits, until Ctrl-C."""
+    _setup()
+    from tasks.adapters.deployments import load_deployments
+    from tasks.adapters.errors import AuditlensError, ConfigError
+    from tasks.adapters.local_servers import LocalStack
+    from tasks.adapters.mlflow_sink import MlflowSink
+
+    stack = LocalStack(store.resolve(), state.resolve(), mlflow_port, prefect_port)
+    try:
+        if not (store / "mlflow.db").exists():
+            raise ConfigError(f"no MLflow store at {store / 'mlflow.db'}", "run `make demo` first: it creates the store and its models")
+        loaded = load_deployments(deployments)
+        env = stack.environment()
+        console.print("Starting the MLflow and Prefect servers (about 20 s)...")
+        stack.start_servers(env)
+        hook = loaded.settings.webhook
+        MlflowSink(stack.mlflow_url).ensure_webhook("auditlens", f"http://{hook.host}:{hook.port}{hook.path}",
+                                                    env[hook.secret_env], ["model_version.created"])
+        serving = stack.start_serve(env, loaded.path)
+    except AuditlensError as exc:
+        stack.stop()
+        _fail(exc)
+    console.print(f"MLflow UI and API: {stack.mlflow_url}    Prefect UI: http://127.0.0.1:{prefect_port}\n"
+                  f"Audits of new versions start by webhook at once, or by the watcher within "
+                  f"{loaded.settings.watcher.interval_seconds} s. Register one with: make register\n"
+                  f"Logs: {state}/    Stop: Ctrl-C", soft_wrap=True)
+    try:
+        while all(p.poll() is None for p in stack.processes):
+            time.sleep(1)
+        errors.print(f"a server stopped unexpectedly; see the logs in {state}/")
+    except (KeyboardInterrupt, SystemExit):
+        pass
+    finally:
+        console.print("Stopping the servers...")
+        stack.stop()
+
+
+@app.command("register-version")
+def register_version(
+    model: str = typer.Option("demo-classifier", "--model", "-m", help="a model of the demo configuration"),
+    estimator: str = typer.Option("gradient_boosting", help="logistic_regression, gradient_boosting or random_forest"),
+    config: Path = typer.Option(Path("config/demo.yaml"), "--config", "-c"),
+    tracking_uri: str = typer.Option("http://127.0.0.1:5000", help="where to register (the server `make up` runs)"),
+) -> None:
+    """Train and register a new version of a demo model, as a data scientist would (its audit starts by itself)."""
+    _setup()
+    from tasks.adapters.demo import load_demo_settings, register_new_version
+    from tasks.adapters.errors import AuditlensError
+    from tasks.adapters.tracking import check_reachable
+
+    try:
+        check_reachable(tracking_uri)
+        version = register_new_version(load_demo_settings(config), model, estimator, tracking_uri)
+    except AuditlensError as exc:
+        _fail(exc)
+    console.print(f"registered {model} v{version} ({estimator}) at {tracking_uri}; its audit appears at "
+                  f"{tracking_uri}/#/models/{model}/versions/{version}", soft_wrap=True)
+
+
+deployments_app = typer.Typer(help="Deployment files.")
+app.add_typer(deployments_app, name="deployments")
+
+
+@deployments_app.command("render")
+def render(deployments: Path = typer.Option(Path("config/deployments.yaml"), "--deployments", "-d"),
+           output: Path = typer.Option(Path("prefect.yaml"), "--output", "-o")) -> None:
+    """Write prefect.yaml (work-pool deployments) from the deployments configuration."""
+    _setup()
+    from flows.serve_audits import render_prefect_yaml
+    from tasks.adapters.deployments import load_deployments
+    from tasks.adapters.errors import AuditlensError
+
+    try:
+        loaded = load_deployments(deployments, check_files=False)
+    except AuditlensError as exc:
+        _fail(exc)
+    output.write_text(render_prefect_yaml(loaded, Path.cwd()), encoding="utf-8")
+    console.print(f"wrote {output}")
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ from audits.report import markdown_summary, render_report
 from tasks.adapters import provenance
 from tasks.adapters.errors import AuditlensError
 from tasks.adapters.inputs import AuditInputs, assemble
-from tasks.adapters.mlflow_sink import AuditRun, MlflowSink
+from tasks.adapters.mlflow_sink import AuditRun, MlflowSink, redact
 from tasks.adapters.models import ModelRef, resolve_model
 from tasks.adapters.settings import LoadedSettings, load_settings
 from tasks.adapters.tracking import configure_http, make_client
@@ -32,8 +32,8 @@ def _retry_unless_user_error(task, task_run, state) -> bool:
     return not isinstance(exc, AuditlensError)
 
 
-MLFLOW_IO = {
-    "retries": 3,
+MLFLOW_IO = {  # outages are waited out inside the sink; these retries cover other transient errors
+    "retries": 1,
     "retry_delay_seconds": exponential_backoff(backoff_factor=1),
     "retry_jitter_factor": 0.2,
     "retry_condition_fn": _retry_unless_user_error,
@@ -42,8 +42,8 @@ MLFLOW_IO = {
 
 
 @task(name="load-config", cache_policy=NO_CACHE)
-def load_config(config_path: str) -> LoadedSettings:
-    loaded = load_settings(config_path)
+def load_config(config_path: str, current_data: str | None = None) -> LoadedSettings:
+    loaded = load_settings(config_path, current_data)
     mlflow_settings = loaded.settings.mlflow
     configure_http(mlflow_settings.request_timeout_s, mlflow_settings.request_max_retries)
     return loaded
@@ -57,7 +57,7 @@ def resolve(model_uri: str, tracking_uri: str) -> ModelRef:
 @task(name="open-audit-run", **MLFLOW_IO)
 def open_audit_run(ref: ModelRef, loaded: LoadedSettings, tracking_uri: str, audit_key: str, reason: str) -> AuditRun:
     experiment = loaded.settings.mlflow.experiment.format(model_name=ref.name or "unregistered")
-    return MlflowSink(tracking_uri).open_run(
+    return MlflowSink(tracking_uri, loaded.settings.mlflow.outage_timeout_s).open_run(
         experiment=experiment,
         run_name=f"audit {ref.label}",
         audit_key=audit_key,
@@ -108,16 +108,16 @@ def record_audit(run: AuditRun, ref: ModelRef, loaded: LoadedSettings, inputs: A
             "code version": provenance.code_version(),
         },
     )
-    sink = MlflowSink(run.tracking_uri)
+    sink = MlflowSink(run.tracking_uri, run.outage_timeout_s)
     sink.log_params(run, provenance.input_params(inputs))
     sink.link_inputs(run, _dataset_inputs(inputs), ref.model_id)
     sink.record(run, results, report, manifest)
-    sink.close(run, verdict, markdown_summary(ref.label, verdict, results))
+    sink.close(run, verdict, markdown_summary(ref.label, verdict, results), loaded.settings.mlflow.promote_alias_on_pass)
     return {
         "run_id": run.run_id,
         "experiment_id": run.experiment_id,
         "experiment": run.experiment_name,
-        "tracking_uri": run.tracking_uri,
+        "tracking_uri": redact(run.tracking_uri),
         "model": ref.label,
         "verdict": verdict.value,
         "audits": {r.audit: {"verdict": r.verdict.value, "reason": r.reason} for r in results},
@@ -137,5 +137,5 @@ def _dataset_inputs(inputs: AuditInputs) -> list[dict]:
 
 @task(name="fail-audit-run", **{**MLFLOW_IO, "retry_condition_fn": None})
 def fail_audit_run(run: AuditRun, reason: str) -> None:
-    MlflowSink(run.tracking_uri).fail(run, reason)
+    MlflowSink(run.tracking_uri, run.outage_timeout_s).fail(run, reason)
 

@@ -16,6 +16,7 @@ ENTRY_POINT_GROUP = "auditlens.audits"
 BUILTIN_AUDITS: dict[str, str] = {
     "data_quality": "audits.data_quality:DataQualityAudit",
     "performance": "audits.performance:PerformanceAudit",
+    "champion_challenger": "audits.champion_challenger:ChampionChallengerAudit",
     "shap": "audits.explain.shap_values:ShapAudit",
     "importance": "audits.explain.importance:ImportanceAudit",
     "explanation_drift": "audits.explain.explanation_drift:ExplanationDriftAudit",

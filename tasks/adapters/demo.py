@@ -149,6 +149,31 @@ def make_estimator(kind: str, X: pd.DataFrame, task: str, seed: int) -> Any:
     return Pipeline([("preprocess", preprocess), ("model", final)])
 
 
+def register_new_version(settings: DemoSettings, model_name: str, kind: str, tracking_uri: str) -> str:
+    """Train ``kind`` on the demo model's reference data (written by the demo) and register it as a new version."""
+    from tasks.adapters.errors import ConfigError
+    from tasks.adapters.mlflow_sink import MlflowSink
+    from tasks.adapters.tracking import make_client
+
+    spec = next((m for m in settings.models if m.name == model_name), None)
+    if spec is None:
+        raise ConfigError(f"no demo model {model_name!r}", f"use one of {[m.name for m in settings.models]}")
+    reference = Path(settings.workdir).resolve() / "data" / f"{spec.dataset}_reference.csv"
+    if not reference.is_file():
+        raise ConfigError(f"no demo data at {reference}", "run `make demo` first")
+    frame = pd.read_csv(reference)
+    target = {"breast_cancer": "diagnosis", "diabetes": "progression"}[spec.dataset]
+    X, y = frame.drop(columns=[target]), frame[target]
+    task = "classification" if spec.dataset == "breast_cancer" else "regression"
+    seed = settings.seed + len(make_client(tracking_uri).search_model_versions(f"name='{model_name}'"))
+    estimator = make_estimator(kind, X, task, seed).fit(X, y)
+    return MlflowSink(tracking_uri).register_sklearn_model(
+        estimator, name=model_name, experiment=f"auditlens-demo/training/{model_name}", input_example=X.head(3),
+        params={"estimator": kind, "dataset": spec.dataset, "seed": seed, "rows": len(X)},
+        description=f"{kind} on {spec.dataset} (registered with auditlens register-version)",
+    )
+
+
 @dataclass(frozen=True)
 class PreparedAudit:
     model_uri: str

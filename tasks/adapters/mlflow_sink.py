@@ -2,8 +2,13 @@
 
 Everything goes through ``MlflowClient`` with an explicit run id: MLflow's fluent active run is
 thread-local, and Prefect runs tasks in threads, where ``mlflow.log_*`` would silently start stray
-runs. Every write here is idempotent (same keys, same files), so a retried task cannot duplicate
-anything; the manifest is written last and marks the record complete.
+runs. Every write here is idempotent (same keys, same files, metrics stamped with the run's start
+time so a repeated batch is deduplicated by the store), so a retried write cannot duplicate anything;
+the manifest is written last and marks the record complete.
+
+When the tracking server goes away, each call is retried with exponential backoff for up to
+``outage_timeout_s`` (on top of MLflow's own short HTTP retries); past that the error names the
+server, the outage and the fix.
 """
 
 from __future__ import annotations
@@ -11,6 +16,8 @@ from __future__ import annotations
 import getpass
 import hashlib
 import json
+import logging
+import re
 import tempfile
 import time
 from collections.abc import Iterable
@@ -20,6 +27,7 @@ from typing import Any
 
 from audits.core.result import AuditResult, Verdict
 
+logger = logging.getLogger(__name__)
 TABLE_TAG = "mlflow.loggedArtifacts"  # how MLflow's own log_table lists tables for the UI's comparison view
 MAX_BATCH = {"metrics": 1000, "params": 100, "tags": 100}
 
@@ -32,6 +40,8 @@ class AuditRun:
     tracking_uri: str
     model_name: str | None = None
     model_version: str | None = None
+    start_ms: int = 0  # every metric of the audit carries this timestamp: re-logging is a no-op
+    outage_timeout_s: float = 120.0
 
     @property
     def ui_path(self) -> str:
@@ -55,6 +65,57 @@ def _colspec_type(dtype: Any) -> str:
     return "string"
 
 
+def redact(uri: str) -> str:
+    """A URI without credentials: http://user:secret@host -> http://***@host."""
+    return re.sub(r"(?<=://)[^/@\s]+@", "***@", uri)
+
+
+def is_outage(exc: BaseException) -> bool:
+    """A failure to reach the tracking server (as opposed to a request the server refused)."""
+    import requests
+
+    if isinstance(exc, (requests.ConnectionError, requests.Timeout, ConnectionError, TimeoutError)):
+        return True
+    text = str(exc)
+    return any(marker in text for marker in ("Max retries exceeded", "Connection refused", "Failed to establish",
+                                             "RemoteDisconnected", "Connection aborted", "TEMPORARILY_UNAVAILABLE"))
+
+
+class ResilientClient:
+    """MlflowClient whose calls wait out a tracking-server outage, with exponential backoff, up to a bound."""
+
+    def __init__(self, client: Any, outage_timeout_s: float, first_delay_s: float = 0.5, max_delay_s: float = 10.0) -> None:
+        self._client, self._bound, self._first, self._max = client, outage_timeout_s, first_delay_s, max_delay_s
+
+    def __getattr__(self, name: str) -> Any:
+        attribute = getattr(self._client, name)
+        if not callable(attribute):
+            return attribute
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            deadline, delay = time.monotonic() + self._bound, self._first
+            while True:
+                try:
+                    return attribute(*args, **kwargs)
+                except Exception as exc:
+                    if not is_outage(exc):
+                        raise
+                    if time.monotonic() + delay > deadline:
+                        from tasks.adapters.errors import TrackingServerError
+
+                        raise TrackingServerError(
+                            f"MLflow tracking server {redact(str(self._client.tracking_uri))} unreachable for "
+                            f"{self._bound:g} s while calling {name} ({type(exc).__name__})",
+                            "bring the server back (the audit's run is ended FAILED or reaped by the watcher once it "
+                            "answers again), or raise mlflow.outage_timeout_s",
+                        ) from None
+                    logger.warning("MLflow unreachable during %s; retrying in %.1f s", name, delay)
+                    time.sleep(delay)
+                    delay = min(delay * 2, self._max)
+
+        return call
+
+
 def _user() -> str:
     try:
         return getpass.getuser()
@@ -68,11 +129,11 @@ def _text(value: Any, limit: int = 5000) -> str:
 
 
 class MlflowSink:
-    def __init__(self, tracking_uri: str) -> None:
+    def __init__(self, tracking_uri: str, outage_timeout_s: float = 120.0) -> None:
         from tasks.adapters.tracking import make_client
 
         self.tracking_uri = tracking_uri
-        self.client = make_client(tracking_uri)
+        self.client = ResilientClient(make_client(tracking_uri), outage_timeout_s)
 
     # --- runs -----------------------------------------------------------------------------------
     def experiment_id(self, name: str, artifact_location: str | None = None) -> str:
@@ -102,21 +163,22 @@ class MlflowSink:
     ) -> AuditRun:
         """Create the audit's run, or find the one this audit (``audit_key``) already created."""
         experiment_id = self.experiment_id(experiment, artifact_location)
+        # Search before create: a create whose answer was lost to an outage must not make a second run.
         existing = self.client.search_runs(
             [experiment_id], filter_string=f"tags.`auditlens.audit_key` = '{audit_key}'", max_results=1
         )
         if existing:
-            run_id = existing[0].info.run_id
+            run = existing[0]
         else:
             origin = {"mlflow.source.name": "auditlens", "mlflow.source.type": "JOB", "mlflow.user": _user()}
             run = self.client.create_run(
                 experiment_id, run_name=run_name,
                 tags={**origin, **tags, "auditlens.audit_key": audit_key, "audit.status": "running"},
             )
-            run_id = run.info.run_id
-            self._log_batch(run_id, params=params)
-        audit_run = AuditRun(run_id, experiment_id, experiment, self.tracking_uri, model_name, model_version)
-        self.tag_version(audit_run, {"audit.status": "running", "audit.run_id": run_id})
+        self._log_batch(run.info.run_id, params=params)  # identical params again are accepted by MLflow
+        audit_run = AuditRun(run.info.run_id, experiment_id, experiment, self.tracking_uri, model_name, model_version,
+                             run.info.start_time, self.client._bound)
+        self.tag_version(audit_run, {"audit.status": "running", "audit.run_id": audit_run.run_id})
         return audit_run
 
     def tag_version(self, run: AuditRun, tags: dict[str, str]) -> None:
@@ -129,10 +191,10 @@ class MlflowSink:
         self._log_batch(run.run_id, params=params)
 
     def _log_batch(self, run_id: str, metrics: dict[str, float] | None = None, params: dict[str, Any] | None = None,
-                   tags: dict[str, str] | None = None) -> None:
+                   tags: dict[str, str] | None = None, timestamp_ms: int | None = None) -> None:
         from mlflow.entities import Metric, Param, RunTag
 
-        now = int(time.time() * 1000)
+        now = timestamp_ms or int(time.time() * 1000)
         for chunk in _chunks(sorted((metrics or {}).items()), MAX_BATCH["metrics"]):
             self.client.log_batch(run_id, metrics=[Metric(k, float(v), now, 0) for k, v in chunk])
         for chunk in _chunks(sorted((params or {}).items()), MAX_BATCH["params"]):
@@ -196,15 +258,18 @@ class MlflowSink:
             self.client.log_artifacts(run.run_id, tmp)
         if tables:
             tags[TABLE_TAG] = json.dumps(tables)
-        self._log_batch(run.run_id, metrics=metrics, tags=tags)
+        self._log_batch(run.run_id, metrics=metrics, tags=tags, timestamp_ms=run.start_ms or None)
         complete = {**manifest, "artifacts": files, "complete": True}
         self.client.log_dict(run.run_id, complete, "manifest.json")
         return complete
 
-    def close(self, run: AuditRun, verdict: Verdict, note: str) -> None:
+    def close(self, run: AuditRun, verdict: Verdict, note: str, promote_alias: str | None = None) -> None:
         self._log_batch(run.run_id, tags={"audit.verdict": verdict.value, "audit.status": "done", "mlflow.note.content": note})
         self.client.set_terminated(run.run_id, "FINISHED")
         self.tag_version(run, {"audit.status": "done", "audit.verdict": verdict.value, "audit.run_id": run.run_id})
+        if promote_alias and verdict is Verdict.PASS and run.model_name and run.model_version:
+            self.client.set_registered_model_alias(run.model_name, promote_alias, run.model_version)
+            self.tag_version(run, {"audit.promoted_to": promote_alias})
 
     def fail(self, run: AuditRun, reason: str) -> None:
         """End the run FAILED with the reason; the version says 'failed'. Never leaves a run RUNNING."""
@@ -214,6 +279,33 @@ class MlflowSink:
         finally:
             self.client.set_terminated(run.run_id, "FAILED")
             self.tag_version(run, {"audit.status": "failed", "audit.error": reason, "audit.run_id": run.run_id})
+
+    # --- audit state on model versions (the watcher and the webhook receiver) --------------------
+    def mark_queued(self, name: str, version: str, attempt: int, flow_run_id: str, config_hash: str) -> None:
+        tags = {"audit.status": "queued", "audit.attempts": str(attempt), "audit.config_hash": config_hash,
+                "audit.prefect_flow_run_id": flow_run_id, "audit.queued_at": f"{time.time():.0f}"}
+        for key, value in tags.items():
+            self.client.set_model_version_tag(name, version, key, value)
+
+    def mark_dead(self, name: str, version: str, run_id: str | None, reason: str) -> None:
+        """An audit that will never finish: its run (if still RUNNING) ends FAILED, the version says 'failed'."""
+        if run_id:
+            run = self.client.get_run(run_id)
+            if run.info.status == "RUNNING":
+                self._log_batch(run_id, tags={"audit.status": "failed", "audit.error": reason})
+                self.client.set_terminated(run_id, "FAILED")
+        for key, value in {"audit.status": "failed", "audit.error": _text(reason)}.items():
+            self.client.set_model_version_tag(name, version, key, value)
+
+    def ensure_webhook(self, name: str, url: str, secret: str, events: list[str]) -> str:
+        """One webhook named ``name`` delivering ``events`` to ``url`` (replaced if it pointed elsewhere)."""
+        for hook in self.client.list_webhooks():
+            if hook.name == name:
+                if hook.url == url:
+                    return hook.webhook_id
+                self.client.delete_webhook(hook.webhook_id)
+        return self.client.create_webhook(name, url, events=events, secret=secret,
+                                          description="auditlens: audit every new model version").webhook_id
 
     # --- the registry (used by the demo) --------------------------------------------------------
     def register_sklearn_model(self, estimator: Any, *, name: str, experiment: str, input_example: Any,

@@ -8,6 +8,8 @@ from functools import cache
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
+from tasks.adapters.mlflow_sink import redact
+
 PACKAGES = ("auditlens", "mlflow", "prefect", "great-expectations", "shap", "lime", "scikit-learn",
             "pandas", "numpy", "scipy", "matplotlib", "pydantic")  # fmt: skip
 
@@ -65,16 +67,23 @@ def input_params(inputs) -> dict[str, str]:
     return params
 
 
+def _redacted_settings(settings) -> dict:
+    dumped = settings.model_dump(mode="json")
+    if dumped.get("mlflow", {}).get("tracking_uri"):
+        dumped["mlflow"]["tracking_uri"] = redact(dumped["mlflow"]["tracking_uri"])
+    return dumped
+
+
 def build_manifest(ref, loaded, inputs, results: list, verdict, tracking_uri: str, run_id: str) -> dict:
     """What a reviewer needs to reproduce the audit: inputs by hash, configuration, code, packages, outcome."""
     return {
         "auditlens_manifest": 1,
         "run_id": run_id,
-        "tracking_uri": tracking_uri,
+        "tracking_uri": redact(tracking_uri),
         "model": {"uri": ref.uri, "load_uri": ref.load_uri, "name": ref.name, "version": ref.version,
                   "alias": ref.alias, "run_id": ref.run_id},
         "config": {"path": str(loaded.path), "hash": loaded.config_hash,
-                   "settings": loaded.settings.model_dump(mode="json")},
+                   "settings": _redacted_settings(loaded.settings)},
         "data": inputs.fingerprints,
         "baseline": inputs.context.baseline.uri if inputs.context.baseline is not None else None,
         "seed": loaded.settings.seed,

@@ -64,6 +64,8 @@ class MlflowSettings(StrictModel):
     artifact_location: str | None = None  # new experiments only; default: next to a SQLite store, else the server's
     request_timeout_s: int = Field(30, ge=1)
     request_max_retries: int = Field(3, ge=0)  # MLflow's own HTTP retries, with exponential backoff
+    outage_timeout_s: int = Field(120, ge=0)  # then each write waits out a server outage this long, with backoff
+    promote_alias_on_pass: str | None = None  # opt-in: point this alias (e.g. 'audited') at a version whose audit PASSes
 
 
 class AuditSettings(StrictModel):
@@ -95,6 +97,7 @@ class LoadedSettings:
     path: Path
     config_hash: str
     plan: list[PlannedAudit]
+    current_override: Path | None = None  # a run's own current data (e.g. a scheduled run's dated file)
 
     def tracking_uri(self, override: str | None = None) -> str:
         """--tracking-uri, else the config's (a relative SQLite path starts at the config file's folder,
@@ -110,6 +113,8 @@ class LoadedSettings:
         return os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
 
     def data_path(self, which: Literal["reference", "current"]) -> Path:
+        if which == "current" and self.current_override is not None:
+            return self.current_override
         raw = Path(os.path.expandvars(getattr(self.settings.data, which))).expanduser()
         return raw if raw.is_absolute() else (self.path.parent / raw).resolve()
 
@@ -143,7 +148,7 @@ def hash_settings(settings: BaseModel) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
-def load_settings(path: str | Path) -> LoadedSettings:
+def load_settings(path: str | Path, current_data: str | Path | None = None) -> LoadedSettings:
     path = Path(path).resolve()
     data = read_yaml(path)
     if data.get("kind", "audit") != "audit":
@@ -157,4 +162,5 @@ def load_settings(path: str | Path) -> LoadedSettings:
         plan = settings.build_plan()
     except PlanError as exc:
         raise config_error(path, exc.problems) from None
-    return LoadedSettings(settings, path, hash_settings(settings), plan)
+    override = Path(current_data).expanduser().resolve() if current_data else None
+    return LoadedSettings(settings, path, hash_settings(settings), plan, override)

@@ -18,12 +18,16 @@ INVALID = sorted((ROOT / "tests" / "invalid_configs").glob("*.yaml"))
 
 
 def load_any(path: Path):
+    from tasks.adapters.deployments import load_deployments
+
     kind = read_yaml(path).get("kind", "audit")
+    if kind == "deployments":
+        return load_deployments(path, check_files=False)  # its audit configs are written by `make demo`
     return load_demo_settings(path) if kind == "demo" else load_settings(path)
 
 
 def test_there_are_shipped_and_invalid_configs():
-    assert {p.name for p in SHIPPED} >= {"demo.yaml", "example-audit.yaml"}
+    assert {p.name for p in SHIPPED} >= {"demo.yaml", "example-audit.yaml", "deployments.yaml"}
     assert len(INVALID) >= 10
 
 
@@ -78,3 +82,13 @@ def test_relative_paths_start_at_the_config_file(tmp_path, monkeypatch):
     assert loaded.tracking_uri("http://flag:1") == "http://flag:1"
     (folder / "b.yaml").write_text("kind: audit\ndata: {reference: r.csv, current: c.csv}\naudits: [{audit: shap}]\n")
     assert load_settings(folder / "b.yaml").tracking_uri() == "http://from-env:5000"
+
+
+def test_prefect_yaml_is_rendered_from_the_deployments_configuration():
+    from flows.serve_audits import render_prefect_yaml
+    from tasks.adapters.deployments import load_deployments
+
+    rendered = render_prefect_yaml(load_deployments(ROOT / "config" / "deployments.yaml", check_files=False), ROOT)
+    assert (ROOT / "prefect.yaml").read_text() == rendered, "run `auditlens deployments render` and commit prefect.yaml"
+    names = [d["name"] for d in __import__("yaml").safe_load(rendered)["deployments"]]
+    assert names == ["audit-model", "scheduled-demo-classifier", "scheduled-demo-regressor", "watch-registry"]
