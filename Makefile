@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install demo ui test test-fast bench lock clean
+.PHONY: install demo ui up register test test-fast bench lock clean
 
 $(STAMP): pyproject.toml requirements.lock
 	$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "auditlens needs Python 3.11 (set PYTHON=python3.11)"'
@@ -21,6 +21,12 @@ demo: install                 ## train, register and audit the demo models; prin
 ui: install                   ## the MLflow UI on the demo's store: http://127.0.0.1:5000
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/.auditlens-demo/mlflow.db --host 127.0.0.1 --port 5000
 
+up: install                   ## MLflow + Prefect servers on the demo's store, automatic audits (Ctrl-C stops all)
+	$(BIN)/auditlens up
+
+register: install             ## register a new demo-classifier version: its audit starts by itself (needs `make up`)
+	$(BIN)/auditlens register-version
+
 test: install                 ## every test: unit, end to end (Prefect + MLflow), integration (a real mlflow server)
 	$(BIN)/python -m pytest
 
@@ -36,4 +42,4 @@ lock: install                 ## refresh requirements.lock after changing pyproj
 	$(BIN)/python -m pip freeze --exclude-editable | grep -v '^auditlens' > requirements.lock
 
 clean:
-	rm -rf $(VENV) .auditlens-demo .pytest_cache bench/out
+	rm -rf $(VENV) .auditlens-demo .auditlens-servers .pytest_cache bench/out

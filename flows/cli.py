@@ -228,6 +228,32 @@ def serve(
             receiver.stop()
 
 
+@app.command()
+def webhook(
+    deployments: Path = typer.Option(Path("config/deployments.yaml"), "--deployments", "-d"),
+    tracking_uri: str | None = typer.Option(None, help="MLflow tracking URI; default: the deployments file's, $MLFLOW_TRACKING_URI"),
+) -> None:
+    """Only receive MLflow's model_version.created webhook and start audits (when workers serve the deployments)."""
+    _setup()
+    from tasks.adapters.deployments import load_deployments
+    from tasks.adapters.errors import AuditlensError
+
+    try:
+        loaded = load_deployments(deployments)
+        receiver = _start_webhook(loaded, loaded.tracking_uri(tracking_uri))
+    except AuditlensError as exc:
+        _fail(exc)
+    spec = loaded.settings.webhook
+    console.print(f"Receiving MLflow webhooks on http://{spec.host}:{receiver.port}{spec.path} (Ctrl-C to stop)")
+    try:
+        while receiver.thread.is_alive():
+            receiver.thread.join(timeout=1)
+    except (KeyboardInterrupt, SystemExit):
+        pass
+    finally:
+        receiver.stop()
+
+
 def _start_webhook(loaded, tracking_uri: str):
     from tasks.adapters.errors import ConfigError
     from tasks.adapters.webhook import WebhookReceiver
