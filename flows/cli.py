@@ -228,33 +228,7 @@ def serve(
             receiver.stop()
 
 
-@app.command()
-def webhook(
-    deployments: Path = typer.Option(Path("config/deployments.yaml"), "--deployments", "-d"),
-    tracking_uri: str | None = typer.Option(None, help="MLflow tracking URI; default: the deployments file's, $MLFLOW_TRACKING_URI"),
-) -> None:
-    """Only receive MLflow's model_version.created webhook and start audits (when workers serve the deployments)."""
-    _setup()
-    from tasks.adapters.deployments import load_deployments
-    from tasks.adapters.errors import AuditlensError
-
-    try:
-        loaded = load_deployments(deployments)
-        receiver = _start_webhook(loaded, loaded.tracking_uri(tracking_uri))
-    except AuditlensError as exc:
-        _fail(exc)
-    spec = loaded.settings.webhook
-    console.print(f"Receiving MLflow webhooks on http://{spec.host}:{receiver.port}{spec.path} (Ctrl-C to stop)")
-    try:
-        while receiver.thread.is_alive():
-            receiver.thread.join(timeout=1)
-    except (KeyboardInterrupt, SystemExit):
-        pass
-    finally:
-        receiver.stop()
-
-
-def _start_webhook(loaded, tracking_uri: str):
+def _start_webhook(loaded, tracking_uri: str, host: str | None = None, port: int | None = None):
     from tasks.adapters.errors import ConfigError
     from tasks.adapters.webhook import WebhookReceiver
     from tasks.triggers import trigger_audit
@@ -270,7 +244,49 @@ def _start_webhook(loaded, tracking_uri: str):
         if model is not None and model.on_new_version:
             trigger_audit(loaded, model, version, 1, "webhook: new version", tracking_uri)
 
-    return WebhookReceiver(secret, on_new_version, spec.host, spec.port, spec.path, spec.max_age_s).start()
+    host, port = host or spec.host, spec.port if port is None else port
+    try:
+        receiver = WebhookReceiver(secret, on_new_version, host, port, spec.path, spec.max_age_s)
+    except OSError as exc:
+        raise ConfigError(f"the webhook receiver cannot listen on {host}:{port} ({exc})",
+                          "free the port or choose another with --port (and register that URL with MLflow)") from None
+    return receiver.start()
+
+
+@app.command()
+def webhook(
+    deployments: Path = typer.Option(Path("config/deployments.yaml"), "--deployments", "-d", help="deployments configuration (kind: deployments)"),
+    tracking_uri: str | None = typer.Option(None, help="MLflow tracking URI; default: the deployments file's, $MLFLOW_TRACKING_URI"),
+    host: str | None = typer.Option(None, help="address to listen on; default: the file's webhook.host (0.0.0.0 in a container)"),
+    port: int | None = typer.Option(None, help="port to listen on; default: the file's webhook.port"),
+) -> None:
+    """Receive MLflow's model_version.created webhook and start each audit through the audit deployment, which
+    a worker runs, until Ctrl-C or SIGTERM. Only the receiver: no flow runs in this process."""
+    _setup()
+    from tasks.adapters.deployments import load_deployments
+    from tasks.adapters.errors import AuditlensError, ConfigError
+    from tasks.adapters.tracking import check_reachable
+
+    try:
+        loaded = load_deployments(deployments)
+        uri = loaded.tracking_uri(tracking_uri)
+        check_reachable(uri)
+        if not _prefect_api_url():
+            raise ConfigError("the webhook starts audits through a Prefect server; PREFECT_API_URL is not set",
+                              "set PREFECT_API_URL to the API of the server your workers poll, e.g. http://prefect-server:4200/api")
+        receiver = _start_webhook(loaded, uri, host, port)
+    except AuditlensError as exc:
+        _fail(exc)
+    spec = loaded.settings.webhook
+    console.print(f"Receiving MLflow webhooks on http://{host or spec.host}:{receiver.port}{spec.path}; "
+                  f"audits start through the Prefect deployment at {_prefect_api_url()}", soft_wrap=True, highlight=False)
+    try:
+        while receiver.thread.is_alive():
+            time.sleep(1)
+    except (KeyboardInterrupt, SystemExit):  # Ctrl-C; SIGTERM (docker stop) arrives as SystemExit
+        pass
+    finally:
+        receiver.stop()
 
 
 @app.command()
