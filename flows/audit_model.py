@@ -10,9 +10,11 @@ from prefect.runtime import flow_run
 from tasks.audit_tasks import fail_audit_run, load_config, load_inputs, open_audit_run, record_audit, resolve, run_one
 from tasks.adapters.deployments import resolve_pattern
 from tasks.adapters.mlflow_sink import redact
+from tasks.adapters.tracking import quiet_environment
 from tasks.logs import quiet_user_errors
 
 quiet_user_errors()
+quiet_environment()  # also when a worker runs the flow without our CLI: no credentialed URL printed, no telemetry
 
 
 @flow(name="audit-model", log_prints=True)

@@ -8,9 +8,11 @@ from prefect.cache_policies import NO_CACHE
 
 from tasks.adapters.deployments import load_deployments
 from tasks.adapters.mlflow_sink import MlflowSink, redact
-from tasks.adapters.tracking import make_client
+from tasks.adapters.tracking import make_client, quiet_environment
 from tasks.adapters.watching import dead_audits, pending_audits, registry_versions
 from tasks.triggers import trigger_audit
+
+quiet_environment()
 
 
 def _flow_state(flow_run_id: str) -> tuple[bool, bool, str]:

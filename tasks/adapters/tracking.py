@@ -18,6 +18,9 @@ def quiet_environment() -> None:
         "GX_ANALYTICS_ENABLED": "false",
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "DO_NOT_TRACK": "1",
+        # MLflow prints "View run ... at: <tracking URI>" when a run ends; with credentials in the URI
+        # (http://user:secret@host) that puts the secret in every log. The CLI prints its own, redacted, pointer.
+        "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",
     }.items():
         os.environ.setdefault(key, value)
 
@@ -42,8 +45,10 @@ def check_reachable(tracking_uri: str, timeout_s: float = 5.0) -> None:
             problem = f"answered {exc.code} on /health"
         except (urllib.error.URLError, OSError) as exc:
             problem = f"is not reachable ({getattr(exc, 'reason', exc)})"
+        from tasks.adapters.mlflow_sink import redact
+
         raise TrackingServerError(
-            f"MLflow tracking server {tracking_uri} {problem}",
+            f"MLflow tracking server {redact(tracking_uri)} {problem}",
             "start it (mlflow server --host 127.0.0.1 --port PORT ...) or point --tracking-uri / "
             "mlflow.tracking_uri / MLFLOW_TRACKING_URI at a running one",
         )
