@@ -35,7 +35,7 @@ class ChampionChallengerAudit(Audit):
 
     name = "champion_challenger"
     Config = ChampionChallengerConfig
-    requires = Requirements(labels="current")
+    requires = Requirements(labels="current", modalities=("tabular", "image", "text"))
     description = "The audited version against the deployed one (baseline alias) on the same current data."
     # A challenger may not lose more than 0.02 of the primary score to the deployed champion.
     default_thresholds = (

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from audits.core import Artifact, Audit, AuditConfig, AuditContext, AuditResult, Threshold
+from audits.core import Artifact, Audit, AuditConfig, AuditContext, AuditResult, Requirements, Threshold
 
 SUITES = ("user", "baseline")
 NUMERIC_TYPES = [
@@ -202,6 +202,7 @@ class DataQualityAudit(Audit):
     """Great Expectations suites (user-written and inferred from reference) validated on current data."""
 
     name = "data_quality"
+    requires = Requirements(modalities=("tabular", "image", "text"))
     Config = DataQualityConfig
     description = "Great Expectations: a user suite and a baseline suite inferred from reference data."
     default_thresholds = (

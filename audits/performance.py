@@ -55,7 +55,7 @@ class PerformanceAudit(Audit):
 
     name = "performance"
     Config = PerformanceConfig
-    requires = Requirements(labels="current")
+    requires = Requirements(labels="current", modalities=("tabular", "image", "text"))
     description = "Model performance on labelled current data, compared with reference data."
 
     def compute(self, context: AuditContext) -> AuditResult:

@@ -56,6 +56,7 @@ dl{display:grid;grid-template-columns:max-content auto;gap:2px 12px;font-size:13
 {% if a.kind == "figure" %}<h3>{{ a.title or a.name }}</h3><img alt="{{ a.name }}" src="data:image/png;base64,{{ b64(a.content) }}">
 {% elif a.kind == "table" %}<h3>{{ a.title or a.name }}</h3><div class="scroll">{{ table(a.content) | safe }}</div>
 <div class="muted">{{ a.content|length }} rows; full table: {{ r.audit }}/{{ a.name }}</div>
+{% elif a.kind == "fragment" %}<h3>{{ a.title or a.name }}</h3><div class="fragment">{{ a.content | safe }}</div>
 {% elif a.kind == "html" %}<div class="muted">{{ a.title or a.name }}: open the artifact {{ r.audit }}/{{ a.name }}</div>
 {% else %}<div class="muted">{{ a.title or a.name }}: see artifact {{ r.audit }}/{{ a.name }}</div>{% endif %}
 {% endfor %}{% endfor %}

@@ -122,3 +122,72 @@ def prefect_harness():
     with prefect_test_harness(server_startup_timeout=120):
         with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
             yield
+
+
+# --- networks, images and text (issue: deep models) -----------------------------------------------
+def image_context_for(model, X: np.ndarray, y: np.ndarray, split: int, seed: int = 0, classes=None) -> AuditContext:
+    """An image AuditContext: ``X`` ``(N, C, H, W)`` flattened into one column per element, as the data
+    adapter does; reference = the first ``split`` rows."""
+    from audits.deep.network import image_columns
+
+    shape = X.shape[1:]
+    frame = pd.DataFrame(X.reshape(len(X), -1), columns=image_columns(shape))
+    labels = pd.Series(y if classes is None else np.asarray(classes)[y], name="label")
+    m = ModelUnderAudit.from_estimator(model, flavor="pytorch", uri="test://network", name="test-network", version="1")
+    return build_context(m, (frame.iloc[:split], labels.iloc[:split]), (frame.iloc[split:].reset_index(drop=True),
+                         labels.iloc[split:].reset_index(drop=True)), target="label", seed=seed,
+                         baseline_note="no baseline in this test", modality="image", input_shape=shape)  # fmt: skip
+
+
+def train_network(module, X: np.ndarray, y: np.ndarray, epochs: int = 15, seed: int = 0):
+    from audits.deep.network import TorchClassifier
+
+    return TorchClassifier(module, tuple(X.shape[1:]), epochs=epochs, lr=3e-3, random_state=seed).fit(X.reshape(len(X), -1), y)
+
+
+@pytest.fixture(scope="session")
+def digits_network():
+    """A small CNN trained on 1,200 of scikit-learn's digits (about 97 % accurate on the rest): (model, X, y)."""
+    from audits.deep.architectures import SmallCNN
+    from audits.deep.synthetic import digits
+
+    X, y = digits()
+    order = np.random.default_rng(0).permutation(len(X))
+    X, y = X[order], y[order]
+    return train_network(SmallCNN(), X[:1200], y[:1200], epochs=15), X, y
+
+
+@pytest.fixture(scope="session")
+def image_context(digits_network) -> AuditContext:
+    """Reference: 300 training digits; current: 200 held-out digits."""
+    model, X, y = digits_network
+    return image_context_for(model, np.concatenate([X[:300], X[1200:1400]]), np.concatenate([y[:300], y[1200:1400]]), split=300)
+
+
+@pytest.fixture(scope="session")
+def quadrant_network():
+    """A CNN trained on images whose class depends only on the top-left quadrant: (model, X, y) of held-out rows."""
+    from audits.deep.architectures import SmallCNN
+    from audits.deep.synthetic import quadrant_images
+
+    X, y = quadrant_images(1600, seed=0)
+    return train_network(SmallCNN(n_classes=2), X[:1200], y[:1200], epochs=15), X[1200:], y[1200:]
+
+
+@pytest.fixture(scope="session")
+def text_context() -> AuditContext:
+    """TF-IDF + logistic regression on generated job adverts (the salary class depends only on planted words)."""
+    from sklearn.compose import ColumnTransformer
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import Pipeline
+
+    from audits.deep.synthetic import job_adverts
+
+    data = job_adverts(600, seed=0)
+    X, y = data[["text"]], data["salary"]
+    model = Pipeline([("tfidf", ColumnTransformer([("words", TfidfVectorizer(), "text")])),
+                      ("model", LogisticRegression(C=10.0, max_iter=1000))]).fit(X.iloc[:400], y.iloc[:400])  # fmt: skip
+    m = ModelUnderAudit.from_estimator(model, uri="test://text", name="test-text", version="1")
+    return build_context(m, (X.iloc[:400], y.iloc[:400]), (X.iloc[400:].reset_index(drop=True), y.iloc[400:].reset_index(drop=True)),
+                         target="salary", seed=0, baseline_note="no baseline in this test", modality="text")  # fmt: skip

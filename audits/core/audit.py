@@ -8,7 +8,7 @@ from typing import ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict
 
-from audits.core.context import AuditContext, Task
+from audits.core.context import AuditContext, Modality, Task
 from audits.core.result import AuditResult
 from audits.core.thresholds import Threshold
 
@@ -27,10 +27,16 @@ class Requirements:
     probabilities: bool = False  # a classifier must have predict_proba (regressors are unaffected)
     estimator: bool = False  # a native scikit-learn estimator (Pipeline included)
     tasks: tuple[Task, ...] = ("classification", "regression")
+    modalities: tuple[Modality, ...] = ("tabular",)  # the kinds of input it is made for
+    network: bool = False  # a PyTorch network (gradients, layers, embeddings)
 
     def unmet(self, context: AuditContext) -> str | None:
+        if context.modality not in self.modalities:
+            return f"made for {' or '.join(self.modalities)} inputs; this audit's data is {context.modality}"
         if context.task not in self.tasks:
             return f"applies to {' or '.join(self.tasks)} models; this one is a {context.task} model"
+        if self.network and context.model.flavor != "pytorch":
+            return f"explains a PyTorch network through its layers; {context.model.label} is a {context.model.flavor} model"
         if self.estimator and context.model.estimator is None:
             return f"needs a native scikit-learn model; {context.model.label} loads only as {context.model.flavor}"
         if self.probabilities and context.task == "classification" and context.model.predict_proba is None:

@@ -11,6 +11,8 @@ import numpy as np
 import pandas as pd
 
 Task = Literal["classification", "regression"]
+Modality = Literal["tabular", "image", "text"]
+MODALITIES: tuple[Modality, ...] = ("tabular", "image", "text")
 
 
 @dataclass(frozen=True)
@@ -91,6 +93,10 @@ class AuditContext:
     seed: int = 0
     baseline: ModelUnderAudit | None = None  # the deployed version (behind an alias) to compare with, if any
     baseline_note: str = ""  # why there is no baseline, when there is none
+    # What one row is. tabular: the columns; image: one column per element of a (C, H, W) image, in C order
+    # (``images`` gives them back as an array); text: one column holding the raw string.
+    modality: Modality = "tabular"
+    input_shape: tuple[int, ...] | None = None  # image: (C, H, W)
 
     @property
     def task(self) -> Task:
@@ -110,6 +116,20 @@ class AuditContext:
 
     def dataset(self, name: str) -> Dataset:
         return {"reference": self.reference, "current": self.current}[name]
+
+    def images(self, data: Dataset | pd.DataFrame) -> np.ndarray:
+        """The rows of an image dataset as a float32 array ``(N, C, H, W)``."""
+        if self.modality != "image" or self.input_shape is None:
+            raise ValueError(f"this is a {self.modality} audit; images() needs modality 'image' and an input_shape")
+        X = data.X if isinstance(data, Dataset) else data
+        return X.to_numpy(dtype=np.float32).reshape((len(X), *self.input_shape))
+
+    @property
+    def text_column(self) -> str:
+        """The column holding the raw text of a text dataset."""
+        if self.modality != "text" or len(self.features) != 1:
+            raise ValueError(f"a text audit reads one text column; this {self.modality} context has {list(self.features)}")
+        return self.features[0]
 
 
 def predict(model: ModelUnderAudit, X: pd.DataFrame) -> Predictions:
@@ -135,6 +155,8 @@ def build_context(
     baseline: ModelUnderAudit | None = None,
     baseline_note: str = "",
     segments: tuple[pd.DataFrame | None, pd.DataFrame | None] = (None, None),
+    modality: Modality = "tabular",
+    input_shape: tuple[int, ...] | None = None,
 ) -> AuditContext:
     """Compute predictions once for both datasets; every audit shares them."""
     (X_ref, y_ref), (X_cur, y_cur) = reference, current
@@ -151,4 +173,6 @@ def build_context(
         seed=seed,
         baseline=baseline,
         baseline_note=baseline_note,
+        modality=modality,
+        input_shape=tuple(input_shape) if input_shape is not None else None,
     )

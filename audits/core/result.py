@@ -61,8 +61,10 @@ def metric_key(*parts: Any) -> str:
     return ".".join(key_part(p) for p in parts)
 
 
-ArtifactKind = Literal["figure", "table", "html", "json"]
-_SUFFIX = {"figure": ".png", "table": ".json", "html": ".html", "json": ".json"}
+# html: a page of its own, linked from the report; fragment: an HTML snippet shown inside the report (escaped
+# by the audit that builds it: no scripts), also written as a file.
+ArtifactKind = Literal["figure", "table", "html", "fragment", "json"]
+_SUFFIX = {"figure": ".png", "table": ".json", "html": ".html", "fragment": ".html", "json": ".json"}
 
 
 @dataclass(frozen=True)
@@ -95,6 +97,10 @@ class Artifact:
     @classmethod
     def html(cls, name: str, text: str, title: str = "") -> Artifact:
         return cls(f"{name}.html", "html", text, title)
+
+    @classmethod
+    def fragment(cls, name: str, text: str, title: str = "") -> Artifact:
+        return cls(f"{name}.html", "fragment", text, title)
 
     @classmethod
     def json(cls, name: str, data: Any, title: str = "") -> Artifact:

@@ -215,7 +215,7 @@ class CalibrationAudit(Audit):
 
     name = "calibration"
     Config = CalibrationConfig
-    requires = Requirements(labels="current", probabilities=True, tasks=("classification",))
+    requires = Requirements(labels="current", probabilities=True, tasks=("classification",), modalities=("tabular", "image", "text"))
     # ece_excess = ECE beyond the 95th percentile of a perfectly calibrated model's ECE on as many rows.
     # WARN at 2 points beyond the noise (stated probabilities measurably off); FAIL at 10 points
     # beyond it (a stated 80 % means 70 % or less: probabilities unfit for decisions as they are).

@@ -129,7 +129,7 @@ class ConformalAudit(Audit):
 
     name = "conformal"
     Config = ConformalConfig
-    requires = Requirements(labels="current", probabilities=True)
+    requires = Requirements(labels="current", probabilities=True, modalities=("tabular", "image", "text"))
     # Undercoverage beyond 3 standard errors of sampling noise: evidence that current rows are not
     # exchangeable with the calibration rows (shift, or a reference that trained the model).
     default_thresholds = (Threshold(metric="conformal.coverage_shortfall_z", min=-3.0, severity="warn"),)

@@ -112,7 +112,7 @@ class DisagreementAudit(Audit):
 
     name = "disagreement"
     Config = DisagreementConfig
-    requires = Requirements(labels="reference", estimator=True, probabilities=True)
+    requires = Requirements(labels="reference", estimator=True, probabilities=True, modalities=("tabular", "image"))
     description = "Epistemic uncertainty from a bootstrap ensemble of clones of the model, current vs held-out reference rows."
     # Held-out reference rows are exchangeable with an unshifted current batch: the ratio is about 1
     # (up to sampling noise, tens of percent on small batches); twice the reference's epistemic

@@ -55,7 +55,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 from pydantic import BaseModel, ConfigDict, Field
 
-from audits.core import Artifact, Audit, AuditConfig, AuditContext, AuditResult, Threshold
+from audits.core import Artifact, Audit, AuditConfig, AuditContext, AuditResult, Requirements, Threshold
 from audits.core.result import key_part
 
 MISSING = "(missing)"
@@ -293,6 +293,7 @@ class DriftAudit(Audit):
     classifier, and drift in the model's predictions and in the labels."""
 
     name = "drift"
+    requires = Requirements(modalities=("tabular", "image"))
     Config = DriftConfig
     description = "Which features, and how much of the joint distribution and the model's output, moved from reference to current."
     # Warn on any drifted feature: each is a significant AND material shift (see the module docstring).

@@ -28,7 +28,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 from pydantic import AfterValidator, Field
 
-from audits.core import Artifact, Audit, AuditConfig, AuditContext, AuditResult, Threshold
+from audits.core import Artifact, Audit, AuditConfig, AuditContext, AuditResult, Requirements, Threshold
 from audits.uncertainty.ood import SCORERS, fit_ood
 
 def _distinct(value: tuple[str, ...]) -> tuple[str, ...]:
@@ -77,6 +77,7 @@ class OODAudit(Audit):
     """k-NN distance, PCA and autoencoder reconstruction error of current rows, thresholded on held-out reference rows."""
 
     name = "ood"
+    requires = Requirements(modalities=("tabular", "image"))
     Config = OODConfig
     description = "Share of current rows that are out of distribution for the reference data, per scorer."
     # z > 3: a flagged count that an unshifted batch reaches with probability 0.13 % or less, per scorer.

@@ -53,7 +53,7 @@ class SegmentsAudit(Audit):
 
     name = "segments"
     Config = SegmentsConfig
-    requires = Requirements(labels="current")
+    requires = Requirements(labels="current", modalities=("tabular", "image", "text"))
     description = "Performance, calibration and conformal coverage per segment; gaps and fairness metrics."
 
     def skip_reason(self, context: AuditContext) -> str | None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import getpass
 import hashlib
+import html
 import json
 import logging
 import re
@@ -249,6 +250,9 @@ class MlflowSink:
                         tables.append({"path": f"{result.audit}/{artifact.name}", "type": "table"})
                     elif artifact.kind == "html":
                         path.write_text(artifact.content, encoding="utf-8")
+                    elif artifact.kind == "fragment":  # a snippet: wrapped so that it opens as a page too
+                        path.write_text(f'<!doctype html><meta charset="utf-8"><title>{html.escape(artifact.title or artifact.name)}</title>'
+                                        f"{artifact.content}", encoding="utf-8")
                     else:
                         path.write_text(json.dumps(artifact.content, indent=2, default=str), encoding="utf-8")
             (root / "audit_report.html").write_text(report_html, encoding="utf-8")

@@ -1,0 +1,142 @@
+"""A trained PyTorch classifier seen as a scikit-learn one, so every audit that works on a classifier
+(performance, calibration with scikit-learn's temperature scaling, conformal sets, drift, OOD, projections)
+works on a network too, and the network audits reach the module itself for gradients and embeddings.
+
+Inputs arrive as the audits hold them: a DataFrame (or array) of flattened values, one column per input
+element (``p{c}_{h}_{w}`` for images, see ``image_columns``), reshaped here to ``(N, *input_shape)``.
+
+``fit`` trains the network from freshly initialised weights (seeded), which makes ``sklearn.base.clone``
+plus ``fit`` work: the bootstrap ensemble and the shuffled-label sanity check retrain networks that way.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from sklearn.base import BaseEstimator, ClassifierMixin
+
+
+def require_torch():
+    try:
+        import torch
+    except ImportError:  # pragma: no cover - exercised only without the extra
+        raise ImportError(
+            "PyTorch is not installed: network audits need the 'deep' extra "
+            "(pip install -c requirements.lock -e '.[deep]'; it installs torch==2.13.0, the CPU build)"
+        ) from None
+    return torch
+
+
+def image_columns(shape: Sequence[int]) -> list[str]:
+    """Column names of a flattened (C, H, W) image, in C order: p{c}_{h}_{w}."""
+    c, h, w = shape
+    return [f"p{i}_{j}_{k}" for i in range(c) for j in range(h) for k in range(w)]
+
+
+def as_array(X: Any) -> np.ndarray:
+    if isinstance(X, pd.DataFrame):
+        return X.to_numpy(dtype=np.float32)
+    return np.asarray(X, dtype=np.float32)
+
+
+class TorchClassifier(ClassifierMixin, BaseEstimator):
+    """``module`` maps a float tensor ``(N, *input_shape)`` to class logits ``(N, n_classes)``.
+
+    Use ``TorchClassifier.from_trained`` for a network trained elsewhere (a logged model); ``fit`` trains
+    ``module``'s architecture from scratch with Adam and cross-entropy.
+    """
+
+    def __init__(self, module: Any, input_shape: tuple[int, ...], epochs: int = 30, lr: float = 1e-2,
+                 batch_size: int = 64, weight_decay: float = 1e-4, random_state: int = 0) -> None:
+        self.module = module
+        self.input_shape = input_shape
+        self.epochs = epochs
+        self.lr = lr
+        self.batch_size = batch_size
+        self.weight_decay = weight_decay
+        self.random_state = random_state
+
+    @classmethod
+    def from_trained(cls, module: Any, classes: Sequence[Any], input_shape: Sequence[int], **params: Any) -> TorchClassifier:
+        model = cls(module, tuple(int(s) for s in input_shape), **params)
+        model.module_ = module.eval()
+        model.classes_ = np.asarray(list(classes))
+        return model
+
+    # --- tensors -------------------------------------------------------------------------------
+    def as_tensor(self, X: Any):
+        torch = require_torch()
+        array = as_array(X)
+        return torch.from_numpy(np.ascontiguousarray(array.reshape((len(array), *self.input_shape))))
+
+    def network(self):
+        """The trained module, in eval mode."""
+        return self.module_.eval()
+
+    def logits(self, X: Any) -> np.ndarray:
+        torch = require_torch()
+        x = self.as_tensor(X)
+        net = self.network()
+        with torch.no_grad():
+            return np.concatenate([net(x[i:i + 2048]).numpy() for i in range(0, len(x), 2048)] or [np.zeros((0, len(self.classes_)))]).astype(float)
+
+    def predict_proba(self, X: Any) -> np.ndarray:
+        z = self.logits(X)
+        z = z - z.max(axis=1, keepdims=True)
+        e = np.exp(z)
+        return e / e.sum(axis=1, keepdims=True)
+
+    def predict(self, X: Any) -> np.ndarray:
+        return self.classes_[np.argmax(self.logits(X), axis=1)]
+
+    def embedding_layer(self):
+        """The last ``nn.Linear``: its input is the network's penultimate-layer embedding."""
+        torch = require_torch()
+        linears = [m for m in self.module_.modules() if isinstance(m, torch.nn.Linear)]
+        if not linears:
+            raise ValueError("the network has no nn.Linear layer, so it has no penultimate-layer embedding")
+        return linears[-1]
+
+    def embed(self, X: Any) -> np.ndarray:
+        """The penultimate-layer embedding (the input of the last linear layer), ``(N, d)``."""
+        torch = require_torch()
+        captured: list = []
+        handle = self.embedding_layer().register_forward_pre_hook(lambda _m, args: captured.append(args[0].detach()))
+        try:
+            self.logits(X)
+        finally:
+            handle.remove()
+        return torch.cat(captured).reshape(len(as_array(X)), -1).numpy().astype(float)
+
+    # --- training ------------------------------------------------------------------------------
+    def fit(self, X: Any, y: Any) -> TorchClassifier:
+        torch = require_torch()
+        self.classes_, codes = np.unique(np.asarray(y), return_inverse=True)
+        torch.manual_seed(self.random_state)
+        net = copy.deepcopy(self.module)
+        for layer in net.modules():
+            if hasattr(layer, "reset_parameters") and layer is not net:
+                layer.reset_parameters()
+        x, target = self.as_tensor(X), torch.from_numpy(codes.astype(np.int64))
+        optimiser = torch.optim.Adam(net.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+        generator = torch.Generator().manual_seed(self.random_state)
+        loss_fn = torch.nn.CrossEntropyLoss()
+        net.train()
+        for _ in range(self.epochs):
+            order = torch.randperm(len(x), generator=generator)
+            for start in range(0, len(x), self.batch_size):
+                batch = order[start:start + self.batch_size]
+                optimiser.zero_grad()
+                loss_fn(net(x[batch]), target[batch]).backward()
+                optimiser.step()
+        self.module_ = net.eval()
+        return self
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.allow_nan = False
+        return tags

@@ -1,0 +1,37 @@
+"""The TorchClassifier adapter and the image and text contexts the network audits read."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sklearn.base import clone
+from sklearn.metrics import accuracy_score
+
+
+def test_a_trained_cnn_is_a_scikit_learn_classifier(digits_network, image_context):
+    model, X, y = digits_network
+    held_out = X[1200:]
+    assert accuracy_score(y[1200:], model.predict(held_out.reshape(len(held_out), -1))) > 0.9
+    proba = model.predict_proba(image_context.current.X)
+    np.testing.assert_allclose(proba.sum(axis=1), 1.0, atol=1e-6)
+    assert list(model.classes_) == list(range(10)) and image_context.current.predictions.proba.shape == (200, 10)
+    assert image_context.images(image_context.current).shape == (200, 1, 8, 8)
+    np.testing.assert_array_equal(image_context.images(image_context.current).reshape(200, -1), image_context.current.X.to_numpy(np.float32))
+    embedding = model.embed(image_context.current.X)
+    assert embedding.shape == (200, 64) and (embedding >= 0).all()  # after ReLU and (eval-mode) dropout
+
+
+def test_clone_and_fit_retrains_from_fresh_weights_deterministically(digits_network):
+    model, X, y = digits_network
+    flat = X[:300].reshape(300, -1)
+    a = clone(model).set_params(epochs=2).fit(flat, y[:300])
+    b = clone(model).set_params(epochs=2).fit(flat, y[:300])
+    np.testing.assert_array_equal(a.predict_proba(flat), b.predict_proba(flat))
+    assert not np.allclose(a.predict_proba(flat), model.predict_proba(flat))
+
+
+def test_text_context_reads_one_raw_text_column(text_context):
+    assert text_context.text_column == "text" and text_context.modality == "text"
+    assert accuracy_score(text_context.current.y, text_context.current.predictions.labels) > 0.95
+    with pytest.raises(ValueError, match="modality 'image'"):
+        text_context.images(text_context.current)
