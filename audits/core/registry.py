@@ -33,6 +33,8 @@ BUILTIN_AUDITS: dict[str, str] = {
     "ood": "audits.uncertainty.ood_audit:OODAudit",
     "concordance": "audits.uncertainty.concordance:ConcordanceAudit",
     "projections": "audits.uncertainty.projections:ProjectionsAudit",
+    # networks, images and text (torch and captum are imported only when these run)
+    "text_explanations": "audits.deep.text_explanations:TextExplanationAudit",
 }
 
 

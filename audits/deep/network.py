@@ -74,8 +74,11 @@ class TorchClassifier(ClassifierMixin, BaseEstimator):
         return torch.from_numpy(np.ascontiguousarray(array.reshape((len(array), *self.input_shape))))
 
     def network(self):
-        """The trained module, in eval mode."""
-        return self.module_.eval()
+        """The trained module, in eval mode (a torch.export program, MLflow's pt2 format, has no modes: as is)."""
+        try:
+            return self.module_.eval()
+        except NotImplementedError:
+            return self.module_
 
     def logits(self, X: Any) -> np.ndarray:
         torch = require_torch()

@@ -7,25 +7,57 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from tasks.adapters.errors import DataError
 
-READERS = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
+READERS = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet", ".npz": "npz"}
+IMAGES = "images"  # the array of a .npz image dataset: N x C x H x W; other 1-D arrays of length N are columns
 
 
 def _format(path: Path) -> str:
     fmt = READERS.get(path.suffix.lower())
     if fmt is None:
-        raise DataError(f"{path}: unsupported file type {path.suffix!r}", "use a .csv or .parquet file")
+        raise DataError(f"{path}: unsupported file type {path.suffix!r}", "use a .csv or .parquet file (.npz for images)")
     if not path.is_file():
         raise DataError(f"data file {path} does not exist", "check the path under 'data:' in the config (relative paths start at the config file's folder)")
     return fmt
 
 
+def _npz(path: Path) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """The images (N, C, H, W) of a .npz dataset and its other per-row arrays (labels, ids)."""
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            arrays = {name: archive[name] for name in archive.files}
+    except Exception as exc:
+        raise DataError(f"{path}: cannot be read as .npz ({exc})", "save it with numpy.savez(path, images=..., label=...)") from None
+    images = arrays.pop(IMAGES, None)
+    if images is None or images.ndim != 4:
+        found = {k: v.shape for k, v in arrays.items()} | ({IMAGES: images.shape} if images is not None else {})
+        raise DataError(f"{path}: an image dataset needs an array {IMAGES!r} of shape N x C x H x W (found {found})",
+                        "save it with numpy.savez(path, images=X, label=y), X of shape (N, C, H, W)")
+    bad = {k: v.shape for k, v in arrays.items() if v.shape != (len(images),)}
+    if bad:
+        raise DataError(f"{path}: arrays {bad} are not one value per image ({len(images)} images)",
+                        "keep only the images and per-image arrays such as labels")
+    return images, arrays
+
+
+def image_shape(path: Path) -> tuple[int, ...]:
+    """(C, H, W) of a .npz image dataset."""
+    if _format(path) != "npz":
+        raise DataError(f"{path}: image data must be a .npz file (arrays: images N x C x H x W, and the labels)",
+                        "save it with numpy.savez(path, images=X, label=y), or set data.modality to tabular")
+    return tuple(int(s) for s in _npz(path)[0].shape[1:])
+
+
 def read_columns(path: Path) -> list[str]:
-    """The column names alone, cheaply (a CSV header, a Parquet schema)."""
-    if _format(path) == "csv":
+    """The column names alone, cheaply (a CSV header, a Parquet schema, a .npz's arrays)."""
+    fmt = _format(path)
+    if fmt == "npz":
+        return list(read_table(path).columns)
+    if fmt == "csv":
         try:
             return [str(c) for c in pd.read_csv(path, nrows=0).columns]
         except pd.errors.EmptyDataError:
@@ -37,6 +69,14 @@ def read_columns(path: Path) -> list[str]:
 
 def read_table(path: Path) -> pd.DataFrame:
     fmt = _format(path)
+    if fmt == "npz":  # one column per image element, p{c}_{h}_{w} (audits.deep.network.image_columns)
+        from audits.deep.network import image_columns
+
+        images, columns = _npz(path)
+        frame = pd.DataFrame(images.reshape(len(images), -1).astype(np.float32), columns=image_columns(images.shape[1:]))
+        for name, values in columns.items():
+            frame[name] = values
+        return frame
     try:
         frame = pd.read_csv(path) if fmt == "csv" else pd.read_parquet(path)
     except pd.errors.EmptyDataError:

@@ -24,8 +24,8 @@ from tasks.adapters.settings import StrictModel, config_error, read_yaml
 
 class DemoModel(StrictModel):
     name: str
-    dataset: Literal["breast_cancer", "diabetes"]
-    versions: list[Literal["logistic_regression", "gradient_boosting", "random_forest"]] = Field(min_length=1)
+    dataset: Literal["breast_cancer", "diabetes", "digits", "job_adverts"]
+    versions: list[Literal["logistic_regression", "gradient_boosting", "random_forest", "cnn", "tfidf_logistic"]] = Field(min_length=1)
     champion: int = Field(1, ge=1)  # the version behind the alias 'champion'
     audit_versions: list[int] | None = None  # default: every version
     segments: list[str] = Field(default_factory=list)  # columns to slice results by (data.segments)
@@ -65,6 +65,7 @@ class DemoData:
     target: str
     task: Literal["classification", "regression"]
     faults: list[str]  # what was planted in the current data, for the reader of the demo
+    modality: Literal["tabular", "image", "text"] = "tabular"
 
 
 def _split(frame: pd.DataFrame, share: float, rng: np.random.Generator, stratify: pd.Series | None = None):
@@ -119,7 +120,42 @@ def diabetes(seed: int, share: float) -> DemoData:
     return DemoData(reference, current, "progression", "regression", ["bmi scaled by 1.12 (drift)", "8% of bp missing"])
 
 
-DATASETS: dict[str, Callable[[int, float], DemoData]] = {"breast_cancer": breast_cancer, "diabetes": diabetes}
+def digits(seed: int, share: float) -> DemoData:
+    """Images: scikit-learn's 8x8 handwritten digits (10 classes), one column per pixel (p0_row_col, values 0-1);
+    written as .npz (images N x 1 x 8 x 8, label). In the current data 15 % of the digits are inverted and 10 %
+    replaced by noise: images the network has never seen, which the uncertainty audits must single out."""
+    from audits.deep.network import image_columns
+    from audits.deep.synthetic import corrupt
+    from audits.deep.synthetic import digits as load
+
+    rng = np.random.default_rng(seed)
+    images, labels = load()
+    frame = pd.DataFrame(images.reshape(len(images), -1), columns=image_columns(images.shape[1:]))
+    frame["label"] = labels
+    reference, current = _split(frame, share, rng, stratify=frame["label"])
+    current = current.copy()
+    pixels = current.columns[:-1]
+    draw = rng.random(len(current))
+    for kind, rows in (("inverted", draw < 0.15), ("noise", (draw >= 0.15) & (draw < 0.25))):
+        block = current.loc[rows, pixels].to_numpy(np.float32).reshape(-1, *images.shape[1:])
+        current.loc[rows, pixels] = corrupt(block, kind, seed).reshape(int(rows.sum()), -1)
+    return DemoData(reference, current, "label", "classification", ["15% of current digits inverted", "10% replaced by noise"], "image")
+
+
+def job_adverts(seed: int, share: float) -> DemoData:
+    """Text: generated job adverts whose salary class ("high"/"low") depends only on a planted word (senior,
+    principal, director / junior, trainee, intern), so the truth of every text explanation is known."""
+    from audits.deep.synthetic import job_adverts as generate
+
+    rng = np.random.default_rng(seed)
+    frame = generate(800, seed=seed, noise=0.03)
+    reference, current = _split(frame, share, rng, stratify=frame["salary"])
+    return DemoData(reference, current, "salary", "classification", ["3% of labels flipped in both datasets"], "text")
+
+
+DATASETS: dict[str, Callable[[int, float], DemoData]] = {"breast_cancer": breast_cancer, "diabetes": diabetes,
+                                                         "digits": digits, "job_adverts": job_adverts}
+TARGETS = {"breast_cancer": "diagnosis", "diabetes": "progression", "digits": "label", "job_adverts": "salary"}
 
 
 # --- models ------------------------------------------------------------------------------------
@@ -132,6 +168,17 @@ def make_estimator(kind: str, X: pd.DataFrame, task: str, seed: int) -> Any:
     from sklearn.pipeline import Pipeline, make_pipeline
     from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
+    if kind == "tfidf_logistic":  # raw text in one column -> TF-IDF -> logistic regression
+        from sklearn.feature_extraction.text import TfidfVectorizer
+
+        (column,) = X.columns
+        return Pipeline([("tfidf", ColumnTransformer([("words", TfidfVectorizer(), column)])),
+                         ("model", LogisticRegression(C=10.0, max_iter=2000))])  # fmt: skip
+    if kind == "cnn":  # images flattened to one column per pixel, as auditlens reads them
+        from audits.deep.architectures import SmallCNN
+        from audits.deep.network import TorchClassifier
+
+        return TorchClassifier(SmallCNN(), (1, 8, 8), epochs=20, lr=3e-3, random_state=seed)
     categorical = [c for c in X.columns if not pd.api.types.is_numeric_dtype(X[c])]
     numeric = [c for c in X.columns if c not in categorical]
     numeric_steps = [SimpleImputer(strategy="median")] + ([StandardScaler()] if kind == "logistic_regression" else [])
@@ -149,6 +196,38 @@ def make_estimator(kind: str, X: pd.DataFrame, task: str, seed: int) -> Any:
     return Pipeline([("preprocess", preprocess), ("model", final)])
 
 
+def _data_file(workdir: Path, dataset: str, role: str) -> Path:
+    suffix = ".npz" if dataset == "digits" else ".csv"
+    return workdir / "data" / f"{dataset}_{role}{suffix}"
+
+
+def _write(frame: pd.DataFrame, path: Path, target: str) -> None:
+    if path.suffix == ".npz":  # images N x 1 x 8 x 8 and their labels, as auditlens reads image data
+        pixels = frame.drop(columns=[target]).to_numpy(np.float32)
+        np.savez(path, images=pixels.reshape(len(frame), 1, 8, 8), **{target: frame[target].to_numpy()})
+    else:
+        frame.to_csv(path, index=False)
+
+
+def _read(path: Path) -> pd.DataFrame:
+    from tasks.adapters.datasets import read_table
+
+    return read_table(path)
+
+
+def _register(sink: Any, estimator: Any, X: pd.DataFrame, *, name: str, kind: str, dataset: str, params: dict,
+              description: str, artifact_location: str | None = None) -> str:
+    if kind == "cnn":
+        return sink.register_pytorch_model(
+            estimator.network(), name=name, experiment=f"auditlens-demo/training/{name}", artifact_location=artifact_location,
+            input_example=estimator.as_tensor(X.head(3)).numpy(), classes=estimator.classes_.tolist(), params=params,
+            description=description,
+        )
+    return sink.register_sklearn_model(estimator, name=name, experiment=f"auditlens-demo/training/{name}",
+                                       artifact_location=artifact_location, input_example=X.head(3), params=params,
+                                       description=description)
+
+
 def register_new_version(settings: DemoSettings, model_name: str, kind: str, tracking_uri: str) -> str:
     """Train ``kind`` on the demo model's reference data (written by the demo) and register it as a new version."""
     from tasks.adapters.errors import ConfigError
@@ -158,20 +237,18 @@ def register_new_version(settings: DemoSettings, model_name: str, kind: str, tra
     spec = next((m for m in settings.models if m.name == model_name), None)
     if spec is None:
         raise ConfigError(f"no demo model {model_name!r}", f"use one of {[m.name for m in settings.models]}")
-    reference = Path(settings.workdir).resolve() / "data" / f"{spec.dataset}_reference.csv"
+    reference = _data_file(Path(settings.workdir).resolve(), spec.dataset, "reference")
     if not reference.is_file():
         raise ConfigError(f"no demo data at {reference}", "run `make demo` first")
-    frame = pd.read_csv(reference)
-    target = {"breast_cancer": "diagnosis", "diabetes": "progression"}[spec.dataset]
+    frame = _read(reference)
+    target = TARGETS[spec.dataset]
     X, y = frame.drop(columns=[target]), frame[target]
-    task = "classification" if spec.dataset == "breast_cancer" else "regression"
+    task = "regression" if spec.dataset == "diabetes" else "classification"
     seed = settings.seed + len(make_client(tracking_uri).search_model_versions(f"name='{model_name}'"))
     estimator = make_estimator(kind, X, task, seed).fit(X, y)
-    return MlflowSink(tracking_uri).register_sklearn_model(
-        estimator, name=model_name, experiment=f"auditlens-demo/training/{model_name}", input_example=X.head(3),
-        params={"estimator": kind, "dataset": spec.dataset, "seed": seed, "rows": len(X)},
-        description=f"{kind} on {spec.dataset} (registered with auditlens register-version)",
-    )
+    return _register(MlflowSink(tracking_uri), estimator, X, name=model_name, kind=kind, dataset=spec.dataset,
+                     params={"estimator": kind, "dataset": spec.dataset, "seed": seed, "rows": len(X)},
+                     description=f"{kind} on {spec.dataset} (registered with auditlens register-version)")
 
 
 @dataclass(frozen=True)
@@ -193,22 +270,17 @@ def prepare_demo(settings: DemoSettings, sink_factory: Callable[[str], Any], log
     audits: list[PreparedAudit] = []
     for spec in settings.models:
         data = DATASETS[spec.dataset](settings.seed, settings.current_share)
-        ref_path, cur_path = workdir / "data" / f"{spec.dataset}_reference.csv", workdir / "data" / f"{spec.dataset}_current.csv"
-        data.reference.to_csv(ref_path, index=False)
-        data.current.to_csv(cur_path, index=False)
+        ref_path, cur_path = _data_file(workdir, spec.dataset, "reference"), _data_file(workdir, spec.dataset, "current")
+        _write(data.reference, ref_path, data.target)
+        _write(data.current, cur_path, data.target)
         log(f"{spec.dataset}: {len(data.reference)} reference rows, {len(data.current)} current rows; planted: {'; '.join(data.faults)}")
         X, y = data.reference.drop(columns=[data.target]), data.reference[data.target]
         for number, kind in enumerate(spec.versions, start=1):
             estimator = make_estimator(kind, X, data.task, settings.seed).fit(X, y)
-            version = sink.register_sklearn_model(
-                estimator,
-                name=spec.name,
-                experiment=f"auditlens-demo/training/{spec.name}",
-                artifact_location=f"{artifacts}/training",
-                input_example=X.head(3),
-                params={"estimator": kind, "dataset": spec.dataset, "seed": settings.seed, "rows": len(X)},
-                description=f"{kind} on {spec.dataset} (demo)",
-            )
+            version = _register(sink, estimator, X, name=spec.name, kind=kind, dataset=spec.dataset,
+                                artifact_location=f"{artifacts}/training",
+                                params={"estimator": kind, "dataset": spec.dataset, "seed": settings.seed, "rows": len(X)},
+                                description=f"{kind} on {spec.dataset} (demo)")
             log(f"registered {spec.name} v{version}: {kind}")
             if number == spec.champion:
                 sink.set_alias(spec.name, "champion", version)
@@ -216,7 +288,7 @@ def prepare_demo(settings: DemoSettings, sink_factory: Callable[[str], Any], log
             "kind": "audit",
             "seed": settings.seed,
             "data": {"reference": f"data/{ref_path.name}", "current": f"data/{cur_path.name}", "target": data.target,
-                     "segments": list(spec.segments)},
+                     "segments": list(spec.segments), "modality": data.modality},
             "mlflow": {"tracking_uri": tracking_uri, "artifact_location": f"{artifacts}/audits"},
             "audits": [a.model_dump(mode="json", exclude_none=True) for a in spec.audits],
         }

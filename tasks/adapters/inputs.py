@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from audits.core.context import AuditContext, ModelUnderAudit, build_context, infer_categorical
-from tasks.adapters.datasets import check_columns, prepare, read_columns, resolve_features
+from tasks.adapters.datasets import check_columns, image_shape, prepare, read_columns, resolve_features
 from tasks.adapters.errors import DataError
 from tasks.adapters.models import ModelRef, load_baseline, load_model
 from tasks.adapters.settings import LoadedSettings
@@ -44,6 +44,19 @@ def assemble(ref: ModelRef, loaded: LoadedSettings, client) -> AuditInputs:
     baseline, baseline_note = load_baseline(ref, settings.model.baseline_alias, client, settings.model.task)
     ref_path, cur_path = loaded.data_path("reference"), loaded.data_path("current")
     features = resolve_features(read_columns(ref_path), settings.data.target, settings.data.features, _model_features(model))
+    modality, input_shape = settings.data.modality, None
+    if modality == "image":
+        input_shape = image_shape(ref_path)
+        if image_shape(cur_path) != input_shape:
+            raise DataError(f"current images {cur_path} are {image_shape(cur_path)}, reference images {input_shape} (C, H, W)",
+                            "give both datasets images of the shape the model takes")
+        expected = getattr(model.estimator, "input_shape", None)
+        if expected is not None and tuple(expected) != input_shape:
+            raise DataError(f"{ref.label} takes images of shape {tuple(expected)} (C, H, W); the data has {input_shape}",
+                            "point data.reference and data.current at images of the model's shape")
+    if modality == "text" and len(features) != 1:
+        raise DataError(f"a text audit reads one column of raw text; the features are {features[:20]}",
+                        "name the text column alone under data.features")
     segments = settings.data.segments
     reference = prepare("reference", ref_path, features, settings.data.target, True,
                         settings.sampling.reference_rows, settings.seed, segments)
@@ -66,6 +79,8 @@ def assemble(ref: ModelRef, loaded: LoadedSettings, client) -> AuditInputs:
             baseline=baseline,
             baseline_note=baseline_note,
             segments=(reference.segments, current.segments),
+            modality=modality,
+            input_shape=input_shape,
         )
     except Exception as exc:
         raise DataError(

@@ -332,6 +332,28 @@ class MlflowSink:
             return self.register_model_files(path, name=name, experiment=experiment, params=params,
                                              description=description, artifact_location=artifact_location)
 
+    def register_pytorch_model(self, module: Any, *, name: str, experiment: str, input_example: Any, classes: list,
+                               params: dict[str, Any], description: str = "", artifact_location: str | None = None) -> str:
+        """Save a PyTorch classifier and register it as a new version of ``name``.
+
+        Pickle format (the module's class must be importable where it is loaded, as ours are from the installed
+        package): MLflow's default, pt2 (torch.export), freezes eval mode and cannot switch dropout on again,
+        which MC dropout and the gradient explainers need. ``metadata.auditlens`` records the classes and the
+        input shape (C, H, W) for the loader."""
+        import mlflow.pytorch
+        from importlib.metadata import version as installed
+
+        module = module.eval()
+        with tempfile.TemporaryDirectory(prefix="auditlens-model-") as tmp:
+            path = Path(tmp) / "model"
+            mlflow.pytorch.save_model(
+                module, str(path), serialization_format="pickle", input_example=input_example,
+                metadata={"auditlens": {"classes": list(classes), "input_shape": list(input_example.shape[1:])}},
+                pip_requirements=[f"torch=={installed('torch').split('+')[0]}", f"numpy=={installed('numpy')}"],
+            )
+            return self.register_model_files(path, name=name, experiment=experiment, params=params,
+                                             description=description, artifact_location=artifact_location)
+
     def register_model_files(self, path: Path, *, name: str, experiment: str, params: dict[str, Any],
                              description: str = "", artifact_location: str | None = None) -> str:
         """Register a saved MLflow model folder as a new version of ``name``, through a training run and an

@@ -148,6 +148,8 @@ def _load_local(local: str, flavors: dict, ref: ModelRef, task: str, identity: d
                     f"set model.task to {model.task!r} or 'auto'",
                 )
             return model
+        if "pytorch" in flavors:
+            return _load_pytorch(local, ref, task, identity)
         if task == "auto":
             raise ModelLoadError(
                 f"{ref.label} has flavors {sorted(flavors)}; only scikit-learn models reveal their task",
@@ -162,6 +164,43 @@ def _load_local(local: str, flavors: dict, ref: ModelRef, task: str, identity: d
             f"cannot load {ref.label} ({type(exc).__name__}: {exc})",
             "load it once with mlflow.pyfunc.load_model to see why; skops-format models need their trusted types",
         ) from None
+
+
+def _load_pytorch(local: str, ref: ModelRef, task: str, identity: dict) -> ModelUnderAudit:
+    """A PyTorch classifier, loaded natively (gradients, layers, dropout) and wrapped as a scikit-learn one.
+
+    Its classes and input shape come from the model's metadata (``auditlens``: ``classes``, ``input_shape``, as
+    ``MlflowSink.register_pytorch_model`` writes them), else from its signature (a tensor input) and its output width.
+    """
+    import mlflow
+    import mlflow.pytorch
+    import numpy as np
+
+    from audits.deep.network import TorchClassifier
+
+    if task == "regression":
+        raise ModelLoadError(f"{ref.label} is a PyTorch model and the config says model.task is 'regression'",
+                             "auditlens audits PyTorch classifiers: set model.task to 'classification' or 'auto'")
+    info = mlflow.models.Model.load(local)
+    meta = (info.metadata or {}).get("auditlens", {})
+    shape = meta.get("input_shape")
+    if shape is None and info.signature is not None:
+        spec = info.signature.inputs.inputs[0]
+        shape = list(getattr(spec, "shape", ()) or ())[1:] or None
+    if not shape:
+        raise ModelLoadError(f"{ref.label} does not say what input shape it takes",
+                             "log it with an input_example (a numpy array N x C x H x W), or with "
+                             "metadata={'auditlens': {'input_shape': [C, H, W], 'classes': [...]}}")
+    module = mlflow.pytorch.load_model(local, map_location="cpu")
+    classes = meta.get("classes")
+    if classes is None:
+        torch = __import__("torch")
+        with torch.no_grad():
+            width = module(torch.zeros((2, *shape), dtype=torch.float32)).shape[-1]
+        classes = list(range(int(width)))
+    estimator = TorchClassifier.from_trained(module, classes, tuple(shape))
+    return ModelUnderAudit(task="classification", predict=estimator.predict, predict_proba=estimator.predict_proba,
+                           classes=tuple(np.asarray(classes).tolist()), estimator=estimator, flavor="pytorch", **identity)
 
 
 def load_baseline(ref: ModelRef, alias: str | None, client, task: str = "auto") -> tuple[ModelUnderAudit | None, str]:

@@ -44,6 +44,9 @@ class DataSources(StrictModel):
     features: list[str] | None = None  # default: the model's own feature names, else every non-target column
     categorical: list[str] | None = None  # default: the non-numeric columns
     segments: list[str] = Field(default_factory=list)  # columns to slice results by (features or not, e.g. a sensitive attribute)
+    # What one row is: tabular (the columns), image (a .npz file: `images` N x C x H x W and the target array),
+    # text (one column of raw strings, named in data.features unless it is the only non-target column)
+    modality: Literal["tabular", "image", "text"] = "tabular"
 
 
 class Sampling(StrictModel):

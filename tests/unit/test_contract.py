@@ -16,7 +16,7 @@ from audits.core.result import Verdict, is_valid_key
 from audits.core.runner import run_planned
 
 AUDITS = sorted(available_audits())
-CONTEXTS = ["classifier_context", "regressor_context"]
+CONTEXTS = ["classifier_context", "regressor_context", "image_context", "text_context"]
 
 
 def fingerprint(context) -> str:
