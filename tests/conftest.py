@@ -14,6 +14,10 @@ os.environ["DO_NOT_TRACK"] = "1"
 os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="auditlens-prefect-home-"))
 os.environ.pop("MLFLOW_TRACKING_URI", None)
 os.environ["MPLBACKEND"] = "Agg"
+# One thread per math library: the tests' networks and matrices are tiny, and on a shared 2-core machine torch's
+# intra-op threads fight every other process (a 4 s training took 55 s at load 7 with two threads).
+for _threads in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+    os.environ.setdefault(_threads, "1")
 
 from pathlib import Path  # noqa: E402
 

@@ -35,6 +35,7 @@ BUILTIN_AUDITS: dict[str, str] = {
     "projections": "audits.uncertainty.projections:ProjectionsAudit",
     # networks, images and text (torch and captum are imported only when these run)
     "text_explanations": "audits.deep.text_explanations:TextExplanationAudit",
+    "network_sanity": "audits.deep.network_sanity:NetworkSanityAudit",
 }
 
 

@@ -12,7 +12,7 @@ from typing import Literal
 
 import numpy as np
 
-from audits.deep.network import require_torch
+from audits.deep.network import _eval, module_tensor, require_torch, seeded
 
 Method = Literal["gradients", "smoothgrad", "integrated_gradients"]
 METHODS: tuple[Method, ...] = ("gradients", "smoothgrad", "integrated_gradients")
@@ -31,25 +31,25 @@ def attribute(module, x: np.ndarray, targets: np.ndarray, method: Method, *, see
     torch = require_torch()
     from captum.attr import IntegratedGradients, NoiseTunnel, Saliency
 
-    module = module.eval()
-    inputs = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).requires_grad_()
-    target = torch.from_numpy(np.asarray(targets, dtype=np.int64))
+    module = _eval(module)
+    inputs = module_tensor(module, x).requires_grad_()
+    target = torch.from_numpy(np.asarray(targets, dtype=np.int64)).to(inputs.device)
     delta = None
     if method == "gradients":
         out = Saliency(module).attribute(inputs, target=target, abs=True)
     elif method == "smoothgrad":
-        torch.manual_seed(seed)  # NoiseTunnel draws its noise from torch's global generator
         spread = float(x.max() - x.min()) or 1.0
-        out = NoiseTunnel(Saliency(module)).attribute(inputs, nt_type="smoothgrad", nt_samples=smoothgrad_samples,
-                                                      nt_samples_batch_size=smoothgrad_samples,
-                                                      stdevs=smoothgrad_noise * spread, target=target, abs=True)  # fmt: skip
+        with seeded(seed):  # NoiseTunnel draws its noise from torch's global generator
+            out = NoiseTunnel(Saliency(module)).attribute(inputs, nt_type="smoothgrad", nt_samples=smoothgrad_samples,
+                                                          nt_samples_batch_size=smoothgrad_samples,
+                                                          stdevs=smoothgrad_noise * spread, target=target, abs=True)  # fmt: skip
     elif method == "integrated_gradients":
         base = torch.full_like(inputs, float(baseline))
         out, delta = IntegratedGradients(module).attribute(inputs, baselines=base, target=target, n_steps=ig_steps,
                                                            method="gausslegendre", return_convergence_delta=True)  # fmt: skip
     else:
         raise ValueError(f"unknown attribution method {method!r}: use one of {METHODS}")
-    result = out.detach().numpy().astype(float)
+    result = out.detach().cpu().numpy().astype(float)
     if return_delta:
-        return result, (None if delta is None else delta.detach().numpy().astype(float))
+        return result, (None if delta is None else delta.detach().cpu().numpy().astype(float))
     return result

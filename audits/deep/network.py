@@ -12,7 +12,9 @@ plus ``fit`` work: the bootstrap ensemble and the shuffled-label sanity check re
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -37,6 +39,46 @@ def image_columns(shape: Sequence[int]) -> list[str]:
     return [f"p{i}_{j}_{k}" for i in range(c) for j in range(h) for k in range(w)]
 
 
+_TORCH_RNG = threading.RLock()
+
+
+@contextmanager
+def seeded(seed: int) -> Iterator[None]:
+    """Torch's global random generators seeded with ``seed`` for the block, then restored, one block at a time.
+
+    Some of torch's and Captum's randomness (weight initialisation, dropout, NoiseTunnel's noise) can only draw
+    from the global generators, and Prefect runs audits concurrently in threads: without the lock, two audits
+    would interleave their draws and neither would be reproducible."""
+    torch = require_torch()
+    with _TORCH_RNG:
+        devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(seed)
+            yield
+
+
+def _eval(module):
+    try:
+        return module.eval()
+    except NotImplementedError:  # a torch.export program (MLflow's pt2 format) has no train/eval modes
+        return module
+
+
+def module_device(module):
+    """The device a module's weights are on (CPU for a module without parameters)."""
+    torch = require_torch()
+    first = next(iter(module.parameters()), None)
+    return first.device if first is not None else torch.device("cpu")
+
+
+def module_tensor(module, array: Any):
+    """A float32 tensor of ``array`` on ``module``'s device: what every network audit feeds the network."""
+    torch = require_torch()
+    if isinstance(array, torch.Tensor):
+        return array.to(module_device(module), dtype=torch.float32)
+    return torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32)).to(module_device(module))
+
+
 def as_array(X: Any) -> np.ndarray:
     if isinstance(X, pd.DataFrame):
         return X.to_numpy(dtype=np.float32)
@@ -51,7 +93,7 @@ class TorchClassifier(ClassifierMixin, BaseEstimator):
     """
 
     def __init__(self, module: Any, input_shape: tuple[int, ...], epochs: int = 30, lr: float = 1e-2,
-                 batch_size: int = 64, weight_decay: float = 1e-4, random_state: int = 0) -> None:
+                 batch_size: int = 64, weight_decay: float = 1e-4, random_state: int = 0, device: str = "cpu") -> None:
         self.module = module
         self.input_shape = input_shape
         self.epochs = epochs
@@ -59,33 +101,33 @@ class TorchClassifier(ClassifierMixin, BaseEstimator):
         self.batch_size = batch_size
         self.weight_decay = weight_decay
         self.random_state = random_state
+        self.device = device  # where the network runs and trains ("cpu", "cuda"); results are returned as numpy
 
     @classmethod
     def from_trained(cls, module: Any, classes: Sequence[Any], input_shape: Sequence[int], **params: Any) -> TorchClassifier:
         model = cls(module, tuple(int(s) for s in input_shape), **params)
-        model.module_ = module.eval()
+        model.module_ = _eval(module.to(model.device))
         model.classes_ = np.asarray(list(classes))
         return model
 
     # --- tensors -------------------------------------------------------------------------------
     def as_tensor(self, X: Any):
+        """``X`` as a float32 tensor ``(N, *input_shape)`` on the CPU."""
         torch = require_torch()
         array = as_array(X)
         return torch.from_numpy(np.ascontiguousarray(array.reshape((len(array), *self.input_shape))))
 
     def network(self):
         """The trained module, in eval mode (a torch.export program, MLflow's pt2 format, has no modes: as is)."""
-        try:
-            return self.module_.eval()
-        except NotImplementedError:
-            return self.module_
+        return _eval(self.module_)
 
     def logits(self, X: Any) -> np.ndarray:
         torch = require_torch()
         x = self.as_tensor(X)
         net = self.network()
         with torch.no_grad():
-            return np.concatenate([net(x[i:i + 2048]).numpy() for i in range(0, len(x), 2048)] or [np.zeros((0, len(self.classes_)))]).astype(float)
+            parts = [net(module_tensor(net, x[i:i + 2048])).cpu().numpy() for i in range(0, len(x), 2048)]
+        return np.concatenate(parts or [np.zeros((0, len(self.classes_)))]).astype(float)
 
     def predict_proba(self, X: Any) -> np.ndarray:
         z = self.logits(X)
@@ -108,7 +150,7 @@ class TorchClassifier(ClassifierMixin, BaseEstimator):
         """The penultimate-layer embedding (the input of the last linear layer), ``(N, d)``."""
         torch = require_torch()
         captured: list = []
-        handle = self.embedding_layer().register_forward_pre_hook(lambda _m, args: captured.append(args[0].detach()))
+        handle = self.embedding_layer().register_forward_pre_hook(lambda _m, args: captured.append(args[0].detach().cpu()))
         try:
             self.logits(X)
         finally:
@@ -119,23 +161,24 @@ class TorchClassifier(ClassifierMixin, BaseEstimator):
     def fit(self, X: Any, y: Any) -> TorchClassifier:
         torch = require_torch()
         self.classes_, codes = np.unique(np.asarray(y), return_inverse=True)
-        torch.manual_seed(self.random_state)
-        net = copy.deepcopy(self.module)
-        for layer in net.modules():
-            if hasattr(layer, "reset_parameters") and layer is not net:
-                layer.reset_parameters()
-        x, target = self.as_tensor(X), torch.from_numpy(codes.astype(np.int64))
-        optimiser = torch.optim.Adam(net.parameters(), lr=self.lr, weight_decay=self.weight_decay)
-        generator = torch.Generator().manual_seed(self.random_state)
-        loss_fn = torch.nn.CrossEntropyLoss()
-        net.train()
-        for _ in range(self.epochs):
-            order = torch.randperm(len(x), generator=generator)
-            for start in range(0, len(x), self.batch_size):
-                batch = order[start:start + self.batch_size]
-                optimiser.zero_grad()
-                loss_fn(net(x[batch]), target[batch]).backward()
-                optimiser.step()
+        with seeded(self.random_state):
+            net = copy.deepcopy(self.module).cpu()
+            for layer in net.modules():
+                if hasattr(layer, "reset_parameters") and layer is not net:
+                    layer.reset_parameters()  # on the CPU, seeded: the same initial weights on every device
+            net = net.to(self.device)
+            x, target = self.as_tensor(X).to(self.device), torch.from_numpy(codes.astype(np.int64)).to(self.device)
+            optimiser = torch.optim.Adam(net.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+            generator = torch.Generator().manual_seed(self.random_state)
+            loss_fn = torch.nn.CrossEntropyLoss()
+            net.train()  # dropout draws from the global generator: inside seeded()
+            for _ in range(self.epochs):
+                order = torch.randperm(len(x), generator=generator).to(self.device)
+                for start in range(0, len(x), self.batch_size):
+                    batch = order[start:start + self.batch_size]
+                    optimiser.zero_grad()
+                    loss_fn(net(x[batch]), target[batch]).backward()
+                    optimiser.step()
         self.module_ = net.eval()
         return self
 
