@@ -40,8 +40,8 @@ def preflight_data(loaded: LoadedSettings) -> None:
 
 def assemble(ref: ModelRef, loaded: LoadedSettings, client) -> AuditInputs:
     settings = loaded.settings
-    model = load_model(ref, client, settings.model.task)
-    baseline, baseline_note = load_baseline(ref, settings.model.baseline_alias, client, settings.model.task)
+    model = load_model(ref, client, settings.model.task, settings.model.device)
+    baseline, baseline_note = load_baseline(ref, settings.model.baseline_alias, client, settings.model.task, settings.model.device)
     ref_path, cur_path = loaded.data_path("reference"), loaded.data_path("current")
     features = resolve_features(read_columns(ref_path), settings.data.target, settings.data.features, _model_features(model))
     modality, input_shape = settings.data.modality, None

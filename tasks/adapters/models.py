@@ -121,7 +121,7 @@ def storage_location(ref: ModelRef, client) -> str:
     return source
 
 
-def load_model(ref: ModelRef, client, task: str = "auto") -> ModelUnderAudit:
+def load_model(ref: ModelRef, client, task: str = "auto", device: str = "cpu") -> ModelUnderAudit:
     import mlflow
     from mlflow.artifacts import download_artifacts
 
@@ -133,10 +133,10 @@ def load_model(ref: ModelRef, client, task: str = "auto") -> ModelUnderAudit:
         except Exception as exc:
             raise ModelLoadError(f"cannot fetch the model files of {ref.label} ({ref.source}): {exc}",
                                  "check that the version's source still exists in the artifact store") from None
-        return _load_local(local, flavors, ref, task, identity)
+        return _load_local(local, flavors, ref, task, identity, device)
 
 
-def _load_local(local: str, flavors: dict, ref: ModelRef, task: str, identity: dict) -> ModelUnderAudit:
+def _load_local(local: str, flavors: dict, ref: ModelRef, task: str, identity: dict, device: str = "cpu") -> ModelUnderAudit:
     import mlflow
 
     try:
@@ -149,7 +149,7 @@ def _load_local(local: str, flavors: dict, ref: ModelRef, task: str, identity: d
                 )
             return model
         if "pytorch" in flavors:
-            return _load_pytorch(local, ref, task, identity)
+            return _load_pytorch(local, ref, task, identity, device)
         if task == "auto":
             raise ModelLoadError(
                 f"{ref.label} has flavors {sorted(flavors)}; only scikit-learn models reveal their task",
@@ -166,7 +166,7 @@ def _load_local(local: str, flavors: dict, ref: ModelRef, task: str, identity: d
         ) from None
 
 
-def _load_pytorch(local: str, ref: ModelRef, task: str, identity: dict) -> ModelUnderAudit:
+def _load_pytorch(local: str, ref: ModelRef, task: str, identity: dict, device: str = "cpu") -> ModelUnderAudit:
     """A PyTorch classifier, loaded natively (gradients, layers, dropout) and wrapped as a scikit-learn one.
 
     Its classes and input shape come from the model's metadata (``auditlens``: ``classes``, ``input_shape``, as
@@ -191,19 +191,24 @@ def _load_pytorch(local: str, ref: ModelRef, task: str, identity: dict) -> Model
         raise ModelLoadError(f"{ref.label} does not say what input shape it takes",
                              "log it with an input_example (a numpy array N x C x H x W), or with "
                              "metadata={'auditlens': {'input_shape': [C, H, W], 'classes': [...]}}")
+    torch = __import__("torch")
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ModelLoadError(f"model.device is {device!r}, but this machine has no CUDA device",
+                             "set model.device to 'cpu' or 'auto'")
     module = mlflow.pytorch.load_model(local, map_location="cpu")
     classes = meta.get("classes")
     if classes is None:
-        torch = __import__("torch")
         with torch.no_grad():
             width = module(torch.zeros((2, *shape), dtype=torch.float32)).shape[-1]
         classes = list(range(int(width)))
-    estimator = TorchClassifier.from_trained(module, classes, tuple(shape))
+    estimator = TorchClassifier.from_trained(module, classes, tuple(shape), device=device)
     return ModelUnderAudit(task="classification", predict=estimator.predict, predict_proba=estimator.predict_proba,
                            classes=tuple(np.asarray(classes).tolist()), estimator=estimator, flavor="pytorch", **identity)
 
 
-def load_baseline(ref: ModelRef, alias: str | None, client, task: str = "auto") -> tuple[ModelUnderAudit | None, str]:
+def load_baseline(ref: ModelRef, alias: str | None, client, task: str = "auto", device: str = "cpu") -> tuple[ModelUnderAudit | None, str]:
     """The version behind ``alias`` of the audited model, when it is another version; else None and why."""
     from mlflow.exceptions import MlflowException
 
@@ -220,6 +225,6 @@ def load_baseline(ref: ModelRef, alias: str | None, client, task: str = "auto") 
     baseline = ModelRef(f"models:/{ref.name}@{alias}", f"models:/{ref.name}/{mv.version}", ref.name, str(mv.version), alias,
                         mv.run_id, _logged_model_id(mv, client), mv.source)
     try:
-        return load_model(baseline, client, task), ""
+        return load_model(baseline, client, task, device), ""
     except ModelLoadError as exc:
         return None, f"the @{alias} version {mv.version} could not be loaded: {exc.problem}"

@@ -59,6 +59,8 @@ class Sampling(StrictModel):
 class ModelOptions(StrictModel):
     task: Literal["auto", "classification", "regression"] = "auto"  # 'auto' needs a native sklearn model
     baseline_alias: str | None = "champion"  # the deployed version to compare with (explanation drift); null: none
+    # where a PyTorch network runs: cpu (default: reproducible to the bit), cuda, cuda:N, or auto (cuda when present)
+    device: str = Field("cpu", pattern=r"^(cpu|auto|cuda(:\d+)?)$")
 
 
 class MlflowSettings(StrictModel):
