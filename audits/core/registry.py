@@ -36,6 +36,8 @@ BUILTIN_AUDITS: dict[str, str] = {
     # networks, images and text (torch and captum are imported only when these run)
     "text_explanations": "audits.deep.text_explanations:TextExplanationAudit",
     "network_sanity": "audits.deep.network_sanity:NetworkSanityAudit",
+    "network_attributions": "audits.deep.attribution_audit:NetworkAttributionAudit",
+    "occlusion": "audits.deep.occlusion:OcclusionAudit",
 }
 
 
