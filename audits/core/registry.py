@@ -38,6 +38,10 @@ BUILTIN_AUDITS: dict[str, str] = {
     "network_sanity": "audits.deep.network_sanity:NetworkSanityAudit",
     "network_attributions": "audits.deep.attribution_audit:NetworkAttributionAudit",
     "occlusion": "audits.deep.occlusion:OcclusionAudit",
+    "mc_dropout": "audits.deep.mc_dropout:MCDropoutAudit",
+    "autoencoder_ood": "audits.deep.autoencoder_ood:AutoencoderOODAudit",
+    "embedding_projections": "audits.deep.embedding_projections:EmbeddingProjectionsAudit",
+    "embedding_prototypes": "audits.deep.embedding_prototypes:EmbeddingPrototypesAudit",
 }
 
 
