@@ -91,19 +91,22 @@ def shap_deep_vs_kernel(context, rows: int, seed: int) -> dict:
             "pearson_deep_vs_kernel": round(correlation, 4)}  # fmt: skip
 
 
-def network_audit(context) -> dict:
+def network_audit(context, plan: list[str]) -> dict:
     from audits.core.plan import PlannedAudit
     from audits.core.registry import get_audit_class
     from audits.core.runner import run_planned
 
-    timings, verdicts = {}, {}
-    for name in NETWORK_PLAN:
+    timings, verdicts, reasons = {}, {}, {}
+    for name in plan:
         cls = get_audit_class(name)
         began = time.perf_counter()
         result = run_planned(PlannedAudit(name, cls(), cls.default_thresholds), context)
         timings[name] = round(time.perf_counter() - began, 3)
         verdicts[name] = result.verdict.value
-    return {"seconds": timings, "total_s": round(sum(timings.values()), 2), "verdicts": verdicts}
+        reasons[name] = result.reason[:300]
+        if result.verdict.value == "ERROR":
+            print(result.info.get("traceback", result.reason)[-2500:])
+    return {"seconds": timings, "total_s": round(sum(timings.values()), 2), "verdicts": verdicts, "reasons": reasons}
 
 
 def main() -> None:
@@ -112,6 +115,7 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=20)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--skip-audits", action="store_true")
+    parser.add_argument("--audits", default=",".join(NETWORK_PLAN), help="comma-separated audits (default: the demo's network plan)")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
 
@@ -127,7 +131,7 @@ def main() -> None:
           f"ratio {s['ratio_deep_to_kernel']:.3f}; agreement r = {s['pearson_deep_vs_kernel']:.3f}; additivity "
           f"deep {s['additivity_max_error_deep']:.1e}, kernel {s['additivity_max_error_kernel']:.1e}")  # fmt: skip
     if not args.skip_audits:
-        report["network_audit"] = network_audit(context)
+        report["network_audit"] = network_audit(context, args.audits.split(","))
         for name, seconds in report["network_audit"]["seconds"].items():
             print(f"  {name:22s} {seconds:7.2f} s  {report['network_audit']['verdicts'][name]}")
         print(f"whole network audit on {args.device}: {report['network_audit']['total_s']:.1f} s "

@@ -147,6 +147,8 @@ def shap_values(module: Any, x: np.ndarray, background: np.ndarray, *, top: int 
 
     def unpack(out):
         values, classes = out if top is not None else (out, every)
+        if hasattr(classes, "cpu"):  # ranked_outputs come back as a tensor on the network's device
+            classes = classes.cpu().numpy()
         return np.asarray(values, dtype=float), np.asarray(classes, dtype=np.int64)
 
     with warnings.catch_warnings():

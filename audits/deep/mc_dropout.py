@@ -21,6 +21,7 @@ state is left as it was. Two threads running MC dropout at once on the same proc
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 import numpy as np
@@ -67,6 +68,7 @@ def mc_dropout_probabilities(module, images: np.ndarray, passes: int, seed: int)
     """
     import torch
 
+    module = copy.deepcopy(module)  # dropout switched on in a private copy: other audits share the network concurrently
     layers = dropout_layers(module)
     if not layers:
         raise ValueError("the network has no dropout module: MC dropout would repeat one deterministic answer")

@@ -147,15 +147,24 @@ class TorchClassifier(ClassifierMixin, BaseEstimator):
         return linears[-1]
 
     def embed(self, X: Any) -> np.ndarray:
-        """The penultimate-layer embedding (the input of the last linear layer), ``(N, d)``."""
+        """The penultimate-layer embedding (the input of the last linear layer), ``(N, d)``.
+
+        The hook goes on a private copy of the network: audits run concurrently in threads, and a hook on the
+        shared module would also catch the other audits' forward passes."""
         torch = require_torch()
+        net = copy.deepcopy(self.network())
+        linears = [m for m in net.modules() if isinstance(m, torch.nn.Linear)]
+        if not linears:
+            raise ValueError("the network has no nn.Linear layer, so it has no penultimate-layer embedding")
         captured: list = []
-        handle = self.embedding_layer().register_forward_pre_hook(lambda _m, args: captured.append(args[0].detach().cpu()))
-        try:
-            self.logits(X)
-        finally:
-            handle.remove()
-        return torch.cat(captured).reshape(len(as_array(X)), -1).numpy().astype(float)
+        linears[-1].register_forward_pre_hook(lambda _m, args: captured.append(args[0].detach().cpu()))
+        x = self.as_tensor(X)
+        with torch.no_grad():
+            for i in range(0, len(x), 2048):
+                net(module_tensor(net, x[i:i + 2048]))
+        if not captured:
+            return np.zeros((0, 0))
+        return torch.cat(captured).reshape(len(x), -1).numpy().astype(float)
 
     # --- training ------------------------------------------------------------------------------
     def fit(self, X: Any, y: Any) -> TorchClassifier:

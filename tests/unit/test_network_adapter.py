@@ -35,3 +35,23 @@ def test_text_context_reads_one_raw_text_column(text_context):
     assert accuracy_score(text_context.current.y, text_context.current.predictions.labels) > 0.95
     with pytest.raises(ValueError, match="modality 'image'"):
         text_context.images(text_context.current)
+
+
+def test_audits_share_the_network_safely_across_threads(image_context):
+    """Prefect runs audits concurrently in threads on one network: embeddings, MC dropout and plain predictions
+    at the same time must each give what they give alone (a hook or a dropout switch on the shared module would not)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from audits.deep.mc_dropout import mc_dropout_probabilities
+
+    model = image_context.model.estimator
+    X = image_context.current.X
+    images = image_context.images(image_context.current)
+    alone = (model.embed(X), model.predict_proba(X), mc_dropout_probabilities(model.network(), images, 5, seed=1))
+    with ThreadPoolExecutor(6) as pool:
+        futures = [future for _ in range(2) for future in (
+            pool.submit(model.embed, X), pool.submit(model.predict_proba, X),
+            pool.submit(mc_dropout_probabilities, model.network(), images, 5, 1))]
+        results = [f.result() for f in futures]
+    for i, result in enumerate(results):
+        np.testing.assert_array_equal(result, alone[i % 3])
