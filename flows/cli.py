@@ -144,7 +144,8 @@ def demo(config: Path = typer.Option(Path("config/demo.yaml"), "--config", "-c",
         _print_summary(summary)
     console.print("\n[bold]Every audit is recorded in MLflow.[/] Open the UI to compare the versions side by side:")
     console.print(f"  {ui_hint(result['tracking_uri'])}", soft_wrap=True, highlight=False)
-    console.print("  (or: make ui)  Experiments 'auditlens/demo-classifier' and 'auditlens/demo-regressor' hold the audits;"
+    experiments = ", ".join(dict.fromkeys(f"'{s['experiment']}'" for s in result["audits"] if s.get("experiment")))
+    console.print(f"  (or: make ui)  Experiments {experiments or 'auditlens/<model>'} hold the audits;"
                   " the Models page shows each version's audit.status and audit.verdict tags.", soft_wrap=True)
     workdir = Path(result["tracking_uri"].removeprefix("sqlite:///")).parent
     if result["audits"]:

@@ -11,7 +11,7 @@ from pathlib import Path
 from tasks.adapters.mlflow_sink import redact
 
 PACKAGES = ("auditlens", "mlflow", "prefect", "great-expectations", "shap", "lime", "scikit-learn",
-            "pandas", "numpy", "scipy", "matplotlib", "pydantic")  # fmt: skip
+            "pandas", "numpy", "scipy", "matplotlib", "pydantic", "torch", "captum")  # fmt: skip
 
 
 @cache
@@ -62,6 +62,11 @@ def input_params(inputs) -> dict[str, str]:
         for role, fp in inputs.fingerprints.items()
         for key, value in fp.items()
     }
+    context = inputs.context
+    params["model.flavor"] = context.model.flavor
+    params["data.modality"] = context.modality
+    if context.input_shape is not None:
+        params["data.input_shape"] = "x".join(map(str, context.input_shape))
     baseline = inputs.context.baseline
     params["baseline.model"] = baseline.uri if baseline is not None else f"none: {inputs.context.baseline_note}"
     return params

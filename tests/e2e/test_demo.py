@@ -40,7 +40,7 @@ def shap_info(client, run_id):
 def test_demo_prints_verdicts_and_the_ui_command(demo):
     folder, output, tracking_uri = demo
     assert f"mlflow ui --backend-store-uri {tracking_uri} --host 127.0.0.1 --port 5000" in output
-    for label in ("demo-classifier v1", "demo-classifier v2", "demo-regressor v1"):
+    for label in ("demo-classifier v1", "demo-classifier v2", "demo-regressor v1", "demo-digits v1", "demo-adverts v1"):
         assert f"Audit of {label}" in output
     assert (folder / ".auditlens-demo" / "demo-classifier.audit.yaml").is_file()
 
@@ -49,7 +49,8 @@ def test_each_demo_model_gets_the_right_explainer(demo):
     _, _, tracking_uri = demo
     client = make_client(tracking_uri)
     runs = {r.info.run_name: r for r in runs_with_status(client, "FINISHED") if r.info.run_name.startswith("audit ")}
-    assert set(runs) == {"audit demo-classifier v1", "audit demo-classifier v2", "audit demo-regressor v1"}
+    assert set(runs) == {"audit demo-classifier v1", "audit demo-classifier v2", "audit demo-regressor v1",
+                         "audit demo-digits v1", "audit demo-adverts v1"}
     expected = {
         "audit demo-classifier v1": ("linear", "LogisticRegression", "log-odds"),
         "audit demo-classifier v2": ("tree", "GradientBoostingClassifier", "log-odds"),
@@ -89,3 +90,33 @@ def test_the_planted_faults_are_found_and_the_random_column_does_not_matter(demo
     tags = client.get_model_version("demo-classifier", "2").tags
     assert tags["audit.status"] == "done" and tags["audit.verdict"] == v2.data.tags["audit.verdict"]
     assert runs_with_status(client, "RUNNING") == []
+
+
+def test_the_network_and_the_text_model_are_audited_with_every_part(demo):
+    """demo-digits (a CNN; a quarter of the current digits inverted or noise) and demo-adverts (TF-IDF text)."""
+    _, _, tracking_uri = demo
+    client = make_client(tracking_uri)
+    runs = {r.info.run_name: r for r in runs_with_status(client, "FINISHED")}
+    digits, adverts = runs["audit demo-digits v1"], runs["audit demo-adverts v1"]
+    version = client.get_model_version("demo-digits", "1")
+    assert (digits.data.params["model.flavor"], digits.data.params["data.modality"], digits.data.params["data.input_shape"]) == \
+        ("pytorch", "image", "1x8x8")
+    assert adverts.data.params["data.modality"] == "text" and digits.data.params["pkg.torch"].startswith("2.13.0")
+    network_parts = ("network_attributions", "occlusion", "network_sanity", "mc_dropout", "autoencoder_ood",
+                     "embedding_projections", "embedding_prototypes", "calibration", "conformal", "ood")
+    verdicts = {p: digits.data.tags[f"audit.{p}.verdict"] for p in network_parts}
+    assert set(verdicts.values()) <= {"PASS", "WARN", "FAIL"}, verdicts  # every part ran: no ERROR, no SKIPPED
+    m = digits.data.metrics
+    assert m["network_attributions.shap.additivity_max_error"] < 1e-3
+    # an overconfident network (sure of inverted and noise digits): temperature scaling lowers its ECE
+    assert m["calibration.recalibrated.temperature.ece"] < m["calibration.recalibrated.none.ece"] - 0.03
+    # the planted unfamiliar digits (25 % of current rows) are found by the network's own uncertainty tools
+    assert m["autoencoder_ood.flagged_share"] > 0.2 and m["mc_dropout.max_excess_z"] > 3
+    assert m["network_sanity.gradients.passes"] == 1 and m["network_sanity.smoothgrad.passes"] == 1
+    assert version.tags["audit.status"] == "done" and version.tags["audit.verdict"] == digits.data.tags["audit.verdict"]
+    assert adverts.data.tags["audit.text_explanations.verdict"] == "PASS"
+    assert adverts.data.metrics["text_explanations.agreement.top1_match"] == 1.0
+    highlighted = Path(client.download_artifacts(adverts.info.run_id, "text_explanations", tempfile.mkdtemp()))
+    assert any(p.suffix == ".html" for p in highlighted.iterdir())
+    report = Path(client.download_artifacts(adverts.info.run_id, "audit_report.html", tempfile.mkdtemp())).read_text()
+    assert "background" in report and "text_explanations" in report  # the highlighted words are in the report itself
