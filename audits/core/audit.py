@@ -35,8 +35,9 @@ class Requirements:
             return f"made for {' or '.join(self.modalities)} inputs; this audit's data is {context.modality}"
         if context.task not in self.tasks:
             return f"applies to {' or '.join(self.tasks)} models; this one is a {context.task} model"
-        if self.network and context.model.flavor != "pytorch":
-            return f"explains a PyTorch network through its layers; {context.model.label} is a {context.model.flavor} model"
+        if self.network and not hasattr(context.model.estimator, "network"):
+            return (f"explains a network through its layers (PyTorch, or scikit-learn's MLPClassifier on images); "
+                    f"{context.model.label} is a {context.model.flavor} model")
         if self.estimator and context.model.estimator is None:
             return f"needs a native scikit-learn model; {context.model.label} loads only as {context.model.flavor}"
         if self.probabilities and context.task == "classification" and context.model.predict_proba is None:

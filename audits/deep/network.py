@@ -195,3 +195,69 @@ class TorchClassifier(ClassifierMixin, BaseEstimator):
         tags = super().__sklearn_tags__()
         tags.input_tags.allow_nan = False
         return tags
+
+
+# --- scikit-learn's MLPClassifier as a network ----------------------------------------------------
+def is_sklearn_mlp(estimator: Any) -> bool:
+    """An ``MLPClassifier``, alone or after ``StandardScaler`` steps in a ``Pipeline``."""
+    from sklearn.neural_network import MLPClassifier
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    if isinstance(estimator, Pipeline):
+        *before, last = [step for _, step in estimator.steps if step not in (None, "passthrough")]
+        return isinstance(last, MLPClassifier) and all(isinstance(s, StandardScaler) for s in before)
+    return isinstance(estimator, MLPClassifier)
+
+
+def mlp_module(estimator: Any):
+    """The same function as a fitted ``MLPClassifier`` (and its ``StandardScaler`` steps, folded into the first
+    layer) as a torch ``nn.Sequential`` returning logits: softmax of them equals scikit-learn's predict_proba
+    (a binary MLP's single logistic output z becomes the logits (0, z))."""
+    torch = require_torch()
+    from sklearn.pipeline import Pipeline
+
+    steps = [s for _, s in estimator.steps if s not in (None, "passthrough")] if isinstance(estimator, Pipeline) else [estimator]
+    *scalers, mlp = steps
+    activations = {"relu": torch.nn.ReLU, "tanh": torch.nn.Tanh, "logistic": torch.nn.Sigmoid, "identity": torch.nn.Identity}
+    weights = [np.asarray(w, dtype=np.float64) for w in mlp.coefs_]
+    biases = [np.asarray(b, dtype=np.float64) for b in mlp.intercepts_]
+    for scaler in scalers:  # x' = (x - mean) / scale  ->  W' = W / scale, b' = b - (mean / scale) W
+        mean = np.asarray(scaler.mean_ if scaler.with_mean else np.zeros(weights[0].shape[0]), dtype=np.float64)
+        scale = np.asarray(scaler.scale_ if scaler.with_std else np.ones(weights[0].shape[0]), dtype=np.float64)
+        biases[0] = biases[0] - (mean / scale) @ weights[0]
+        weights[0] = weights[0] / scale[:, None]
+    layers: list = [torch.nn.Flatten()]
+    for i, (w, b) in enumerate(zip(weights, biases, strict=True)):
+        linear = torch.nn.Linear(w.shape[0], w.shape[1])
+        with torch.no_grad():
+            linear.weight.copy_(torch.from_numpy(w.T.astype(np.float32)))
+            linear.bias.copy_(torch.from_numpy(b.astype(np.float32)))
+        layers.append(linear)
+        if i < len(weights) - 1:
+            layers.append(activations[mlp.activation]())
+    if mlp.out_activation_ == "logistic" and weights[-1].shape[1] == 1:
+        layers.append(_BinaryLogits())
+    return torch.nn.Sequential(*layers).eval()
+
+
+def _binary_logits_module():
+    torch = require_torch()
+
+    class BinaryLogits(torch.nn.Module):
+        """z -> (0, z): softmax gives (1 - sigmoid(z), sigmoid(z)), scikit-learn's binary probabilities."""
+
+        def forward(self, z):
+            return torch.cat([torch.zeros_like(z), z], dim=1)
+
+    return BinaryLogits
+
+
+def _BinaryLogits():  # noqa: N802 - builds the module class lazily (torch is optional)
+    return _binary_logits_module()()
+
+
+def network_from_sklearn_mlp(estimator: Any, input_shape: Sequence[int]) -> TorchClassifier:
+    """A fitted MLPClassifier (or StandardScaler + MLPClassifier Pipeline) as a TorchClassifier with the same
+    predictions, so the network audits (gradients, occlusion, embeddings) apply to it."""
+    return TorchClassifier.from_trained(mlp_module(estimator), estimator.classes_, tuple(input_shape))

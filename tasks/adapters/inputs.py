@@ -23,6 +23,23 @@ def _model_features(model: ModelUnderAudit) -> list[str] | None:
     return [str(n) for n in names] if names is not None else None
 
 
+def _as_network(model: ModelUnderAudit, input_shape: tuple[int, ...]) -> ModelUnderAudit:
+    """scikit-learn's MLPClassifier on images, seen as the network it is (same predictions to float32 precision), so
+    the network audits (gradients, occlusion, embeddings, sanity checks) apply; anything else unchanged."""
+    from dataclasses import replace
+
+    from audits.deep.network import is_sklearn_mlp, network_from_sklearn_mlp
+
+    if not is_sklearn_mlp(model.estimator):
+        return model
+    try:
+        network = network_from_sklearn_mlp(model.estimator, input_shape)
+    except ImportError:  # no torch (the 'deep' extra): the network audits say SKIPPED, the others run
+        return model
+    return replace(model, predict=network.predict, predict_proba=network.predict_proba, estimator=network,
+                   flavor="sklearn-mlp")
+
+
 def preflight_data(loaded: LoadedSettings) -> None:
     """Cheap checks (files exist, headers have the columns) before any run is opened."""
     data = loaded.settings.data
@@ -54,6 +71,8 @@ def assemble(ref: ModelRef, loaded: LoadedSettings, client) -> AuditInputs:
         if expected is not None and tuple(expected) != input_shape:
             raise DataError(f"{ref.label} takes images of shape {tuple(expected)} (C, H, W); the data has {input_shape}",
                             "point data.reference and data.current at images of the model's shape")
+    if modality == "image" and model.estimator is not None and not hasattr(model.estimator, "network"):
+        model = _as_network(model, input_shape)
     if modality == "text" and len(features) != 1:
         raise DataError(f"a text audit reads one column of raw text; the features are {features[:20]}",
                         "name the text column alone under data.features")

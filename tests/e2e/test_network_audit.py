@@ -110,3 +110,33 @@ def test_a_text_pipeline_is_audited_on_its_raw_text_column(tmp_path):
     assert run.data.tags["audit.text_explanations.verdict"] in {"PASS", "WARN"}
     assert run.data.metrics["text_explanations.agreement.top1_match"] == 1.0  # planted words: both methods agree
     assert run.data.tags["audit.drift.verdict"] == "SKIPPED"
+
+
+def test_an_sklearn_mlp_on_images_gets_the_network_audits(image_world):
+    """scikit-learn's MLPClassifier, logged as a scikit-learn model, trained on the pixel columns as auditlens
+    reads them: audited as the network it is (gradients, occlusion, embeddings), with sklearn's own predictions."""
+    import warnings
+
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.neural_network import MLPClassifier
+
+    folder, uri, _, _, X, y = image_world
+    frame = read_table(folder / "reference.npz")
+    pixels = frame.drop(columns="label")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        mlp = MLPClassifier((32,), max_iter=200, random_state=0).fit(pixels, frame["label"])
+    version = MlflowSink(uri).register_sklearn_model(mlp, name="digits-mlp", experiment="e2e/training",
+                                                     input_example=pixels.head(2), params={})  # fmt: skip
+    config = write(folder, "mlp.yaml", [{"audit": "performance"}, {"audit": "network_attributions", "config": {"rows": 8}},
+                                        {"audit": "occlusion", "config": {"rows": 8}}, {"audit": "embedding_projections"}],
+                   {"reference": "reference.npz", "current": "current.npz", "target": "label", "modality": "image"}, uri)
+    summary = audit_model(model_uri=f"models:/digits-mlp/{version}", config_path=str(config), tracking_uri=uri)
+    run = make_client(uri).get_run(summary["run_id"])
+    current = read_table(folder / "current.npz")
+    expected = skm.accuracy_score(current["label"], mlp.predict(current.drop(columns="label")))
+    assert run.data.metrics["performance.current.accuracy"] == pytest.approx(expected, abs=1e-12)
+    assert run.data.params["model.flavor"] == "sklearn-mlp"
+    for part in ("network_attributions", "occlusion", "embedding_projections"):
+        assert run.data.tags[f"audit.{part}.verdict"] in {"PASS", "WARN"}, (part, run.data.tags.get(f"audit.{part}.verdict"))
+    assert run.data.metrics["network_attributions.shap.additivity_max_error"] < 1e-3

@@ -55,3 +55,34 @@ def test_audits_share_the_network_safely_across_threads(image_context):
         results = [f.result() for f in futures]
     for i, result in enumerate(results):
         np.testing.assert_array_equal(result, alone[i % 3])
+
+
+@pytest.mark.parametrize("kind", ["relu", "scaled_tanh", "binary"])
+def test_an_sklearn_mlp_becomes_the_same_network(kind):
+    """scikit-learn's MLPClassifier as a torch network: the same probabilities as its own predict_proba (the
+    reference), so gradients and embeddings of the network are those of the MLP."""
+    import warnings
+
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.neural_network import MLPClassifier
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from audits.deep.network import is_sklearn_mlp, network_from_sklearn_mlp
+    from audits.deep.synthetic import digits
+
+    X, y = digits()
+    flat = X.reshape(len(X), -1)
+    estimator, labels = {
+        "relu": (MLPClassifier((32,), max_iter=150, random_state=0), y),
+        "scaled_tanh": (make_pipeline(StandardScaler(), MLPClassifier((32, 16), activation="tanh", max_iter=150, random_state=0)), y),
+        "binary": (MLPClassifier((8,), max_iter=150, random_state=0), np.where(y > 4, "high", "low")),
+    }[kind]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        estimator.fit(flat[:1000], labels[:1000])
+    assert is_sklearn_mlp(estimator)
+    network = network_from_sklearn_mlp(estimator, (1, 8, 8))
+    np.testing.assert_allclose(network.predict_proba(flat[1000:]), estimator.predict_proba(flat[1000:]), atol=2e-6)
+    np.testing.assert_array_equal(network.predict(flat[1000:]), estimator.predict(flat[1000:]))
+    assert network.embed(flat[1000:1010]).shape[1] == (8 if kind == "binary" else 32 if kind == "relu" else 16)
