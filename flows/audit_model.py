@@ -9,6 +9,7 @@ from prefect.runtime import flow_run
 
 from tasks.audit_tasks import fail_audit_run, load_config, load_inputs, open_audit_run, record_audit, resolve, run_one
 from tasks.adapters.deployments import resolve_pattern
+from tasks.adapters.errors import TrackingServerError
 from tasks.adapters.mlflow_sink import redact
 from tasks.adapters.tracking import quiet_environment
 from tasks.logs import quiet_user_errors
@@ -40,7 +41,12 @@ def audit_model(model_uri: str, config_path: str, tracking_uri: str | None = Non
             logger.info("%-14s %-7s %.1fs  %s", result.audit, result.verdict.value, result.duration_s, result.reason[:160])
         summary = record_audit(run, ref, loaded, inputs, results)
     except BaseException as exc:
-        fail_audit_run(run, f"{type(exc).__name__}: {exc}")
+        server_down = isinstance(exc, TrackingServerError)
+        try:
+            fail_audit_run(run, f"{type(exc).__name__}: {exc}", server_down)
+        except TrackingServerError:
+            if not server_down:
+                raise
         raise
     logger.info("Verdict for %s: %s (MLflow run %s)", ref.label, summary["verdict"], run.run_id)
     return summary

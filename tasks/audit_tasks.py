@@ -136,6 +136,8 @@ def _dataset_inputs(inputs: AuditInputs) -> list[dict]:
 
 
 @task(name="fail-audit-run", **{**MLFLOW_IO, "retry_condition_fn": None})
-def fail_audit_run(run: AuditRun, reason: str) -> None:
-    MlflowSink(run.tracking_uri, run.outage_timeout_s).fail(run, reason)
+def fail_audit_run(run: AuditRun, reason: str, server_down: bool = False) -> None:
+    """End the run FAILED. ``server_down``: the audit already waited out ``outage_timeout_s`` for this server, so
+    try once, without waiting again (the watcher settles the run once the server answers)."""
+    MlflowSink(run.tracking_uri, 0 if server_down else run.outage_timeout_s).fail(run, reason)
 

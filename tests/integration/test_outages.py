@@ -159,7 +159,7 @@ def test_outage_beyond_the_bound_fails_clearly_and_the_watcher_settles_it(server
     message = str(raised.value)
     assert server.url in message and f"unreachable for {bound} s" in message
     assert "fix:" in message and "bring the server back" in message and "outage_timeout_s" in message
-    assert bound <= failed_after < 90
+    assert bound <= failed_after < bound + 25  # the wait is bounded once: failing the run does not wait again
     assert not server.running  # the flow ended while the server was still away
 
     server.start()
