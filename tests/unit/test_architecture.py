@@ -114,3 +114,18 @@ def test_flow_files_are_not_named_like_libraries():
     installed = {name for dist in distributions() for name in _top_level_names(dist)}
     clashing = sorted(p.stem for p in (ROOT / "flows").glob("*.py") if p.stem in installed)
     assert clashing == []
+
+
+def test_audits_load_without_torch():
+    """torch is the optional 'deep' extra: every built-in audit (network audits included) imports, and a plan
+    validates, without importing torch, captum or shap; only running a network audit needs them."""
+    import subprocess
+    import sys
+
+    code = ("import sys\n"
+            "from audits.core.registry import BUILTIN_AUDITS, get_audit_class\n"
+            "for name in BUILTIN_AUDITS: get_audit_class(name)\n"
+            "import tasks.adapters.inputs, tasks.adapters.models, tasks.adapters.demo\n"
+            "print(sorted(m for m in ('torch', 'captum', 'shap', 'skimage') if m in sys.modules))")  # fmt: skip
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr
