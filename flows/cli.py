@@ -218,8 +218,10 @@ def serve(
         _fail(exc)
     from prefect import serve as prefect_serve
 
-    from flows.serve_audits import build_deployments
+    from flows.serve_audits import build_deployments, release_orphaned_watcher_slot
 
+    if release_orphaned_watcher_slot(dead_after_s=max(300, 10 * loaded.settings.watcher.interval_seconds)):
+        console.print("Freed the watcher's concurrency slot, held by a run that died with an earlier server")
     if receiver is not None:
         console.print(f"Receiving MLflow webhooks on http://{loaded.settings.webhook.host}:{receiver.port}{loaded.settings.webhook.path}")
     try:
@@ -337,7 +339,7 @@ def up(
 @app.command("register-version")
 def register_version(
     model: str = typer.Option("demo-classifier", "--model", "-m", help="a model of the demo configuration"),
-    estimator: str = typer.Option("gradient_boosting", help="logistic_regression, gradient_boosting or random_forest"),
+    estimator: str = typer.Option("gradient_boosting", help="logistic_regression, gradient_boosting, random_forest, cnn (demo-digits) or tfidf_logistic (demo-adverts)"),
     config: Path = typer.Option(Path("config/demo.yaml"), "--config", "-c"),
     tracking_uri: str = typer.Option("http://127.0.0.1:5000", help="where to register (the server `make up` runs)"),
 ) -> None:

@@ -100,3 +100,48 @@ def render_prefect_yaml(loaded: LoadedDeployments, root: Path) -> str:
         f"# prefect worker start --pool {WORK_POOL}   (with AUDITLENS_HOME=<this folder>, MLFLOW_TRACKING_URI set)\n"
     )
     return header + yaml.safe_dump(document, sort_keys=False)
+
+
+def release_orphaned_watcher_slot(deployment_name: str = "watch-registry/watch-registry", dead_after_s: float = 300) -> bool:
+    """Free the watcher deployment's concurrency slot from runs that died with an earlier server or runner;
+    True if something was freed. Called when ``auditlens serve`` starts.
+
+    The watcher allows one run at a time, and a watcher pass takes seconds. A run still PENDING or RUNNING
+    ``dead_after_s`` after it started lost its process (a killed ``auditlens up``, a restarted machine): it is
+    marked Crashed, which returns its slot. A slot counted with no live run left (Prefect keeps deployment
+    concurrency leases in memory unless told otherwise; ``auditlens up`` and docker/ keep them on disk) is reset.
+    Without this, every later watcher run would wait for the slot forever."""
+    from datetime import datetime, timedelta, timezone
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitUpdate
+    from prefect.client.schemas.filters import DeploymentFilter, FlowRunFilter, FlowRunFilterState, FlowRunFilterStateType
+    from prefect.client.schemas.objects import StateType
+    from prefect.exceptions import ObjectNotFound
+    from prefect.states import Crashed
+
+    with get_client(sync_client=True) as client:
+        try:
+            deployment = client.read_deployment_by_name(deployment_name)
+        except ObjectNotFound:
+            return False  # first start: nothing to reconcile
+        in_flight = client.read_flow_runs(
+            deployment_filter=DeploymentFilter(id={"any_": [deployment.id]}),
+            flow_run_filter=FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(
+                any_=[StateType.PENDING, StateType.RUNNING, StateType.CANCELLING]))),
+            limit=50,
+        )  # fmt: skip
+        cutoff = datetime.now(timezone.utc) - timedelta(seconds=dead_after_s)
+        freed = False
+        for run in in_flight:
+            began = run.start_time or run.expected_start_time
+            if began is not None and began < cutoff:
+                client.set_flow_run_state(run.id, Crashed(message=f"watcher run still {run.state_type.value} "
+                                                                  f"{dead_after_s:g} s after it began: its process died"), force=True)
+                freed = True
+        alive = [r for r in in_flight if not ((r.start_time or r.expected_start_time) and (r.start_time or r.expected_start_time) < cutoff)]
+        limit = client.read_deployment(deployment.id).global_concurrency_limit
+        if limit is not None and limit.active_slots > len(alive):
+            client.update_global_concurrency_limit(limit.name, GlobalConcurrencyLimitUpdate(active_slots=len(alive)))
+            freed = True
+        return freed

@@ -155,6 +155,8 @@ def job_adverts(seed: int, share: float) -> DemoData:
 
 DATASETS: dict[str, Callable[[int, float], DemoData]] = {"breast_cancer": breast_cancer, "diabetes": diabetes,
                                                          "digits": digits, "job_adverts": job_adverts}
+ESTIMATORS = {"breast_cancer": ("logistic_regression", "gradient_boosting"), "diabetes": ("random_forest",),
+              "digits": ("cnn",), "job_adverts": ("tfidf_logistic",)}
 TARGETS = {"breast_cancer": "diagnosis", "diabetes": "progression", "digits": "label", "job_adverts": "salary"}
 
 
@@ -237,6 +239,9 @@ def register_new_version(settings: DemoSettings, model_name: str, kind: str, tra
     spec = next((m for m in settings.models if m.name == model_name), None)
     if spec is None:
         raise ConfigError(f"no demo model {model_name!r}", f"use one of {[m.name for m in settings.models]}")
+    kinds = ESTIMATORS[spec.dataset]
+    if kind not in kinds:
+        raise ConfigError(f"{model_name} ({spec.dataset}) cannot be trained as {kind!r}", f"use --estimator {' or '.join(kinds)}")
     reference = _data_file(Path(settings.workdir).resolve(), spec.dataset, "reference")
     if not reference.is_file():
         raise ConfigError(f"no demo data at {reference}", "run `make demo` first")

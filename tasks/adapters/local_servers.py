@@ -71,6 +71,9 @@ class LocalStack:
             "MLFLOW_DISABLE_TELEMETRY": "true",
             "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
             "PREFECT_HOME": str(self.state / "prefect"),
+            # deployment concurrency leases on disk (in PREFECT_HOME), not in memory: a restarted server then
+            # finds a dead run's lease, lets it expire and frees the watcher's slot
+            "PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE": "prefect.server.concurrency.lease_storage.filesystem",
             # a local receiver: MLflow only delivers to https and public addresses unless told otherwise
             "MLFLOW_WEBHOOK_ALLOWED_SCHEMES": "http,https",
             "MLFLOW_WEBHOOK_ALLOW_PRIVATE_IPS": "true",

@@ -91,4 +91,5 @@ def test_prefect_yaml_is_rendered_from_the_deployments_configuration():
     rendered = render_prefect_yaml(load_deployments(ROOT / "config" / "deployments.yaml", check_files=False), ROOT)
     assert (ROOT / "prefect.yaml").read_text() == rendered, "run `auditlens deployments render` and commit prefect.yaml"
     names = [d["name"] for d in __import__("yaml").safe_load(rendered)["deployments"]]
-    assert names == ["audit-model", "scheduled-demo-classifier", "scheduled-demo-regressor", "watch-registry"]
+    assert names == ["audit-model", "scheduled-demo-classifier", "scheduled-demo-regressor", "scheduled-demo-digits",
+                     "scheduled-demo-adverts", "watch-registry"]
