@@ -216,7 +216,7 @@ def _gallery(images: np.ndarray, names: list[str], groups: np.ndarray, labels: l
             else:
                 ax.set_axis_off()
         axes[i, 0].set_ylabel(f"class {g}", fontsize=8)
-    fig.suptitle("Prototypes (MMD-critic on the network's embeddings), one row per predicted class")
+    fig.suptitle(_fit_title("Prototypes (MMD-critic on the network's embeddings), one row per predicted class", fig))
     return Artifact.figure("prototypes", fig, "Prototype images per predicted class, with prediction / label")
 
 
@@ -242,5 +242,12 @@ def _explained(context: AuditContext, shown: np.ndarray, weights: np.ndarray, su
     if not len(shown):
         for ax in axes.ravel():
             ax.set_axis_off()
-    fig.suptitle("Current rows (left) and the prototypes they attend to most")
+    fig.suptitle(_fit_title("Current rows (left) and the prototypes they attend to most", fig))
     return Artifact.figure("explained_rows", fig, "Informative current rows with their top-attended prototypes and attention weights")
+
+
+def _fit_title(text: str, fig) -> str:
+    """``text`` wrapped to the figure's width (a narrow gallery would clip a one-line title)."""
+    import textwrap
+
+    return textwrap.fill(text, width=max(20, int(fig.get_figwidth() * 9)))
