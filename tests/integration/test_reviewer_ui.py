@@ -13,19 +13,16 @@ from __future__ import annotations
 
 import base64
 import os
-import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
 from flows.audit_model import audit_model
 from tasks.adapters.tracking import make_client
-from tests.helpers import build_world, wait_for, write_config
+from tests.helpers import build_world, write_config
 from tests.integration.browser import (
     Screenshots,
     chromium,
@@ -40,6 +37,7 @@ from tests.integration.browser import (
     reviewer_page,
     ui_url,
 )
+from tests.integration.servers import free_port, healthy, log_tail, port_free, stop_group, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("prefect_harness")]
 
@@ -52,25 +50,6 @@ PLAN = [
     {"audit": "performance", "thresholds": [{"metric": "performance.current.accuracy", "min": 0.8}]},
     {"audit": "shap", "config": {"rows": 40}},
 ]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def healthy(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
-            return response.status == 200
-    except OSError:
-        return False
-
-
-def port_free(port: int) -> bool:
-    with socket.socket() as s:
-        return s.connect_ex(("127.0.0.1", port)) != 0
 
 
 @pytest.fixture(scope="module")
@@ -103,19 +82,14 @@ def mlflow_ui(audited):
     )  # fmt: skip
     try:
         deadline = time.monotonic() + STARTUP_TIMEOUT_S
-        while not healthy(url):
+        while not healthy(f"{url}/health"):
             if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"mlflow ui did not start:\n{log_path.read_text()[-3000:]}")
+                raise RuntimeError(f"mlflow ui did not start:\n{log_tail(log_path)}")
             time.sleep(0.5)
         yield url
     finally:
-        os.killpg(process.pid, signal.SIGTERM)  # the CLI and uvicorn
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(timeout=10)
-        wait_for(lambda: port_free(port), timeout=30)
+        stop_group(process)  # the CLI and uvicorn
+        wait_for(lambda: port_free(port), timeout=30, what=f"port {port} free")
         log.close()
 
 
