@@ -34,7 +34,7 @@ from pydantic import AfterValidator, Field
 from audits.core import Artifact, Audit, AuditConfig, AuditContext, AuditResult, Requirements, Threshold
 from audits.core.result import metric_key
 from audits.deep.gradients import attribute
-from audits.deep.network import module_tensor
+from audits.deep.network import module_tensor, network_of
 from audits.explain.compare import spearman
 
 Method = Literal["shap", "gradients", "smoothgrad", "integrated_gradients"]
@@ -242,14 +242,6 @@ def _methods_figure(images: np.ndarray, maps: dict[str, np.ndarray], row_labels:
 
 
 # --- the audit ---------------------------------------------------------------------------------------
-def network_of(context: AuditContext):
-    """The audited ``nn.Module`` (eval mode), from the TorchClassifier adapter."""
-    estimator = context.model.estimator
-    if estimator is None or not hasattr(estimator, "network"):
-        raise TypeError(f"{context.model.label} has no network() to read layers from (a TorchClassifier is needed)")
-    return estimator.network()
-
-
 def sample_positions(n: int, k: int, rng: np.random.Generator) -> np.ndarray:
     return np.sort(rng.choice(n, size=min(k, n), replace=False))
 
@@ -279,7 +271,7 @@ class NetworkAttributionAudit(Audit):
 
     def compute(self, context: AuditContext) -> AuditResult:
         cfg: NetworkAttributionConfig = self.config
-        module = network_of(context)
+        module = network_of(context).network()
         current = context.images(context.current)
         positions = sample_positions(len(current), cfg.rows, context.rng("network_attributions.rows"))
         x = current[positions]

@@ -26,7 +26,7 @@ from matplotlib.figure import Figure
 from pydantic import Field
 
 from audits.core import Artifact, Audit, AuditConfig, AuditContext, AuditResult, Requirements, Threshold
-from audits.deep.network import module_device, module_tensor, seeded
+from audits.deep.network import module_device, module_tensor, network_of, seeded
 from audits.uncertainty.ood_audit import excess_z
 
 BATCH = 2048
@@ -150,7 +150,7 @@ class AutoencoderOODAudit(Audit):
         if len(train_at) < 2:
             raise ValueError(f"{len(context.reference)} reference rows: too few to train an autoencoder and hold some out")
         reference = context.images(context.reference)
-        device = module_device(context.model.estimator.network())  # beside the audited network (model.device)
+        device = module_device(network_of(context).network())  # beside the audited network (model.device)
         autoencoder = fit_autoencoder(reference[train_at], context.random_state("autoencoder_ood.fit"), cfg.epochs,
                                       cfg.latent, cfg.channels, cfg.lr, cfg.batch_size, device)
         held_errors = autoencoder.errors(reference[held_at])

@@ -24,7 +24,8 @@ import pandas as pd
 from pydantic import Field
 
 from audits.core import Artifact, Audit, AuditConfig, AuditContext, AuditResult, Requirements, Threshold
-from audits.deep.mc_dropout import dropout_layers, network_of, score_images
+from audits.deep.mc_dropout import dropout_layers, score_images
+from audits.deep.network import network_of
 from audits.explain.prototypes import reference_sample
 from audits.uncertainty.projections import MIN_ROWS, Colouring, projection_figure, trustworthiness, tsne_embed, tsne_settings
 

@@ -33,7 +33,7 @@ from pydantic import Field
 
 from audits.core import Artifact, Audit, AuditConfig, AuditContext, AuditResult, Requirements, Threshold
 from audits.deep.autoencoder_ood import show_image
-from audits.deep.mc_dropout import network_of
+from audits.deep.network import network_of
 from audits.explain.prototypes import mmd_critic, reference_groups, reference_sample
 from audits.explain.selection import informative_rows
 

@@ -12,7 +12,7 @@ from typing import Literal
 
 import numpy as np
 
-from audits.deep.network import _eval, module_tensor, require_torch, seeded
+from audits.deep.network import evaluating, module_tensor, require_torch, seeded
 
 Method = Literal["gradients", "smoothgrad", "integrated_gradients"]
 METHODS: tuple[Method, ...] = ("gradients", "smoothgrad", "integrated_gradients")
@@ -31,7 +31,7 @@ def attribute(module, x: np.ndarray, targets: np.ndarray, method: Method, *, see
     torch = require_torch()
     from captum.attr import IntegratedGradients, NoiseTunnel, Saliency
 
-    module = _eval(module)
+    module = evaluating(module)
     inputs = module_tensor(module, x).requires_grad_()
     target = torch.from_numpy(np.asarray(targets, dtype=np.int64)).to(inputs.device)
     delta = None

@@ -30,7 +30,7 @@ from matplotlib.figure import Figure
 from pydantic import Field
 
 from audits.core import Artifact, Audit, AuditConfig, AuditContext, AuditResult, Requirements, Threshold
-from audits.deep.network import module_tensor, seeded
+from audits.deep.network import module_tensor, network_of, seeded
 from audits.uncertainty.ood_audit import excess_z
 from audits.uncertainty.scores import entropy
 
@@ -44,14 +44,6 @@ class MCDropoutConfig(AuditConfig):
     max_reference_rows: int = Field(2000, ge=20)  # reference rows scored (sampled with the seed)
     max_current_rows: int = Field(5000, ge=1)  # current rows scored (sampled with the seed)
     rows: int = Field(20, ge=1)  # most uncertain current rows in the table
-
-
-def network_of(context: AuditContext):
-    """The TorchClassifier behind the context's model (it has ``network()``, ``as_tensor``, ``embed``)."""
-    model = context.model.estimator
-    if model is None or not hasattr(model, "network"):
-        raise ValueError(f"{context.model.label} is not a TorchClassifier: no network to run")
-    return model
 
 
 def dropout_layers(module) -> list:
@@ -141,10 +133,7 @@ class MCDropoutAudit(Audit):
         reason = super().skip_reason(context)
         if reason:
             return reason
-        model = context.model.estimator
-        if model is None or not hasattr(model, "network"):
-            return f"runs a PyTorch network module; {context.model.label} has none this audit can reach"
-        if not dropout_layers(model.network()):
+        if not dropout_layers(network_of(context).network()):  # a network: Requirements(network=True) checked it
             return f"{context.model.label} has no dropout module: MC dropout needs dropout to sample from"
         return None
 

@@ -57,11 +57,20 @@ def seeded(seed: int) -> Iterator[None]:
             yield
 
 
-def _eval(module):
+def evaluating(module):
+    """``module`` in eval mode; a torch.export program (MLflow's pt2 format) has no train/eval modes: as it is."""
     try:
         return module.eval()
-    except NotImplementedError:  # a torch.export program (MLflow's pt2 format) has no train/eval modes
+    except NotImplementedError:
         return module
+
+
+def network_of(context: Any) -> TorchClassifier:
+    """The TorchClassifier behind an AuditContext's model (``network()``, ``as_tensor``, ``embed``, ``fit``)."""
+    estimator = context.model.estimator
+    if estimator is None or not hasattr(estimator, "network"):
+        raise TypeError(f"{context.model.label} has no network() to reach its layers (a TorchClassifier is needed)")
+    return estimator
 
 
 def module_device(module):
@@ -106,7 +115,7 @@ class TorchClassifier(ClassifierMixin, BaseEstimator):
     @classmethod
     def from_trained(cls, module: Any, classes: Sequence[Any], input_shape: Sequence[int], **params: Any) -> TorchClassifier:
         model = cls(module, tuple(int(s) for s in input_shape), **params)
-        model.module_ = _eval(module.to(model.device))
+        model.module_ = evaluating(module.to(model.device))
         model.classes_ = np.asarray(list(classes))
         return model
 
@@ -119,7 +128,7 @@ class TorchClassifier(ClassifierMixin, BaseEstimator):
 
     def network(self):
         """The trained module, in eval mode (a torch.export program, MLflow's pt2 format, has no modes: as is)."""
-        return _eval(self.module_)
+        return evaluating(self.module_)
 
     def logits(self, X: Any) -> np.ndarray:
         torch = require_torch()

@@ -39,7 +39,7 @@ from pydantic import Field
 
 from audits.core import Artifact, Audit, AuditConfig, AuditContext, AuditResult, Requirements, Threshold
 from audits.core.result import metric_key
-from audits.deep.network import module_tensor, require_torch
+from audits.deep.network import evaluating, module_tensor, network_of, require_torch
 
 Method = Literal["gradients", "smoothgrad", "integrated_gradients", "edge_detector"]
 CONTROL = "edge_detector"
@@ -170,14 +170,6 @@ def layers_top_down(module, x: np.ndarray) -> tuple[list[tuple[str, Any]], str]:
     return [(name, by_name[name]) for name in reversed(list(dict.fromkeys(called)))], "forward-pass order"
 
 
-def evaluating(module):
-    """``module`` in eval mode; an exported program (no modes) as it is."""
-    try:
-        return module.eval()
-    except NotImplementedError:
-        return module
-
-
 def draw_layer(layer, rng: np.random.Generator) -> dict[str, np.ndarray]:
     """New values for a layer's own parameters: normal draws at each tensor's trained RMS."""
     draws = {}
@@ -243,9 +235,7 @@ class Outcome:
 def run_checks(context: AuditContext, cfg: NetworkSanityConfig) -> Outcome:
     torch = require_torch()
 
-    estimator = context.model.estimator
-    if estimator is None or not hasattr(estimator, "network"):
-        raise ValueError(f"{context.model.label} has no network() to reach its module; load it as a TorchClassifier")
+    estimator = network_of(context)
     source = context.dataset(cfg.dataset).X
     rows = source.sample(n=min(cfg.rows, len(source)), random_state=context.random_state("network_sanity.rows"))
     x = context.images(rows).copy()  # writable and contiguous, for torch.from_numpy

@@ -22,8 +22,8 @@ from matplotlib.figure import Figure
 from pydantic import Field
 
 from audits.core import Artifact, Audit, AuditConfig, AuditContext, AuditResult, Requirements
-from audits.deep.network import module_tensor
-from audits.deep.attribution_audit import mean_map, network_of, sample_positions, show_image, show_map, top_share
+from audits.deep.attribution_audit import mean_map, sample_positions, show_image, show_map, top_share
+from audits.deep.network import module_tensor, network_of
 
 
 class OcclusionConfig(AuditConfig):
@@ -67,7 +67,7 @@ class OcclusionAudit(Audit):
 
     def compute(self, context: AuditContext) -> AuditResult:
         cfg: OcclusionConfig = self.config
-        module = network_of(context)
+        module = network_of(context).network()
         index = {c: i for i, c in enumerate(context.model.classes)}
         truth = np.asarray(context.current.y)
         known = np.flatnonzero([label in index for label in truth.tolist()])
