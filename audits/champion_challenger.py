@@ -35,23 +35,13 @@ class ChampionChallengerAudit(Audit):
 
     name = "champion_challenger"
     Config = ChampionChallengerConfig
-    requires = Requirements(labels="current", modalities=("tabular", "image", "text"))
+    requires = Requirements(labels="current", modalities=("tabular", "image", "text"), baseline="champion")
     description = "The audited version against the deployed one (baseline alias) on the same current data."
     # A challenger may not lose more than 0.02 of the primary score to the deployed champion.
     default_thresholds = (
         Threshold(metric="champion_challenger.challenger.primary", compare_to="champion_challenger.champion.primary",
                   min=-0.02, severity="fail"),
     )
-
-    def skip_reason(self, context: AuditContext) -> str | None:
-        reason = super().skip_reason(context)
-        if reason:
-            return reason
-        if context.baseline is None:
-            return f"no champion to compare with: {context.baseline_note or 'no baseline model'}"
-        if context.baseline.task != context.task:
-            return f"the champion is a {context.baseline.task} model and the challenger a {context.task} model"
-        return None
 
     def compute(self, context: AuditContext) -> AuditResult:
         current = context.current

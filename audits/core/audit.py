@@ -29,6 +29,7 @@ class Requirements:
     tasks: tuple[Task, ...] = ("classification", "regression")
     modalities: tuple[Modality, ...] = ("tabular",)  # the kinds of input it is made for
     network: bool = False  # a PyTorch network (gradients, layers, embeddings)
+    baseline: str | None = None  # another version of the same task to compare with, named so in the reason
 
     def unmet(self, context: AuditContext) -> str | None:
         if context.modality not in self.modalities:
@@ -47,6 +48,11 @@ class Requirements:
             return f"needs labels on the {self.labels} data; target column {context.target!r} is absent there"
         if self.labels == "any" and not any(labelled.values()):
             return f"needs labels; target column {context.target!r} is absent from both datasets"
+        if self.baseline is not None:
+            if context.baseline is None:
+                return f"no {self.baseline} to compare with: {context.baseline_note or 'no baseline model'}"
+            if context.baseline.task != context.task:
+                return f"the {self.baseline} is a {context.baseline.task} model and this one a {context.task} model"
         return None
 
 

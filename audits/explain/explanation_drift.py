@@ -40,18 +40,8 @@ class ExplanationDriftAudit(Audit):
 
     name = "explanation_drift"
     Config = ExplanationDriftConfig
-    requires = Requirements()
+    requires = Requirements(baseline="other version")
     description = "How the features' roles changed from the deployed version (baseline alias) to this one."
-
-    def skip_reason(self, context: AuditContext) -> str | None:
-        reason = super().skip_reason(context)
-        if reason:
-            return reason
-        if context.baseline is None:
-            return f"no other version to compare with: {context.baseline_note or 'no baseline model'}"
-        if context.baseline.task != context.task:
-            return f"the baseline is a {context.baseline.task} model and this one a {context.task} model"
-        return None
 
     def compute(self, context: AuditContext) -> AuditResult:
         from scipy.stats import wasserstein_distance
