@@ -202,17 +202,12 @@ def serve(
 ) -> None:
     """Serve the automatic audits (scheduled, watcher, triggered) from this process, without a work pool."""
     _setup()
-    from tasks.adapters.deployments import load_deployments
-    from tasks.adapters.errors import AuditlensError, ConfigError
-    from tasks.adapters.tracking import check_reachable
+    from tasks.adapters.errors import AuditlensError
 
     try:
-        loaded = load_deployments(deployments)
-        uri = loaded.tracking_uri(tracking_uri)
-        check_reachable(uri)
-        if not _prefect_api_url():
-            raise ConfigError("schedules need a Prefect server; PREFECT_API_URL is not set",
-                              "start one (prefect server start, or auditlens up) and set PREFECT_API_URL=http://127.0.0.1:4200/api")
+        loaded, uri = _deployments_against_servers(deployments, tracking_uri, (
+            "schedules need a Prefect server; PREFECT_API_URL is not set",
+            "start one (prefect server start, or auditlens up) and set PREFECT_API_URL=http://127.0.0.1:4200/api"))
         receiver = _start_webhook(loaded, uri) if webhook else None
     except AuditlensError as exc:
         _fail(exc)
@@ -229,6 +224,21 @@ def serve(
     finally:
         if receiver is not None:
             receiver.stop()
+
+
+def _deployments_against_servers(deployments: Path, tracking_uri: str | None, no_prefect: tuple[str, str]):
+    """The deployments configuration and its tracking URI, once the MLflow server answers and a Prefect server is
+    configured (``no_prefect``: the problem and the fix to report when it is not)."""
+    from tasks.adapters.deployments import load_deployments
+    from tasks.adapters.errors import ConfigError
+    from tasks.adapters.tracking import check_reachable
+
+    loaded = load_deployments(deployments)
+    uri = loaded.tracking_uri(tracking_uri)
+    check_reachable(uri)
+    if not _prefect_api_url():
+        raise ConfigError(*no_prefect)
+    return loaded, uri
 
 
 def _start_webhook(loaded, tracking_uri: str, host: str | None = None, port: int | None = None):
@@ -266,17 +276,12 @@ def webhook(
     """Receive MLflow's model_version.created webhook and start each audit through the audit deployment, which
     a worker runs, until Ctrl-C or SIGTERM. Only the receiver: no flow runs in this process."""
     _setup()
-    from tasks.adapters.deployments import load_deployments
-    from tasks.adapters.errors import AuditlensError, ConfigError
-    from tasks.adapters.tracking import check_reachable
+    from tasks.adapters.errors import AuditlensError
 
     try:
-        loaded = load_deployments(deployments)
-        uri = loaded.tracking_uri(tracking_uri)
-        check_reachable(uri)
-        if not _prefect_api_url():
-            raise ConfigError("the webhook starts audits through a Prefect server; PREFECT_API_URL is not set",
-                              "set PREFECT_API_URL to the API of the server your workers poll, e.g. http://prefect-server:4200/api")
+        loaded, uri = _deployments_against_servers(deployments, tracking_uri, (
+            "the webhook starts audits through a Prefect server; PREFECT_API_URL is not set",
+            "set PREFECT_API_URL to the API of the server your workers poll, e.g. http://prefect-server:4200/api"))
         receiver = _start_webhook(loaded, uri, host, port)
     except AuditlensError as exc:
         _fail(exc)
@@ -317,7 +322,7 @@ def up(
         hook = loaded.settings.webhook
         MlflowSink(stack.mlflow_url).ensure_webhook("auditlens", f"http://{hook.host}:{hook.port}{hook.path}",
                                                     env[hook.secret_env], ["model_version.created"])
-        serving = stack.start_serve(env, loaded.path)
+        stack.start_serve(env, loaded.path)
     except AuditlensError as exc:
         stack.stop()
         _fail(exc)

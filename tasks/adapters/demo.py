@@ -16,10 +16,10 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 import yaml
-from pydantic import Field, ValidationError
+from pydantic import Field
 
-from audits.core.plan import AuditPlan, AuditSpec, PlanError, pydantic_problems
-from tasks.adapters.settings import StrictModel, config_error, read_yaml
+from audits.core.plan import AuditPlan, AuditSpec, PlanError
+from tasks.adapters.settings import StrictModel, config_error, read_yaml, validated
 
 
 class DemoModel(StrictModel):
@@ -42,11 +42,7 @@ class DemoSettings(StrictModel):
 
 def load_demo_settings(path: str | Path) -> DemoSettings:
     path = Path(path).resolve()
-    data = read_yaml(path)
-    try:
-        settings = DemoSettings.model_validate(data)
-    except ValidationError as exc:
-        raise config_error(path, pydantic_problems(exc)) from None
+    settings = validated(DemoSettings, path, read_yaml(path))
     for i, model in enumerate(settings.models):
         if model.champion > len(model.versions):
             raise config_error(path, [(("models", i, "champion"), f"there are only {len(model.versions)} versions")])

@@ -21,11 +21,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, model_validator
 
-from audits.core.plan import pydantic_problems
 from tasks.adapters.errors import ConfigError
-from tasks.adapters.settings import DEFAULT_TRACKING_URI, StrictModel, config_error, load_settings, read_yaml
+from tasks.adapters.settings import DEFAULT_TRACKING_URI, StrictModel, config_error, load_settings, read_yaml, validated
 
 AUDIT_DEPLOYMENT = "audit-model/audit-model"  # flow name / deployment name
 
@@ -112,11 +111,7 @@ def resolve_pattern(pattern: str, when: datetime) -> str:
 
 def load_deployments(path: str | Path, check_files: bool = True) -> LoadedDeployments:
     path = Path(path).resolve()
-    data = read_yaml(path)
-    try:
-        settings = DeploymentsSettings.model_validate(data)
-    except ValidationError as exc:
-        raise config_error(path, pydantic_problems(exc)) from None
+    settings = validated(DeploymentsSettings, path, read_yaml(path))
     loaded = LoadedDeployments(settings, path)
     if not check_files:
         return loaded

@@ -140,6 +140,14 @@ def read_yaml(path: Path) -> dict[str, Any]:
     return data
 
 
+def validated(schema: type[BaseModel], path: Path, data: dict[str, Any]) -> Any:
+    """``data`` (read from ``path``) as ``schema``, or one ConfigError listing every problem with its location."""
+    try:
+        return schema.model_validate(data)
+    except ValidationError as exc:
+        raise config_error(path, pydantic_problems(exc)) from None
+
+
 def config_error(path: Path, problems: list[tuple[tuple, str]]) -> ConfigError:
     lines = [f"{format_location(loc)}: {message}" for loc, message in problems]
     return ConfigError(
@@ -159,10 +167,7 @@ def load_settings(path: str | Path, current_data: str | Path | None = None) -> L
     if data.get("kind", "audit") != "audit":
         raise ConfigError(f"{path}: this is a {data.get('kind')!r} file, not an audit configuration",
                           "pass a file with 'kind: audit' to 'auditlens audit'")
-    try:
-        settings = AuditSettings.model_validate(data)
-    except ValidationError as exc:
-        raise config_error(path, pydantic_problems(exc)) from None
+    settings = validated(AuditSettings, path, data)
     try:
         plan = settings.build_plan()
     except PlanError as exc:
