@@ -47,11 +47,12 @@ test: install $(BIN)/docker-compose ## every test: unit, end to end (Prefect + M
 test-fast: install $(BIN)/docker-compose ## unit tests only
 	$(BIN)/python -m pytest tests/unit
 
-bench: install                ## our audit against mlflow.evaluate + GX; every audit's cost; t-SNE against sklearn; SHAP deep vs kernel and the network audit
+bench: install                ## our audit against mlflow.evaluate + GX; every audit's cost; t-SNE against sklearn; SHAP deep vs kernel and the network audit; what MC dropout sees per network
 	$(BIN)/python bench/bench_audit.py
 	$(BIN)/python bench/bench_parts.py
 	$(BIN)/python bench/bench_tsne.py
 	$(BIN)/python bench/bench_deep.py
+	$(BIN)/python bench/study_mc_dropout.py
 
 lock: install                 ## refresh requirements.lock after changing pyproject.toml
 	$(BIN)/python -m pip freeze --exclude-editable | grep -v '^auditlens' > requirements.lock
