@@ -31,6 +31,7 @@ from pydantic import Field
 
 from audits.core import Artifact, Audit, AuditConfig, AuditContext, AuditResult, Requirements, Threshold
 from audits.deep.network import module_tensor, network_of, seeded
+from audits.explain.prototypes import reference_sample
 from audits.uncertainty.ood_audit import excess_z
 from audits.uncertainty.scores import entropy
 
@@ -113,12 +114,6 @@ def score_images(module, images: np.ndarray, passes: int = 30, seed: int = 0) ->
     return mc_scores(mc_dropout_probabilities(module, images, passes, seed))
 
 
-def _sample(n: int, cap: int, random_state: int) -> np.ndarray:
-    from audits.explain.prototypes import reference_sample
-
-    return reference_sample(n, cap, random_state)
-
-
 class MCDropoutAudit(Audit):
     """Spread of a network's answers with dropout kept on, reference rows against current rows."""
 
@@ -142,8 +137,8 @@ class MCDropoutAudit(Audit):
         model = network_of(context)
         module = model.network()
         positions = {
-            "reference": _sample(len(context.reference), cfg.max_reference_rows, context.random_state("mc_dropout.reference_rows")),
-            "current": _sample(len(context.current), cfg.max_current_rows, context.random_state("mc_dropout.current_rows")),
+            "reference": reference_sample(len(context.reference), cfg.max_reference_rows, context.random_state("mc_dropout.reference_rows")),
+            "current": reference_sample(len(context.current), cfg.max_current_rows, context.random_state("mc_dropout.current_rows")),
         }
         seed = context.random_state("mc_dropout.passes")
         scored = {name: score_images(module, context.images(context.dataset(name).X.iloc[at]), cfg.passes, seed)

@@ -17,11 +17,10 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
 
-from tasks.adapters.local_servers import LocalStack
+from tasks.adapters.local_servers import LocalStack, healthy
 
 STARTUP_TIMEOUT_S = 120  # an mlflow server takes 10-15 s to answer on this 2-core machine; a Prefect server ~15 s
 STOP_TIMEOUT_S = 30
@@ -37,14 +36,6 @@ def free_port() -> int:
 def port_free(port: int) -> bool:
     with socket.socket() as s:
         return s.connect_ex(("127.0.0.1", port)) != 0
-
-
-def healthy(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=2) as response:
-            return response.status == 200
-    except OSError:
-        return False
 
 
 def wait_for(predicate, timeout: float, interval: float = 0.5, what: str = "condition"):
