@@ -1,4 +1,9 @@
-"""audit_model: resolve the model -> open the run -> load data -> run the audits -> record -> tag the version."""
+"""audit_model: resolve the model -> load model and data -> open the run -> run the audits -> record -> tag the version.
+
+Everything an audit reads (the model, both datasets, the predictions) is loaded and checked before the MLflow run is
+opened: bad input (a missing column, strings where numbers belong, a model that cannot predict) ends the flow with one
+clear error and leaves no run behind. A run exists only for an audit that ran.
+"""
 
 from __future__ import annotations
 
@@ -7,9 +12,9 @@ from datetime import datetime, timezone
 from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 
-from tasks.audit_tasks import fail_audit_run, load_config, load_inputs, open_audit_run, record_audit, resolve, run_one
+from tasks.audit_tasks import fail_audit_run, input_failed, load_config, load_inputs, open_audit_run, record_audit, resolve, run_one
 from tasks.adapters.deployments import resolve_pattern
-from tasks.adapters.errors import TrackingServerError
+from tasks.adapters.errors import AuditlensError, TrackingServerError
 from tasks.adapters.mlflow_sink import redact
 from tasks.adapters.tracking import quiet_environment
 from tasks.logs import quiet_user_errors
@@ -32,9 +37,15 @@ def audit_model(model_uri: str, config_path: str, tracking_uri: str | None = Non
     store = loaded.tracking_uri(tracking_uri)
     ref = resolve(model_uri, store)
     logger.info("Auditing %s (%s) with %s; recording to %s", ref.label, ref.load_uri, loaded.path.name, redact(store))
-    run = open_audit_run(ref, loaded, store, audit_key=f"prefect:{flow_run.id}", reason=reason)
     try:
         inputs = load_inputs(ref, loaded, store)
+    except AuditlensError as exc:
+        # no run: the input is wrong, nothing was audited. A version whose state the watcher or the webhook keeps
+        # (it names this flow run) says 'failed' with the reason, so that the attempt counts.
+        input_failed(ref, store, str(flow_run.id), f"{type(exc).__name__}: {exc}")
+        raise
+    run = open_audit_run(ref, loaded, store, audit_key=f"prefect:{flow_run.id}", reason=reason)
+    try:
         futures = [run_one.with_options(task_run_name=f"audit-{p.id}").submit(p, inputs.context) for p in loaded.plan]
         results = [future.result() for future in futures]
         for result in results:
@@ -47,6 +58,10 @@ def audit_model(model_uri: str, config_path: str, tracking_uri: str | None = Non
         except TrackingServerError:
             if not server_down:
                 raise
+        try:
+            exc.audit_run_id = run.run_id  # the CLI says which run was ended FAILED
+        except AttributeError:
+            pass
         raise
     logger.info("Verdict for %s: %s (MLflow run %s)", ref.label, summary["verdict"], run.run_id)
     return summary

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="auditlens: versioned model audits in MLflow, orchestrated by Prefect.")
@@ -52,7 +53,7 @@ def _in_process_flow_settings():
 
 
 def _fail(exc: Exception) -> None:
-    errors.print(f"[bold red]error:[/] {exc}", highlight=False, markup=True, soft_wrap=True)
+    errors.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, markup=True, soft_wrap=True)
     raise typer.Exit(getattr(exc, "exit_code", 1))
 
 
@@ -76,7 +77,7 @@ def _print_summary(summary: dict) -> None:
     table.add_column("reason", overflow="fold")
     for audit_id, outcome in summary["audits"].items():
         colour = COLOURS[outcome["verdict"]]
-        table.add_row(audit_id, f"[{colour}]{outcome['verdict']}[/]", outcome["reason"][:300])
+        table.add_row(escape(audit_id), f"[{colour}]{outcome['verdict']}[/]", escape(outcome["reason"][:300]))
     console.print(table)
     colour = COLOURS[summary["verdict"]]
     console.print(f"Verdict: [bold {colour}]{summary['verdict']}[/]   MLflow run {summary['run_id']} "
@@ -116,7 +117,9 @@ def audit(
     except AuditlensError as exc:
         _fail(exc)
     except Exception as exc:
-        errors.print(f"[bold red]audit failed:[/] {type(exc).__name__}: {exc}\n(the MLflow run was ended FAILED with this reason)")
+        run_id = getattr(exc, "audit_run_id", None)
+        where = f"\n(the MLflow run {run_id} was ended FAILED with this reason)" if run_id else "\n(no MLflow run was opened)"
+        errors.print(f"[bold red]audit failed:[/] {type(exc).__name__}: {escape(str(exc))}{where}", highlight=False, markup=True, soft_wrap=True)
         raise typer.Exit(1) from None
     _print_summary(summary)
     console.print(f"Open the MLflow UI: {ui_hint(uri, summary)}", soft_wrap=True, highlight=False)

@@ -135,6 +135,14 @@ def _dataset_inputs(inputs: AuditInputs) -> list[dict]:
     return items
 
 
+@task(name="input-failed", **{**MLFLOW_IO, "retry_condition_fn": None})
+def input_failed(ref: ModelRef, tracking_uri: str, flow_run_id: str, reason: str) -> bool:
+    """The audit's input was refused before any run opened: a version whose audit this flow run is says 'failed'."""
+    if not ref.registered:
+        return False
+    return MlflowSink(tracking_uri).mark_input_failed(ref.name, ref.version, flow_run_id, reason)
+
+
 @task(name="fail-audit-run", **{**MLFLOW_IO, "retry_condition_fn": None})
 def fail_audit_run(run: AuditRun, reason: str, server_down: bool = False) -> None:
     """End the run FAILED. ``server_down``: the audit already waited out ``outage_timeout_s`` for this server, so

@@ -291,6 +291,16 @@ class MlflowSink:
         for key, value in tags.items():
             self.client.set_model_version_tag(name, version, key, value)
 
+    def mark_input_failed(self, name: str, version: str, flow_run_id: str, reason: str) -> bool:
+        """An audit started by the watcher or the webhook (the version names its flow run) stopped on bad input before
+        any run was opened: the version says 'failed' with the reason, so that the attempt counts. A version whose state
+        another audit keeps (a CLI audit of a watched version, say) is left alone."""
+        if (self.client.get_model_version(name, version).tags or {}).get("audit.prefect_flow_run_id") != flow_run_id:
+            return False
+        for key, value in {"audit.status": "failed", "audit.error": _text(reason)}.items():
+            self.client.set_model_version_tag(name, version, key, value)
+        return True
+
     def mark_dead(self, name: str, version: str, run_id: str | None, reason: str) -> None:
         """An audit that will never finish: its run (if still RUNNING) ends FAILED, the version says 'failed'."""
         if run_id:

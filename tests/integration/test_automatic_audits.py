@@ -331,14 +331,14 @@ def test_a_schedule_fires(env):
 
 
 def test_failing_audit_is_retried_up_to_max_attempts(env):
+    """A configuration whose current data lacks a feature: each attempt stops before opening a run (bad input is not an
+    audit), the version says why, and the watcher retries it exactly max_attempts times."""
     set_webhook(env, True)
     version, _, _ = register(env, "broken-model", "gbm")
 
     def settled():
         tags = version_tags(env, "broken-model", version)
-        runs = audit_runs(env, "broken-model", version)
-        return tags.get("audit.status") == "failed" and tags.get("audit.attempts") == str(MAX_ATTEMPTS) and \
-            len(runs) == MAX_ATTEMPTS and all(r.info.status == "FAILED" for r in runs)
+        return tags.get("audit.status") == "failed" and tags.get("audit.attempts") == str(MAX_ATTEMPTS)
 
     began = time.monotonic()
     wait_for(settled, 2 * AUDIT_BOUND_S, 1, "two failed attempts")
@@ -347,10 +347,7 @@ def test_failing_audit_is_retried_up_to_max_attempts(env):
     tags = version_tags(env, "broken-model", version)
     assert (tags["audit.status"], tags["audit.attempts"]) == ("failed", str(MAX_ATTEMPTS))
     assert "x1" in tags["audit.error"] and "DataError" in tags["audit.error"]
-    runs = audit_runs(env, "broken-model", version)
-    assert len(runs) == MAX_ATTEMPTS and {r.info.status for r in runs} == {"FAILED"}
-    assert {r.data.tags["auditlens.trigger"] for r in runs} >= {"watcher: retry 2 of 2"}
-    assert all("x1" in r.data.tags["audit.error"] for r in runs)
+    assert audit_runs(env, "broken-model", version) == []  # nothing was audited, so nothing passes for an audit
     assert not runs_with_status(env.client(), "RUNNING")
 
 
