@@ -262,7 +262,9 @@ def _start_webhook(loaded, tracking_uri: str, host: str | None = None, port: int
 
     host, port = host or spec.host, spec.port if port is None else port
     try:
-        receiver = WebhookReceiver(secret, on_new_version, host, port, spec.path, spec.max_age_s)
+        receiver = WebhookReceiver(secret, on_new_version, host, port, spec.path, spec.max_age_s,
+                                   replay_db=spec.replay_store(loaded.path), read_timeout_s=spec.read_timeout_s,
+                                   max_connections=spec.max_connections)
     except OSError as exc:
         raise ConfigError(f"the webhook receiver cannot listen on {host}:{port} ({exc})",
                           "free the port or choose another with --port (and register that URL with MLflow)") from None

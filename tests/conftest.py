@@ -12,6 +12,8 @@ os.environ["GX_ANALYTICS_ENABLED"] = "false"
 os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
 os.environ["DO_NOT_TRACK"] = "1"
 os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="auditlens-prefect-home-"))
+# auditlens's own state (the local Prefect server, the webhook's replay store) never in the user's ~/.auditlens
+os.environ["AUDITLENS_STATE_DIR"] = tempfile.mkdtemp(prefix="auditlens-state-")
 os.environ.pop("MLFLOW_TRACKING_URI", None)
 os.environ["MPLBACKEND"] = "Agg"
 # One thread per math library: the tests' networks and matrices are tiny, and on a shared 2-core machine torch's

@@ -24,7 +24,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from tasks.adapters.errors import ConfigError
-from tasks.adapters.settings import DEFAULT_TRACKING_URI, StrictModel, config_error, load_settings, read_yaml, validated
+from tasks.adapters.settings import DEFAULT_TRACKING_URI, StrictModel, config_error, load_settings, read_yaml, state_dir, validated
 
 AUDIT_DEPLOYMENT = "audit-model/audit-model"  # flow name / deployment name
 
@@ -62,6 +62,16 @@ class Webhook(StrictModel):
     path: str = "/mlflow"
     secret_env: str = "AUDITLENS_WEBHOOK_SECRET"  # the shared secret comes from the environment, never from a file
     max_age_s: int = Field(300, ge=1)  # reject deliveries older (or newer) than this
+    read_timeout_s: float = Field(10, gt=0, le=300)  # a client's time, from connecting, to send its whole request
+    max_connections: int = Field(32, ge=1, le=1024)  # requests handled at once (a thread each); more wait to connect
+    replay_db: str | None = None  # SQLite file of accepted delivery ids; relative to this file
+
+    def replay_store(self, deployments_file: Path) -> Path:
+        """Where accepted delivery ids are kept across restarts: ``replay_db``, else
+        $AUDITLENS_STATE_DIR/webhook-deliveries.sqlite3 (AUDITLENS_STATE_DIR defaults to ~/.auditlens)."""
+        if self.replay_db:
+            return _resolve(deployments_file, self.replay_db)
+        return state_dir() / "webhook-deliveries.sqlite3"
 
 
 class DeploymentsSettings(StrictModel):

@@ -252,6 +252,20 @@ def test_mlflow_delivers_the_webhook_where_the_receiver_listens(services):
     assert services["webhook"]["expose"] == [str(hook.port)] and "ports" not in services["webhook"]
 
 
+def test_the_receivers_replay_store_is_in_a_volume_its_user_owns(services, resolved, monkeypatch):
+    from tasks.adapters.deployments import Webhook
+
+    config, _ = resolved
+    webhook = services["webhook"]
+    monkeypatch.setenv("AUDITLENS_STATE_DIR", webhook["environment"]["AUDITLENS_STATE_DIR"])
+    store = Webhook().replay_store(Path("/app/config/deployments.yaml"))  # the default: no replay_db in the file
+    volume = next(v for v in webhook["volumes"] if v["target"] == str(store.parent))
+    assert volume["type"] == "volume" and volume["source"] in config["volumes"] and not volume.get("read_only")
+    # a new named volume takes the owner of the image's folder: the unprivileged user's, which the image creates
+    created = " ".join(rest for keyword, rest in dockerfile_instructions() if keyword == "RUN")
+    assert re.search(rf"chown -R auditlens:auditlens {re.escape(str(store.parent))}(\s|$)", created)
+
+
 def test_the_configuration_is_the_same_wherever_an_audit_is_started_or_run(services, resolved):
     _, values = resolved
     mounts = {name: {v["target"]: v for v in services[name]["volumes"]} for name in AUDITLENS_SERVICES}
