@@ -129,7 +129,9 @@ def load_model(ref: ModelRef, client, task: str = "auto", device: str = "cpu") -
     with tempfile.TemporaryDirectory(prefix="auditlens-model-") as folder:
         try:
             local = download_artifacts(artifact_uri=storage_location(ref, client), tracking_uri=client.tracking_uri, dst_path=folder)
-            flavors = mlflow.models.get_model_info(local).flavors
+            # Model.load reads the MLmodel file alone. mlflow.models.get_model_info(local) would also look the logged
+            # model up by its id in MLflow's *global* store (./mlflow.db unless set), which is not the configured one
+            flavors = mlflow.models.Model.load(local).flavors
         except Exception as exc:
             raise ModelLoadError(f"cannot fetch the model files of {ref.label} ({ref.source}): {exc}",
                                  "check that the version's source still exists in the artifact store") from None
