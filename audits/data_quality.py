@@ -3,15 +3,19 @@ from the reference data, both validated on the current data.
 
 Expectations stay plain ``{type, kwargs}`` data in our configuration; GX objects are built only
 inside ``compute`` (GX's models are pydantic v1 and do not belong inside our v2 configuration).
-GX runs here with an ephemeral context: nothing persists outside a temporary folder for Data Docs.
+GX runs here with an ephemeral context without a Data Docs site: nothing is written to disk.
+
+The validation results are shown on one page of our own (``data_docs.html``), not GX's Data Docs: those pages
+insert column names and values from the data unescaped (a value ``<script>...`` runs in MLflow's artifact
+preview, an iframe that allows scripts on MLflow's origin), load their styling and scripts from public CDNs, and
+cost about 4 MB of files per build. Ours escapes every value and loads nothing.
 """
 
 from __future__ import annotations
 
+import html
 import json
 import os
-import tempfile
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -19,8 +23,10 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from audits.core import Artifact, Audit, AuditConfig, AuditContext, AuditResult, Requirements, Threshold
+from audits.report import badge, fmt, page
 
 SUITES = ("user", "baseline")
+SHOWN_UNEXPECTED = 5  # unexpected values listed per expectation on the page (GX's SUMMARY keeps up to 20)
 NUMERIC_TYPES = [
     "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64",
     "float16", "float32", "float64", "Int8", "Int16", "Int32", "Int64", "Float32", "Float64",
@@ -84,7 +90,7 @@ class BaselineSuite(BaseModel):
 class DataQualityConfig(AuditConfig):
     expectations: list[Expectation] = Field(default_factory=list)
     baseline: BaselineSuite = BaselineSuite()
-    data_docs: bool = True
+    data_docs: bool = True  # the validation page, data_docs.html (the name is kept from GX's Data Docs, which it replaces)
 
     @field_validator("expectations", mode="before")
     @classmethod
@@ -189,13 +195,19 @@ def _observed(result: dict) -> str:
         text = f"{detail['unexpected_count']} unexpected, e.g. {json.dumps(partial[:5], default=str)}"
     else:
         text = ""
+    error = _error(result)
+    if error is not None:
+        text = f"error: {error}"
+    return text[:300]
+
+
+def _error(result: dict) -> str | None:
+    """The message of the exception GX caught while evaluating the expectation; None when there was none."""
     exception = result.get("exception_info") or {}
     # GX reports either one exception, or one per metric it failed to compute
     reports = [exception] if "raised_exception" in exception else [v for v in exception.values() if isinstance(v, dict)]
     raised = [r for r in reports if r.get("raised_exception")]
-    if raised:
-        text = f"error: {raised[0].get('exception_message', '')}"
-    return text[:300]
+    return str(raised[0].get("exception_message") or "") if raised else None
 
 
 class DataQualityAudit(Audit):
@@ -220,7 +232,7 @@ class DataQualityAudit(Audit):
             if cfg.baseline.enabled
             else [],
         }
-        validations, docs = _validate(current, suites, cfg.data_docs)
+        validations = _validate(current, suites)
 
         metrics: dict[str, float] = {}
         rows = []
@@ -256,8 +268,9 @@ class DataQualityAudit(Audit):
             Artifact.json("gx_validation_results", validations, "Great Expectations validation results (JSON)"),
             Artifact.json("baseline_suite", {"name": "baseline", "expectations": suites["baseline"]}, "The inferred baseline suite"),
         ]
-        artifacts += [Artifact.html(f"data_docs_{suite}", html, f"GX Data Docs: {suite} suite (styling loads from the internet)")
-                      for suite, html in docs.items()]
+        if cfg.data_docs:
+            artifacts.append(Artifact.html("data_docs", validation_page(validations, context.model.label, len(current)),
+                                           "Every expectation with its outcome on the current data (self-contained page)"))
         failing = table[~table["success"]].head(8)
         summary = "; ".join(f"{r.suite}: {r.expectation}({r.column})" for r in failing.itertuples())
         return AuditResult(
@@ -274,44 +287,104 @@ def _with_target(ds: Any) -> pd.DataFrame:
     return pd.concat([ds.X, ds.y.rename(ds.y.name)], axis=1)
 
 
-def _validate(current: pd.DataFrame, suites: dict[str, list[dict]], data_docs: bool) -> tuple[dict, dict]:
-    """Validate each non-empty suite on ``current``; return JSON results and Data Docs pages by suite."""
+def _validate(current: pd.DataFrame, suites: dict[str, list[dict]]) -> dict[str, dict]:
+    """Validate each non-empty suite on ``current``; the JSON results by suite."""
     gx = _gx()
-    from great_expectations.data_context.types.base import ProgressBarsConfig
+    from great_expectations.data_context.types.base import DataContextConfig, InMemoryStoreBackendDefaults, ProgressBarsConfig
 
+    # GX's default ephemeral context reserves a temporary folder for a Data Docs site; nothing here builds one
+    config = DataContextConfig(store_backend_defaults=InMemoryStoreBackendDefaults(init_temp_docs_sites=False),
+                               progress_bars=ProgressBarsConfig(globally=False))
+    ctx = gx.get_context(project_config=config, mode="ephemeral")
+    batch = ctx.data_sources.add_pandas("auditlens").add_dataframe_asset("current").add_batch_definition_whole_dataframe("all")
+    definitions = []
+    for suite_name, expectations in suites.items():
+        if not expectations:
+            continue
+        suite = ctx.suites.add(gx.ExpectationSuite(name=suite_name, expectations=expectations))
+        definitions.append(ctx.validation_definitions.add(gx.ValidationDefinition(name=suite_name, data=batch, suite=suite)))
+    if not definitions:
+        return {}
+    checkpoint = ctx.checkpoints.add(
+        gx.Checkpoint(name="auditlens", validation_definitions=definitions, result_format={"result_format": "SUMMARY"})
+    )
+    outcome = checkpoint.run(batch_parameters={"dataframe": current})
     validations: dict[str, dict] = {}
-    docs: dict[str, str] = {}
-    with tempfile.TemporaryDirectory(prefix="auditlens-gx-") as tmp:
-        ctx = gx.get_context(mode="ephemeral")
-        ctx.variables.progress_bars = ProgressBarsConfig(globally=False)
-        actions = []
-        if data_docs:
-            ctx.add_data_docs_site(
-                site_name="auditlens",
-                site_config={
-                    "class_name": "SiteBuilder",
-                    "store_backend": {"class_name": "TupleFilesystemStoreBackend", "base_directory": tmp},
-                    "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
-                },
-            )
-            actions.append(gx.checkpoint.UpdateDataDocsAction(name="docs", site_names=["auditlens"]))
-        batch = ctx.data_sources.add_pandas("auditlens").add_dataframe_asset("current").add_batch_definition_whole_dataframe("all")
-        definitions = []
-        for suite_name, expectations in suites.items():
-            if not expectations:
-                continue
-            suite = ctx.suites.add(gx.ExpectationSuite(name=suite_name, expectations=expectations))
-            definitions.append(ctx.validation_definitions.add(gx.ValidationDefinition(name=suite_name, data=batch, suite=suite)))
-        if not definitions:
-            return validations, docs
-        checkpoint = ctx.checkpoints.add(
-            gx.Checkpoint(name="auditlens", validation_definitions=definitions, actions=actions, result_format={"result_format": "SUMMARY"})
-        )
-        outcome = checkpoint.run(batch_parameters={"dataframe": current})
-        for result in outcome.run_results.values():
-            data = result.to_json_dict()
-            validations[data["suite_name"]] = data
-        if data_docs:
-            for page in Path(tmp, "validations").rglob("*.html"):
-                docs[page.relative_to(tmp).parts[1]] = page.read_text(encoding="utf-8")
-    return validations, docs
+    for result in outcome.run_results.values():
+        data = result.to_json_dict()
+        validations[data["suite_name"]] = data
+    return validations
+
+
+# ---------------------------------------------------------------------------------------------
+# The validation page: every value from the data passes through html.escape, nothing is loaded
+
+
+def _escaped(text: str, limit: int = 300) -> str:
+    """``text`` escaped, cut before escaping (a cut never splits an entity)."""
+    return html.escape(text if len(text) <= limit else text[: limit - 1] + "\u2026")
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value, default=str)
+
+
+def _unexpected_values(detail: dict) -> str:
+    """The first distinct unexpected values with their counts among GX's partial list. Counted again by their
+    JSON text: GX counts every NaN apart (NaN != NaN), which would list "null (x1)" over and over."""
+    entries = detail.get("partial_unexpected_counts") or [{"value": v, "count": 1} for v in detail.get("partial_unexpected_list") or []]
+    counts: dict[str, int] = {}
+    for entry in entries:
+        text = _json(entry.get("value"))
+        counts[text] = counts.get(text, 0) + int(entry.get("count") or 0)
+    shown = list(counts.items())[:SHOWN_UNEXPECTED]
+    return "<br>".join(f"{_escaped(text, 120)} (\u00d7{count})" for text, count in shown)
+
+
+def _expectation_row(result: dict) -> str:
+    config, detail = result["expectation_config"], result.get("result", {}) or {}
+    error = _error(result)
+    if result["success"]:
+        outcome = badge("PASS", "pass")
+    else:
+        outcome = badge("FAIL", "fail") if error is None else badge("ERROR", "error")
+    if error is not None:
+        observed = _escaped(f"error: {error}")
+    else:
+        observed = _escaped(_json(detail["observed_value"])) if "observed_value" in detail else ""
+    count, percent = detail.get("unexpected_count"), detail.get("unexpected_percent")
+    cells = (
+        f"<td>{outcome}</td>",
+        f"<td>{html.escape(config['type'])}</td>",
+        f"<td>{_escaped(str(config['kwargs'].get('column', '')), 120)}</td>",
+        f'<td class="code">{_escaped(_json(_compact(config["kwargs"])), 500)}</td>',
+        f'<td class="code">{observed}</td>',
+        f'<td class="num">{"" if count is None else html.escape(fmt(count))}</td>',
+        f'<td class="num">{"" if percent is None else html.escape(fmt(float(percent)))}</td>',
+        f'<td class="code">{_unexpected_values(detail)}</td>',
+    )
+    return "<tr>" + "".join(cells) + "</tr>"
+
+
+def validation_page(validations: dict[str, dict], model_label: str, rows: int) -> str:
+    """One page for both suites: counts per suite, then every expectation (failures first) with its type, column,
+    kwargs, outcome, observed value, unexpected count and percent, and the first unexpected values."""
+    version = next((v.get("meta", {}).get("great_expectations_version") for v in validations.values()), None)
+    body = [f"<h1>Data quality: {html.escape(model_label)}</h1>",
+            f'<div class="muted">Great Expectations {html.escape(str(version or ""))} on the current data, {rows} rows. '
+            "Values are shown as JSON. Unexpected values come from GX's partial list (the first 20 unexpected rows): "
+            f"up to {SHOWN_UNEXPECTED} distinct values, each with its count in that list. "
+            "The full results: gx_validation_results.json.</div>"]  # fmt: skip
+    header = ("<tr><th>outcome</th><th>expectation</th><th>column</th><th>kwargs</th><th>observed</th>"
+              "<th>unexpected</th><th>unexpected %</th><th>unexpected values</th></tr>")  # fmt: skip
+    for suite in SUITES:
+        results = validations.get(suite, {}).get("results", [])
+        failed = sum(not r["success"] for r in results)
+        summary = badge("PASS" if not failed else "FAIL", f"{failed} of {len(results)} failed")
+        body.append(f"<h2>{html.escape(suite)} suite {summary if results else ''}</h2>")
+        if not results:
+            body.append('<div class="muted">No expectations in this suite.</div>')
+            continue
+        ordered = sorted(results, key=lambda r: bool(r["success"]))  # failures first, stable within each group
+        body.append('<div class="scroll"><table>' + header + "".join(_expectation_row(r) for r in ordered) + "</table></div>")
+    return page(f"Data quality: {model_label}", "\n".join(body))

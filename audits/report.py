@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import html
+import json
 from typing import Any
 
 import pandas as pd
@@ -19,9 +20,8 @@ COLOURS = {"PASS": "#1a7f37", "WARN": "#9a6700", "FAIL": "#cf222e", "ERROR": "#8
 MAX_TABLE_ROWS = 25
 MAX_METRICS = 40
 
-_TEMPLATE = """<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>Audit: {{ title }}</title>
-<style>
+# Shared by every page an audit writes (audits.data_quality's validation page uses it too).
+STYLE = """
 body{font-family:-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:24px;color:#1f2328;max-width:1200px}
 h1{font-size:22px;margin:0 0 4px} h2{font-size:18px;margin:28px 0 8px;border-bottom:1px solid #d0d7de;padding-bottom:4px}
 h3{font-size:14px;margin:16px 0 6px} .muted{color:#656d76;font-size:13px}
@@ -30,7 +30,12 @@ table{border-collapse:collapse;font-size:12.5px;margin:6px 0 12px} th,td{border:
 th{background:#f6f8fa} td.num{text-align:right;font-variant-numeric:tabular-nums}
 img{max-width:100%;border:1px solid #d0d7de;margin:4px 0} .scroll{overflow-x:auto}
 dl{display:grid;grid-template-columns:max-content auto;gap:2px 12px;font-size:13px} dt{color:#656d76}
-</style></head><body>
+td.code{font-family:ui-monospace,SFMono-Regular,Menlo,monospace;font-size:11.5px;white-space:pre-wrap;word-break:break-word}
+"""
+
+_TEMPLATE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>Audit: {{ title }}</title>
+<style>""" + STYLE + """</style></head><body>
 <h1>Audit of {{ title }} <span class="badge" style="background:{{ colours[verdict] }}">{{ verdict }}</span></h1>
 <div class="muted">{{ subtitle }}</div>
 <h2>Verdicts</h2>
@@ -73,12 +78,34 @@ document.querySelectorAll('a[href^="#"]').forEach(function (a) {
 """
 
 
-def _fmt(value: Any) -> str:
+def fmt(value: Any) -> str:
+    """A value as short text (not escaped: the template, or the caller, escapes it once)."""
     if value is None:
         return "n/a"
     if isinstance(value, float):
         return f"{value:.4g}"
-    return html.escape(str(value))
+    return str(value)
+
+
+def page(title: str, body: str) -> str:
+    """A self-contained page: ``title`` is text (escaped here), ``body`` is HTML its caller has escaped."""
+    return (f'<!doctype html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>\n'
+            f"<style>{STYLE}</style></head><body>\n{body}\n</body></html>\n")
+
+
+def badge(verdict: str, text: str | None = None) -> str:
+    return f'<span class="badge" style="background:{COLOURS[verdict]}">{html.escape(verdict if text is None else text)}</span>'
+
+
+# Inside <script>, the HTML parser ends the element at the first "</script" and treats "<!--" specially, whatever
+# JavaScript thinks of the text; U+2028/9 end a line in JavaScript before ES2019. Their \u escapes mean the same
+# characters to JSON.parse and to JavaScript, so the data arrive intact and the markup never sees them.
+_SCRIPT_UNSAFE = str.maketrans({"<": "\\u003c", ">": "\\u003e", "&": "\\u0026", "\u2028": "\\u2028", "\u2029": "\\u2029"})
+
+
+def script_json(data: Any) -> str:
+    """``data`` as a JavaScript literal that is safe inside an HTML ``<script>`` element (no NaN: JSON has none)."""
+    return json.dumps(data, separators=(",", ":"), allow_nan=False).translate(_SCRIPT_UNSAFE)
 
 
 def _table(frame: pd.DataFrame) -> str:
@@ -101,7 +128,7 @@ def render_report(title: str, subtitle: str, verdict: Verdict, results: list[Aud
         provenance=list(provenance.items()),
         colours=COLOURS,
         max_metrics=MAX_METRICS,
-        fmt=_fmt,
+        fmt=fmt,
         b64=lambda data: base64.b64encode(data).decode("ascii"),
         table=_table,
         metrics=_metrics,
@@ -109,10 +136,13 @@ def render_report(title: str, subtitle: str, verdict: Verdict, results: list[Aud
 
 
 def markdown_summary(title: str, verdict: Verdict, results: list[AuditResult]) -> str:
-    """A short Markdown table for the MLflow run's description."""
-    lines = [f"**Audit of {title}: {verdict.value}**", "", "| audit | verdict | reason |", "|---|---|---|"]
+    """A short Markdown table for the MLflow run's description.
+
+    Markdown passes HTML through: the model's name and the reasons (which can quote the data) are escaped, so
+    the UI shows them as text whatever its own sanitising does."""
+    lines = [f"**Audit of {html.escape(title, quote=False)}: {verdict.value}**", "", "| audit | verdict | reason |", "|---|---|---|"]
     for r in results:
-        reason = r.reason.replace("|", "/").replace("\n", " ")[:200]
-        lines.append(f"| {r.audit} | {r.verdict.value} | {reason} |")
+        reason = html.escape(r.reason.replace("|", "/").replace("\n", " ")[:200], quote=False)
+        lines.append(f"| {html.escape(r.audit, quote=False)} | {r.verdict.value} | {reason} |")
     lines += ["", "Full report: artifact `audit_report.html`."]
     return "\n".join(lines)

@@ -54,8 +54,8 @@ two threads are safe; Annoy's multi-threaded build is not reproducible, so Annoy
 from __future__ import annotations
 
 import html as html_lib
-import json
 import math
+import re
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -68,6 +68,7 @@ from audits.core import Artifact, Audit, AuditConfig, AuditContext, AuditResult,
 from audits.core.feature_space import FeatureSpace
 from audits.explain.prototypes import reference_sample
 from audits.explain.shap_values import choose_explainer, explain, unexplainable
+from audits.report import script_json
 from audits.uncertainty.ood import fit_ood
 from audits.uncertainty.scores import entropy
 
@@ -380,8 +381,10 @@ function draw(){
  py = ys.map(v => v === null ? null : cv.height - 20 - (v - ymin) / ((ymax - ymin) || 1) * (cv.height - 40));
  ctx.clearRect(0, 0, cv.width, cv.height); ctx.globalAlpha = 0.7;
  for (const i of idx){ctx.fillStyle = colour(c, i); ctx.beginPath(); ctx.arc(px[i], py[i], D.dataset[i] ? 3 : 2.2, 0, 6.3); ctx.fill();}
- legend.innerHTML = c.categorical ? c.categories.map((k, j) => '<span style="color:' + PAL[j % 10] + '">&#9679;</span> ' + k).join(" &nbsp; ")
-  : "low " + c.low.toPrecision(3) + " (purple) to high " + c.high.toPrecision(3) + " (yellow); grey: not available";
+ legend.replaceChildren();  // categories are the data's: text nodes only, never parsed as HTML
+ if (c.categorical) c.categories.forEach((k, j) => {const dot = document.createElement("span");
+  dot.style.color = PAL[j % 10]; dot.textContent = "\\u25cf "; legend.append(dot, k, "\\u2003");});
+ else legend.textContent = "low " + c.low.toPrecision(3) + " (purple) to high " + c.high.toPrecision(3) + " (yellow); grey: not available";
 }
 cv.addEventListener("mousemove", ev => {
  const r = cv.getBoundingClientRect(), mx = ev.clientX - r.left, my = ev.clientY - r.top; let best = -1, bd = 49;
@@ -432,8 +435,9 @@ def html_view(table: pd.DataFrame, embeddings: list[str], colourings: list[Colou
         "dataset": [int(d == "current") for d in table["dataset"]],
         "tooltip": tooltip,
     }
-    payload = json.dumps(data, separators=(",", ":"), allow_nan=False).replace("</", "<\\/")
-    return _HTML.replace("__TITLE__", html_lib.escape(title)).replace("__DATA__", payload)
+    # one pass: a title that reads "__DATA__" stays a title
+    filled = {"__TITLE__": html_lib.escape(title), "__DATA__": script_json(data)}
+    return re.sub("__TITLE__|__DATA__", lambda match: filled[match.group(0)], _HTML)
 
 
 # ---------------------------------------------------------------------------------------------

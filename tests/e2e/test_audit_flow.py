@@ -77,8 +77,8 @@ def test_artifacts_are_complete_and_the_manifest_hashes_them(world, audited):
         files = {p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()}
         expected = {
             "audit_report.html", "manifest.json",
-            "data_quality/expectations.json", "data_quality/columns.json", "data_quality/data_docs_user.html",
-            "data_quality/data_docs_baseline.html", "data_quality/result.json",
+            "data_quality/expectations.json", "data_quality/columns.json", "data_quality/data_docs.html",
+            "data_quality/result.json",
             "performance/metrics.json", "performance/confusion_matrix.png",
             "shap/values.json", "shap/importance.json", "shap/beeswarm.png", "shap/bar.png", "shap/feature_map.json",
         }  # fmt: skip

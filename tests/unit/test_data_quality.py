@@ -1,7 +1,10 @@
 """Data quality: the inferred suite holds on its own reference, planted faults are caught with the right
-counts (checked against pandas), the user suite gates the verdict, Data Docs are produced."""
+counts (checked against pandas), the user suite gates the verdict, the validation page shows every outcome."""
 
 from __future__ import annotations
+
+import json
+from html.parser import HTMLParser
 
 import numpy as np
 import pandas as pd
@@ -21,6 +24,31 @@ def run(context, **config):
 
 def table(result, name="expectations.json"):
     return next(a.content for a in result.artifacts if a.name == name)
+
+
+class Tables(HTMLParser):
+    """The text of every cell of every table on a page: tables -> rows -> cells (header rows included)."""
+
+    def __init__(self, page: str) -> None:
+        super().__init__(convert_charrefs=True)
+        self.tables: list[list[list[str]]] = []
+        self.tags: list[str] = []
+        self.feed(page)
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.append(tag)
+        if tag == "table":
+            self.tables.append([])
+        elif tag == "tr":
+            self.tables[-1].append([])
+        elif tag in ("td", "th"):
+            self.tables[-1][-1].append("")
+        elif tag == "br" and self.tables and self.tables[-1] and self.tables[-1][-1]:
+            self.tables[-1][-1][-1] += "\n"
+
+    def handle_data(self, data):
+        if self.tables and self.tables[-1] and self.tables[-1][-1]:
+            self.tables[-1][-1][-1] += data
 
 
 def test_baseline_expectations_describe_the_reference():
@@ -71,7 +99,7 @@ def test_planted_faults_are_caught_with_pandas_counts(tabular):
     assert "x1" in result.info["failing_expectations"]
 
 
-def test_the_user_suite_fails_the_audit_and_data_docs_are_produced(classifier_context):
+def test_the_user_suite_fails_the_audit_and_the_page_shows_every_outcome(classifier_context):
     result = run(
         classifier_context,
         expectations=[
@@ -81,10 +109,28 @@ def test_the_user_suite_fails_the_audit_and_data_docs_are_produced(classifier_co
     )
     assert result.metrics["data_quality.user.evaluated"] == 2 and result.metrics["data_quality.user.failed"] == 1
     assert result.verdict is Verdict.FAIL and "data_quality.user.failed" in result.reason
-    docs = {a.name: a.content for a in result.artifacts if a.kind == "html"}
-    assert set(docs) == {"data_docs_user.html", "data_docs_baseline.html"}
-    assert "Data documentation compiled by Great Expectations" in docs["data_docs_user.html"]
-    assert "x1" in docs["data_docs_user.html"] and "colour" in docs["data_docs_user.html"]
+    pages = {a.name: a.content for a in result.artifacts if a.kind == "html"}
+    assert set(pages) == {"data_docs.html"}
+    page = pages["data_docs.html"]
+    parsed = Tables(page)
+    assert "script" not in parsed.tags and "link" not in parsed.tags and "http" not in page  # self-contained, inert
+
+    user, baseline = parsed.tables
+    header, failed, passed = user
+    assert header == ["outcome", "expectation", "column", "kwargs", "observed", "unexpected", "unexpected %", "unexpected values"]
+    x1 = classifier_context.current.X["x1"]
+    outside = x1[(x1 < -0.5) | (x1 > 0.5)]
+    assert failed[:3] == ["fail", "expect_column_values_to_be_between", "x1"]
+    assert json.loads(failed[3]) == {"column": "x1", "min_value": -0.5, "max_value": 0.5}
+    assert failed[5] == str(len(outside)) and float(failed[6]) == pytest.approx(100 * len(outside) / len(x1), rel=1e-3)
+    shown = [line.rsplit(" (\u00d7", 1) for line in failed[7].split("\n")]
+    assert len(shown) == 5 and all(count == "1)" for _, count in shown)
+    assert all(float(value) in set(outside) for value, _ in shown)  # the first unexpected values, as GX listed them
+    assert passed[:3] == ["pass", "expect_column_values_to_not_be_null", "colour"] and passed[5] == "0"
+    # the baseline suite: one row per expectation, failures first
+    outcomes = [row[0] for row in baseline[1:]]
+    assert len(outcomes) == result.metrics["data_quality.baseline.evaluated"]
+    assert outcomes == sorted(outcomes, key=lambda o: o == "pass") and outcomes.count("fail") == result.metrics["data_quality.baseline.failed"]
 
 
 def test_a_user_expectation_on_a_missing_column_fails_instead_of_crashing(classifier_context):
@@ -92,6 +138,9 @@ def test_a_user_expectation_on_a_missing_column_fails_instead_of_crashing(classi
     assert result.metrics["data_quality.user.failed"] == 1
     row = table(result).query("suite == 'user'").iloc[0]
     assert not row["success"] and "error" in row["observed"]
+    page = next(a.content for a in result.artifacts if a.name == "data_docs.html")
+    [cells] = Tables(page).tables[0][1:]
+    assert cells[0] == "error" and cells[2] == "nope" and cells[4].startswith("error: ") and "nope" in cells[4]
 
 
 def test_no_data_docs_when_disabled(classifier_context):

@@ -29,3 +29,11 @@ def test_report_is_self_contained_and_complete(classifier_context):
     assert "performance.current.accuracy" in html
     summary = markdown_summary("m v1", verdict, results)
     assert "| shap | ERROR |" in summary and "audit_report.html" in summary
+
+
+def test_the_run_description_shows_markup_from_names_and_reasons_as_text():
+    results = [AuditResult(audit="shap", verdict=Verdict.ERROR, reason="KeyError: '<img src=x onerror=alert(1)>'")]
+    summary = markdown_summary("<script>alert(1)</script> v1", Verdict.ERROR, results)
+    assert "<" not in summary and ">" not in summary  # MLflow renders the description as Markdown, which passes HTML
+    assert "**Audit of &lt;script&gt;alert(1)&lt;/script&gt; v1: ERROR**" in summary
+    assert "| shap | ERROR | KeyError: '&lt;img src=x onerror=alert(1)&gt;' |" in summary
