@@ -265,8 +265,8 @@ class DataQualityAudit(Audit):
         artifacts = [
             Artifact.table("expectations", table, "Every expectation and its outcome on current data (failures first)"),
             Artifact.table("columns", column_profile(reference, current), "Column profile: types, null rates, distinct values"),
-            Artifact.json("gx_validation_results", validations, "Great Expectations validation results (JSON)"),
-            Artifact.json("baseline_suite", {"name": "baseline", "expectations": suites["baseline"]}, "The inferred baseline suite"),
+            Artifact.json("gx_validation_results", clipped(validations), "Great Expectations validation results (JSON)"),
+            Artifact.json("baseline_suite", clipped({"name": "baseline", "expectations": suites["baseline"]}), "The inferred baseline suite"),
         ]
         if cfg.data_docs:
             artifacts.append(Artifact.html("data_docs", validation_page(validations, context.model.label, len(current)),
@@ -285,6 +285,18 @@ def _with_target(ds: Any) -> pd.DataFrame:
     if ds.y is None:
         return ds.X
     return pd.concat([ds.X, ds.y.rename(ds.y.name)], axis=1)
+
+
+def clipped(value: Any, limit: int = 1000) -> Any:
+    """``value`` with every string longer than ``limit`` cut short (and saying so): GX copies unexpected values whole into
+    its results, and one 5 MB cell of the data would otherwise be written several times into the record."""
+    if isinstance(value, str):
+        return value if len(value) <= limit else f"{value[:limit]}... ({len(value):,} characters)"
+    if isinstance(value, dict):
+        return {clipped(k, limit): clipped(v, limit) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [clipped(v, limit) for v in value]
+    return value
 
 
 def _validate(current: pd.DataFrame, suites: dict[str, list[dict]]) -> dict[str, dict]:

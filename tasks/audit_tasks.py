@@ -20,7 +20,7 @@ from audits.core.runner import overall_verdict, run_planned
 from audits.report import markdown_summary, render_report
 from tasks.adapters import provenance
 from tasks.adapters.errors import AuditlensError
-from tasks.adapters.inputs import AuditInputs, assemble
+from tasks.adapters.inputs import AuditInputs, assemble_in_time
 from tasks.adapters.mlflow_sink import AuditRun, MlflowSink, redact
 from tasks.adapters.models import ModelRef, resolve_model
 from tasks.adapters.settings import LoadedSettings, load_settings
@@ -76,7 +76,7 @@ def open_audit_run(ref: ModelRef, loaded: LoadedSettings, tracking_uri: str, aud
 
 @task(name="load-inputs", cache_policy=NO_CACHE)
 def load_inputs(ref: ModelRef, loaded: LoadedSettings, tracking_uri: str) -> AuditInputs:
-    return assemble(ref, loaded, make_client(tracking_uri))
+    return assemble_in_time(ref, loaded, make_client(tracking_uri))
 
 
 @task(name="audit", cache_policy=NO_CACHE)

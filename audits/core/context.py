@@ -132,10 +132,59 @@ class AuditContext:
         return self.features[0]
 
 
+class InvalidPredictions(ValueError):
+    """The model answered, but not with one valid prediction per row: every audit would compute on nonsense."""
+
+
+def _first(mask: np.ndarray) -> int:
+    return int(np.flatnonzero(mask)[0])
+
+
+def checked_predictions(model: ModelUnderAudit, n_rows: int, labels: Any, proba: Any) -> Predictions:
+    """The model's answers, refused with the reason when they are not one prediction per row: NaN or infinite values,
+    the wrong shape, a class the model does not declare, probabilities outside [0, 1] or not summing to 1."""
+    labels = np.asarray(labels)
+    if labels.ndim == 2 and labels.shape[1] == 1:
+        labels = labels[:, 0]
+    if labels.shape != (n_rows,):
+        raise InvalidPredictions(f"predict returned shape {labels.shape} for {n_rows} rows; expected one value per row ({n_rows},)")
+    if model.task == "regression" or labels.dtype.kind in "fc":
+        numeric = pd.to_numeric(pd.Series(labels), errors="coerce").to_numpy(dtype=float)
+        if model.task == "regression" and np.isnan(numeric).all() and labels.dtype.kind not in "fc":
+            raise InvalidPredictions(f"predict returned {labels.dtype} values ({labels[0]!r}...) for a regression model")
+        bad = ~np.isfinite(numeric)
+        if model.task == "regression" and bad.any():
+            raise InvalidPredictions(f"predict returned {int(bad.sum())} NaN or infinite value(s) of {n_rows} (first at row {_first(bad)})")
+    if model.task == "classification":
+        if pd.isna(pd.Series(labels)).any():
+            bad = pd.isna(pd.Series(labels)).to_numpy()
+            raise InvalidPredictions(f"predict returned {int(bad.sum())} missing label(s) of {n_rows} (first at row {_first(bad)})")
+        if model.classes is not None:
+            unknown = ~pd.Series(labels).isin(list(model.classes)).to_numpy()
+            if unknown.any():
+                raise InvalidPredictions(f"predict returned {labels[_first(unknown)]!r} (row {_first(unknown)}), which is not one of "
+                                         f"the model's classes {list(model.classes)[:20]}")
+    if proba is None:
+        return Predictions(labels=labels)
+    proba = np.asarray(proba, dtype=float)
+    width = len(model.classes) if model.classes is not None else None
+    if proba.ndim != 2 or proba.shape[0] != n_rows or (width is not None and proba.shape[1] != width):
+        raise InvalidPredictions(f"predict_proba returned shape {proba.shape} for {n_rows} rows; expected ({n_rows}, {width or 'classes'})")
+    bad = ~np.isfinite(proba).all(axis=1)
+    if bad.any():
+        raise InvalidPredictions(f"predict_proba returned NaN or infinite values in {int(bad.sum())} row(s) of {n_rows} (first at row {_first(bad)})")
+    bad = (proba < -1e-6).any(axis=1) | (proba > 1 + 1e-6).any(axis=1) | (np.abs(proba.sum(axis=1) - 1) > 1e-3)
+    if bad.any():
+        row = _first(bad)
+        raise InvalidPredictions(f"predict_proba returned rows that are not probabilities in {int(bad.sum())} row(s) of {n_rows} "
+                                 f"(row {row}: {np.round(proba[row][:10], 4).tolist()}, sum {proba[row].sum():.4g})")
+    return Predictions(labels=labels, proba=proba)
+
+
 def predict(model: ModelUnderAudit, X: pd.DataFrame) -> Predictions:
     # Labels from predict itself: for some models (SVC, calibrated wrappers) argmax(predict_proba) disagrees with it.
-    proba = np.asarray(model.predict_proba(X), dtype=float) if model.predict_proba is not None else None
-    return Predictions(labels=np.asarray(model.predict(X)), proba=proba)
+    proba = model.predict_proba(X) if model.predict_proba is not None else None
+    return checked_predictions(model, len(X), model.predict(X), proba)
 
 
 def infer_categorical(X: pd.DataFrame) -> tuple[str, ...]:

@@ -5,6 +5,7 @@
         id: shap                    # optional; names the metrics and the artifact folder
         config: {rows: 200}         # validated against the audit's own Config
         thresholds: [...]           # optional; omitted = the audit's defaults, [] = none
+        time_limit_s: 600           # optional; past it the audit is ERROR and the others go on
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ class AuditSpec(BaseModel):
     id: str | None = None
     config: dict[str, Any] = Field(default_factory=dict)
     thresholds: list[Threshold] | None = None
+    time_limit_s: float | None = Field(None, gt=0, le=7 * 24 * 3600)
 
     @field_validator("id")
     @classmethod
@@ -76,6 +78,7 @@ class PlannedAudit:
     id: str
     audit: Audit
     thresholds: tuple[Threshold, ...]
+    time_limit_s: float | None = None  # None: no limit
 
 
 class AuditPlan(BaseModel):
@@ -83,7 +86,7 @@ class AuditPlan(BaseModel):
 
     audits: list[AuditSpec] = Field(min_length=1)
 
-    def build(self, location: tuple[Any, ...] = ("audits",)) -> list[PlannedAudit]:
+    def build(self, location: tuple[Any, ...] = ("audits",), default_time_limit_s: float | None = None) -> list[PlannedAudit]:
         """Resolve each audit and validate its configuration; raise one PlanError listing every problem."""
         planned: list[PlannedAudit] = []
         problems: list[tuple[tuple[Any, ...], str]] = []
@@ -107,7 +110,8 @@ class AuditPlan(BaseModel):
                 thresholds = tuple(t.for_audit_id(cls.name, spec.audit_id) for t in cls.default_thresholds)
             else:
                 thresholds = tuple(spec.thresholds)
-            planned.append(PlannedAudit(spec.audit_id, cls(config), tuple(thresholds)))
+            time_limit_s = spec.time_limit_s if spec.time_limit_s is not None else default_time_limit_s
+            planned.append(PlannedAudit(spec.audit_id, cls(config), tuple(thresholds), time_limit_s))
         if problems:
             raise PlanError(problems)
         return planned

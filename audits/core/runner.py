@@ -2,12 +2,52 @@
 
 from __future__ import annotations
 
+import threading
 import time
 import traceback
+from collections.abc import Callable
+from typing import TypeVar
 
 from audits.core.context import AuditContext
 from audits.core.plan import PlannedAudit
 from audits.core.result import AuditResult, CheckResult, Verdict, is_valid_key, worst
+
+
+T = TypeVar("T")
+
+
+class TimeLimitExceeded(Exception):
+    """A call that did not return within its time limit."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        super().__init__(f"did not finish within {seconds:g} s")
+
+
+def call_with_time_limit(function: Callable[[], T], seconds: float | None, name: str = "auditlens-limited") -> T:
+    """``function()``, or TimeLimitExceeded once ``seconds`` have passed without it returning.
+
+    Python cannot stop a thread: the call goes on in a daemon thread, which dies with the process (the CLI exits after
+    the audit; a long-lived worker keeps the thread until its own end). Its result, if it ever comes, is dropped.
+    """
+    if seconds is None:
+        return function()
+    outcome: dict[str, object] = {}
+
+    def target() -> None:
+        try:
+            outcome["value"] = function()
+        except BaseException as exc:  # noqa: BLE001 (handed to the caller)
+            outcome["error"] = exc
+
+    worker = threading.Thread(target=target, name=name, daemon=True)
+    worker.start()
+    worker.join(seconds)
+    if worker.is_alive():
+        raise TimeLimitExceeded(seconds)
+    if "error" in outcome:
+        raise outcome["error"]  # type: ignore[misc]
+    return outcome["value"]  # type: ignore[return-value]
 
 
 def verdict_from_checks(checks: list[CheckResult]) -> tuple[Verdict, str]:
@@ -41,7 +81,11 @@ def run_planned(planned: PlannedAudit, context: AuditContext) -> AuditResult:
     if reason:
         return finish(AuditResult.skipped(planned.id, reason))
     try:
-        result = namespaced(planned.audit.compute(context), planned.id)
+        result = namespaced(call_with_time_limit(lambda: planned.audit.compute(context), planned.time_limit_s,
+                                                 f"audit-{planned.id}"), planned.id)
+    except TimeLimitExceeded as exc:
+        return finish(AuditResult(audit=planned.id, verdict=Verdict.ERROR,
+                                  reason=f"{exc} (time_limit_s; the model or the audit may hang on this data)"))
     except Exception as exc:  # an audit that raises becomes ERROR; the other audits still run
         return finish(
             AuditResult(

@@ -17,12 +17,38 @@ IMAGES = "images"  # the array of a .npz image dataset: N x C x H x W; other 1-D
 
 
 def _format(path: Path) -> str:
+    if path.is_dir():
+        raise DataError(f"{path} is a folder; auditlens reads one data file per side", "point data.reference / data.current at a .csv or .parquet file")
     fmt = READERS.get(path.suffix.lower())
     if fmt is None:
         raise DataError(f"{path}: unsupported file type {path.suffix!r}", "use a .csv or .parquet file (.npz for images)")
     if not path.is_file():
         raise DataError(f"data file {path} does not exist", "check the path under 'data:' in the config (relative paths start at the config file's folder)")
     return fmt
+
+
+def _unreadable(path: Path, fmt: str, exc: Exception, encoding: str) -> DataError:
+    """One error for a file that is not what its name says, with the fix for its kind of fault."""
+    if isinstance(exc, UnicodeDecodeError):
+        return DataError(f"{path} is not {encoding} text (byte {exc.start} of its {exc.reason})",
+                         "set data.encoding to the file's encoding (e.g. latin-1, cp1252), or save it as UTF-8")
+    first_line = " ".join(str(exc).split())[:300]
+    if fmt == "parquet":
+        return DataError(f"{path}: cannot be read as Parquet ({type(exc).__name__}: {first_line})",
+                         "the file is damaged or not Parquet: write it again (e.g. DataFrame.to_parquet)")
+    return DataError(f"{path}: cannot be read as {fmt} ({type(exc).__name__}: {first_line})", f"check that the file is valid {fmt}")
+
+
+def _checked_names(path: Path, names: list[str]) -> list[str]:
+    """The header's column names, refused when two are the same (pandas would silently rename the second 'x' to 'x.1',
+    and the model would read whichever it finds first)."""
+    seen: dict[str, int] = {}
+    for position, name in enumerate(names):
+        if name in seen:
+            raise DataError(f"{path}: column name {name!r} appears twice (columns {seen[name] + 1} and {position + 1})",
+                            "give every column its own name")
+        seen[name] = position
+    return names
 
 
 def _npz(path: Path) -> tuple[np.ndarray, dict[str, np.ndarray]]:
@@ -52,22 +78,28 @@ def image_shape(path: Path) -> tuple[int, ...]:
     return tuple(int(s) for s in _npz(path)[0].shape[1:])
 
 
-def read_columns(path: Path) -> list[str]:
+def read_columns(path: Path, encoding: str = "utf-8") -> list[str]:
     """The column names alone, cheaply (a CSV header, a Parquet schema, a .npz's arrays)."""
     fmt = _format(path)
     if fmt == "npz":
         return list(read_table(path).columns)
-    if fmt == "csv":
-        try:
-            return [str(c) for c in pd.read_csv(path, nrows=0).columns]
-        except pd.errors.EmptyDataError:
-            return []
-    import pyarrow.parquet as pq
+    try:
+        if fmt == "csv":
+            import csv
 
-    return [str(c) for c in pq.read_schema(path).names]
+            with path.open(newline="", encoding=encoding) as handle:
+                header = next(csv.reader(handle), None)
+            return _checked_names(path, [str(c) for c in header]) if header else []
+        import pyarrow.parquet as pq
+
+        return _checked_names(path, [str(c) for c in pq.read_schema(path).names])
+    except DataError:
+        raise
+    except Exception as exc:
+        raise _unreadable(path, fmt, exc, encoding) from None
 
 
-def read_table(path: Path) -> pd.DataFrame:
+def read_table(path: Path, encoding: str = "utf-8") -> pd.DataFrame:
     fmt = _format(path)
     if fmt == "npz":  # one column per image element, p{c}_{h}_{w} (audits.deep.network.image_columns)
         from audits.deep.network import image_columns
@@ -77,12 +109,15 @@ def read_table(path: Path) -> pd.DataFrame:
         for name, values in columns.items():
             frame[name] = values
         return frame
+    names = read_columns(path, encoding)  # checked: no column twice
     try:
-        frame = pd.read_csv(path) if fmt == "csv" else pd.read_parquet(path)
+        frame = pd.read_csv(path, encoding=encoding) if fmt == "csv" else pd.read_parquet(path)
     except pd.errors.EmptyDataError:
         frame = pd.DataFrame()
     except Exception as exc:
-        raise DataError(f"{path}: cannot be read as {fmt} ({exc})", f"check that the file is valid {fmt}") from None
+        raise _unreadable(path, fmt, exc, encoding) from None
+    if fmt == "csv" and len(frame.columns) == len(names):
+        frame.columns = names  # the header as written: pandas renames an empty name to 'Unnamed: 3'
     frame.columns = [str(c) for c in frame.columns]
     return frame
 
@@ -111,7 +146,27 @@ def resolve_features(
     return [c for c in columns if c != target]
 
 
+def check_numeric(frame: pd.DataFrame, numeric: list[str], role: str, path: Path) -> None:
+    """Columns that are numbers in the reference hold numbers here too, in every row: text where the model was trained on
+    numbers means an export went wrong (a stray 'n/a', a thousands separator), and the model would fail or guess on it."""
+    for column in numeric:
+        now = frame[column]
+        if pd.api.types.is_numeric_dtype(now) or now.isna().all():
+            continue
+        numbers = pd.to_numeric(now, errors="coerce")
+        text = numbers.isna() & now.notna()
+        first = int(np.flatnonzero(text.to_numpy())[0])
+        raise DataError(f"{role} data {path}: column {column!r} holds text where the reference holds numbers "
+                        f"({int(text.sum())} value(s), first {str(now.iloc[first])[:40]!r} in row {first})",
+                        "fix the export (a stray word, a thousands separator or a decimal comma?) so the column holds numbers")
+
+
 def check_columns(role: str, path: Path, columns: list[str], features: list[str], target: str | None, target_required: bool) -> None:
+    unnamed = [f for f in features if not f.strip()]
+    if unnamed:
+        raise DataError(f"{role} data {path}: a column has no name in the header, and it would be a feature",
+                        "name every column (a DataFrame's index written by to_csv? write it with index=False), "
+                        "or list the features under data.features")
     missing = [f for f in features if f not in columns]
     if missing:
         raise DataError(
@@ -135,10 +190,10 @@ class PreparedData:
 
 def prepare(
     role: str, path: Path, features: list[str], target: str | None, target_required: bool, budget: int, seed: int,
-    segments: list[str] | None = None,
+    segments: list[str] | None = None, encoding: str = "utf-8", numeric: list[str] | None = None,
 ) -> PreparedData:
-    """Read, check and sample one dataset; refuse empty or all-missing data with a clear error."""
-    frame = read_table(path)
+    """Read, check and sample one dataset; refuse empty or all-missing data, or infinite values, with a clear error."""
+    frame = read_table(path, encoding)
     check_columns(role, path, list(frame.columns), features, target, target_required)
     missing_segments = [c for c in segments or [] if c not in frame.columns]
     if missing_segments:
@@ -147,8 +202,17 @@ def prepare(
     if frame.empty:
         raise DataError(f"{role} data {path} has no rows", "point 'data." + role + "' at a file with data")
     X = frame[features]
+    check_numeric(X, numeric or [], role, path)
     if X.isna().all().all():
         raise DataError(f"{role} data {path}: every feature value is missing (NaN)", "check how the file was exported")
+    for column in features:  # every row: one infinity among millions breaks means, distances and most models
+        values = X[column]
+        if pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values):
+            infinite = np.isinf(values.to_numpy(dtype=float, na_value=np.nan))
+            if infinite.any():
+                raise DataError(f"{role} data {path}: column {column!r} holds {int(infinite.sum())} infinite value(s) "
+                                f"(first in row {int(np.flatnonzero(infinite)[0])})",
+                                "replace them with missing values (empty cells) or finite numbers")
     all_missing = [c for c in features if X[c].isna().all()]
     if all_missing and role == "reference":
         raise DataError(f"reference data {path}: column(s) {all_missing} are entirely missing",

@@ -31,3 +31,11 @@ class DataError(AuditlensError):
 
 class TrackingServerError(AuditlensError):
     pass
+
+
+class ModelOutputError(AuditlensError):
+    """The model answered, but not with one valid prediction per row (NaN, the wrong shape, a class it does not have)."""
+
+
+class ModelTimeoutError(AuditlensError):
+    pass

@@ -5,9 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from audits.core.context import AuditContext, ModelUnderAudit, build_context, infer_categorical
+import pandas as pd
+
+from audits.core.context import AuditContext, InvalidPredictions, ModelUnderAudit, build_context, infer_categorical
 from tasks.adapters.datasets import check_columns, image_shape, prepare, read_columns, resolve_features
-from tasks.adapters.errors import DataError
+from audits.core.runner import TimeLimitExceeded, call_with_time_limit
+from tasks.adapters.errors import DataError, ModelOutputError, ModelTimeoutError
 from tasks.adapters.models import ModelRef, load_baseline, load_model
 from tasks.adapters.settings import LoadedSettings
 
@@ -44,15 +47,27 @@ def preflight_data(loaded: LoadedSettings) -> None:
     """Cheap checks (files exist, headers have the columns) before any run is opened."""
     data = loaded.settings.data
     ref_path, cur_path = loaded.data_path("reference"), loaded.data_path("current")
-    ref_columns = read_columns(ref_path)
+    ref_columns = read_columns(ref_path, data.encoding)
     if not ref_columns:
         raise DataError(f"reference data {ref_path} is empty (no header, no rows)", "point data.reference at the training data")
     features = resolve_features(ref_columns, data.target, data.features, None)
     check_columns("reference", ref_path, ref_columns, features, data.target, target_required=True)
-    cur_columns = read_columns(cur_path)
+    cur_columns = read_columns(cur_path, data.encoding)
     if not cur_columns:
         raise DataError(f"current data {cur_path} is empty (no header, no rows)", "point data.current at the data to audit")
     check_columns("current", cur_path, cur_columns, features, data.target, target_required=False)
+
+
+def assemble_in_time(ref: ModelRef, loaded: LoadedSettings, client) -> AuditInputs:
+    """``assemble`` within ``limits.inputs_s``: a model that never answers stops the audit with an error, not forever."""
+    limit = loaded.settings.limits.inputs_s
+    try:
+        return call_with_time_limit(lambda: assemble(ref, loaded, client), limit, "auditlens-load-inputs")
+    except TimeLimitExceeded:
+        raise ModelTimeoutError(
+            f"loading {ref.label} and its predictions on the reference and current data did not finish within {limit:g} s",
+            "check that the model answers (call its predict on a few rows by hand), or raise limits.inputs_s in the config",
+        ) from None
 
 
 def assemble(ref: ModelRef, loaded: LoadedSettings, client) -> AuditInputs:
@@ -60,7 +75,8 @@ def assemble(ref: ModelRef, loaded: LoadedSettings, client) -> AuditInputs:
     model = load_model(ref, client, settings.model.task, settings.model.device)
     baseline, baseline_note = load_baseline(ref, settings.model.baseline_alias, client, settings.model.task, settings.model.device)
     ref_path, cur_path = loaded.data_path("reference"), loaded.data_path("current")
-    features = resolve_features(read_columns(ref_path), settings.data.target, settings.data.features, _model_features(model))
+    features = resolve_features(read_columns(ref_path, settings.data.encoding), settings.data.target, settings.data.features,
+                                _model_features(model))
     modality, input_shape = settings.data.modality, None
     if modality == "image":
         input_shape = image_shape(ref_path)
@@ -78,9 +94,10 @@ def assemble(ref: ModelRef, loaded: LoadedSettings, client) -> AuditInputs:
                         "name the text column alone under data.features")
     segments = settings.data.segments
     reference = prepare("reference", ref_path, features, settings.data.target, True,
-                        settings.sampling.reference_rows, settings.seed, segments)
+                        settings.sampling.reference_rows, settings.seed, segments, settings.data.encoding)
     current = prepare("current", cur_path, features, settings.data.target, False,
-                      settings.sampling.current_rows, settings.seed, segments)
+                      settings.sampling.current_rows, settings.seed, segments, settings.data.encoding,
+                      numeric=[c for c in features if pd.api.types.is_numeric_dtype(reference.X[c])])
     categorical = tuple(settings.data.categorical) if settings.data.categorical is not None else infer_categorical(reference.X)
     unknown = [c for c in categorical if c not in features]
     if unknown:
@@ -101,6 +118,9 @@ def assemble(ref: ModelRef, loaded: LoadedSettings, client) -> AuditInputs:
             modality=modality,
             input_shape=input_shape,
         )
+    except InvalidPredictions as exc:
+        raise ModelOutputError(f"{ref.label} answered, but not with one valid prediction per row: {exc}",
+                               "fix the model (or the rows that make it answer so); every audit would compute on these predictions") from None
     except Exception as exc:
         raise DataError(
             f"{ref.label} cannot predict on the data ({type(exc).__name__}: {exc})",

@@ -12,7 +12,7 @@ import tempfile
 from dataclasses import dataclass
 
 from audits.core.context import ModelUnderAudit
-from tasks.adapters.errors import ModelLoadError, ModelNotFoundError
+from tasks.adapters.errors import ModelLoadError, ModelNotFoundError, TrackingServerError
 
 _REGISTRY = re.compile(r"^models:/(?P<name>[^/@]+)(?:/(?P<version>\d+)|@(?P<alias>[\w\-]+))$")
 _RUN = re.compile(r"^runs:/(?P<run_id>[0-9a-f]{32})/(?P<path>.+)$")
@@ -43,17 +43,28 @@ def _not_found(exc: Exception) -> bool:
     return getattr(exc, "error_code", "") == "RESOURCE_DOES_NOT_EXIST" or "not found" in str(exc).lower()
 
 
+def _refused(where: str, exc: Exception) -> TrackingServerError:
+    from tasks.adapters.tracking import redact_text
+
+    code = getattr(exc, "error_code", "") or type(exc).__name__
+    return TrackingServerError(f"{where} refused the request ({code}: {redact_text(str(exc))[:300]})",
+                               "check the credentials and permissions for this server (MLFLOW_TRACKING_USERNAME / "
+                               "MLFLOW_TRACKING_PASSWORD), and that it is an MLflow tracking server")
+
+
 def resolve_model(uri: str, client) -> ModelRef:  # client: mlflow.MlflowClient
     from mlflow.exceptions import MlflowException
 
-    where = f"the registry at {client._registry_uri}"
+    from tasks.adapters.tracking import redact
+
+    where = f"the registry at {redact(client._registry_uri)}"
     if match := _REGISTRY.match(uri):
         name, version, alias = match["name"], match["version"], match["alias"]
         try:
             client.get_registered_model(name)
         except MlflowException as exc:
             if not _not_found(exc):
-                raise
+                raise _refused(where, exc) from None
             known = sorted(m.name for m in client.search_registered_models(max_results=50))
             raise ModelNotFoundError(
                 f"no registered model {name!r} in {where} (registered: {known or 'none'})",
@@ -63,7 +74,7 @@ def resolve_model(uri: str, client) -> ModelRef:  # client: mlflow.MlflowClient
             mv = client.get_model_version_by_alias(name, alias) if alias else client.get_model_version(name, version)
         except MlflowException as exc:
             if not _not_found(exc):
-                raise
+                raise _refused(where, exc) from None
             versions = sorted(int(v.version) for v in client.search_model_versions(f"name='{name}'"))
             aliases = sorted(client.get_registered_model(name).aliases)
             what = f"alias @{alias}" if alias else f"version {version}"
@@ -77,7 +88,7 @@ def resolve_model(uri: str, client) -> ModelRef:  # client: mlflow.MlflowClient
             client.get_run(match["run_id"])
         except MlflowException as exc:
             if not _not_found(exc):
-                raise
+                raise _refused(where, exc) from None
             raise ModelNotFoundError(f"no run {match['run_id']} in the tracking store", "check the run id in the URI") from None
         return ModelRef(uri, uri, run_id=match["run_id"], source=uri)
     raise ModelNotFoundError(

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from audits.core.plan import AuditPlan, AuditSpec, PlanError, PlannedAudit, format_location, pydantic_problems
 from tasks.adapters.errors import ConfigError
@@ -53,13 +53,34 @@ class DataSources(StrictModel):
     # What one row is: tabular (the columns), image (a .npz file: `images` N x C x H x W and the target array),
     # text (one column of raw strings, named in data.features unless it is the only non-target column)
     modality: Literal["tabular", "image", "text"] = "tabular"
+    encoding: str = "utf-8"  # of CSV files (e.g. latin-1, cp1252); Parquet and .npz files carry their own
+
+    @field_validator("encoding")
+    @classmethod
+    def _known_encoding(cls, value: str) -> str:
+        import codecs
+
+        try:
+            codecs.lookup(value)
+        except LookupError:
+            raise ValueError(f"unknown text encoding {value!r}; e.g. utf-8, latin-1, cp1252") from None
+        return value
 
 
 class Sampling(StrictModel):
     """Row budgets: larger datasets are sampled without replacement, with the configured seed."""
 
-    reference_rows: int = Field(20_000, ge=1)
-    current_rows: int = Field(20_000, ge=1)
+    reference_rows: int = Field(20_000, ge=1, le=1_000_000_000)
+    current_rows: int = Field(20_000, ge=1, le=1_000_000_000)
+
+
+class Limits(StrictModel):
+    """Time limits, so that a model that never answers cannot hold an audit forever."""
+
+    # loading the model and predicting on both datasets (before any run is opened): past this, the audit stops with an error
+    inputs_s: float = Field(1800, gt=0, le=7 * 24 * 3600)
+    # each audit (an entry of `audits:` may set its own time_limit_s): past this, it is ERROR and the others go on
+    audit_s: float = Field(3600, gt=0, le=7 * 24 * 3600)
 
 
 class ModelOptions(StrictModel):
@@ -76,6 +97,7 @@ class MlflowSettings(StrictModel):
     request_timeout_s: int = Field(30, ge=1)
     request_max_retries: int = Field(3, ge=0)  # MLflow's own HTTP retries, with exponential backoff
     outage_timeout_s: int = Field(120, ge=0)  # then each write waits out a server outage this long, with backoff
+    heartbeat_s: int = Field(30, ge=1)  # the audit's run records a heartbeat this often; 4 missed beats: its process is dead
     promote_alias_on_pass: str | None = None  # opt-in: point this alias (e.g. 'audited') at a version whose audit PASSes
 
 
@@ -86,6 +108,7 @@ class AuditSettings(StrictModel):
     sampling: Sampling = Sampling()
     model: ModelOptions = ModelOptions()
     mlflow: MlflowSettings = MlflowSettings()
+    limits: Limits = Limits()
     audits: list[AuditSpec] = Field(min_length=1)
 
     def resolved_artifact_location(self, tracking_uri: str) -> str | None:
@@ -99,7 +122,7 @@ class AuditSettings(StrictModel):
         return None
 
     def build_plan(self) -> list[PlannedAudit]:
-        return AuditPlan(audits=self.audits).build()
+        return AuditPlan(audits=self.audits).build(default_time_limit_s=self.limits.audit_s)
 
 
 @dataclass(frozen=True)
@@ -113,10 +136,10 @@ class LoadedSettings:
     def tracking_uri(self, override: str | None = None) -> str:
         """--tracking-uri, else the config's (a relative SQLite path starts at the config file's folder,
         like the data paths), else $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db."""
-        if override:
+        if override is not None:  # given, even empty: an empty URI is refused with its fix, not replaced by ./mlflow.db
             return override
         configured = self.settings.mlflow.tracking_uri
-        if configured:
+        if configured is not None:
             database = configured.removeprefix("sqlite:///")
             if configured.startswith("sqlite:///") and not Path(database).is_absolute():
                 return f"sqlite:///{(self.path.parent / database).resolve()}"
@@ -130,16 +153,69 @@ class LoadedSettings:
         return raw if raw.is_absolute() else (self.path.parent / raw).resolve()
 
 
+MAX_CONFIG_BYTES = 1 << 20  # a configuration is a page of settings; anything near a megabyte is not one
+MAX_CONFIG_NODES = 100_000  # values after YAML aliases are expanded (a 630-byte alias bomb expands to billions)
+
+
+def _expanded_size(node: yaml.Node, sizes: dict[int, int]) -> int:
+    """How many values ``node`` stands for once every alias is expanded. Aliases are shared nodes in the composed
+    graph, so each node is sized once (memoised): linear in the file, however large the expansion."""
+    known = sizes.get(id(node))
+    if known is not None:
+        return known
+    sizes[id(node)] = MAX_CONFIG_NODES + 1  # a node that (through a recursive alias) contains itself is too large
+    if isinstance(node, yaml.MappingNode):
+        children = [part for pair in node.value for part in pair]
+    elif isinstance(node, yaml.SequenceNode):
+        children = node.value
+    else:
+        children = []
+    total = 1
+    for child in children:
+        total += _expanded_size(child, sizes)
+        if total > MAX_CONFIG_NODES:
+            break
+    sizes[id(node)] = total
+    return total
+
+
+def _yaml_problem(path: Path, exc: yaml.YAMLError) -> ConfigError:
+    mark = getattr(exc, "problem_mark", None)
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+    problem = getattr(exc, "problem", None) or str(exc)
+    return ConfigError(f"{path}{where}: malformed YAML ({problem})", "fix the YAML syntax at that position")
+
+
 def read_yaml(path: Path) -> dict[str, Any]:
+    """A YAML file of settings, refused with one clear error when it is not one: missing, a folder, too large, not
+    text, malformed, or aliases that expand beyond reason (YAML's "billion laughs")."""
+    if path.is_dir():
+        raise ConfigError(f"{path} is a folder, not a config file", "pass the path of a YAML file, e.g. config/demo.yaml")
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist", "pass the path of a YAML file, e.g. config/demo.yaml")
+    size = path.stat().st_size
+    if size > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{path} is {size:,} bytes; a configuration is at most {MAX_CONFIG_BYTES:,}",
+                          "pass the YAML configuration itself (data belongs in the files that data.reference and data.current name)")
+    raw = path.read_bytes()
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path} is not a text file in UTF-8 (byte {exc.start} is {raw[exc.start:exc.start + 1]!r})",
+                          "pass a YAML configuration (kind: audit), saved as UTF-8") from None
+    if "\x00" in text:
+        raise ConfigError(f"{path} is a binary file, not YAML", "pass a YAML configuration (kind: audit)")
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise ConfigError(f"{path}{where}: malformed YAML ({problem})", "fix the YAML syntax at that position") from None
+        raise _yaml_problem(path, exc) from None
+    if node is not None and _expanded_size(node, {}) > MAX_CONFIG_NODES:
+        raise ConfigError(f"{path}: its YAML aliases (*name) expand to more than {MAX_CONFIG_NODES:,} values",
+                          "write the values out, or use aliases only for small repeated blocks")
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise _yaml_problem(path, exc) from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of settings at the top level, got {type(data).__name__}",
                           "start the file with keys such as 'kind: audit', 'data:' and 'audits:'")
