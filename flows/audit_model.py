@@ -15,7 +15,7 @@ from prefect.runtime import flow_run
 from tasks.audit_tasks import fail_audit_run, input_failed, load_config, load_inputs, open_audit_run, record_audit, resolve, run_one
 from tasks.adapters.deployments import resolve_pattern
 from tasks.adapters.errors import AuditlensError, TrackingServerError
-from tasks.adapters.mlflow_sink import redact
+from tasks.adapters.mlflow_sink import Heartbeat, redact
 from tasks.adapters.tracking import quiet_environment
 from tasks.logs import quiet_user_errors
 
@@ -45,6 +45,9 @@ def audit_model(model_uri: str, config_path: str, tracking_uri: str | None = Non
         input_failed(ref, store, str(flow_run.id), f"{type(exc).__name__}: {exc}")
         raise
     run = open_audit_run(ref, loaded, store, audit_key=f"prefect:{flow_run.id}", reason=reason)
+    # proof of life on the run until it is ended: a process killed outright (SIGKILL, OOM) cannot end its run, and
+    # the watcher and `auditlens doctor` tell it from a slow one by the heartbeat alone
+    heartbeat = Heartbeat(run.tracking_uri, run.run_id, loaded.settings.mlflow.heartbeat_s).start()
     try:
         futures = [run_one.with_options(task_run_name=f"audit-{p.id}").submit(p, inputs.context) for p in loaded.plan]
         results = [future.result() for future in futures]
@@ -52,6 +55,7 @@ def audit_model(model_uri: str, config_path: str, tracking_uri: str | None = Non
             logger.info("%-14s %-7s %.1fs  %s", result.audit, result.verdict.value, result.duration_s, result.reason[:160])
         summary = record_audit(run, ref, loaded, inputs, results)
     except BaseException as exc:
+        heartbeat.stop()  # before the run is ended: no beat after its end
         server_down = isinstance(exc, TrackingServerError)
         try:
             fail_audit_run(run, f"{type(exc).__name__}: {exc}", server_down)
@@ -63,5 +67,7 @@ def audit_model(model_uri: str, config_path: str, tracking_uri: str | None = Non
         except AttributeError:
             pass
         raise
+    finally:
+        heartbeat.stop()
     logger.info("Verdict for %s: %s (MLflow run %s)", ref.label, summary["verdict"], run.run_id)
     return summary

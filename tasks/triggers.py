@@ -4,6 +4,10 @@ The watcher and the webhook receiver both come here. The Prefect idempotency key
 what the audit is asked to do (configuration and data pattern) and the attempt, so concurrent triggers
 of the same audit get the same flow run. Trigger first, tag second: if tagging fails, the next trigger
 re-sends the same key and finds the same run.
+
+Tagging ("queued") may land after the audit has moved on (a second trigger that got the same, already running
+or finished, flow run): ``MlflowSink.mark_queued`` then re-reads the audit's run and re-applies its state, so the
+version never ends behind its audit.
 """
 
 from __future__ import annotations

@@ -9,6 +9,22 @@ the manifest is written last and marks the record complete.
 When the tracking server goes away, each call is retried with exponential backoff for up to
 ``outage_timeout_s`` (on top of MLflow's own short HTTP retries); past that the error names the
 server, the outage and the fix.
+
+Audit state on a model version (``audit.status`` queued / running / done / failed and its fields) has several
+writers: the trigger (watcher, webhook), the audit flow, the watcher's repairs, ``auditlens doctor``. MLflow has
+no compare-and-set and no batch for version tags, so every writer goes through one protocol here:
+
+- the audit's run is the source of truth for an attempt that opened one: the flow writes the run's state (its
+  ``audit.status`` tag and its run status) before it writes the version, and a version write projects one
+  state (``apply_state``): outcome fields first, ``audit.status`` last, so a new status never shows before its
+  fields;
+- an attempt is the Prefect flow run (``audit.prefect_flow_run_id``; the run's ``auditlens.audit_key`` is
+  ``prefect:<id>``); no writer sets an attempt back (queued < running < done | failed); a new attempt may
+  follow a finished one;
+- a trigger's "queued" can still land after the flow's later state (it read the version before the flow
+  wrote): the trigger then re-reads the run and re-applies what it overwrote (``settle``);
+- the previous audit's verdict, error and run move to ``audit.previous_*`` when the next audit's flow first
+  writes (running, or failed on bad input): they never sit beside a newer status as if they were its own.
 """
 
 from __future__ import annotations
@@ -18,8 +34,8 @@ import hashlib
 import html
 import json
 import logging
-import re
 import tempfile
+import threading
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -27,10 +43,22 @@ from pathlib import Path
 from typing import Any
 
 from audits.core.result import AuditResult, Verdict
+from tasks.adapters.tracking import redact  # the one redaction; flows and tasks import it from here too
 
 logger = logging.getLogger(__name__)
 TABLE_TAG = "mlflow.loggedArtifacts"  # how MLflow's own log_table lists tables for the UI's comparison view
 MAX_BATCH = {"metrics": 1000, "params": 100, "tags": 100}
+
+AUDIT_KEY = "auditlens.audit_key"  # on the run: prefect:<flow run id>, the attempt it records
+STATUS, ATTEMPT = "audit.status", "audit.prefect_flow_run_id"
+RANK = {"queued": 0, "running": 1, "done": 2, "failed": 2}
+OUTCOME = ("audit.run_id", "audit.verdict", "audit.error")  # what one audit concluded; archived as audit.previous_*
+PREVIOUS = {key: key.replace("audit.", "audit.previous_", 1) for key in OUTCOME}
+# An attempt that failed before any run opened (bad input, or dead while queued) has no run to be its source of
+# truth; this tag stands in for it: the attempt whose failure audit.error describes. Triggers never write it.
+RUNLESS_FAILURE = "audit.failed_flow_run_id"
+HEARTBEAT_AT, HEARTBEAT_S = "audit.heartbeat_at", "audit.heartbeat_s"  # on the run: epoch seconds, the interval
+SETTLE_ROUNDS = 8  # each round follows one change of the run's state; an audit has at most three
 
 
 @dataclass(frozen=True)
@@ -43,6 +71,7 @@ class AuditRun:
     model_version: str | None = None
     start_ms: int = 0  # every metric of the audit carries this timestamp: re-logging is a no-op
     outage_timeout_s: float = 120.0
+    audit_key: str | None = None  # prefect:<flow run id>: the attempt, on the version as audit.prefect_flow_run_id
 
     @property
     def ui_path(self) -> str:
@@ -64,11 +93,6 @@ def _colspec_type(dtype: Any) -> str:
     if pd.api.types.is_float_dtype(dtype):
         return "double"
     return "string"
-
-
-def redact(uri: str) -> str:
-    """A URI without credentials: http://user:secret@host -> http://***@host."""
-    return re.sub(r"(?<=://)[^/@\s]+@", "***@", uri)
 
 
 def is_outage(exc: BaseException) -> bool:
@@ -129,6 +153,114 @@ def _text(value: Any, limit: int = 5000) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+def attempt_of(audit_key: str | None) -> str | None:
+    return audit_key.removeprefix("prefect:") if audit_key and audit_key.startswith("prefect:") else None
+
+
+@dataclass(frozen=True)
+class VersionState:
+    """What a model version says about one audit: its status, attempt and outcome."""
+
+    status: str
+    attempt: str | None = None  # the Prefect flow run id
+    run_id: str | None = None
+    verdict: str | None = None
+    error: str | None = None
+
+    def outcome(self) -> dict[str, str | None]:
+        """The outcome tags of this state; None: the tag must be absent."""
+        runless = self.status == "failed" and self.run_id is None and self.attempt is not None
+        return {"audit.run_id": self.run_id, "audit.verdict": self.verdict,
+                "audit.error": None if self.error is None else _text(self.error),
+                RUNLESS_FAILURE: self.attempt if runless else None}
+
+    def shown_by(self, tags: dict[str, str]) -> bool:
+        return (tags.get(STATUS) == self.status and all(tags.get(k) == v for k, v in self.outcome().items())
+                and (self.attempt is None or tags.get(ATTEMPT) == self.attempt))
+
+    def named_by(self, tags: dict[str, str]) -> bool:
+        """The version still describes this audit, not another attempt that took the version over."""
+        if self.attempt is None or tags.get(ATTEMPT) in (None, self.attempt):
+            return True
+        # versions written before audits recorded their attempt on opening a run: a version running this run is its
+        return tags.get(STATUS) == "running" and self.run_id is not None and tags.get("audit.run_id") == self.run_id
+
+
+def run_state(run: Any) -> VersionState:
+    """The state an audit's run records. The flow writes it there (status tag, then run status) before the version."""
+    tags, status = run.data.tags, run.info.status
+    said = tags.get(STATUS)
+    if status in ("FAILED", "KILLED"):
+        state = "failed"
+    elif status == "FINISHED":
+        state = said if said in ("done", "failed") else "done"
+    else:  # RUNNING (or SCHEDULED): the tags lead the run status by one call
+        state = said if said in ("running", "done", "failed") else "running"
+    error = (tags.get("audit.error") or f"its MLflow run ended {status}") if state == "failed" else None
+    verdict = tags.get("audit.verdict") if state == "done" else None
+    return VersionState(state, attempt_of(tags.get(AUDIT_KEY)), run.info.run_id, verdict, error)
+
+
+class Heartbeat:
+    """Proof of life on an audit's run: ``audit.heartbeat_at`` (epoch seconds) every ``interval_s`` from a daemon
+    thread, the interval recorded once as ``audit.heartbeat_s``.
+
+    A process that is SIGKILLed (an OOM kill, a lost container) ends nothing: its run stays RUNNING. Only the stopped
+    heartbeat tells, so the watcher and ``auditlens doctor`` call a RUNNING run dead once its heartbeat is a few
+    intervals old (``tasks.adapters.repair``). Beats use their own client, outside the sink's outage backoff: a
+    beat that fails is logged and tried again sooner, and never holds up the audit.
+    """
+
+    def __init__(self, tracking_uri: str, run_id: str, interval_s: float) -> None:
+        self.tracking_uri, self.run_id, self.interval_s = tracking_uri, run_id, float(interval_s)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._client: Any = None
+        self._interval_recorded = False
+        self._failing = False
+
+    def start(self) -> Heartbeat:
+        from tasks.adapters.tracking import make_client
+
+        self._client = make_client(self.tracking_uri)
+        self.beat()  # at once: the run has a heartbeat before the audit's work starts
+        self._thread = threading.Thread(target=self._loop, name=f"auditlens-heartbeat-{self.run_id[:8]}", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout=5.0)  # a beat stuck on a dead server must not hold up the end of the audit
+
+    def __enter__(self) -> Heartbeat:
+        return self.start()
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.stop()
+
+    def beat(self) -> bool:
+        from mlflow.entities import RunTag
+
+        tags = [RunTag(HEARTBEAT_AT, f"{time.time():.1f}")]
+        if not self._interval_recorded:
+            tags.append(RunTag(HEARTBEAT_S, f"{self.interval_s:g}"))
+        try:
+            self._client.log_batch(self.run_id, tags=tags)
+        except Exception as exc:  # an outage, a locked SQLite file: the next beat may pass
+            if not self._failing:
+                logger.warning("heartbeat of run %s not recorded (%s); retrying", self.run_id, type(exc).__name__)
+            self._failing = True
+            return False
+        self._interval_recorded, self._failing = True, False
+        return True
+
+    def _loop(self) -> None:
+        wait = self.interval_s
+        while not self._stop.wait(wait):
+            wait = self.interval_s if self.beat() else min(self.interval_s, 5.0)
+
+
 class MlflowSink:
     def __init__(self, tracking_uri: str, outage_timeout_s: float = 120.0) -> None:
         from tasks.adapters.tracking import make_client
@@ -170,17 +302,25 @@ class MlflowSink:
         )
         if existing:
             run = existing[0]
+            if run.info.status != "RUNNING" or run.data.tags.get(STATUS) != "running":
+                # the same flow run audits again (a rerun): the run, the source of truth, is live again first
+                self._log_batch(run.info.run_id, tags={STATUS: "running"})
+                self.client.update_run(run.info.run_id, status="RUNNING")
         else:
             origin = {"mlflow.source.name": "auditlens", "mlflow.source.type": "JOB", "mlflow.user": _user()}
             run = self.client.create_run(
                 experiment_id, run_name=run_name,
-                tags={**origin, **tags, "auditlens.audit_key": audit_key, "audit.status": "running"},
+                tags={**origin, **tags, AUDIT_KEY: audit_key, STATUS: "running"},
             )
         self._log_batch(run.info.run_id, params=params)  # identical params again are accepted by MLflow
         audit_run = AuditRun(run.info.run_id, experiment_id, experiment, self.tracking_uri, model_name, model_version,
-                             run.info.start_time, self.client._bound)
-        self.tag_version(audit_run, {"audit.status": "running", "audit.run_id": audit_run.run_id})
+                             run.info.start_time, self.client._bound, audit_key)
+        self._project(audit_run, VersionState("running", attempt_of(audit_key), audit_run.run_id))
         return audit_run
+
+    def _project(self, run: AuditRun, state: VersionState) -> None:
+        if run.model_name is not None and run.model_version is not None:
+            self.apply_state(run.model_name, run.model_version, state)
 
     def tag_version(self, run: AuditRun, tags: dict[str, str]) -> None:
         if run.model_name is None or run.model_version is None:
@@ -268,9 +408,9 @@ class MlflowSink:
         return complete
 
     def close(self, run: AuditRun, verdict: Verdict, note: str, promote_alias: str | None = None) -> None:
-        self._log_batch(run.run_id, tags={"audit.verdict": verdict.value, "audit.status": "done", "mlflow.note.content": note})
+        self._log_batch(run.run_id, tags={"audit.verdict": verdict.value, STATUS: "done", "mlflow.note.content": note})
         self.client.set_terminated(run.run_id, "FINISHED")
-        self.tag_version(run, {"audit.status": "done", "audit.verdict": verdict.value, "audit.run_id": run.run_id})
+        self._project(run, VersionState("done", attempt_of(run.audit_key), run.run_id, verdict=verdict.value))
         if promote_alias and verdict is Verdict.PASS and run.model_name and run.model_version:
             self.client.set_registered_model_alias(run.model_name, promote_alias, run.model_version)
             self.tag_version(run, {"audit.promoted_to": promote_alias})
@@ -282,34 +422,134 @@ class MlflowSink:
                                               "mlflow.note.content": f"**Audit failed**\n\n```\n{_text(reason, 4000)}\n```"})
         finally:
             self.client.set_terminated(run.run_id, "FAILED")
-            self.tag_version(run, {"audit.status": "failed", "audit.error": reason, "audit.run_id": run.run_id})
+            self._project(run, VersionState("failed", attempt_of(run.audit_key), run.run_id, error=reason))
 
-    # --- audit state on model versions (the watcher and the webhook receiver) --------------------
-    def mark_queued(self, name: str, version: str, attempt: int, flow_run_id: str, config_hash: str) -> None:
-        tags = {"audit.status": "queued", "audit.attempts": str(attempt), "audit.config_hash": config_hash,
-                "audit.prefect_flow_run_id": flow_run_id, "audit.queued_at": f"{time.time():.0f}"}
-        for key, value in tags.items():
+    # --- audit state on model versions: the protocol of the module docstring ------------------------
+    def version_tags(self, name: str, version: str) -> dict[str, str]:
+        return dict(self.client.get_model_version(name, version).tags or {})
+
+    def apply_state(self, name: str, version: str, state: VersionState) -> bool:
+        """Write ``state`` on the version, unless that would set its attempt back. Order: the previous audit's
+        outcome moves to audit.previous_* (when it is another audit's), fields this state lacks go, its fields are
+        written, and ``audit.status`` comes last."""
+        tags = self.version_tags(name, version)
+        if state.attempt and tags.get(ATTEMPT) == state.attempt and RANK.get(tags.get(STATUS), -1) > RANK[state.status]:
+            return False
+        outcome = state.outcome()
+        if state.run_id:
+            own = tags.get("audit.run_id") == state.run_id
+        else:
+            own = state.attempt is not None and tags.get(RUNLESS_FAILURE) == state.attempt
+        # Only while a verdict or an error is there to move: another writer may be half-way through this same move
+        # (verdict moved and deleted, run id not yet replaced), and moving again would erase what it moved.
+        if not own and (tags.get("audit.verdict") or tags.get("audit.error")):
+            for key in OUTCOME:  # as one set: the previous_* tags always describe the same earlier audit
+                if tags.get(key):
+                    self.client.set_model_version_tag(name, version, PREVIOUS[key], tags[key])
+                elif PREVIOUS[key] in tags:
+                    self.client.delete_model_version_tag(name, version, PREVIOUS[key])
+        for key in ("audit.verdict", "audit.error", RUNLESS_FAILURE, "audit.run_id"):  # never a verdict without its run
+            if outcome[key] is None and key in tags:
+                self.client.delete_model_version_tag(name, version, key)
+        fields = {key: value for key, value in outcome.items() if value is not None}
+        if state.attempt:
+            fields[ATTEMPT] = state.attempt
+        for key, value in fields.items():
+            if tags.get(key) != value:
+                self.client.set_model_version_tag(name, version, key, value)
+        self.client.set_model_version_tag(name, version, STATUS, state.status)
+        return True
+
+    def mark_queued(self, name: str, version: str, attempt: int, flow_run_id: str, config_hash: str) -> str | None:
+        """The trigger's write: the version is queued for ``flow_run_id``. Returns the status it settles on.
+
+        ``run_deployment`` returns the same flow run to concurrent triggers, and a late one's "queued" can land
+        after the audit has moved on; ``settle`` then re-applies the state the audit's run records."""
+        tags = self.version_tags(name, version)
+        if tags.get(ATTEMPT) == flow_run_id and tags.get(STATUS) in RANK:
+            return tags[STATUS]  # queued already, or further along: writing would only set it back
+        fields = {"audit.attempts": str(attempt), "audit.config_hash": config_hash, ATTEMPT: flow_run_id,
+                  "audit.queued_at": f"{time.time():.0f}"}
+        for key, value in fields.items():
             self.client.set_model_version_tag(name, version, key, value)
+        self.client.set_model_version_tag(name, version, STATUS, "queued")  # last: queued shows with its fields
+        return self.settle(name, version, flow_run_id)
+
+    def settle(self, name: str, version: str, flow_run_id: str) -> str | None:
+        """Re-apply what a "queued" may have overwritten: the run of ``flow_run_id`` (or its run-less failure) is
+        read first, then the version; while the version shows less than the run, the run's state is written and
+        both are read again. Converges: the flow writes each state on the run before the version, so a state this
+        loop did not see on the run reaches the version after this loop's last write."""
+        for _ in range(SETTLE_ROUNDS):
+            run = self.find_audit_run(f"prefect:{flow_run_id}")
+            tags = self.version_tags(name, version)
+            if tags.get(ATTEMPT) != flow_run_id:
+                return None  # another audit took the version over: its own writers keep it
+            if run is not None:
+                state = run_state(run)
+            elif tags.get(RUNLESS_FAILURE) == flow_run_id:
+                state = VersionState("failed", flow_run_id, error=tags.get("audit.error") or "the audit stopped before opening a run")
+            else:
+                return tags.get(STATUS)  # nothing of this attempt is past queued yet
+            if state.shown_by(tags) or RANK.get(tags.get(STATUS), -1) > RANK[state.status]:
+                return tags.get(STATUS)
+            self.apply_state(name, version, state)
+        logger.warning("%s v%s: audit state still moving after %d rounds; the watcher settles it", name, version, SETTLE_ROUNDS)
+        return None
+
+    def experiment_ids(self) -> list[str]:
+        ids, token = [], None
+        while True:
+            page = self.client.search_experiments(max_results=1000, page_token=token)
+            ids.extend(e.experiment_id for e in page)
+            token = getattr(page, "token", None)
+            if not token:
+                return ids
+
+    def find_audit_run(self, audit_key: str) -> Any | None:
+        """The run of one audit attempt, in any experiment (the audit's config names the experiment, not the trigger)."""
+        for chunk in _chunks(self.experiment_ids(), 100):
+            runs = self.client.search_runs(chunk, filter_string=f"tags.`{AUDIT_KEY}` = '{audit_key}'", max_results=1)
+            if runs:
+                return runs[0]
+        return None
 
     def mark_input_failed(self, name: str, version: str, flow_run_id: str, reason: str) -> bool:
         """An audit started by the watcher or the webhook (the version names its flow run) stopped on bad input before
         any run was opened: the version says 'failed' with the reason, so that the attempt counts. A version whose state
         another audit keeps (a CLI audit of a watched version, say) is left alone."""
-        if (self.client.get_model_version(name, version).tags or {}).get("audit.prefect_flow_run_id") != flow_run_id:
+        if self.version_tags(name, version).get(ATTEMPT) != flow_run_id:
             return False
-        for key, value in {"audit.status": "failed", "audit.error": _text(reason)}.items():
-            self.client.set_model_version_tag(name, version, key, value)
+        self.apply_state(name, version, VersionState("failed", flow_run_id, error=reason))
         return True
 
-    def mark_dead(self, name: str, version: str, run_id: str | None, reason: str) -> None:
-        """An audit that will never finish: its run (if still RUNNING) ends FAILED, the version says 'failed'."""
+    def end_dead_run(self, run_id: str, reason: str, status: str = "KILLED") -> bool:
+        """End a RUNNING audit run whose process is gone: the reason in audit.error, then the run status."""
+        if self.client.get_run(run_id).info.status != "RUNNING":
+            return False
+        self._log_batch(run_id, tags={STATUS: "failed", "audit.error": reason,
+                                      "mlflow.note.content": f"**Audit stopped**\n\n{_text(reason, 4000)}"})
+        self.client.set_terminated(run_id, status)
+        return True
+
+    def sync_version(self, name: str, version: str, run_id: str) -> bool:
+        """The version says what its audit's run says (the run is written first, so it is the one that is right)."""
+        state = run_state(self.client.get_run(run_id))
+        if not state.named_by(self.version_tags(name, version)):
+            return False
+        return self.apply_state(name, version, state)
+
+    def mark_dead(self, name: str, version: str, run_id: str | None, reason: str, end_as: str = "FAILED",
+                  flow_run_id: str | None = None) -> None:
+        """An audit that will never finish: its run (if still RUNNING) ends ``end_as`` with the reason, then the
+        version says 'failed' (what the run now says), unless another audit has taken the version over."""
         if run_id:
-            run = self.client.get_run(run_id)
-            if run.info.status == "RUNNING":
-                self._log_batch(run_id, tags={"audit.status": "failed", "audit.error": reason})
-                self.client.set_terminated(run_id, "FAILED")
-        for key, value in {"audit.status": "failed", "audit.error": _text(reason)}.items():
-            self.client.set_model_version_tag(name, version, key, value)
+            self.end_dead_run(run_id, reason, end_as)
+            self.sync_version(name, version, run_id)
+            return
+        state = VersionState("failed", flow_run_id, error=reason)
+        if state.named_by(self.version_tags(name, version)):
+            self.apply_state(name, version, state)
 
     def ensure_webhook(self, name: str, url: str, secret: str, events: list[str]) -> str:
         """One webhook named ``name`` delivering ``events`` to ``url`` (replaced if it pointed elsewhere)."""
