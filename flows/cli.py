@@ -7,6 +7,7 @@ and printed as one message with its fix; the exit code is 2. An audit whose verd
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import sys
@@ -42,6 +43,22 @@ def _setup() -> None:
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
 
 
+def _prefect_console(verbose: bool) -> None:
+    """Prefect logs every state change and tells a failure four times over; these commands print their own outcome, with
+    one message for bad input. Prefect's lines still reach its API (the Prefect UI), and this console with --verbose.
+    Called before Prefect configures logging (at its import)."""
+    if verbose:
+        return
+    os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "CRITICAL")
+    ours = logging.getLogger("tasks")  # our own warnings (an MLflow server that went away, retried) stay visible
+    if not ours.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setLevel(logging.WARNING)
+        handler.setFormatter(logging.Formatter("warning: %(message)s"))
+        ours.addHandler(handler)
+        ours.propagate = False
+
+
 @contextmanager
 def _in_process_flow_settings():
     """A flow the CLI runs in its own process needs no heartbeat (Prefect uses it to detect crashed
@@ -53,7 +70,10 @@ def _in_process_flow_settings():
 
 
 def _fail(exc: Exception) -> None:
-    errors.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, markup=True, soft_wrap=True)
+    from tasks.adapters.tracking import redact_text
+
+    # whatever raised it, a URL in the message (a registry's, MLflow's own) is printed without its secrets
+    errors.print(f"[bold red]error:[/] {escape(redact_text(str(exc)))}", highlight=False, markup=True, soft_wrap=True)
     raise typer.Exit(getattr(exc, "exit_code", 1))
 
 
@@ -90,9 +110,12 @@ def audit(
     config: Path = typer.Option(..., "--config", "-c", help="audit configuration (YAML, kind: audit)"),
     tracking_uri: str | None = typer.Option(None, help="MLflow tracking URI; default: the config's, $MLFLOW_TRACKING_URI, sqlite:///mlflow.db"),
     fail_on: FailOn = typer.Option(FailOn.FAIL, help="exit 1 when the verdict is this bad or worse (ERROR counts as FAIL)"),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="also print Prefect's log lines (they always reach the Prefect API)"),
 ) -> None:
     """Audit one model version and record the audit in MLflow."""
     _setup()
+    _prefect_console(verbose)
+    _no_collection_at_exit()
     from tasks.adapters.errors import AuditlensError
     from tasks.adapters.inputs import preflight_data
     from tasks.adapters.models import resolve_model
@@ -106,6 +129,7 @@ def audit(
         check_reachable(uri)
         resolve_model(model, make_client(uri))
         preflight_data(loaded)
+        _prefect_server_for_flows()
     except AuditlensError as exc:
         _fail(exc)
 
@@ -117,9 +141,11 @@ def audit(
     except AuditlensError as exc:
         _fail(exc)
     except Exception as exc:
+        from tasks.adapters.tracking import redact_text
+
         run_id = getattr(exc, "audit_run_id", None)
         where = f"\n(the MLflow run {run_id} was ended FAILED with this reason)" if run_id else "\n(no MLflow run was opened)"
-        errors.print(f"[bold red]audit failed:[/] {type(exc).__name__}: {escape(str(exc))}{where}", highlight=False, markup=True, soft_wrap=True)
+        errors.print(f"[bold red]audit failed:[/] {type(exc).__name__}: {escape(redact_text(str(exc), uri))}{where}", highlight=False, markup=True, soft_wrap=True)
         raise typer.Exit(1) from None
     _print_summary(summary)
     console.print(f"Open the MLflow UI: {ui_hint(uri, summary)}", soft_wrap=True, highlight=False)
@@ -129,14 +155,18 @@ def audit(
 
 
 @app.command()
-def demo(config: Path = typer.Option(Path("config/demo.yaml"), "--config", "-c", help="demo configuration (kind: demo)")) -> None:
+def demo(config: Path = typer.Option(Path("config/demo.yaml"), "--config", "-c", help="demo configuration (kind: demo)"),
+         verbose: bool = typer.Option(False, "--verbose", "-v", help="also print Prefect's log lines")) -> None:
     """Train demo models on bundled data, register them locally, audit every version."""
     _setup()
+    _prefect_console(verbose)
+    _no_collection_at_exit()
     from tasks.adapters.demo import load_demo_settings
     from tasks.adapters.errors import AuditlensError
 
     try:
         load_demo_settings(config)
+        _prefect_server_for_flows()
     except AuditlensError as exc:
         _fail(exc)
     from flows.run_demo import run_demo
@@ -364,8 +394,10 @@ def register_version(
         version = register_new_version(load_demo_settings(config), model, estimator, tracking_uri)
     except AuditlensError as exc:
         _fail(exc)
-    console.print(f"registered {model} v{version} ({estimator}) at {tracking_uri}; its audit appears at "
-                  f"{tracking_uri}/#/models/{model}/versions/{version}", soft_wrap=True)
+    from tasks.adapters.tracking import redact
+
+    console.print(f"registered {model} v{version} ({estimator}) at {redact(tracking_uri)}; its audit appears at "
+                  f"{redact(tracking_uri)}/#/models/{model}/versions/{version}", soft_wrap=True)
 
 
 deployments_app = typer.Typer(help="Deployment files.")
@@ -387,6 +419,138 @@ def render(deployments: Path = typer.Option(Path("config/deployments.yaml"), "--
         _fail(exc)
     output.write_text(render_prefect_yaml(loaded, Path.cwd()), encoding="utf-8")
     console.print(f"wrote {output}")
+
+
+# --- the local Prefect server (tasks/adapters/prefect_local.py) ------------------------------------------------------
+def _prefect_server_for_flows() -> None:
+    """Point this process's flows at the local Prefect server, started if needed, unless a Prefect API is configured
+    (environment, profile or prefect.toml: the user's own server always wins) or AUDITLENS_PREFECT_SERVER=ephemeral
+    asks for Prefect's temporary server (one per command: 10-30 s to start, and it can time out on a busy machine)."""
+    from tasks.adapters.prefect_local import use_for_flows
+
+    url = use_for_flows(_prefect_api_url(), announce=lambda line: errors.print(line, highlight=False, markup=False, soft_wrap=True))
+    if url:
+        os.environ["PREFECT_API_URL"] = url  # also for any process the flow starts
+        from prefect.context import refresh_global_settings_context
+
+        refresh_global_settings_context()  # Prefect read its settings when _prefect_api_url imported it
+
+
+def _no_collection_at_exit() -> None:
+    """Python's teardown after an audit runs full garbage collections over the ~460,000 objects that pandas, MLflow,
+    SQLAlchemy and Prefect leave behind: 1.5-2 s of a 6-9 s command, to free memory the process is about to give
+    back anyway. Exit handlers still run first (Prefect drains its events and logs before them, MLflow flushes its
+    async logging in them; atexit is last in, first out, so this one runs after those registered later), then
+    the collections are skipped: only cyclic garbage is left unfinalised, as os._exit would leave everything."""
+    import atexit
+    import gc
+
+    def freeze() -> None:
+        gc.disable()
+        gc.freeze()
+
+    atexit.register(freeze)
+
+
+prefect_server_app = typer.Typer(help="The local Prefect server that `audit` and `demo` use when PREFECT_API_URL is not set.", no_args_is_help=True)
+app.add_typer(prefect_server_app, name="prefect-server")
+
+
+def _ago(timestamp: float | None) -> str:
+    return "never" if timestamp is None else f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(timestamp))} ({time.time() - timestamp:.0f} s ago)"
+
+
+def _print_local_server(server, state) -> None:
+    idle = "never" if not state.idle_timeout_s else f"after {state.idle_timeout_s:g} s without use"
+    console.print(f"API: {state.api_url}    UI: {state.ui_url}\n"
+                  f"pid {state.pid} (supervisor; uvicorn {state.server_pid}), {state.version}\n"
+                  f"started {_ago(state.started_at)}, last used {_ago(server.last_use())}, stops itself {idle}\n"
+                  f"PREFECT_HOME {state.prefect_home}\nlog {server.log_file}", soft_wrap=True, highlight=False)
+
+
+def _configured_elsewhere() -> None:
+    if url := _prefect_api_url():
+        console.print(f"note: PREFECT_API_URL is set ({url}): auditlens commands use that server, not this one", soft_wrap=True, highlight=False)
+
+
+@prefect_server_app.command("status")
+def prefect_server_status() -> None:
+    """Say whether the local server runs (exit 0) or not (exit 1), where, and since when."""
+    from tasks.adapters.prefect_local import LocalPrefectServer
+
+    server = LocalPrefectServer()
+    state = server.running()
+    if state is None:
+        stale = server.read_state()
+        console.print(f"The local Prefect server is not running{' (its state file is stale)' if stale else ''}; "
+                      f"`auditlens audit` starts it when needed. State folder: {server.state_dir}", soft_wrap=True, highlight=False)
+        _configured_elsewhere()
+        raise typer.Exit(1)
+    console.print("The local Prefect server is running.")
+    _print_local_server(server, state)
+    _configured_elsewhere()
+
+
+@prefect_server_app.command("start")
+def prefect_server_start(idle_timeout: float | None = typer.Option(None, min=0, help="seconds without use before it stops itself (0: never); default: $AUDITLENS_PREFECT_IDLE_TIMEOUT or 3600")) -> None:
+    """Start the local server now (`audit` and `demo` would start it when needed), or say where it runs."""
+    _setup()
+    from tasks.adapters.errors import AuditlensError
+    from tasks.adapters.prefect_local import LocalPrefectServer
+
+    server = LocalPrefectServer()
+    try:
+        state = server.ensure(idle_s=idle_timeout, announce=lambda line: console.print(line, highlight=False, markup=False, soft_wrap=True))
+    except AuditlensError as exc:
+        _fail(exc)
+    _print_local_server(server, state)
+    _configured_elsewhere()
+
+
+@prefect_server_app.command("stop")
+def prefect_server_stop() -> None:
+    """Stop the local server and every process it started; the next `audit` starts a new one on the same database."""
+    from tasks.adapters.errors import AuditlensError
+    from tasks.adapters.prefect_local import LocalPrefectServer
+
+    try:
+        state = LocalPrefectServer().stop()
+    except AuditlensError as exc:
+        _fail(exc)
+    console.print("The local Prefect server was not running." if state is None else
+                  f"Stopped the local Prefect server (pid {state.pid}, {state.api_url}).", highlight=False)
+
+
+@app.command()
+def doctor(
+    tracking_uri: str = typer.Option(..., "--tracking-uri", help="the MLflow store: sqlite:////abs/path/mlflow.db or http://host:port"),
+    repair: bool = typer.Option(False, "--repair", help="end dead audit runs KILLED and bring versions in line with their runs"),
+    stale_after: str = typer.Option("6h", "--stale-after", help="a RUNNING audit run with no heartbeat (from an auditlens without heartbeats) is dead once started this long ago: 90s, 30m, 6h, 2d"),
+) -> None:
+    """Find audits whose process died (RUNNING runs whose heartbeat stopped) and model versions whose audit state names
+    a run that has ended or died; --repair fixes them. For stores no watcher looks after. Exit 0: healthy (or all
+    repaired); 1: problems left."""
+    _setup()
+    from tasks.adapters.errors import AuditlensError
+    from tasks.adapters.repair import examine, open_store, parse_duration
+    from tasks.adapters.tracking import check_reachable, redact
+
+    try:
+        stale_after_s = parse_duration(stale_after)
+        check_reachable(tracking_uri)
+        findings = examine(open_store(tracking_uri), stale_after_s=stale_after_s, repair=repair)
+    except AuditlensError as exc:
+        _fail(exc)
+    for finding in findings:
+        console.print(finding.line(), markup=False, highlight=False, soft_wrap=True)
+    left = [f for f in findings if not f.repaired]
+    if not findings:
+        console.print(f"healthy: no dead audit and no version behind its run in {redact(tracking_uri)}", markup=False,
+                      highlight=False, soft_wrap=True)
+    elif left:
+        errors.print(f"{len(left)} problem(s) left; `auditlens doctor --tracking-uri ... --repair` fixes them", markup=False,
+                     highlight=False, soft_wrap=True)
+    raise typer.Exit(1 if left else 0)
 
 
 if __name__ == "__main__":

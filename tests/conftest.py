@@ -197,3 +197,13 @@ def text_context() -> AuditContext:
     m = ModelUnderAudit.from_estimator(model, uri="test://text", name="test-text", version="1")
     return build_context(m, (X.iloc[:400], y.iloc[:400]), (X.iloc[400:].reset_index(drop=True), y.iloc[400:].reset_index(drop=True)),
                          target="salary", seed=0, baseline_note="no baseline in this test", modality="text")  # fmt: skip
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_local_prefect_server_left():
+    """A CLI process started without PREFECT_API_URL starts the local Prefect server in the session's
+    AUDITLENS_STATE_DIR: stop it with the session, not after its idle hour."""
+    yield
+    from tasks.adapters.prefect_local import LocalPrefectServer
+
+    LocalPrefectServer().stop()

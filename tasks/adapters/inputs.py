@@ -124,6 +124,7 @@ def assemble(ref: ModelRef, loaded: LoadedSettings, client) -> AuditInputs:
     except Exception as exc:
         raise DataError(
             f"{ref.label} cannot predict on the data ({type(exc).__name__}: {exc})",
-            "check that the columns and their types match what the model was trained on",
+            "check that the columns and their types match what the model was trained on; if they do, the model itself "
+            "fails on them (its own message is in the brackets)",
         ) from None
     return AuditInputs(context, {"reference": reference.fingerprint, "current": current.fingerprint})
