@@ -63,8 +63,15 @@ def cli_env(prefect_harness):
 
 
 # --- how cases are written -------------------------------------------------------------------------
+LIGHT = [{"audit": "performance"}]  # the cheapest plan: what is under test is the input, not the audits
+
+
 def config(world, name: str, **overrides) -> Path:
-    return write_config(world.folder, world.tracking_uri, name=f"{name}.yaml", **overrides)
+    return write_config(world.folder, world.tracking_uri, name=f"{name}.yaml", **{"audits": LIGHT, **overrides})
+
+
+def light(world) -> Path:
+    return config(world, "light")
 
 
 def raw(world, name: str, content: str | bytes) -> Path:
@@ -73,14 +80,16 @@ def raw(world, name: str, content: str | bytes) -> Path:
     return path
 
 
-def current(world, name: str, frame: pd.DataFrame | None = None, text: str | bytes | None = None, **data) -> Path:
+def current(world, name: str, frame: pd.DataFrame | None = None, text: str | bytes | None = None, audits: list | None = None,
+            **data) -> Path:
     """A config whose current data is ``frame`` (as CSV) or the file ``name`` with ``text``."""
     path = world.folder / name
     if frame is not None:
         frame.to_csv(path, index=False)
     elif text is not None:
         path.write_bytes(text if isinstance(text, bytes) else text.encode())
-    return config(world, f"cfg-{name}", data={"reference": "reference.csv", "current": name, "target": "label", **data})
+    return config(world, f"cfg-{name}", data={"reference": "reference.csv", "current": name, "target": "label", **data},
+                  audits=audits or LIGHT)
 
 
 def cur(world) -> pd.DataFrame:
@@ -150,15 +159,15 @@ CASES = {
     "data-missing-feature": Case(lambda w: current(w, "nofeature.csv", cur(w).drop(columns="colour")), "lacks feature column(s) ['colour']"),
     "data-missing-labels": Case(lambda w: current(w, "nolabels.csv", cur(w).assign(label=lambda f: f.label.where(f.index % 9 != 0))), "the target column 'label' has 23 missing labels"),
     # models
-    "model-unknown-name": Case(lambda w: w.config, "no registered model 'no-such-model'", model="models:/no-such-model/1"),
-    "model-unknown-version": Case(lambda w: w.config, "has no version 7", model="models:/e2e-model/7"),
-    "model-unknown-alias": Case(lambda w: w.config, "has no alias @gold", model="models:/e2e-model@gold"),
-    "model-bad-uri": Case(lambda w: w.config, "unsupported model URI", model="s3://bucket/model"),
-    "model-raises": Case(lambda w: w.config, "cannot predict on the data (RuntimeError: the feature store behind this model is down)", model="models:/faulty-raises/1"),
-    "model-nan": Case(lambda w: w.config, "predict_proba returned NaN or infinite values in 43 row(s) of 300 (first at row 0)", model="models:/faulty-nan_proba/1"),
-    "model-wrong-shape": Case(lambda w: w.config, "predict returned shape (300, 2) for 300 rows", model="models:/faulty-wrong_shape/1"),
-    "model-unknown-class": Case(lambda w: w.config, "predict returned 'maybe' (row 150), which is not one of the model's classes ['no', 'yes']", model="models:/faulty-unknown_class/1"),
-    "model-not-probabilities": Case(lambda w: w.config, "predict_proba returned rows that are not probabilities in 300 row(s) of 300", model="models:/faulty-not_probabilities/1"),
+    "model-unknown-name": Case(light, "no registered model 'no-such-model'", model="models:/no-such-model/1"),
+    "model-unknown-version": Case(light, "has no version 7", model="models:/e2e-model/7"),
+    "model-unknown-alias": Case(light, "has no alias @gold", model="models:/e2e-model@gold"),
+    "model-bad-uri": Case(light, "unsupported model URI", model="s3://bucket/model"),
+    "model-raises": Case(light, "cannot predict on the data (RuntimeError: the feature store behind this model is down)", model="models:/faulty-raises/1"),
+    "model-nan": Case(light, "predict_proba returned NaN or infinite values in 43 row(s) of 300 (first at row 0)", model="models:/faulty-nan_proba/1"),
+    "model-wrong-shape": Case(light, "predict returned shape (300, 2) for 300 rows", model="models:/faulty-wrong_shape/1"),
+    "model-unknown-class": Case(light, "predict returned 'maybe' (row 150), which is not one of the model's classes ['no', 'yes']", model="models:/faulty-unknown_class/1"),
+    "model-not-probabilities": Case(light, "predict_proba returned rows that are not probabilities in 300 row(s) of 300", model="models:/faulty-not_probabilities/1"),
     "model-never-answers": Case(lambda w: config(w, "patient", limits={"inputs_s": 3}), "did not finish within 3 s", model="models:/faulty-hangs/1"),
 }
 
@@ -224,8 +233,10 @@ def test_a_latin1_file_is_read_with_data_encoding(world, cli_env, tmp_path):
 
 @pytest.mark.parametrize("name, frame", [("wide", lambda w: wider(cur(w), 10_000)), ("huge-cell", lambda w: hostile_cell(cur(w)))])
 def test_awkward_but_valid_data_is_audited(world, cli_env, tmp_path, name, frame):
-    """10,000 unused columns, or one 5 MB cell: the audit runs on it and its record stays small."""
-    path = current(world, f"{name}.csv", frame(world))
+    """10,000 unused columns, or one 5 MB cell: the audit (data quality included, which lists unexpected values) runs on
+    it and its record stays small."""
+    plan = [{"audit": "data_quality"}, {"audit": "performance"}]
+    path = current(world, f"{name}.csv", frame(world), audits=plan)
     code, output, _ = run_cli(cli_env, tmp_path, "audit", "--model", "models:/e2e-model/1", "--config", str(path), "--fail-on", "never")
     assert code == 0, output
     client = make_client(world.tracking_uri)
@@ -233,4 +244,5 @@ def test_awkward_but_valid_data_is_audited(world, cli_env, tmp_path, name, frame
     assert run.info.status == "FINISHED" and run.data.params["data.current.rows"] == "200"
     artifacts = Path(client.download_artifacts(run.info.run_id, "", str(tmp_path / "artifacts")))
     biggest = max(p.stat().st_size for p in artifacts.rglob("*") if p.is_file())
+    assert (artifacts / "data_quality" / "gx_validation_results.json").is_file()
     assert biggest < 2_000_000, "a cell of the data was copied whole into an artifact"

@@ -129,7 +129,7 @@ def flow_runs(state: ServerState) -> int:
         return json.loads(response.read())
 
 
-def test_first_call_starts_the_server_and_the_next_finds_it(world, sandbox):
+def test_first_call_starts_the_server_the_next_finds_it_and_stop_stops_it(world, sandbox):
     h = sandbox()
     code, output, first_s = h.audit(world)
     assert code == 0, output
@@ -150,6 +150,18 @@ def test_first_call_starts_the_server_and_the_next_finds_it(world, sandbox):
 
     code, output, _ = h.cli("prefect-server", "status")
     assert code == 0 and state.api_url in output and f"pid {state.pid}" in output, output
+
+    # and `stop` stops every process of it
+    code, output, _ = h.cli("prefect-server", "stop")
+    assert code == 0 and f"Stopped the local Prefect server (pid {state.pid}" in output, output
+    assert group(state.pid) == [] and supervisors(h.path) == [] and running_in(h.server.folder) == []
+    assert h.state() is None
+    with pytest.raises(OSError):
+        urllib.request.urlopen(state.health_url, timeout=2)
+    code, output, _ = h.cli("prefect-server", "status")
+    assert code == 1 and "not running" in output, output
+    code, output, _ = h.cli("prefect-server", "stop")
+    assert code == 0 and "was not running" in output, output
 
 
 def test_a_stale_state_file_is_replaced(world, sandbox):
@@ -178,9 +190,10 @@ def test_a_stale_state_file_is_replaced(world, sandbox):
 
 def test_a_killed_supervisor_leaves_no_server_behind(world, sandbox):
     h = sandbox()
-    code, output, _ = h.cli("prefect-server", "start")
+    code, output, _ = h.cli("prefect-server", "start", "--idle-timeout", "600")
     assert code == 0, output
     old = h.state()
+    assert old is not None and old.idle_timeout_s == 600 and len(group(old.pid)) == 2
     os.kill(old.pid, signal.SIGKILL)  # uvicorn goes on serving, alone in the old process group
     wait_for(lambda: group(old.pid) == [old.server_pid], timeout=10, interval=0.1)
     code, output, _ = h.audit(world)
@@ -209,26 +222,6 @@ def test_concurrent_first_calls_start_one_server(world, sandbox):
     assert supervisors(h.path) == [state.pid]  # exactly one server was started...
     assert h.log().count("auditlens: starting") == 1 and h.log().count("auditlens: serving") == 1
     assert flow_runs(state) == 4  # ...and every command used it
-
-
-def test_stop_stops_every_process(world, sandbox):
-    h = sandbox()
-    code, output, _ = h.cli("prefect-server", "start", "--idle-timeout", "600")
-    assert code == 0, output
-    state = h.state()
-    assert state is not None and state.idle_timeout_s == 600 and len(group(state.pid)) == 2
-
-    code, output, _ = h.cli("prefect-server", "stop")
-    assert code == 0 and f"Stopped the local Prefect server (pid {state.pid}" in output, output
-    assert group(state.pid) == [] and supervisors(h.path) == [] and running_in(h.server.folder) == []
-    assert h.state() is None
-    with pytest.raises(OSError):
-        urllib.request.urlopen(state.health_url, timeout=2)
-
-    code, output, _ = h.cli("prefect-server", "status")
-    assert code == 1 and "not running" in output, output
-    code, output, _ = h.cli("prefect-server", "stop")
-    assert code == 0 and "was not running" in output, output
 
 
 def test_the_server_stops_itself_once_idle_but_not_while_used(world, sandbox):
