@@ -1,118 +1,331 @@
-"""Model performance on labelled current data, beside the same metrics on reference data.
+"""Model performance on labelled current data, beside the same metrics on reference data, on every row.
 
-Every number comes from ``sklearn.metrics``; this module only chooses which ones and lays them out.
+The metrics are reduced over partitions: a confusion matrix and sums (exact, whatever the row count), and for ROC-AUC the
+scores themselves up to ``exact_auc_rows`` rows per side (scikit-learn's own ``roc_auc_score``), beyond that fine score
+histograms, whose ties within a bin bound the error; the bound is recorded as ``<side>.roc_auc_bound`` (0 when exact).
+On data that fits one frame every figure equals ``sklearn.metrics``' on the same rows (a unit test checks each).
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
+from pydantic import Field
 from sklearn import metrics as skm
 
-from audits.core import Artifact, Audit, AuditConfig, AuditContext, AuditResult, Requirements
+from audits.core import Artifact, AuditConfig, AuditContext, AuditResult, Requirements
 from audits.core.context import Dataset
+from audits.core.partial import PartialAudit, State
+
+SIDES = ("reference", "current")
 
 
 class PerformanceConfig(AuditConfig):
-    pass
+    # ROC-AUC is exact (scikit-learn on the scores) up to this many labelled rows per side, then from score histograms
+    exact_auc_rows: int = Field(200_000, ge=0, le=50_000_000)
+    auc_bins: int = Field(4096, ge=16, le=1_000_000)  # histogram bins on [0, 1] beyond exact_auc_rows
+
+
+# ---------------------------------------------------------------------------------------------
+# Reducible statistics
+
+
+def _empty_side(task: str, n_classes: int) -> State:
+    if task == "classification":
+        return {"rows": 0, "confusion": np.zeros((n_classes, n_classes), dtype=np.int64), "unknown": {},
+                "log_loss_sum": 0.0, "scores": None, "histograms": None}
+    return {"rows": 0, "abs_sum": 0.0, "sq_sum": 0.0, "y_mean": 0.0, "y_m2": 0.0}
+
+
+def _class_index(y: pd.Series, classes: tuple) -> np.ndarray:
+    lookup = {c: i for i, c in enumerate(classes)}
+    return np.array([lookup.get(v, -1) for v in y.tolist()], dtype=np.int64)
+
+
+def _histograms(index: np.ndarray, proba: np.ndarray, bins: int) -> np.ndarray:
+    """(n_classes, 2, bins): per class, counts of that class's score among its positives and its negatives."""
+    cells = np.clip((proba * bins).astype(np.int64), 0, bins - 1)
+    out = np.zeros((proba.shape[1], 2, bins), dtype=np.int64)
+    for k in range(proba.shape[1]):
+        positive = index == k
+        out[k, 0] = np.bincount(cells[positive, k], minlength=bins)
+        out[k, 1] = np.bincount(cells[~positive, k], minlength=bins)
+    return out
+
+
+def _update_classification(side: State, ds: Dataset, classes: tuple, cfg: PerformanceConfig) -> State:
+    index = _class_index(ds.y, classes)
+    pred = _class_index(pd.Series(ds.predictions.labels), classes)  # predictions are checked to be model classes
+    known = index >= 0
+    confusion = side["confusion"] + np.bincount(index[known] * len(classes) + pred[known],
+                                                minlength=len(classes) ** 2).reshape(len(classes), len(classes))
+    unknown = dict(side["unknown"])
+    for label, count in pd.Series(ds.y[~known].astype(str)).value_counts().items():  # labels the model never saw
+        unknown[label] = unknown.get(label, 0) + int(count)
+    out = {**side, "rows": side["rows"] + len(ds), "confusion": confusion, "unknown": unknown}
+    proba = ds.predictions.proba
+    if proba is not None:
+        eps = np.finfo(proba.dtype).eps
+        p_true = np.clip(proba[np.flatnonzero(known), index[known]], eps, 1 - eps)
+        out["log_loss_sum"] = side["log_loss_sum"] - float(np.log(p_true).sum())
+        scores = {"index": index, "proba": proba}
+        out["scores"], out["histograms"] = side["scores"], side["histograms"]
+        out = _merge_scores(out, {"scores": scores, "histograms": None}, cfg)
+    return out
+
+
+def _merge_scores(a: State, b: State, cfg: PerformanceConfig) -> State:
+    """Raw scores while both sides' rows fit exact_auc_rows, else histograms (raw scores binned on the way)."""
+    out = dict(a)
+    if a["scores"] is None and a["histograms"] is None:
+        out["scores"], out["histograms"] = b["scores"], b["histograms"]
+        if out["scores"] is not None and len(out["scores"]["index"]) > cfg.exact_auc_rows:
+            out["histograms"], out["scores"] = _histograms(out["scores"]["index"], out["scores"]["proba"], cfg.auc_bins), None
+        return out
+    if b["scores"] is None and b["histograms"] is None:
+        return out
+    if a["scores"] is not None and b["scores"] is not None:
+        index = np.concatenate([a["scores"]["index"], b["scores"]["index"]])
+        proba = np.concatenate([a["scores"]["proba"], b["scores"]["proba"]])
+        if len(index) <= cfg.exact_auc_rows:
+            out["scores"], out["histograms"] = {"index": index, "proba": proba}, None
+            return out
+        out["scores"], out["histograms"] = None, _histograms(index, proba, cfg.auc_bins)
+        return out
+    total = np.zeros_like(a["histograms"] if a["histograms"] is not None else b["histograms"])
+    for part in (a, b):
+        if part["histograms"] is not None:
+            total = total + part["histograms"]
+        if part["scores"] is not None:
+            total = total + _histograms(part["scores"]["index"], part["scores"]["proba"], cfg.auc_bins)
+    out["scores"], out["histograms"] = None, total
+    return out
+
+
+def _histogram_auc(positives: np.ndarray, negatives: np.ndarray) -> tuple[float, float]:
+    """ROC-AUC from score histograms, ties within a bin counted a half (the Mann-Whitney convention), and the bound on its
+    error: if every tied pair within a bin went one way or the other, the AUC would move by half their share."""
+    n_pos, n_neg = positives.sum(), negatives.sum()
+    if n_pos == 0 or n_neg == 0:
+        return float("nan"), float("nan")
+    below = np.concatenate([[0], np.cumsum(negatives)[:-1]])
+    pairs = float(n_pos) * float(n_neg)
+    ties = float((positives * negatives.astype(float)).sum())
+    return float(((positives * below).sum() + 0.5 * ties) / pairs), 0.5 * ties / pairs
+
+
+def _update_regression(side: State, ds: Dataset) -> State:
+    y, pred = ds.y.to_numpy(dtype=float), ds.predictions.labels.astype(float)
+    err = y - pred
+    return _merge_regression(side, {"rows": len(y), "abs_sum": float(np.abs(err).sum()), "sq_sum": float((err ** 2).sum()),
+                                    "y_mean": float(y.mean()) if len(y) else 0.0,
+                                    "y_m2": float(((y - y.mean()) ** 2).sum()) if len(y) else 0.0})
+
+
+def _merge_regression(a: State, b: State) -> State:
+    """Sums, and the target's mean and sum of squared deviations merged as Chan et al. (stable at any row count)."""
+    n = a["rows"] + b["rows"]
+    if n == 0:
+        return dict(a)
+    delta = b["y_mean"] - a["y_mean"]
+    return {"rows": n, "abs_sum": a["abs_sum"] + b["abs_sum"], "sq_sum": a["sq_sum"] + b["sq_sum"],
+            "y_mean": a["y_mean"] + delta * b["rows"] / n,
+            "y_m2": a["y_m2"] + b["y_m2"] + delta ** 2 * a["rows"] * b["rows"] / n}
+
+
+def _merge_classification(a: State, b: State, cfg: PerformanceConfig) -> State:
+    unknown = dict(a["unknown"])
+    for label, count in b["unknown"].items():
+        unknown[label] = unknown.get(label, 0) + count
+    out = {**a, "rows": a["rows"] + b["rows"], "confusion": a["confusion"] + b["confusion"], "unknown": unknown,
+           "log_loss_sum": a["log_loss_sum"] + b["log_loss_sum"]}
+    return _merge_scores(out, b, cfg)
+
+
+def classification_figures(side: State, classes: tuple, has_proba: bool) -> dict[str, float]:
+    """Accuracy, balanced accuracy, F1 (binary: of classes[1]; else macro), log loss and ROC-AUC, as scikit-learn
+    defines them, from a reduced state. Labels the model never saw count as classes it always gets wrong."""
+    confusion = side["confusion"].astype(float)
+    unknown_rows = sum(side["unknown"].values())
+    rows = confusion.sum() + unknown_rows
+    true_rows = confusion.sum(axis=1)
+    recalls = [confusion[i, i] / true_rows[i] for i in range(len(classes)) if true_rows[i] > 0] + [0.0] * len(side["unknown"])
+    tp = np.diag(confusion)
+    fp = confusion.sum(axis=0) - tp  # rows of unknown labels are counted below, by the class they were predicted as
+    fn = true_rows - tp
+    fp = fp + _unknown_predicted(side, len(classes))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        f1_per_class = np.where(2 * tp + fp + fn > 0, 2 * tp / (2 * tp + fp + fn), 0.0)
+    out = {
+        "accuracy": float(tp.sum() / rows) if rows else float("nan"),
+        "balanced_accuracy": float(np.mean(recalls)) if recalls else float("nan"),
+        "f1": float(f1_per_class[1]) if len(classes) == 2 else float(f1_per_class.mean()),
+    }
+    if has_proba:
+        present = int((true_rows > 0).sum()) + len(side["unknown"])
+        out["log_loss"] = float(side["log_loss_sum"] / rows) if rows and not side["unknown"] else float("nan")
+        out["roc_auc"], out["roc_auc_bound"] = _auc(side, classes, present)
+    return out
+
+
+def _unknown_predicted(side: State, n_classes: int) -> np.ndarray:
+    return np.asarray(side.get("unknown_predicted", np.zeros(n_classes)), dtype=float)
+
+
+def _auc(side: State, classes: tuple, present: int) -> tuple[float, float]:
+    if present < 2:
+        return float("nan"), float("nan")  # undefined with one class present; a threshold on it reports ERROR
+    binary = len(classes) == 2
+    if side["scores"] is not None:
+        index, proba = side["scores"]["index"], side["scores"]["proba"]
+        if binary:
+            return float(skm.roc_auc_score(index == 1, proba[:, 1])), 0.0
+        if (index < 0).any():
+            return float("nan"), float("nan")
+        return float(skm.roc_auc_score(index, proba, multi_class="ovr", average="macro", labels=list(range(len(classes))))), 0.0
+    histograms = side["histograms"]
+    if binary:
+        return _histogram_auc(histograms[1, 0], histograms[1, 1])
+    aucs = [_histogram_auc(histograms[k, 0], histograms[k, 1]) for k in range(len(classes))]
+    return float(np.mean([a for a, _ in aucs])), float(np.mean([b for _, b in aucs]))
+
+
+def regression_figures(side: State) -> dict[str, float]:
+    n = side["rows"]
+    sse, sst = side["sq_sum"], side["y_m2"]
+    if sst == 0:  # scikit-learn's force_finite: a constant target
+        r2 = 1.0 if sse == 0 else 0.0
+    else:
+        r2 = 1.0 - sse / sst
+    return {"rmse": float(np.sqrt(sse / n)), "mae": float(side["abs_sum"] / n), "r2": float(r2)}
 
 
 def classification_metrics(ds: Dataset, classes: tuple) -> dict[str, float]:
-    y, pred, proba = ds.y.to_numpy(), ds.predictions.labels, ds.predictions.proba
-    binary = len(classes) == 2
-    out = {
-        "accuracy": skm.accuracy_score(y, pred),
-        "balanced_accuracy": skm.balanced_accuracy_score(y, pred),
-        # binary: F1 of the positive class (classes[1], as scikit-learn orders them); multiclass: macro
-        "f1": skm.f1_score(y, pred, average="binary", pos_label=classes[1])
-        if binary
-        else skm.f1_score(y, pred, average="macro", labels=list(classes)),
-    }
-    if proba is not None:
-        present = set(np.unique(y).tolist())
-        out["log_loss"] = skm.log_loss(y, proba, labels=list(classes))
-        if len(present) < 2:
-            out["roc_auc"] = float("nan")  # undefined with one class present; a threshold on it reports ERROR
-        elif binary:
-            out["roc_auc"] = skm.roc_auc_score(y == classes[1], proba[:, 1])
-        else:
-            out["roc_auc"] = skm.roc_auc_score(y, proba, multi_class="ovr", average="macro", labels=list(classes))
-    return {k: float(v) for k, v in out.items()}
+    """The classification figures of one labelled dataset (every row; ROC-AUC exact)."""
+    cfg = PerformanceConfig(exact_auc_rows=max(len(ds), 1))
+    side = _update_classification(_empty_side("classification", len(classes)), ds, classes, cfg)
+    known = _class_index(ds.y, classes) >= 0
+    side["unknown_predicted"] = np.bincount(_class_index(pd.Series(ds.predictions.labels[~known]), classes), minlength=len(classes))
+    figures = classification_figures(side, classes, ds.predictions.proba is not None)
+    figures.pop("roc_auc_bound", None)
+    return figures
 
 
 def regression_metrics(ds: Dataset) -> dict[str, float]:
-    y, pred = ds.y.to_numpy(dtype=float), ds.predictions.labels.astype(float)
-    return {
-        "rmse": float(skm.root_mean_squared_error(y, pred)),
-        "mae": float(skm.mean_absolute_error(y, pred)),
-        "r2": float(skm.r2_score(y, pred)),
-    }
+    return regression_figures(_update_regression(_empty_side("regression", 0), ds))
 
 
-class PerformanceAudit(Audit):
-    """Accuracy, F1, ROC-AUC, log loss (classifiers) or RMSE, MAE, R2 (regressors)."""
+class PerformanceAudit(PartialAudit):
+    """Accuracy, F1, ROC-AUC, log loss (classifiers) or RMSE, MAE, R2 (regressors), on every labelled row."""
 
     name = "performance"
+    mode = "partial"
     Config = PerformanceConfig
     requires = Requirements(labels="current", modalities=("tabular", "image", "text"))
     description = "Model performance on labelled current data, compared with reference data."
 
-    def compute(self, context: AuditContext) -> AuditResult:
-        datasets = [ds for ds in (context.reference, context.current) if ds.labelled]
-        per_set: dict[str, dict[str, float]] = {}
-        for ds in datasets:
-            if context.task == "classification":
-                per_set[ds.name] = classification_metrics(ds, context.model.classes)
+    def init(self, context: AuditContext, fitted: Any) -> State:
+        n_classes = len(context.model.classes or ())
+        return {side: _empty_side(context.task, n_classes) for side in SIDES}
+
+    def update(self, state: State, partition: Dataset, context: AuditContext, fitted: Any) -> State:
+        if not partition.labelled or len(partition) == 0:
+            return state
+        side = state[partition.name]
+        if context.task == "classification":
+            classes = context.model.classes
+            updated = _update_classification(side, partition, classes, self.config)
+            known = _class_index(partition.y, classes) < 0
+            if known.any():  # rows with labels the model never saw: which class they were predicted as (false positives)
+                pred = _class_index(pd.Series(partition.predictions.labels[known]), classes)
+                updated["unknown_predicted"] = _unknown_predicted(side, len(classes)) + np.bincount(pred, minlength=len(classes))
             else:
-                per_set[ds.name] = regression_metrics(ds)
+                updated["unknown_predicted"] = _unknown_predicted(side, len(classes))
+        else:
+            updated = _update_regression(side, partition)
+        return {**state, partition.name: updated}
+
+    def merge(self, a: State, b: State) -> State:
+        out = {}
+        for side in SIDES:
+            x, y = a[side], b[side]
+            if "confusion" in x:
+                merged = _merge_classification(x, y, self.config)
+                n = len(x["confusion"])
+                merged["unknown_predicted"] = _unknown_predicted(x, n) + _unknown_predicted(y, n)
+                out[side] = merged
+            else:
+                out[side] = _merge_regression(x, y)
+        return out
+
+    def finalize(self, state: State, context: AuditContext, fitted: Any, population: dict[str, int]) -> AuditResult:
+        per_set: dict[str, dict[str, float]] = {}
+        bounds: dict[str, float] = {}
+        for side in SIDES:
+            if state[side]["rows"] == 0:
+                continue
+            if context.task == "classification":
+                figures = classification_figures(state[side], context.model.classes, context.model.predict_proba is not None)
+                if "roc_auc_bound" in figures:
+                    bounds[side] = figures.pop("roc_auc_bound")
+                per_set[side] = figures
+            else:
+                per_set[side] = regression_figures(state[side])
         metrics = {f"{name}.{k}": v for name, values in per_set.items() for k, v in values.items()}
-        metrics["current.rows"] = float(len(context.current))
-        if "reference" in per_set:
+        metrics.update({f"{side}.roc_auc_bound": b for side, b in bounds.items()})
+        metrics["current.rows"] = float(state["current"]["rows"])
+        if "reference" in per_set and "current" in per_set:
             for key, value in per_set["current"].items():
                 metrics[f"delta.{key}"] = value - per_set["reference"][key]
 
         table = pd.DataFrame(per_set).rename_axis("metric").reset_index()
-        if "reference" in per_set:
+        if "reference" in per_set and "current" in per_set:
             table["delta"] = table["current"] - table["reference"]
-        figure = (
-            _confusion_figure(datasets, context.model.classes)
-            if context.task == "classification"
-            else _residual_figure(datasets, context.random_state("performance.residual_subsample"))
-        )
+        labelled = [side for side in SIDES if side in per_set]
+        if context.task == "classification":
+            figure = _confusion_figure({side: state[side]["confusion"] for side in labelled}, context.model.classes)
+        else:
+            figure = _residual_figure([context.dataset(side) for side in labelled if context.dataset(side).labelled],
+                                      context.random_state("performance.residual_subsample"))
+        info = {
+            "task": context.task,
+            "labelled": ", ".join(labelled),
+            "rows": ", ".join(f"{side}: {state[side]['rows']:,} labelled row(s), every one" for side in labelled),
+            "reference_scores": "in-sample when the reference is the training data: an optimistic baseline",
+        }
+        if any(b > 0 for b in bounds.values()):
+            info["roc_auc"] = (f"from {self.config.auc_bins} score bins beyond {self.config.exact_auc_rows:,} rows; "
+                               + ", ".join(f"{side} within ±{b:.2g}" for side, b in bounds.items()))
+        unknown = {side: sorted(state[side].get("unknown", {})) for side in labelled if state[side].get("unknown")}
+        if unknown:
+            info["unknown_labels"] = "; ".join(f"{side}: {', '.join(map(str, labels[:10]))}" for side, labels in unknown.items())
         return AuditResult(
             audit=self.name,
             metrics=metrics,
-            artifacts=(
-                Artifact.table("metrics", table, "Performance on reference and current data"),
-                figure,
-            ),
-            info={
-                "task": context.task,
-                "labelled": ", ".join(ds.name for ds in datasets),
-                "reference_scores": "in-sample when the reference is the training data: an optimistic baseline",
-            },
+            artifacts=(Artifact.table("metrics", table, "Performance on reference and current data"), figure),
+            info=info,
         )
 
 
-def _confusion_figure(datasets: list[Dataset], classes: tuple) -> Artifact:
-    fig = Figure(figsize=(5 * len(datasets), 4.2), layout="constrained")
-    axes = fig.subplots(1, len(datasets), squeeze=False)[0]
-    for ax, ds in zip(axes, datasets, strict=True):
-        skm.ConfusionMatrixDisplay.from_predictions(
-            ds.y.to_numpy(), ds.predictions.labels, labels=list(classes), ax=ax, colorbar=False
-        )
-        ax.set_title(f"{ds.name} (n={len(ds)})")
+def _confusion_figure(confusions: dict[str, np.ndarray], classes: tuple) -> Artifact:
+    fig = Figure(figsize=(5 * len(confusions), 4.2), layout="constrained")
+    axes = fig.subplots(1, len(confusions), squeeze=False)[0]
+    for ax, (side, confusion) in zip(axes, confusions.items(), strict=True):
+        skm.ConfusionMatrixDisplay(confusion_matrix=confusion, display_labels=list(classes)).plot(ax=ax, colorbar=False)
+        ax.set_title(f"{side} (n={int(confusion.sum()):,})")
     return Artifact.figure("confusion_matrix", fig, "Confusion matrices")
 
 
 def _residual_figure(datasets: list[Dataset], random_state: int) -> Artifact:
-    fig = Figure(figsize=(5 * len(datasets), 4.2), layout="constrained")
-    axes = fig.subplots(1, len(datasets), squeeze=False)[0]
-    for ax, ds in zip(axes, datasets, strict=True):
+    fig = Figure(figsize=(5 * max(len(datasets), 1), 4.2), layout="constrained")
+    axes = fig.subplots(1, max(len(datasets), 1), squeeze=False)[0]
+    for ax, ds in zip(axes, datasets, strict=False):
         skm.PredictionErrorDisplay.from_predictions(
             ds.y.to_numpy(dtype=float), ds.predictions.labels.astype(float), kind="actual_vs_predicted", ax=ax,
             random_state=random_state,  # the display subsamples 1,000 points
         )
-        ax.set_title(f"{ds.name} (n={len(ds)})")
+        ax.set_title(f"{ds.name} (sample of n={len(ds):,})")
     return Artifact.figure("actual_vs_predicted", fig, "Actual against predicted")

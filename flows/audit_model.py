@@ -49,7 +49,7 @@ def audit_model(model_uri: str, config_path: str, tracking_uri: str | None = Non
     # the watcher and `auditlens doctor` tell it from a slow one by the heartbeat alone
     heartbeat = Heartbeat(run.tracking_uri, run.run_id, loaded.settings.mlflow.heartbeat_s).start()
     try:
-        futures = [run_one.with_options(task_run_name=f"audit-{p.id}").submit(p, inputs.context) for p in loaded.plan]
+        futures = [run_one.with_options(task_run_name=f"audit-{p.id}").submit(p, inputs.context, inputs.full) for p in loaded.plan]
         results = [future.result() for future in futures]
         for result in results:
             logger.info("%-14s %-7s %.1fs  %s", result.audit, result.verdict.value, result.duration_s, result.reason[:160])

@@ -14,6 +14,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.tasks import exponential_backoff
 
 from audits.core.context import AuditContext
+from audits.core.partial import FullData
 from audits.core.plan import PlannedAudit
 from audits.core.result import AuditResult
 from audits.core.runner import overall_verdict, run_planned
@@ -80,8 +81,8 @@ def load_inputs(ref: ModelRef, loaded: LoadedSettings, tracking_uri: str) -> Aud
 
 
 @task(name="audit", cache_policy=NO_CACHE)
-def run_one(planned: PlannedAudit, context: AuditContext) -> AuditResult:
-    return run_planned(planned, context)
+def run_one(planned: PlannedAudit, context: AuditContext, full: FullData | None = None) -> AuditResult:
+    return run_planned(planned, context, full)
 
 
 @task(name="record-audit", **MLFLOW_IO)
@@ -98,10 +99,9 @@ def record_audit(run: AuditRun, ref: ModelRef, loaded: LoadedSettings, inputs: A
             "model URI": ref.uri,
             "loaded": ref.load_uri,
             "audited at": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC"),
-            **{
-                f"{role} data": f"{fp['path']} ({fp['rows_used']} of {fp['rows']} rows used; sha256 {fp['sha256'][:16]}…)"
-                for role, fp in inputs.fingerprints.items()
-            },
+            **{f"{role} data": _data_line(fp, inputs.full) for role, fp in inputs.fingerprints.items()},
+            **({"engine": f"{inputs.full.engine} ({inputs.full.workers} worker(s)); every-row audits read all rows, "
+                          f"the others a seeded sample"} if inputs.full is not None and inputs.full.states else {}),
             "compared with": inputs.context.baseline.label if inputs.context.baseline is not None else inputs.context.baseline_note,
             "config hash": loaded.config_hash,
             "seed": loaded.settings.seed,
@@ -122,6 +122,14 @@ def record_audit(run: AuditRun, ref: ModelRef, loaded: LoadedSettings, inputs: A
         "verdict": verdict.value,
         "audits": {r.audit: {"verdict": r.verdict.value, "reason": r.reason} for r in results},
     }
+
+
+def _data_line(fp: dict, full: FullData | None) -> str:
+    where = f"{fp['path']}" + (f" ({fp['files']} file(s), {fp['partitions']} partition(s))" if "partitions" in fp else "")
+    if fp["rows_used"] == fp["rows"]:
+        return f"{where}: all {fp['rows']:,} rows; sha256 {fp['sha256'][:16]}…"
+    every = "every-row audits read all of them, " if full is not None and full.states else ""
+    return f"{where}: {fp['rows']:,} rows; {every}sample audits a seeded sample of {fp['rows_used']:,}; sha256 {fp['sha256'][:16]}…"
 
 
 def _dataset_inputs(inputs: AuditInputs) -> list[dict]:

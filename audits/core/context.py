@@ -132,6 +132,21 @@ class AuditContext:
         return self.features[0]
 
 
+def subsample(context: AuditContext, rows: int) -> AuditContext:
+    """``context`` with at most ``rows`` rows a side, drawn without replacement with the context's seed (order kept)."""
+    from dataclasses import replace
+
+    def cut(ds: Dataset) -> Dataset:
+        if len(ds) <= rows:
+            return ds
+        keep = np.sort(context.rng(f"sample_rows.{ds.name}").choice(len(ds), size=rows, replace=False))
+        predictions = Predictions(ds.predictions.labels[keep], None if ds.predictions.proba is None else ds.predictions.proba[keep])
+        return replace(ds, X=ds.X.iloc[keep], y=None if ds.y is None else ds.y.iloc[keep], predictions=predictions,
+                       segments=None if ds.segments is None else ds.segments.iloc[keep])
+
+    return replace(context, reference=cut(context.reference), current=cut(context.current))
+
+
 class InvalidPredictions(ValueError):
     """The model answered, but not with one valid prediction per row: every audit would compute on nonsense."""
 

@@ -6,6 +6,7 @@
         config: {rows: 200}         # validated against the audit's own Config
         thresholds: [...]           # optional; omitted = the audit's defaults, [] = none
         time_limit_s: 600           # optional; past it the audit is ERROR and the others go on
+        sample_rows: 5000           # optional; a sample-mode audit sees at most this many rows a side (seeded)
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ class AuditSpec(BaseModel):
     config: dict[str, Any] = Field(default_factory=dict)
     thresholds: list[Threshold] | None = None
     time_limit_s: float | None = Field(None, gt=0, le=7 * 24 * 3600)
+    sample_rows: int | None = Field(None, ge=1, le=1_000_000_000)
 
     @field_validator("id")
     @classmethod
@@ -79,6 +81,7 @@ class PlannedAudit:
     audit: Audit
     thresholds: tuple[Threshold, ...]
     time_limit_s: float | None = None  # None: no limit
+    sample_rows: int | None = None  # None: the whole sample the context holds
 
 
 class AuditPlan(BaseModel):
@@ -111,7 +114,7 @@ class AuditPlan(BaseModel):
             else:
                 thresholds = tuple(spec.thresholds)
             time_limit_s = spec.time_limit_s if spec.time_limit_s is not None else default_time_limit_s
-            planned.append(PlannedAudit(spec.audit_id, cls(config), tuple(thresholds), time_limit_s))
+            planned.append(PlannedAudit(spec.audit_id, cls(config), tuple(thresholds), time_limit_s, spec.sample_rows))
         if problems:
             raise PlanError(problems)
         return planned

@@ -8,7 +8,8 @@ import traceback
 from collections.abc import Callable
 from typing import TypeVar
 
-from audits.core.context import AuditContext
+from audits.core.context import AuditContext, subsample
+from audits.core.partial import FullData, audit_mode
 from audits.core.plan import PlannedAudit
 from audits.core.result import AuditResult, CheckResult, Verdict, is_valid_key, worst
 
@@ -71,7 +72,25 @@ def namespaced(result: AuditResult, audit_id: str) -> AuditResult:
     return result.with_(audit=audit_id, metrics=metrics)
 
 
-def run_planned(planned: PlannedAudit, context: AuditContext) -> AuditResult:
+def rows_seen(planned: PlannedAudit, context: AuditContext, full: FullData | None) -> tuple[Callable[[], AuditResult], str]:
+    """How the audit computes, and which rows it sees, in words for the report: every row (its merged state from the
+    pass over all partitions), or a sample (the context's, cut to the audit's own sample_rows)."""
+    audit = planned.audit
+    if full is not None and planned.id in full.states:
+        state, fitted = full.states[planned.id], full.fitted.get(planned.id)
+        how = "every row" if audit_mode(audit) == "partial" else "fitted on the sample, applied to every row"
+        return (lambda: audit.finalize(state, context, fitted, full.population)), f"{how} ({full.describe_population()})"
+    if planned.sample_rows is not None and audit_mode(audit) == "sample":
+        cut = subsample(context, planned.sample_rows)
+        of = full.population if full is not None else {"reference": len(context.reference), "current": len(context.current)}
+        text = ", ".join(f"{len(cut.dataset(s)):,} of {of[s]:,} {s} rows" for s in of)
+        return (lambda: audit.compute(cut)), f"a seeded sample: {text} (sample_rows)"
+    if full is not None:
+        return (lambda: audit.compute(context)), f"a seeded sample: {full.describe_sample()}"
+    return (lambda: audit.compute(context)), f"every row ({len(context.reference):,} reference, {len(context.current):,} current)"
+
+
+def run_planned(planned: PlannedAudit, context: AuditContext, full: FullData | None = None) -> AuditResult:
     started = time.perf_counter()
 
     def finish(result: AuditResult) -> AuditResult:
@@ -80,9 +99,12 @@ def run_planned(planned: PlannedAudit, context: AuditContext) -> AuditResult:
     reason = planned.audit.skip_reason(context)
     if reason:
         return finish(AuditResult.skipped(planned.id, reason))
+    if full is not None and planned.id in full.errors:
+        return finish(AuditResult(audit=planned.id, verdict=Verdict.ERROR, reason=f"on every row: {full.errors[planned.id]}"))
+    compute, rows = rows_seen(planned, context, full)
     try:
-        result = namespaced(call_with_time_limit(lambda: planned.audit.compute(context), planned.time_limit_s,
-                                                 f"audit-{planned.id}"), planned.id)
+        result = namespaced(call_with_time_limit(compute, planned.time_limit_s, f"audit-{planned.id}"), planned.id)
+        result = result.with_(info={**result.info, "rows": rows})
     except TimeLimitExceeded as exc:
         return finish(AuditResult(audit=planned.id, verdict=Verdict.ERROR,
                                   reason=f"{exc} (time_limit_s; the model or the audit may hang on this data)"))

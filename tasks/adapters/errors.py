@@ -12,6 +12,9 @@ class AuditlensError(Exception):
         self.problem, self.fix = problem, fix
         super().__init__(f"{problem}\n  fix: {fix}" if fix else problem)
 
+    def __reduce__(self):  # crosses process boundaries (Dask workers) whole: problem and fix, not the joined text
+        return type(self), (self.problem, self.fix)
+
 
 class ConfigError(AuditlensError):
     pass

@@ -8,7 +8,9 @@ from typing import Any
 import pandas as pd
 
 from audits.core.context import AuditContext, InvalidPredictions, ModelUnderAudit, build_context, infer_categorical
-from tasks.adapters.datasets import check_columns, image_shape, prepare, read_columns, resolve_features
+from audits.core.partial import FullData, audit_mode
+from tasks.adapters.datasets import check_columns, frame_sha256, image_shape, prepare, read_columns, resolve_features
+from tasks.adapters.sources import Source, open_source
 from audits.core.runner import TimeLimitExceeded, call_with_time_limit
 from tasks.adapters.errors import DataError, ModelOutputError, ModelTimeoutError
 from tasks.adapters.models import ModelRef, load_baseline, load_model
@@ -19,6 +21,7 @@ from tasks.adapters.settings import LoadedSettings
 class AuditInputs:
     context: AuditContext
     fingerprints: dict[str, dict[str, Any]]
+    full: FullData | None = None  # the pass over every row, when the data was larger than the sample budgets
 
 
 def _model_features(model: ModelUnderAudit) -> list[str] | None:
@@ -43,19 +46,69 @@ def _as_network(model: ModelUnderAudit, input_shape: tuple[int, ...]) -> ModelUn
                    flavor="sklearn-mlp")
 
 
+def _header(loaded: LoadedSettings, role: str) -> list[str]:
+    path, encoding = loaded.data_path(role), loaded.settings.data.encoding
+    if _partitioned_spec(path):
+        return list(open_source(role, str(path), path.parent, encoding).columns)
+    return read_columns(path, encoding)
+
+
+def _partitioned_spec(path) -> bool:
+    from tasks.adapters.sources import is_glob
+
+    return is_glob(str(path)) or path.is_dir()
+
+
 def preflight_data(loaded: LoadedSettings) -> None:
     """Cheap checks (files exist, headers have the columns) before any run is opened."""
     data = loaded.settings.data
     ref_path, cur_path = loaded.data_path("reference"), loaded.data_path("current")
-    ref_columns = read_columns(ref_path, data.encoding)
+    ref_columns = _header(loaded, "reference")
     if not ref_columns:
         raise DataError(f"reference data {ref_path} is empty (no header, no rows)", "point data.reference at the training data")
     features = resolve_features(ref_columns, data.target, data.features, None)
     check_columns("reference", ref_path, ref_columns, features, data.target, target_required=True)
-    cur_columns = read_columns(cur_path, data.encoding)
+    cur_columns = _header(loaded, "current")
     if not cur_columns:
         raise DataError(f"current data {cur_path} is empty (no header, no rows)", "point data.current at the data to audit")
     check_columns("current", cur_path, cur_columns, features, data.target, target_required=False)
+
+
+def _every_row_sources(loaded: LoadedSettings) -> dict[str, Source] | None:
+    """Both sides as partitioned sources when the data must be read by partition; None when it fits one frame."""
+    from tasks.adapters.datasets import _format
+
+    settings = loaded.settings
+    paths = {role: loaded.data_path(role) for role in ("reference", "current")}
+    if not any(_partitioned_spec(p) for p in paths.values()):
+        if any(_format(p) == "npz" for p in paths.values()):  # today's checks and messages for single files
+            return None
+    sources = {role: open_source(role, str(path), path.parent, settings.data.encoding) for role, path in paths.items()}
+    return sources if _needs_every_row_pass(sources, settings) else None
+
+
+def _needs_every_row_pass(sources: dict[str, Source], settings) -> bool:
+    """Partitioned data, a Dask engine, or a side larger than its sample budget: read by partition, every row counted.
+    Anything else fits one frame and keeps the one-frame path (the same numbers as ever)."""
+    if settings.execution.engine != "local" or any(s.partitioned for s in sources.values()):
+        return True
+    budgets = {"reference": settings.sampling.reference_rows, "current": settings.sampling.current_rows}
+    return any(s.estimated_rows() > budgets[role] for role, s in sources.items())
+
+
+def context_or_error(ref: ModelRef, model: ModelUnderAudit, reference, current, **kwargs: Any) -> AuditContext:
+    """The audits' context (the model predicts on both datasets), or the error a user can act on."""
+    try:
+        return build_context(model, reference, current, **kwargs)
+    except InvalidPredictions as exc:
+        raise ModelOutputError(f"{ref.label} answered, but not with one valid prediction per row: {exc}",
+                               "fix the model (or the rows that make it answer so); every audit would compute on these predictions") from None
+    except Exception as exc:
+        raise DataError(
+            f"{ref.label} cannot predict on the data ({type(exc).__name__}: {exc})",
+            "check that the columns and their types match what the model was trained on; if they do, the model itself "
+            "fails on them (its own message is in the brackets)",
+        ) from None
 
 
 def assemble_in_time(ref: ModelRef, loaded: LoadedSettings, client) -> AuditInputs:
@@ -75,9 +128,18 @@ def assemble(ref: ModelRef, loaded: LoadedSettings, client) -> AuditInputs:
     model = load_model(ref, client, settings.model.task, settings.model.device)
     baseline, baseline_note = load_baseline(ref, settings.model.baseline_alias, client, settings.model.task, settings.model.device)
     ref_path, cur_path = loaded.data_path("reference"), loaded.data_path("current")
-    features = resolve_features(read_columns(ref_path, settings.data.encoding), settings.data.target, settings.data.features,
+    features = resolve_features(_header(loaded, "reference"), settings.data.target, settings.data.features,
                                 _model_features(model))
     modality, input_shape = settings.data.modality, None
+    if modality == "text" and len(features) != 1:
+        raise DataError(f"a text audit reads one column of raw text; the features are {features[:20]}",
+                        "name the text column alone under data.features")
+    if modality == "tabular" or modality == "text":
+        sources = _every_row_sources(loaded)
+        if sources is not None:
+            from tasks.adapters.every_row import assemble_every_row
+
+            return assemble_every_row(ref, loaded, model, baseline, baseline_note, features, sources, modality)
     if modality == "image":
         input_shape = image_shape(ref_path)
         if image_shape(cur_path) != input_shape:
@@ -89,9 +151,6 @@ def assemble(ref: ModelRef, loaded: LoadedSettings, client) -> AuditInputs:
                             "point data.reference and data.current at images of the model's shape")
     if modality == "image" and model.estimator is not None and not hasattr(model.estimator, "network"):
         model = _as_network(model, input_shape)
-    if modality == "text" and len(features) != 1:
-        raise DataError(f"a text audit reads one column of raw text; the features are {features[:20]}",
-                        "name the text column alone under data.features")
     segments = settings.data.segments
     reference = prepare("reference", ref_path, features, settings.data.target, True,
                         settings.sampling.reference_rows, settings.seed, segments, settings.data.encoding)
@@ -103,28 +162,21 @@ def assemble(ref: ModelRef, loaded: LoadedSettings, client) -> AuditInputs:
     if unknown:
         raise DataError(f"data.categorical names {unknown}, which are not features ({features[:20]})",
                         "list only feature columns under data.categorical")
-    try:
-        context = build_context(
-            model,
-            (reference.X, reference.y),
-            (current.X, current.y),
-            categorical=categorical,
-            target=settings.data.target,
-            seed=settings.seed,
-            sources=(str(ref_path), str(cur_path)),
-            baseline=baseline,
-            baseline_note=baseline_note,
-            segments=(reference.segments, current.segments),
-            modality=modality,
-            input_shape=input_shape,
-        )
-    except InvalidPredictions as exc:
-        raise ModelOutputError(f"{ref.label} answered, but not with one valid prediction per row: {exc}",
-                               "fix the model (or the rows that make it answer so); every audit would compute on these predictions") from None
-    except Exception as exc:
-        raise DataError(
-            f"{ref.label} cannot predict on the data ({type(exc).__name__}: {exc})",
-            "check that the columns and their types match what the model was trained on; if they do, the model itself "
-            "fails on them (its own message is in the brackets)",
-        ) from None
-    return AuditInputs(context, {"reference": reference.fingerprint, "current": current.fingerprint})
+    context = context_or_error(
+        ref, model, (reference.X, reference.y), (current.X, current.y),
+        categorical=categorical,
+        target=settings.data.target,
+        seed=settings.seed,
+        sources=(str(ref_path), str(cur_path)),
+        baseline=baseline,
+        baseline_note=baseline_note,
+        segments=(reference.segments, current.segments),
+        modality=modality,
+        input_shape=input_shape,
+    )
+    fingerprints = {"reference": reference.fingerprint, "current": current.fingerprint}
+    full = None
+    if any(fp["rows_used"] < fp["rows"] for fp in fingerprints.values()):  # sampled in memory (image archives)
+        full = FullData(population={r: fp["rows"] for r, fp in fingerprints.items()},
+                        sample={r: fp["rows_used"] for r, fp in fingerprints.items()})
+    return AuditInputs(context, fingerprints, full)

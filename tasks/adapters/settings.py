@@ -83,6 +83,19 @@ class Limits(StrictModel):
     audit_s: float = Field(3600, gt=0, le=7 * 24 * 3600)
 
 
+class Execution(StrictModel):
+    """Where the work on every row runs. Data larger than the sample budgets, or partitioned (a folder or a glob), is
+    read partition by partition: statistics that add up are computed on every row, the others on a seeded sample."""
+
+    engine: Literal["local", "dask"] = "local"  # local: this process, no cluster; dask: a dask.distributed cluster
+    workers: int = Field(2, ge=1, le=1024)  # engine dask without an address: a LocalCluster of this many processes
+    threads_per_worker: int = Field(1, ge=1, le=256)
+    worker_memory: str | None = None  # per LocalCluster worker, e.g. 4GiB; default: the machine's memory shared out
+    address: str | None = Field(None, pattern=r"^(tcp|tls|inproc|ucx)://\S+$")  # an existing cluster's scheduler
+    connect_timeout_s: float = Field(30, gt=0, le=3600)
+    partition_rows: int = Field(250_000, ge=1000, le=100_000_000)  # rows a worker holds at a time
+
+
 class ModelOptions(StrictModel):
     task: Literal["auto", "classification", "regression"] = "auto"  # 'auto' needs a native sklearn model
     baseline_alias: str | None = "champion"  # the deployed version to compare with (explanation drift); null: none
@@ -109,6 +122,7 @@ class AuditSettings(StrictModel):
     model: ModelOptions = ModelOptions()
     mlflow: MlflowSettings = MlflowSettings()
     limits: Limits = Limits()
+    execution: Execution = Execution()
     audits: list[AuditSpec] = Field(min_length=1)
 
     def resolved_artifact_location(self, tracking_uri: str) -> str | None:

@@ -1,0 +1,131 @@
+"""Inputs for data larger than one frame: every row checked and scored by partition, the audits' context on a sample."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pandas as pd
+
+from audits.core.context import ModelUnderAudit, infer_categorical
+from audits.core.partial import FullData, PartialAudit, audit_mode
+from tasks.adapters.datasets import check_columns, frame_sha256
+from tasks.adapters.errors import DataError
+from tasks.adapters.full_pass import KEY, PassPlan, Survey, open_engine, score, survey
+from tasks.adapters.models import ModelRef
+from tasks.adapters.settings import LoadedSettings
+from tasks.adapters.sources import Source
+
+
+def numeric_columns(source: Source, features: list[str], encoding: str) -> tuple[str, ...]:
+    """The features that hold numbers in the reference: Parquet's schema says so; for CSV, pandas' reading of the first
+    rows of the first file (text in any later row of a column read as numbers is then an error, named with its row)."""
+    if source.fmt == "parquet":
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        schema = pq.read_schema(source.files[0])
+        return tuple(f for f in features if f in schema.names and (pa.types.is_integer(schema.field(f).type)
+                                                                     or pa.types.is_floating(schema.field(f).type)
+                                                                     or pa.types.is_decimal(schema.field(f).type)))
+    head = pd.read_csv(source.files[0], encoding=encoding, usecols=lambda c: c in set(features), nrows=10_000)
+    return tuple(f for f in features if f in head.columns and pd.api.types.is_numeric_dtype(head[f])
+                 and not pd.api.types.is_bool_dtype(head[f]))
+
+
+def _checked_survey(result: Survey, source: Source, features: list[str], target: str | None, required: bool) -> bool:
+    """Refuse what the one-frame path refuses, counted on every row; whether this side is labelled."""
+    where = f"{source.role} data {source.spec}"
+    if result.rows == 0:
+        raise DataError(f"{where} has no rows", f"point 'data.{source.role}' at data with rows")
+    if all(result.nonnull.get(f, 0) == 0 for f in features):
+        raise DataError(f"{where}: every feature value is missing (NaN) in all {result.rows:,} rows", "check how the data was exported")
+    if source.role == "reference":
+        empty = [f for f in features if result.nonnull.get(f, 0) == 0]
+        if empty:
+            raise DataError(f"{where}: column(s) {empty} are entirely missing in all {result.rows:,} rows",
+                            "the reference is what the model was trained on; fix the export or drop those features")
+    if not target or target not in source.columns:
+        return False
+    if result.target_nulls == result.rows:
+        if required:
+            raise DataError(f"{where}: the target column {target!r} is entirely missing", "fill in the labels")
+        return False
+    if result.target_nulls:
+        raise DataError(f"{where}: the target column {target!r} has {result.target_nulls:,} missing labels of {result.rows:,}",
+                        "drop the unlabelled rows, or remove the target column to audit without labels")
+    return True
+
+
+def assemble_every_row(ref: ModelRef, loaded: LoadedSettings, model: ModelUnderAudit, baseline: ModelUnderAudit | None,
+                       baseline_note: str, features: list[str], sources: dict[str, Source], modality: str):
+    from tasks.adapters.inputs import AuditInputs, context_or_error
+
+    settings = loaded.settings
+    data, execution = settings.data, settings.execution
+    for role, source in sources.items():
+        check_columns(role, source.spec, list(source.columns), features, data.target, target_required=role == "reference")
+        missing = [c for c in data.segments if c not in source.columns]
+        if missing:
+            raise DataError(f"{role} data {source.spec} lacks segment column(s) {missing} named in data.segments",
+                            "add the columns to the data or remove them from data.segments")
+    plan = PassPlan(features=tuple(features), target=data.target, segments=tuple(data.segments),
+                    numeric=numeric_columns(sources["reference"], features, data.encoding), encoding=data.encoding,
+                    seed=settings.seed, chunk_rows=execution.partition_rows)
+    budgets = {"reference": settings.sampling.reference_rows, "current": settings.sampling.current_rows}
+    with open_engine(execution) as engine:
+        surveys = {role: survey(engine, source, plan, budgets[role], execution.partition_rows) for role, source in sources.items()}
+        labelled = {role: _checked_survey(surveys[role], sources[role], features, data.target, role == "reference")
+                    for role in sources}
+        frames = {}
+        for role, result in surveys.items():
+            sample = result.sample.drop(columns=[KEY])
+            frames[role] = (sample[features], sample[data.target] if labelled[role] else None,
+                            sample[list(data.segments)] if data.segments else None)
+        categorical = tuple(data.categorical) if data.categorical is not None else infer_categorical(frames["reference"][0])
+        unknown = [c for c in categorical if c not in features]
+        if unknown:
+            raise DataError(f"data.categorical names {unknown}, which are not features ({features[:20]})",
+                            "list only feature columns under data.categorical")
+        context = context_or_error(
+            ref, model, frames["reference"][:2], frames["current"][:2],
+            categorical=categorical, target=data.target, seed=settings.seed,
+            sources=(sources["reference"].spec, sources["current"].spec), baseline=baseline, baseline_note=baseline_note,
+            segments=(frames["reference"][2], frames["current"][2]), modality=modality,
+        )
+        partials: list[tuple[str, PartialAudit, Any]] = []
+        errors: dict[str, str] = {}
+        fitted: dict[str, Any] = {}
+        for planned in loaded.plan:
+            if audit_mode(planned.audit) == "sample" or planned.audit.skip_reason(context):
+                continue
+            try:
+                fitted[planned.id] = planned.audit.fit(context)
+            except Exception as exc:
+                errors[planned.id] = f"fitting on the sample: {type(exc).__name__}: {exc}"
+                continue
+            partials.append((planned.id, planned.audit, fitted[planned.id]))
+        states, score_errors, _ = score(engine, sources, plan, model, context, partials, execution.partition_rows) if partials else ({}, {}, {})
+        engine_name, workers = engine.name, engine.workers
+    errors.update(score_errors)
+    full = FullData(
+        population={role: surveys[role].rows for role in sources},
+        sample={role: len(frames[role][0]) for role in sources},
+        states=states, fitted=fitted, errors=errors,
+        partitions={role: surveys[role].partitions for role in sources},
+        engine=engine_name, workers=workers,
+    )
+    fingerprints = {}
+    for role, source in sources.items():
+        X, y, _ = frames[role]
+        fingerprints[role] = {
+            "path": source.spec,
+            "sha256": surveys[role].sha256,  # of the values read, partition by partition (files in a stable order)
+            "sample_sha256": frame_sha256(X if y is None else pd.concat([X, y], axis=1)),
+            "rows": surveys[role].rows,
+            "rows_used": len(X),
+            "columns": len(source.columns),
+            "labelled": y is not None,
+            "files": len(source.files),
+            "partitions": surveys[role].partitions,
+        }
+    return AuditInputs(context, fingerprints, full)

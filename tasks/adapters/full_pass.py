@@ -1,0 +1,293 @@
+"""Every row of a dataset larger than one frame, in two passes over its partitions, on this machine or a Dask cluster.
+
+1. *Survey*: every row is checked (text in a numeric column, infinities, missing labels, all-missing columns) and a
+   uniform sample is drawn without replacement over all partitions: each row gets a key from a generator seeded by the
+   configured seed, its side and its partition's position, and the rows with the smallest keys are kept (bottom-k
+   sampling, which merges exactly and gives the same sample on any engine, in any order).
+2. *Score*: the model predicts on every row once, and each partial or hybrid audit folds the partition into its state
+   (``audits.core.partial``); states come back as bytes, without pickle, and are merged here as they arrive.
+
+The model is sent once to each worker (scattered, ``broadcast=True``), not once per partition. Between passes the
+sample becomes the audits' context (the model predicts on it here), and hybrid audits fit what they apply to every row.
+A worker holds one partition at a time; this process holds merged states and the sample only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from audits.core.context import AuditContext, Dataset, InvalidPredictions, ModelUnderAudit, checked_predictions
+from audits.core.partial import PartialAudit, State, decode_state, encode_state
+from tasks.adapters.errors import AuditlensError, DataError, ModelOutputError
+from tasks.adapters.sources import Fragment, Source, read_fragment
+
+ROLE_CODE = {"reference": 0, "current": 1}
+KEY = "__auditlens_key"
+
+
+class EngineError(AuditlensError):
+    """The execution engine (a Dask cluster) cannot be started or reached."""
+
+
+@dataclass(frozen=True)
+class PassPlan:
+    features: tuple[str, ...]
+    target: str | None
+    segments: tuple[str, ...]
+    numeric: tuple[str, ...]  # columns that hold numbers in the reference: text in them is an error, in any row
+    encoding: str
+    seed: int
+    chunk_rows: int
+
+    def columns(self, source_columns: tuple[str, ...]) -> list[str]:
+        wanted = [*self.features, *([self.target] if self.target else []), *self.segments]
+        return [c for c in dict.fromkeys(wanted) if c in source_columns]
+
+
+# ---------------------------------------------------------------------------------------------
+# Pass 1: checks on every row, and the sample
+
+
+def survey_fragment(fragment: Fragment, plan: PassPlan, columns: list[str], sample_rows: int) -> dict[str, Any]:
+    """Counts for the checks, and the fragment's ``sample_rows`` rows with the smallest keys (with their keys)."""
+    rng = np.random.default_rng([plan.seed, ROLE_CODE[fragment.role], fragment.index])
+    rows, offset = 0, 0
+    nonnull = dict.fromkeys(plan.features, 0)
+    target_nulls = 0
+    kept: pd.DataFrame | None = None
+    digest = hashlib.sha256()
+    for chunk in read_fragment(fragment, columns, plan.encoding, plan.chunk_rows):
+        _check_chunk(chunk, plan, fragment, offset)
+        digest.update(pd.util.hash_pandas_object(chunk, index=False).to_numpy().tobytes())
+        for column in plan.features:
+            nonnull[column] += int(chunk[column].notna().sum())
+        if plan.target and plan.target in chunk.columns:
+            target_nulls += int(chunk[plan.target].isna().sum())
+        keyed = chunk.assign(**{KEY: rng.random(len(chunk))})
+        kept = keyed if kept is None else pd.concat([kept, keyed], ignore_index=True)
+        kept = kept.nsmallest(sample_rows, KEY) if len(kept) > sample_rows else kept
+        rows += len(chunk)
+        offset += len(chunk)
+    return {"rows": rows, "nonnull": nonnull, "target_nulls": target_nulls, "sample": kept,
+            "digest": digest.hexdigest(), "label": fragment.label}
+
+
+def _check_chunk(chunk: pd.DataFrame, plan: PassPlan, fragment: Fragment, offset: int) -> None:
+    for column in plan.numeric:
+        values = chunk[column]
+        if not pd.api.types.is_numeric_dtype(values) and not values.isna().all():
+            numbers = pd.to_numeric(values, errors="coerce")
+            text = numbers.isna() & values.notna()
+            if text.any():
+                first = int(np.flatnonzero(text.to_numpy())[0])
+                raise DataError(f"{fragment.role} data {fragment.label}: column {column!r} holds text where the reference holds "
+                                f"numbers ({int(text.sum())} value(s) in this partition, first {str(values.iloc[first])[:40]!r} "
+                                f"in row {offset + first})",
+                                "fix the export (a stray word, a thousands separator or a decimal comma?) so the column holds numbers")
+            values = numbers
+        if pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values):
+            infinite = np.isinf(values.to_numpy(dtype=float, na_value=np.nan))
+            if infinite.any():
+                raise DataError(f"{fragment.role} data {fragment.label}: column {column!r} holds {int(infinite.sum())} infinite "
+                                f"value(s) (first in row {offset + int(np.flatnonzero(infinite)[0])})",
+                                "replace them with missing values (empty cells) or finite numbers")
+
+
+@dataclass
+class Survey:
+    role: str
+    rows: int = 0
+    nonnull: dict[str, int] = field(default_factory=dict)
+    target_nulls: int = 0
+    sample: pd.DataFrame | None = None
+    digests: list[tuple[str, str]] = field(default_factory=list)
+    partitions: int = 0
+
+    def add(self, part: dict[str, Any], sample_rows: int) -> None:
+        self.rows += part["rows"]
+        for column, count in part["nonnull"].items():
+            self.nonnull[column] = self.nonnull.get(column, 0) + count
+        self.target_nulls += part["target_nulls"]
+        self.digests.append((part["label"], part["digest"]))
+        self.partitions += 1
+        if part["sample"] is not None:
+            both = part["sample"] if self.sample is None else pd.concat([self.sample, part["sample"]], ignore_index=True)
+            # ties between keys are broken by position, so the sample does not depend on the order partitions arrive in
+            self.sample = both.sort_values(KEY, kind="stable").head(sample_rows).reset_index(drop=True)
+
+    @property
+    def sha256(self) -> str:
+        digest = hashlib.sha256()
+        for label, part in sorted(self.digests):
+            digest.update(f"{label}:{part}\n".encode())
+        return digest.hexdigest()
+
+
+# ---------------------------------------------------------------------------------------------
+# Pass 2: predictions on every row, folded into each partial audit's state
+
+
+def score_fragment(fragment: Fragment, plan: PassPlan, columns: list[str], model: ModelUnderAudit, context: AuditContext,
+                   partials: list[tuple[str, PartialAudit, Any]]) -> dict[str, Any]:
+    states = {audit_id: audit.init(context, fitted) for audit_id, audit, fitted in partials}
+    errors: dict[str, str] = {}
+    labelled = context.dataset(fragment.role).labelled
+    rows = 0
+    for chunk in read_fragment(fragment, columns, plan.encoding, plan.chunk_rows):
+        X = chunk[list(plan.features)]
+        try:
+            proba = model.predict_proba(X) if model.predict_proba is not None else None
+            predictions = checked_predictions(model, len(X), model.predict(X), proba)
+        except InvalidPredictions as exc:
+            raise ModelOutputError(f"{model.label} answered, but not with one valid prediction per row of {fragment.label} "
+                                   f"(rows {rows}-{rows + len(X) - 1}): {exc}",
+                                   "fix the model (or the rows that make it answer so); every audit would compute on these predictions") from None
+        except Exception as exc:
+            raise DataError(f"{model.label} cannot predict on {fragment.role} data {fragment.label} ({type(exc).__name__}: {exc})",
+                            "check that the columns and their types match what the model was trained on") from None
+        y = chunk[plan.target] if labelled and plan.target in chunk.columns else None
+        segments = chunk[list(plan.segments)] if plan.segments else None
+        partition = Dataset(fragment.role, X, y, predictions, fragment.path, segments)
+        for audit_id, audit, fitted in partials:
+            if audit_id in errors:
+                continue
+            try:
+                states[audit_id] = audit.update(states[audit_id], partition, context, fitted)
+            except Exception as exc:  # this audit becomes ERROR; the others go on
+                errors[audit_id] = f"{type(exc).__name__} in {fragment.label}: {exc}"
+        rows += len(chunk)
+    encoded = {}
+    for audit_id, state in states.items():
+        if audit_id in errors:
+            continue
+        try:
+            encoded[audit_id] = encode_state(state)
+        except TypeError as exc:
+            errors[audit_id] = f"its state cannot be sent without pickle: {exc}"
+    return {"rows": rows, "states": encoded, "errors": errors}
+
+
+# ---------------------------------------------------------------------------------------------
+# Engines: the same two functions, here or on a cluster
+
+
+class LocalEngine:
+    """Partitions one after another in this process: no cluster, the default."""
+
+    name = "local"
+    workers = 1
+
+    def map(self, function: Callable[..., Any], items: list[Any], **shared: Any) -> Iterator[Any]:
+        for item in items:
+            yield function(item, **shared)
+
+
+class DaskEngine:
+    """Partitions on a ``dask.distributed`` cluster; the shared arguments (the model, the context) are sent to each
+    worker once, and results are merged as they complete."""
+
+    name = "dask"
+
+    def __init__(self, client: Any) -> None:
+        self.client = client
+        self.workers = len(client.scheduler_info().get("workers", {})) or 1
+        self._shared: dict[int, Any] = {}
+
+    def _scattered(self, value: Any) -> Any:
+        if id(value) not in self._shared:
+            self._shared[id(value)] = (value, self.client.scatter(value, broadcast=True, hash=False))
+        return self._shared[id(value)][1]
+
+    def map(self, function: Callable[..., Any], items: list[Any], **shared: Any) -> Iterator[Any]:
+        from distributed import as_completed
+
+        heavy = {k: self._scattered(v) if isinstance(v, (ModelUnderAudit, AuditContext, list)) else v for k, v in shared.items()}
+        futures = [self.client.submit(function, item, **heavy, pure=False) for item in items]
+        for future in as_completed(futures):
+            try:
+                yield future.result()
+            except BaseException:
+                for other in futures:
+                    other.cancel()
+                raise
+            future.release()
+
+
+@contextlib.contextmanager
+def open_engine(execution: Any) -> Iterator[LocalEngine | DaskEngine]:
+    """The configured engine: local, a LocalCluster of ``workers`` processes on 127.0.0.1 started and stopped here, or the
+    existing cluster at ``address``."""
+    if execution.engine == "local":
+        yield LocalEngine()
+        return
+    try:
+        from distributed import Client, LocalCluster
+    except ImportError:
+        raise EngineError("execution.engine is dask, but dask.distributed is not installed",
+                          "pip install 'auditlens[dask]' (or set execution.engine: local)") from None
+    cluster = None
+    try:
+        if execution.address:
+            client = Client(execution.address, timeout=execution.connect_timeout_s)
+        else:
+            cluster = LocalCluster(n_workers=execution.workers, threads_per_worker=execution.threads_per_worker,
+                                   processes=True, host="127.0.0.1", dashboard_address=None,
+                                   silence_logs=logging.ERROR, memory_limit=execution.worker_memory or "auto")
+            client = Client(cluster)
+    except (OSError, TimeoutError) as exc:
+        if cluster is not None:
+            cluster.close()
+        where = execution.address or "a LocalCluster on 127.0.0.1"
+        raise EngineError(f"cannot reach the Dask scheduler at {where} ({type(exc).__name__}: {' '.join(str(exc).split())[:200]})",
+                          "start the cluster (dask scheduler; dask worker ADDRESS), check execution.address, "
+                          "or set execution.engine: local") from None
+    try:
+        yield DaskEngine(client)
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# The driver
+
+
+def survey(engine: Any, source: Source, plan: PassPlan, sample_rows: int, partition_rows: int) -> Survey:
+    fragments = source.fragments(partition_rows)
+    columns = plan.columns(source.columns)
+    result = Survey(source.role)
+    for part in engine.map(survey_fragment, fragments, plan=plan, columns=columns, sample_rows=sample_rows):
+        result.add(part, sample_rows)
+    return result
+
+
+def score(engine: Any, sources: dict[str, Source], plan: PassPlan, model: ModelUnderAudit, context: AuditContext,
+          partials: list[tuple[str, PartialAudit, Any]], partition_rows: int) -> tuple[dict[str, State], dict[str, str], dict[str, int]]:
+    """The merged state of each partial audit over every row of both sides; errors by audit id; rows scored per side."""
+    merged: dict[str, State] = {audit_id: audit.init(context, fitted) for audit_id, audit, fitted in partials}
+    errors: dict[str, str] = {}
+    rows = {role: 0 for role in sources}
+    by_id = {audit_id: audit for audit_id, audit, _ in partials}
+    for role, source in sources.items():
+        columns = plan.columns(source.columns)
+        for part in engine.map(score_fragment, source.fragments(partition_rows), plan=plan, columns=columns,
+                               model=model, context=context, partials=partials):
+            rows[role] += part["rows"]
+            for audit_id, message in part["errors"].items():
+                errors.setdefault(audit_id, message)
+            for audit_id, data in part["states"].items():
+                if audit_id not in errors:
+                    try:
+                        merged[audit_id] = by_id[audit_id].merge(merged[audit_id], decode_state(data))
+                    except Exception as exc:
+                        errors[audit_id] = f"{type(exc).__name__} while merging: {exc}"
+    return {k: v for k, v in merged.items() if k not in errors}, errors, rows
