@@ -22,7 +22,8 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from audits.core import Artifact, Audit, AuditConfig, AuditContext, AuditResult, Requirements, Threshold
+from audits.core import Artifact, AuditConfig, AuditContext, AuditResult, Requirements, Threshold
+from audits.core.partial import PartialAudit
 from audits.report import badge, fmt, page
 
 SUITES = ("user", "baseline")
@@ -210,10 +211,99 @@ def _error(result: dict) -> str | None:
     return str(raised[0].get("exception_message") or "") if raised else None
 
 
-class DataQualityAudit(Audit):
-    """Great Expectations suites (user-written and inferred from reference) validated on current data."""
+# Expectations whose outcome on all the data follows from their outcome on each partition: row-wise ("map") expectations
+# add their counts, and `mostly` is judged after the merge; schema expectations must hold in every partition. The rest
+# (a column's mean, its distinct values, a row count...) do not add up over partitions: they are judged on the sample.
+EVERY_PARTITION = frozenset({
+    "expect_table_columns_to_match_set", "expect_table_columns_to_match_ordered_list", "expect_column_to_exist",
+    "expect_table_column_count_to_equal", "expect_table_column_count_to_be_between",
+})
+KEPT_UNEXPECTED = 20  # unexpected values kept over all partitions (GX's SUMMARY keeps 20 per validation)
+
+
+def scope(expectation_type: str) -> str:
+    """'every row' for expectations that add up over partitions, 'sample' for the others."""
+    _gx()
+    from great_expectations.expectations.expectation import (
+        ColumnMapExpectation, ColumnPairMapExpectation, MulticolumnMapExpectation)
+    from great_expectations.expectations.registry import get_expectation_impl
+
+    if expectation_type in EVERY_PARTITION:
+        return "every row"
+    impl = get_expectation_impl(expectation_type)
+    return "every row" if issubclass(impl, (ColumnMapExpectation, ColumnPairMapExpectation, MulticolumnMapExpectation)) else "sample"
+
+
+def _empty_outcome() -> dict:
+    return {"partitions": 0, "success": True, "element_count": 0, "unexpected_count": 0, "missing_count": 0,
+            "counted": False, "unexpected": [], "observed": None, "error": None}
+
+
+def _outcome(result: dict) -> dict:
+    """What one partition's GX result contributes: counts (row-wise), or success and observed value (schema, types)."""
+    detail = result.get("result", {}) or {}
+    out = _empty_outcome()
+    out["partitions"] = 1
+    out["success"] = bool(result["success"])
+    out["error"] = _error(result)
+    if "unexpected_count" in detail:
+        out["counted"] = True
+        out["element_count"] = int(detail.get("element_count") or 0)
+        out["unexpected_count"] = int(detail.get("unexpected_count") or 0)
+        out["missing_count"] = int(detail.get("missing_count") or 0)
+        out["unexpected"] = [clipped(v) for v in (detail.get("partial_unexpected_list") or [])][:KEPT_UNEXPECTED]
+    if "observed_value" in detail:
+        out["observed"] = json.dumps(clipped(detail["observed_value"]), default=str)
+    return out
+
+
+def _merged_outcome(a: dict, b: dict) -> dict:
+    if a["partitions"] == 0:
+        return b
+    if b["partitions"] == 0:
+        return a
+    return {
+        "partitions": a["partitions"] + b["partitions"],
+        "success": a["success"] and b["success"],
+        "element_count": a["element_count"] + b["element_count"],
+        "unexpected_count": a["unexpected_count"] + b["unexpected_count"],
+        "missing_count": a["missing_count"] + b["missing_count"],
+        "counted": a["counted"] or b["counted"],
+        "unexpected": (a["unexpected"] + b["unexpected"])[:KEPT_UNEXPECTED],
+        # the observed value of a partition where the expectation failed, if one did
+        "observed": a["observed"] if (not a["success"] or b["success"]) and a["observed"] is not None else b["observed"],
+        "error": a["error"] or b["error"],
+    }
+
+
+def _result_from(expectation: dict, outcome: dict) -> dict:
+    """A GX-shaped result (as ``to_json_dict`` gives) for an expectation judged over every partition: counts summed,
+    ``mostly`` judged on the sums (the share of non-missing rows that meet the expectation, as GX judges it)."""
+    detail: dict[str, Any] = {}
+    success = outcome["success"]
+    if outcome["counted"]:
+        nonmissing = outcome["element_count"] - outcome["missing_count"]
+        unexpected = outcome["unexpected_count"]
+        mostly = expectation["kwargs"].get("mostly", 1.0)
+        success = nonmissing == 0 or (nonmissing - unexpected) / nonmissing >= mostly
+        detail = {"element_count": outcome["element_count"], "unexpected_count": unexpected,
+                  "unexpected_percent": 100.0 * unexpected / nonmissing if nonmissing else None,
+                  "missing_count": outcome["missing_count"],
+                  "missing_percent": 100.0 * outcome["missing_count"] / outcome["element_count"] if outcome["element_count"] else None,
+                  "partial_unexpected_list": outcome["unexpected"]}
+    elif outcome["observed"] is not None:
+        detail = {"observed_value": json.loads(outcome["observed"])}
+    exception = {"raised_exception": outcome["error"] is not None, "exception_message": outcome["error"]}
+    return {"success": bool(success) and outcome["error"] is None, "expectation_config": {"type": expectation["type"], "kwargs": expectation["kwargs"]},
+            "result": detail, "exception_info": exception, "meta": {"auditlens_scope": "every row", "partitions": outcome["partitions"]}}
+
+
+class DataQualityAudit(PartialAudit):
+    """Great Expectations suites (user-written and inferred from reference) validated on current data: the expectations
+    that add up over partitions on every row, the others on the sample."""
 
     name = "data_quality"
+    mode = "hybrid"  # the baseline suite is inferred from the reference sample, then validated on every current row
     requires = Requirements(modalities=("tabular", "image", "text"))
     Config = DataQualityConfig
     description = "Great Expectations: a user suite and a baseline suite inferred from reference data."
@@ -222,7 +312,8 @@ class DataQualityAudit(Audit):
         Threshold(metric="data_quality.baseline.failed", max=0, severity="warn"),
     )
 
-    def compute(self, context: AuditContext) -> AuditResult:
+    def fit(self, context: AuditContext) -> dict:
+        """The suites, which expectations run on every row, and the outcome of the others on the current sample."""
         cfg: DataQualityConfig = self.config
         reference, current = _with_target(context.reference), _with_target(context.current)
         shared = [c for c in reference.columns if c in current.columns]
@@ -232,8 +323,63 @@ class DataQualityAudit(Audit):
             if cfg.baseline.enabled
             else [],
         }
-        validations = _validate(current, suites)
+        scopes = {suite: [scope(e["type"]) for e in expectations] for suite, expectations in suites.items()}
+        on_sample = {suite: [_indexed(e, i) for i, (e, where) in enumerate(zip(expectations, scopes[suite], strict=True))
+                             if where == "sample"]
+                     for suite, expectations in suites.items()}
+        validated = _validate(current, on_sample) if any(on_sample.values()) else {}
+        sample_results = {suite: {r["expectation_config"]["meta"]["auditlens_index"]: r for r in validation["results"]}
+                          for suite, validation in validated.items()}
+        return {"suites": suites, "scopes": scopes, "sample_results": sample_results}
 
+    def init(self, context: AuditContext, fitted: Any) -> dict:
+        return {
+            "outcomes": {suite: [_empty_outcome() for _ in expectations] for suite, expectations in fitted["suites"].items()},
+            "nulls": {side: {"cells": 0, "missing": 0} for side in ("reference", "current")},
+        }
+
+    def update(self, state: dict, partition: Any, context: AuditContext, fitted: Any) -> dict:
+        frame = _with_target(partition)
+        nulls = {**state["nulls"], partition.name: {"cells": state["nulls"][partition.name]["cells"] + int(frame.size),
+                                                   "missing": state["nulls"][partition.name]["missing"] + int(frame.isna().to_numpy().sum())}}
+        if partition.name != "current" or len(frame) == 0:
+            return {**state, "nulls": nulls}
+        row_wise = {suite: [_indexed(e, i) for i, (e, where) in enumerate(zip(expectations, fitted["scopes"][suite], strict=True))
+                            if where == "every row"]
+                    for suite, expectations in fitted["suites"].items()}
+        validations = _validate(frame, row_wise) if any(row_wise.values()) else {}
+        outcomes = {suite: list(items) for suite, items in state["outcomes"].items()}
+        for suite, validation in validations.items():
+            for result in validation["results"]:
+                i = result["expectation_config"]["meta"]["auditlens_index"]
+                outcomes[suite][i] = _merged_outcome(outcomes[suite][i], _outcome(result))
+        return {"outcomes": outcomes, "nulls": nulls}
+
+    def merge(self, a: dict, b: dict) -> dict:
+        return {
+            "outcomes": {suite: [_merged_outcome(x, y) for x, y in zip(a["outcomes"][suite], b["outcomes"][suite], strict=True)]
+                         for suite in a["outcomes"]},
+            "nulls": {side: {k: a["nulls"][side][k] + b["nulls"][side][k] for k in ("cells", "missing")} for side in a["nulls"]},
+        }
+
+    def finalize(self, state: dict, context: AuditContext, fitted: Any, population: dict[str, int]) -> AuditResult:
+        cfg: DataQualityConfig = self.config
+        suites = fitted["suites"]
+        validations: dict[str, dict] = {}
+        for suite, expectations in suites.items():
+            if not expectations:
+                continue
+            results = []
+            for i, (expectation, where, outcome) in enumerate(zip(expectations, fitted["scopes"][suite], state["outcomes"][suite], strict=True)):
+                if where == "every row":
+                    results.append(_result_from(expectation, outcome))
+                else:
+                    result = dict(fitted["sample_results"][suite][i])
+                    result["meta"] = {**(result.get("meta") or {}), "auditlens_scope": f"sample of {len(context.current):,} rows"}
+                    results.append(result)
+            validations[suite] = {"suite_name": suite, "success": all(r["success"] for r in results), "results": results,
+                                  "meta": {"great_expectations_version": _gx().__version__}}
+        reference, current = _with_target(context.reference), _with_target(context.current)
         metrics: dict[str, float] = {}
         rows = []
         for suite in SUITES:
@@ -253,32 +399,44 @@ class DataQualityAudit(Audit):
                         "success": bool(r["success"]),
                         "unexpected_percent": detail.get("unexpected_percent"),
                         "observed": _observed(r),
+                        "rows": r["meta"]["auditlens_scope"],
                         "kwargs": json.dumps(_compact(config["kwargs"]), default=str)[:500],
                     }
                 )
         metrics["failed_expectations"] = metrics["user.failed"] + metrics["baseline.failed"]
-        metrics["current.null_rate"] = float(current.isna().to_numpy().mean()) if current.size else 0.0
-        metrics["reference.null_rate"] = float(reference.isna().to_numpy().mean()) if reference.size else 0.0
+        for side in ("current", "reference"):
+            cells = state["nulls"][side]["cells"]
+            metrics[f"{side}.null_rate"] = state["nulls"][side]["missing"] / cells if cells else 0.0
 
-        table = pd.DataFrame(rows, columns=["suite", "expectation", "column", "success", "unexpected_percent", "observed", "kwargs"])
+        table = pd.DataFrame(rows, columns=["suite", "expectation", "column", "success", "unexpected_percent", "observed", "rows", "kwargs"])
         table = table.sort_values(["success", "suite"], kind="stable").reset_index(drop=True)
         artifacts = [
             Artifact.table("expectations", table, "Every expectation and its outcome on current data (failures first)"),
-            Artifact.table("columns", column_profile(reference, current), "Column profile: types, null rates, distinct values"),
+            Artifact.table("columns", column_profile(reference, current),
+                           f"Column profile: types, null rates, distinct values (on {len(reference):,} reference and "
+                           f"{len(current):,} current rows)"),
             Artifact.json("gx_validation_results", clipped(validations), "Great Expectations validation results (JSON)"),
             Artifact.json("baseline_suite", clipped({"name": "baseline", "expectations": suites["baseline"]}), "The inferred baseline suite"),
         ]
         if cfg.data_docs:
-            artifacts.append(Artifact.html("data_docs", validation_page(validations, context.model.label, len(current)),
+            artifacts.append(Artifact.html("data_docs", validation_page(validations, context.model.label, population["current"]),
                                            "Every expectation with its outcome on the current data (self-contained page)"))
         failing = table[~table["success"]].head(8)
         summary = "; ".join(f"{r.suite}: {r.expectation}({r.column})" for r in failing.itertuples())
+        on_sample = sum(where == "sample" for scopes in fitted["scopes"].values() for where in scopes)
         return AuditResult(
             audit=self.name,
             metrics=metrics,
             artifacts=tuple(artifacts),
-            info={"failing_expectations": summary or "none"},
+            info={"failing_expectations": summary or "none",
+                  "expectations_on_every_row": f"{sum(len(v) for v in suites.values()) - on_sample} "
+                                               f"({population['current']:,} current rows)",
+                  "expectations_on_the_sample": f"{on_sample} ({len(current):,} current rows): they do not add up over partitions"},
         )
+
+
+def _indexed(expectation: dict, index: int) -> dict:
+    return {**expectation, "meta": {**(expectation.get("meta") or {}), "auditlens_index": index}}
 
 
 def _with_target(ds: Any) -> pd.DataFrame:

@@ -95,6 +95,6 @@ def build_manifest(ref, loaded, inputs, results: list, verdict, tracking_uri: st
         "code_version": code_version(),
         "packages": package_versions(),
         "verdict": verdict.value,
-        "audits": [{"id": r.audit, "verdict": r.verdict.value, "reason": r.reason,
+        "audits": [{"id": r.audit, "verdict": r.verdict.value, "reason": r.reason, "rows": r.info.get("rows"),
                     "duration_s": round(r.duration_s, 3)} for r in results],
     }

@@ -181,3 +181,47 @@ def test_a_wider_spread_on_a_large_reference_is_caught():
     result = run(context, data_docs=False)
     outcomes = table(result).set_index(["expectation", "column"])
     assert not outcomes.loc[("expect_column_values_to_be_between", "v")]["success"]
+
+
+def test_every_row_outcomes_equal_great_expectations_on_the_whole_frame(tabular):
+    """Validated partition by partition and merged, each row-wise expectation has the counts and the verdict GX gives on
+    the whole frame; an expectation that does not add up (a mean) is judged on the sample and says so."""
+    from audits.data_quality import _indexed, _validate, scope
+    from tests.unit.test_partial import merged_result
+
+    X, y = tabular
+    model = make_pipeline_model(X, y, "gbm")
+    rng = np.random.default_rng(5)
+    current = X.iloc[250:].copy()
+    current.loc[current.index[rng.choice(len(current), 6, replace=False)], "x1"] = np.nan
+    current.loc[current.index[rng.choice(len(current), 4, replace=False)], "x2"] = 50.0
+    current.loc[current.index[rng.choice(len(current), 3, replace=False)], "colour"] = "purple"
+    context = context_for(model, pd.concat([X.iloc[:250], current]), pd.concat([y.iloc[:250], y.iloc[250:]]), split=250)
+    user = [
+        {"type": "expect_column_values_to_not_be_null", "kwargs": {"column": "x1", "mostly": 0.9}},
+        {"type": "expect_column_values_to_not_be_null", "kwargs": {"column": "x1"}},
+        {"type": "expect_column_values_to_be_between", "kwargs": {"column": "x2", "min_value": -10, "max_value": 10, "mostly": 0.95}},
+        {"type": "expect_column_values_to_be_in_set", "kwargs": {"column": "colour", "value_set": ["red", "green", "blue"]}},
+        {"type": "expect_column_mean_to_be_between", "kwargs": {"column": "x3", "min_value": -1, "max_value": 1}},
+    ]
+    assert [scope(e["type"]) for e in user] == ["every row"] * 4 + ["sample"]
+    audit = DataQualityAudit(DataQualityConfig.model_validate({"expectations": user}))
+    suites = {"user": user, "baseline": audit.fit(context)["suites"]["baseline"]}
+    whole = _validate(pd.concat([context.current.X, context.current.y], axis=1),
+                      {suite: [_indexed(e, i) for i, e in enumerate(items)] for suite, items in suites.items()})
+    for pieces in (1, 4):
+        result = merged_result(audit, context, pieces, seed=pieces)
+        merged = next(a.content for a in result.artifacts if a.name == "gx_validation_results.json")
+        for suite in ("user", "baseline"):
+            by_index = {r["expectation_config"]["meta"]["auditlens_index"]: r for r in whole[suite]["results"]}
+            assert len(merged[suite]["results"]) == len(by_index) > 0
+            for i, r in enumerate(merged[suite]["results"]):
+                reference = by_index[i]
+                assert r["expectation_config"]["type"] == reference["expectation_config"]["type"]
+                assert r["success"] == reference["success"], (suite, r["expectation_config"])
+                assert r["result"].get("unexpected_count") == reference["result"].get("unexpected_count"), r["expectation_config"]
+    user_results = merged["user"]["results"]
+    assert [r["success"] for r in user_results] == [True, False, True, False, user_results[4]["success"]]
+    assert user_results[1]["result"]["unexpected_count"] == 6 and user_results[3]["result"]["unexpected_count"] == 3
+    assert user_results[4]["meta"]["auditlens_scope"].startswith("sample of")
+    assert "purple" in user_results[3]["result"]["partial_unexpected_list"]

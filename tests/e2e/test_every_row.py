@@ -1,0 +1,151 @@
+"""Every row, end to end through the command line: a partitioned Parquet dataset audited on this machine and on a real
+dask.distributed LocalCluster (two worker processes on 127.0.0.1, started and stopped by the audit) gives the same record;
+a fault in 40 rows of a million, which a 20,000-row sample misses almost half the time, is found."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn import metrics as skm
+
+from tasks.adapters.tracking import make_client
+from tests.conftest import make_tabular
+from tests.helpers import build_world, write_config
+
+pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("prefect_harness")]
+AUDITLENS = Path(sys.executable).parent / "auditlens"
+STRICT = {"type": "expect_column_values_to_be_between", "kwargs": {"column": "x2", "min_value": -10, "max_value": 10}}
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    world = build_world(tmp_path_factory.mktemp("every-row"))
+    X, y = make_tabular(60_000, seed=5)
+    current = pd.concat([X, y], axis=1)
+    current.loc[[123, 31_337, 59_999], "x2"] = 99.0  # three rows break the user's expectation
+    (world.folder / "current").mkdir()
+    for i in range(6):
+        current.iloc[i * 10_000:(i + 1) * 10_000].to_parquet(world.folder / "current" / f"part-{i:02d}.parquet", index=False,
+                                                            row_group_size=5_000)
+    X, y = make_tabular(25_000, seed=7)
+    pd.concat([X, y], axis=1).to_parquet(world.folder / "reference.parquet", index=False)
+    return world
+
+
+@pytest.fixture(scope="module")
+def cli_env(prefect_harness):
+    from prefect.settings import PREFECT_API_URL
+
+    env = {key: value for key, value in os.environ.items() if not key.startswith("MLFLOW_TRACKING")}
+    return {**env, "PREFECT_API_URL": PREFECT_API_URL.value(), "COLUMNS": "200"}
+
+
+def spawned_workers() -> set[int]:
+    """Processes started by multiprocessing's spawn (how a LocalCluster starts its workers)."""
+    import psutil
+
+    found = set()
+    for process in psutil.process_iter(["pid", "cmdline"]):
+        if any("multiprocessing.spawn" in part or "spawn_main" in part for part in process.info["cmdline"] or []):
+            found.add(process.info["pid"])
+    return found
+
+
+def audit(world, cli_env, name: str, execution: dict, audits: list, current: str = "current") -> dict:
+    config = write_config(world.folder, world.tracking_uri, name=f"{name}.yaml",
+                          data={"reference": "reference.parquet", "current": current, "target": "label"},
+                          execution=execution, audits=audits)
+    with tempfile.TemporaryDirectory() as elsewhere:
+        completed = subprocess.run([str(AUDITLENS), "audit", "--model", "models:/e2e-model/1", "--config", str(config),
+                                    "--fail-on", "never"], env=cli_env, cwd=elsewhere, capture_output=True, text=True, timeout=600)
+    assert completed.returncode == 0, completed.stdout + completed.stderr
+    client = make_client(world.tracking_uri)
+    [run] = client.search_runs([client.get_experiment_by_name("auditlens/e2e-model").experiment_id],
+                               filter_string=f"params.`config.path` LIKE '%/{name}.yaml'")
+    with tempfile.TemporaryDirectory() as tmp:
+        manifest = json.loads(Path(client.download_artifacts(run.info.run_id, "manifest.json", tmp)).read_text())
+    return {"run": run, "manifest": manifest, "output": completed.stdout}
+
+
+PLAN = [
+    {"audit": "data_quality", "config": {"expectations": [STRICT]}},
+    {"audit": "performance"},
+    {"audit": "shap", "config": {"rows": 40}},
+]
+
+
+@pytest.fixture(scope="module")
+def local_and_dask(world, cli_env):
+    before = spawned_workers()
+    local = audit(world, cli_env, "local", {"engine": "local"}, PLAN)
+    dask = audit(world, cli_env, "dask", {"engine": "dask", "workers": 2}, PLAN)
+    return local, dask, before
+
+
+def test_local_and_a_dask_cluster_record_the_same_audit(local_and_dask):
+    local, dask, _ = local_and_dask
+    a, b = local["run"].data.metrics, dask["run"].data.metrics
+    assert a.keys() == b.keys()
+    for key in a:
+        assert b[key] == pytest.approx(a[key], rel=1e-12, abs=1e-12), key
+    assert local["run"].data.params["data.current.sample_sha256"] == dask["run"].data.params["data.current.sample_sha256"]
+    assert dask["run"].data.params["data.current.rows"] == "60000" and dask["run"].data.params["data.current.rows_used"] == "20000"
+
+
+def test_the_cluster_is_stopped_when_the_audit_ends(local_and_dask):
+    _, _, before = local_and_dask
+    assert spawned_workers() - before == set()
+
+
+def test_every_row_is_scored_and_checked_and_the_report_says_which_audits_sampled(world, local_and_dask):
+    _, dask, _ = local_and_dask
+    metrics = dask["run"].data.metrics
+    model = mlflow.sklearn.load_model(make_client(world.tracking_uri).get_model_version("e2e-model", "1").source)
+    current = pd.read_parquet(world.folder / "current")
+    X, y = current.drop(columns="label"), current["label"]
+    assert metrics["performance.current.rows"] == 60_000
+    assert metrics["performance.current.accuracy"] == pytest.approx(skm.accuracy_score(y, model.predict(X)), rel=1e-12)
+    assert metrics["performance.current.roc_auc"] == pytest.approx(skm.roc_auc_score(y == "yes", model.predict_proba(X)[:, 1]), rel=1e-12)
+    assert metrics["data_quality.user.failed"] == 1  # the three planted rows, wherever they fell
+    rows = {r["id"]: r["rows"] for r in dask["manifest"]["audits"]}
+    assert rows["performance"] == "every row (25,000 reference, 60,000 current)"
+    assert rows["data_quality"] == "fitted on the sample, applied to every row (25,000 reference, 60,000 current)"
+    assert rows["shap"] == "a seeded sample: 20,000 of 25,000 reference rows, 20,000 of 60,000 current rows"
+
+
+def test_a_fault_in_40_rows_of_a_million_is_found(world, cli_env, tmp_path_factory):
+    """40 rows of 1,000,000 break an expectation. A 20,000-row uniform sample contains none of them with probability
+    C(999960, 20000) / C(1000000, 20000) = 0.446 (about (1 - 0.02)^40): the old sampled audit said PASS almost half the
+    time. Every row is validated now: FAIL, with the count exact."""
+    from scipy.stats import hypergeom
+
+    miss = hypergeom(1_000_000, 40, 20_000).pmf(0)
+    assert 0.44 < miss < 0.45
+    X, y = make_tabular(1_000_000, seed=9)
+    data = pd.concat([X, y], axis=1)
+    rows = np.random.default_rng(1).choice(len(data), 40, replace=False)
+    data.loc[rows, "x2"] = 99.0
+    folder = world.folder / "million"
+    folder.mkdir()
+    for i in range(10):
+        data.iloc[i * 100_000:(i + 1) * 100_000].to_parquet(folder / f"part-{i}.parquet", index=False)
+    del data, X, y
+    outcome = audit(world, cli_env, "million", {"engine": "local"},
+                    [{"audit": "data_quality", "config": {"expectations": [STRICT], "baseline": {"enabled": False}}}], current="million")
+    metrics = outcome["run"].data.metrics
+    assert metrics["data_quality.user.failed"] == 1
+    assert outcome["run"].data.tags["audit.verdict"] == "FAIL"
+    with tempfile.TemporaryDirectory() as tmp:
+        table = json.loads(Path(make_client(world.tracking_uri).download_artifacts(
+            outcome["run"].info.run_id, "data_quality/gx_validation_results.json", tmp)).read_text())
+    [result] = table["user"]["results"]
+    assert result["result"]["unexpected_count"] == 40 and result["result"]["element_count"] == 1_000_000
