@@ -10,7 +10,7 @@ $(STAMP): pyproject.toml requirements.lock
 	$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "auditlens needs Python 3.11 (set PYTHON=python3.11)"'
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -c requirements.lock -e ".[dev,deep]"
+	$(BIN)/python -m pip install --quiet -c requirements.lock -e ".[dev,deep,dask]"
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -196,9 +196,13 @@ def list_audits(verbose: bool = typer.Option(False, "--verbose", "-v", help="als
         console.print(f"[bold]{name:22}[/] {source}", highlight=False)
         if not verbose:
             continue
+        from audits.core.partial import audit_mode
+
         cls = get_audit_class(name)
         if cls.description:
             console.print(f"    {cls.description}", highlight=False)
+        rows = {"partial": "every row", "hybrid": "fitted on the sample, applied to every row", "sample": "a seeded sample"}
+        console.print(f"    rows: {rows[audit_mode(cls)]} (on data larger than the sample)", highlight=False)
         for key, field in cls.Config.model_fields.items():
             console.print(f"    config.{key}: {field.get_default(call_default_factory=True)!r}", highlight=False)
         for threshold in cls.default_thresholds:

@@ -96,6 +96,31 @@ def cur(world) -> pd.DataFrame:
     return pd.read_csv(world.current)
 
 
+def folder(world, name: str) -> Path:
+    path = world.folder / name
+    path.mkdir(exist_ok=True)
+    return path
+
+
+def partitions(world, name: str, frames: list[pd.DataFrame], csv: bool = False) -> Path:
+    """A config whose current data is a folder of Parquet (or CSV) files, one per frame."""
+    where = folder(world, name)
+    for i, frame in enumerate(frames):
+        if csv:
+            frame.to_csv(where / f"part-{i}.csv", index=False)
+        else:
+            frame.to_parquet(where / f"part-{i}.parquet", index=False)
+    return config(world, f"cfg-{name}", data={"reference": "reference.csv", "current": name, "target": "label"})
+
+
+def closed_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
 def bomb(depth: int = 9) -> str:
     lines = ["kind: audit", "data: {reference: reference.csv, current: current.csv, target: label}", "a0: &a0 [x, x, x, x, x, x, x, x, x]"]
     lines += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 9)}]" for i in range(1, depth)]
@@ -144,7 +169,11 @@ CASES = {
     "unknown-encoding": Case(lambda w: config(w, "encoding", data={"reference": "reference.csv", "current": "current.csv", "encoding": "klingon"}), "unknown text encoding 'klingon'"),
     # data
     "data-missing-file": Case(lambda w: config(w, "nofile", data={"reference": "reference.csv", "current": "absent.csv"}), "data file"),
-    "data-folder": Case(lambda w: config(w, "datafolder", data={"reference": "reference.csv", "current": "."}), "is a folder; auditlens reads one data file per side"),
+    "data-folder-without-data": Case(lambda w: config(w, "datafolder", data={"reference": "reference.csv", "current": str(folder(w, "no-data"))}), "is a folder with no .parquet or .csv files"),
+    "data-glob-matches-nothing": Case(lambda w: config(w, "noglob", data={"reference": "reference.csv", "current": "traffic-*/part-*.parquet"}), "no file matches this pattern"),
+    "data-partitions-disagree": Case(lambda w: partitions(w, "disagree", [cur(w), cur(w).drop(columns="noise")]), "has other columns than"),
+    "data-text-in-a-late-partition": Case(lambda w: partitions(w, "late-text", [cur(w), cur(w), cur(w).assign(x1=lambda f: f.x1.astype(str).where(f.index != 150, "twelve"))], csv=True), "part-2.csv: column 'x1' holds text where the reference holds numbers (1 value(s) in this partition, first 'twelve' in row 150)"),
+    "dask-scheduler-down": Case(lambda w: config(w, "dask-down", execution={"engine": "dask", "address": f"tcp://127.0.0.1:{closed_port()}", "connect_timeout_s": 3}), "cannot reach the Dask scheduler at tcp://127.0.0.1:"),
     "data-unsupported-type": Case(lambda w: current(w, "current.xlsx", text=b"PK\x03\x04"), "unsupported file type '.xlsx'"),
     "data-empty-file": Case(lambda w: current(w, "empty.csv", text=""), "is empty"),
     "data-header-only": Case(lambda w: current(w, "header.csv", text="x1,x2,x3,noise,colour,label\n"), "has no rows"),

@@ -35,7 +35,7 @@ INIT_SCRIPT = DOCKER / "postgres-init.sh"
 SECRETS = ("POSTGRES_PASSWORD", "MLFLOW_DB_PASSWORD", "PREFECT_DB_PASSWORD", "AUDITLENS_WEBHOOK_SECRET",
            "MLFLOW_WEBHOOK_SECRET_ENCRYPTION_KEY")
 FOLDERS = ("AUDITLENS_CONFIG_DIR", "AUDITLENS_DATA_DIR")
-SERVICES = {"postgres", "mlflow", "prefect-server", "deploy", "worker", "webhook"}
+SERVICES = {"postgres", "mlflow", "prefect-server", "deploy", "worker", "webhook", "dask-scheduler", "dask-worker"}
 AUDITLENS_SERVICES = ("deploy", "worker", "webhook")
 LONG_RUNNING = SERVICES - {"deploy"}
 WORK_POOL = "audit-pool"
@@ -275,6 +275,23 @@ def test_the_configuration_is_the_same_wherever_an_audit_is_started_or_run(servi
         assert not config.get("bind", {}).get("create_host_path", False)  # a wrong path fails, not an empty folder
     data = mounts["worker"]["/app/data"]
     assert (data["source"], data["read_only"]) == (values["AUDITLENS_DATA_DIR"], True)
+
+
+def test_the_dask_cluster_runs_the_auditlens_image_reads_the_same_data_and_is_not_published(services, resolved):
+    _, values = resolved
+    from tasks.adapters.settings import Execution
+
+    for name in ("dask-scheduler", "dask-worker"):
+        assert services[name]["image"] == "auditlens:local" and "ports" not in services[name], name
+    scheduler, worker = services["dask-scheduler"]["command"], services["dask-worker"]["command"]
+    assert scheduler[:2] == ["dask", "scheduler"] and scheduler[scheduler.index("--port") + 1] == "8786"
+    address = worker[2]
+    assert address == "tcp://dask-scheduler:8786" and Execution(engine="dask", address=address).address == address
+    # a partition is read by the Dask worker at the path the Prefect worker's config names
+    data = {v["target"]: v for v in services["dask-worker"]["volumes"]}["/app/data"]
+    assert (data["source"], data["read_only"]) == (values["AUDITLENS_DATA_DIR"], True)
+    assert services["dask-worker"]["depends_on"]["dask-scheduler"]["condition"] == "service_healthy"
+    assert "9000" in services["dask-worker"]["healthcheck"]["test"][-1] and "9000:" in " ".join(worker)
 
 
 def test_the_deploy_step_runs_once_before_the_worker_and_the_receiver(services):
