@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import pandas as pd
@@ -57,7 +58,17 @@ def _checked_survey(result: Survey, source: Source, features: list[str], target:
 
 
 def assemble_every_row(ref: ModelRef, loaded: LoadedSettings, model: ModelUnderAudit, baseline: ModelUnderAudit | None,
-                       baseline_note: str, features: list[str], sources: dict[str, Source], modality: str):
+                       baseline_note: str, features: list[str], sources: dict[str, Source], modality: str, engine: Any = None,
+                       timings: dict[str, float] | None = None):
+    """The inputs of an audit of data read by partition. ``engine``: one already open (the benchmark measures its
+    workers); by default the configured one, opened and closed here. ``timings`` receives each stage's seconds."""
+    if engine is not None:
+        return _assemble(ref, loaded, model, baseline, baseline_note, features, sources, modality, engine, timings)
+    with open_engine(loaded.settings.execution) as opened:
+        return _assemble(ref, loaded, model, baseline, baseline_note, features, sources, modality, opened, timings)
+
+
+def _assemble(ref, loaded, model, baseline, baseline_note, features, sources, modality, engine, timings):
     from tasks.adapters.inputs import AuditInputs, context_or_error
 
     settings = loaded.settings
@@ -72,40 +83,45 @@ def assemble_every_row(ref: ModelRef, loaded: LoadedSettings, model: ModelUnderA
                     numeric=numeric_columns(sources["reference"], features, data.encoding), encoding=data.encoding,
                     seed=settings.seed, chunk_rows=execution.partition_rows)
     budgets = {"reference": settings.sampling.reference_rows, "current": settings.sampling.current_rows}
-    with open_engine(execution) as engine:
-        surveys = {role: survey(engine, source, plan, budgets[role], execution.partition_rows) for role, source in sources.items()}
-        labelled = {role: _checked_survey(surveys[role], sources[role], features, data.target, role == "reference")
-                    for role in sources}
-        frames = {}
-        for role, result in surveys.items():
-            sample = result.sample.drop(columns=[KEY])
-            frames[role] = (sample[features], sample[data.target] if labelled[role] else None,
-                            sample[list(data.segments)] if data.segments else None)
-        categorical = tuple(data.categorical) if data.categorical is not None else infer_categorical(frames["reference"][0])
-        unknown = [c for c in categorical if c not in features]
-        if unknown:
-            raise DataError(f"data.categorical names {unknown}, which are not features ({features[:20]})",
-                            "list only feature columns under data.categorical")
-        context = context_or_error(
-            ref, model, frames["reference"][:2], frames["current"][:2],
-            categorical=categorical, target=data.target, seed=settings.seed,
-            sources=(sources["reference"].spec, sources["current"].spec), baseline=baseline, baseline_note=baseline_note,
-            segments=(frames["reference"][2], frames["current"][2]), modality=modality,
-        )
-        partials: list[tuple[str, PartialAudit, Any]] = []
-        errors: dict[str, str] = {}
-        fitted: dict[str, Any] = {}
-        for planned in loaded.plan:
-            if audit_mode(planned.audit) == "sample" or planned.audit.skip_reason(context):
-                continue
-            try:
-                fitted[planned.id] = planned.audit.fit(context)
-            except Exception as exc:
-                errors[planned.id] = f"fitting on the sample: {type(exc).__name__}: {exc}"
-                continue
-            partials.append((planned.id, planned.audit, fitted[planned.id]))
-        states, score_errors, _ = score(engine, sources, plan, model, context, partials, execution.partition_rows) if partials else ({}, {}, {})
-        engine_name, workers = engine.name, engine.workers
+    timings = timings if timings is not None else {}
+    clock = time.perf_counter()
+    surveys = {role: survey(engine, source, plan, budgets[role], execution.partition_rows) for role, source in sources.items()}
+    timings["survey_s"] = time.perf_counter() - clock
+    labelled = {role: _checked_survey(surveys[role], sources[role], features, data.target, role == "reference")
+                for role in sources}
+    frames = {}
+    for role, result in surveys.items():
+        sample = result.sample.drop(columns=[KEY])
+        frames[role] = (sample[features], sample[data.target] if labelled[role] else None,
+                        sample[list(data.segments)] if data.segments else None)
+    categorical = tuple(data.categorical) if data.categorical is not None else infer_categorical(frames["reference"][0])
+    unknown = [c for c in categorical if c not in features]
+    if unknown:
+        raise DataError(f"data.categorical names {unknown}, which are not features ({features[:20]})",
+                        "list only feature columns under data.categorical")
+    context = context_or_error(
+        ref, model, frames["reference"][:2], frames["current"][:2],
+        categorical=categorical, target=data.target, seed=settings.seed,
+        sources=(sources["reference"].spec, sources["current"].spec), baseline=baseline, baseline_note=baseline_note,
+        segments=(frames["reference"][2], frames["current"][2]), modality=modality,
+    )
+    timings["sample_context_s"] = time.perf_counter() - clock - timings["survey_s"]
+    partials: list[tuple[str, PartialAudit, Any]] = []
+    errors: dict[str, str] = {}
+    fitted: dict[str, Any] = {}
+    for planned in loaded.plan:
+        if audit_mode(planned.audit) == "sample" or planned.audit.skip_reason(context):
+            continue
+        try:
+            fitted[planned.id] = planned.audit.fit(context)
+        except Exception as exc:
+            errors[planned.id] = f"fitting on the sample: {type(exc).__name__}: {exc}"
+            continue
+        partials.append((planned.id, planned.audit, fitted[planned.id]))
+    clock = time.perf_counter()
+    states, score_errors, _ = score(engine, sources, plan, model, context, partials, execution.partition_rows) if partials else ({}, {}, {})
+    timings["score_s"] = time.perf_counter() - clock
+    engine_name, workers = engine.name, engine.workers
     errors.update(score_errors)
     full = FullData(
         population={role: surveys[role].rows for role in sources},

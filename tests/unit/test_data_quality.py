@@ -186,7 +186,7 @@ def test_a_wider_spread_on_a_large_reference_is_caught():
 def test_every_row_outcomes_equal_great_expectations_on_the_whole_frame(tabular):
     """Validated partition by partition and merged, each row-wise expectation has the counts and the verdict GX gives on
     the whole frame; an expectation that does not add up (a mean) is judged on the sample and says so."""
-    from audits.data_quality import _indexed, _validate, scope
+    from audits.data_quality import _indexed, _validate, native_outcome, scope
     from tests.unit.test_partial import merged_result
 
     X, y = tabular
@@ -203,8 +203,12 @@ def test_every_row_outcomes_equal_great_expectations_on_the_whole_frame(tabular)
         {"type": "expect_column_values_to_be_between", "kwargs": {"column": "x2", "min_value": -10, "max_value": 10, "mostly": 0.95}},
         {"type": "expect_column_values_to_be_in_set", "kwargs": {"column": "colour", "value_set": ["red", "green", "blue"]}},
         {"type": "expect_column_mean_to_be_between", "kwargs": {"column": "x3", "min_value": -1, "max_value": 1}},
+        # row-wise, but not counted by auditlens: GX validates it partition by partition
+        {"type": "expect_column_values_to_match_regex", "kwargs": {"column": "colour", "regex": "^(red|green|blue)$"}},
+        {"type": "expect_column_values_to_be_between", "kwargs": {"column": "x2", "min_value": -10, "max_value": 10, "strict_min": True}},
     ]
-    assert [scope(e["type"]) for e in user] == ["every row"] * 4 + ["sample"]
+    assert [scope(e["type"]) for e in user] == ["every row"] * 4 + ["sample"] + ["every row"] * 2
+    assert [native_outcome(e, context.current.X) is None for e in user] == [False] * 4 + [True] * 3
     audit = DataQualityAudit(DataQualityConfig.model_validate({"expectations": user}))
     suites = {"user": user, "baseline": audit.fit(context)["suites"]["baseline"]}
     whole = _validate(pd.concat([context.current.X, context.current.y], axis=1),
@@ -221,7 +225,8 @@ def test_every_row_outcomes_equal_great_expectations_on_the_whole_frame(tabular)
                 assert r["success"] == reference["success"], (suite, r["expectation_config"])
                 assert r["result"].get("unexpected_count") == reference["result"].get("unexpected_count"), r["expectation_config"]
     user_results = merged["user"]["results"]
-    assert [r["success"] for r in user_results] == [True, False, True, False, user_results[4]["success"]]
+    assert [r["success"] for r in user_results] == [True, False, True, False, user_results[4]["success"], False, False]
+    assert user_results[5]["result"]["unexpected_count"] == 3 and user_results[6]["result"]["unexpected_count"] == 4
     assert user_results[1]["result"]["unexpected_count"] == 6 and user_results[3]["result"]["unexpected_count"] == 3
     assert user_results[4]["meta"]["auditlens_scope"].startswith("sample of")
     assert "purple" in user_results[3]["result"]["partial_unexpected_list"]
