@@ -21,14 +21,16 @@ of ``fit_ood`` altogether (``fit_ood`` does not expose its own held-out scores),
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from pathlib import Path
+from typing import Annotated, Any, Literal
 
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 from pydantic import AfterValidator, Field
 
-from audits.core import Artifact, Audit, AuditConfig, AuditContext, AuditResult, Requirements, Threshold
+from audits.core import Artifact, AuditConfig, AuditContext, AuditResult, Requirements, Threshold
+from audits.core.partial import PartialAudit
 from audits.uncertainty.ood import SCORERS, fit_ood
 
 def _distinct(value: tuple[str, ...]) -> tuple[str, ...]:
@@ -73,80 +75,114 @@ def excess_z(flagged: int, n: int, m: int, percentile: float) -> float:
     return float(norm.isf(np.clip(p_value, 1e-300, 1 - 1e-16)))  # finite: about -8.2 to 37
 
 
-class OODAudit(Audit):
-    """k-NN distance, PCA and autoencoder reconstruction error of current rows, thresholded on held-out reference rows."""
+class OODAudit(PartialAudit):
+    """k-NN distance, PCA and autoencoder reconstruction error of current rows, thresholded on held-out reference rows.
+
+    Hybrid: the scorers are fitted and calibrated on the reference sample, then every current row is scored and the
+    flagged rows are counted; the histograms show the current sample's scores, the table the least familiar rows of all.
+    """
 
     name = "ood"
+    mode = "hybrid"
     requires = Requirements(modalities=("tabular", "image"))
     Config = OODConfig
     description = "Share of current rows that are out of distribution for the reference data, per scorer."
     # z > 3: a flagged count that an unshifted batch reaches with probability 0.13 % or less, per scorer.
     default_thresholds = (Threshold(metric="ood.max_excess_z", max=3.0, severity="warn"),)
 
-    def compute(self, context: AuditContext) -> AuditResult:
+    def fit(self, context: AuditContext) -> dict:
         cfg: OODConfig = self.config
         fit_positions, display_positions = split_display(context, cfg.holdout, "ood.display")
         reference = context.reference.X
         model = fit_ood(reference.iloc[fit_positions], context.categorical, context.random_state("ood.fit"),
                         scorers=cfg.scorers, k=cfg.k, percentile=cfg.percentile, holdout=cfg.holdout, max_rows=cfg.max_rows)
-        scores = model.scores(context.current.X)
         display = model.scores(reference.iloc[display_positions]) if len(display_positions) else {}
-        flags = model.flags(scores)
+        return {"model": model, "display": display, "m": calibration_rows(len(fit_positions), cfg.max_rows, cfg.holdout),
+                "fitted_rows": min(cfg.max_rows, len(fit_positions)), "display_rows": len(display_positions)}
 
-        n, m = len(context.current), calibration_rows(len(fit_positions), cfg.max_rows, cfg.holdout)
+    def init(self, context: AuditContext, fitted: dict) -> dict:
+        names = list(self.config.scorers)
+        return {"rows": 0, "any_flagged": 0, "flagged": dict.fromkeys(names, 0), "score_sum": dict.fromkeys(names, 0.0),
+                "top": {"ratio": np.zeros(0), "rows": []}}
+
+    def update(self, state: dict, partition: Any, context: AuditContext, fitted: dict) -> dict:
+        if partition.name != "current" or len(partition) == 0:
+            return state
+        model = fitted["model"]
+        scores = model.scores(partition.X)
+        flags = model.flags(scores)
+        names = list(self.config.scorers)
+        ratios = np.column_stack([scores[s] / max(model.thresholds[s], np.finfo(float).tiny) for s in names]).max(axis=1)
+        keep = np.argsort(-ratios, kind="stable")[: self.config.rows]
+        # a row is named by its index; in a partition of a larger dataset, after its file's name too
+        where = "" if partition is context.current else f"{Path(partition.source).name or partition.name}#"
+        rows = [_row(f"{where}{partition.X.index[i]}", float(ratios[i]), {s: float(scores[s][i]) for s in names},
+                     [s for s in names if flags[s][i]], partition.predictions.labels[i], partition.X.iloc[i]) for i in keep]
+        part = {"rows": len(partition), "any_flagged": int(np.any([flags[s] for s in names], axis=0).sum()),
+                "flagged": {s: int(flags[s].sum()) for s in names}, "score_sum": {s: float(scores[s].sum()) for s in names},
+                "top": {"ratio": ratios[keep], "rows": rows}}
+        return self.merge(state, part)
+
+    def merge(self, a: dict, b: dict) -> dict:
+        ratio = np.concatenate([a["top"]["ratio"], b["top"]["ratio"]])
+        rows = a["top"]["rows"] + b["top"]["rows"]
+        keep = np.argsort(-ratio, kind="stable")[: self.config.rows]
+        return {"rows": a["rows"] + b["rows"], "any_flagged": a["any_flagged"] + b["any_flagged"],
+                "flagged": {s: a["flagged"][s] + b["flagged"][s] for s in a["flagged"]},
+                "score_sum": {s: a["score_sum"][s] + b["score_sum"][s] for s in a["score_sum"]},
+                "top": {"ratio": ratio[keep], "rows": [rows[i] for i in keep]}}
+
+    def finalize(self, state: dict, context: AuditContext, fitted: dict, population: dict[str, int]) -> AuditResult:
+        cfg: OODConfig = self.config
+        model, n, m = fitted["model"], state["rows"], fitted["m"]
         expected = 1 - cfg.percentile / 100
         metrics: dict[str, float] = {"expected_share": expected, "rows": float(n), "calibration_rows": float(m)}
         for name in cfg.scorers:
-            share = float(flags[name].mean())
-            metrics[f"{name}.flagged_share"] = share
-            metrics[f"{name}.mean_score"] = float(scores[name].mean())
+            metrics[f"{name}.flagged_share"] = state["flagged"][name] / n
+            metrics[f"{name}.mean_score"] = state["score_sum"][name] / n
             metrics[f"{name}.threshold"] = model.thresholds[name]
-            metrics[f"{name}.excess_z"] = excess_z(int(flags[name].sum()), n, m, cfg.percentile)
-        metrics["flagged_share_any"] = float(np.any([flags[name] for name in cfg.scorers], axis=0).mean())
+            metrics[f"{name}.excess_z"] = excess_z(state["flagged"][name], n, m, cfg.percentile)
+        metrics["flagged_share_any"] = state["any_flagged"] / n
         metrics["max_excess_z"] = max(metrics[f"{name}.excess_z"] for name in cfg.scorers)
-
+        sample_scores = model.scores(context.current.X)
+        everything = n == len(context.current)
         return AuditResult(
             audit=self.name,
             metrics=metrics,
             artifacts=(
-                _histograms(scores, display, model.thresholds, cfg.percentile),
-                Artifact.table("most_unfamiliar", _unfamiliar_table(context, scores, flags, model.thresholds, cfg.rows),
-                               f"The {min(cfg.rows, n)} least familiar current rows: scores, scorers that flag them, feature values"),
+                _histograms(sample_scores, fitted["display"], model.thresholds, cfg.percentile,
+                            "current" if everything else f"current (sample of {len(context.current):,})"),
+                Artifact.table("most_unfamiliar", pd.DataFrame(state["top"]["rows"]),
+                               f"The {len(state['top']['rows'])} least familiar current rows of {n:,}: scores, scorers that "
+                               "flag them, feature values"),
             ),
             info={
                 "scorers": ", ".join(cfg.scorers),
                 "thresholds": f"the {cfg.percentile:g}th percentile of {m} held-out reference rows' scores",
-                "fitted_on": f"{min(cfg.max_rows, len(fit_positions)) - m} reference rows (standardised numeric, one-hot categorical)",
-                "histogram_reference": f"{len(display_positions)} reference rows kept out of fitting and calibration",
+                "fitted_on": f"{fitted['fitted_rows'] - m} reference rows (standardised numeric, one-hot categorical)",
+                "scored": f"{n:,} current rows, every one" + ("" if everything else "; the histograms show a sample"),
+                "histogram_reference": f"{fitted['display_rows']} reference rows kept out of fitting and calibration",
                 "excess_z": "normal quantile of the chance of flagging at least as many unshifted rows (beta-binomial)",
             },
         )
 
 
-def _unfamiliar_table(context: AuditContext, scores: dict[str, np.ndarray], flags: dict[str, np.ndarray],
-                      thresholds: dict[str, float], n: int) -> pd.DataFrame:
-    """Rows ranked by their largest score / threshold ratio (1: on the threshold of that scorer)."""
-    names = list(scores)
-    ratios = np.column_stack([scores[s] / max(thresholds[s], np.finfo(float).tiny) for s in names])
-    order = np.argsort(-ratios.max(axis=1), kind="stable")[:n]
-    current = context.current
-    table = pd.DataFrame({
-        "row": [str(i) for i in current.X.index[order]],
-        "flagged_by": [", ".join(s for s in names if flags[s][i]) for i in order],
-        "max_score_over_threshold": ratios.max(axis=1)[order],
-        **{f"{s}_score": scores[s][order] for s in names},
-        "prediction": current.predictions.labels[order].tolist(),
-    })
-    features = current.X.iloc[order].reset_index(drop=True)
-    return pd.concat([table, features.rename(columns=lambda c: f"feature: {c}")], axis=1)
+def _row(label: str, ratio: float, scores: dict[str, float], flagged_by: list[str], prediction: Any, features: pd.Series) -> dict:
+    """One row of the table, in plain values (a state holds no objects)."""
+    ratio_scores = {f"{s}_score": v for s, v in scores.items()}
+    values = {f"feature: {c}": (v.item() if isinstance(v, np.generic) else v if isinstance(v, (int, float, str)) or v is None
+                                else str(v)) for c, v in features.items()}
+    prediction = prediction.item() if isinstance(prediction, np.generic) else prediction
+    return {"row": label, "flagged_by": ", ".join(flagged_by), "max_score_over_threshold": ratio, **ratio_scores,
+            "prediction": prediction if isinstance(prediction, (int, float, str)) else str(prediction), **values}
 
 
 def _histograms(scores: dict[str, np.ndarray], display: dict[str, np.ndarray], thresholds: dict[str, float],
-                percentile: float) -> Artifact:
+                percentile: float, current_label: str = "current") -> Artifact:
     names = list(scores)
     fig = Figure(figsize=(4.5 * len(names), 4), layout="constrained")
     for ax, name in zip(fig.subplots(1, len(names), squeeze=False)[0], names, strict=True):
-        sides = {"reference (held out)": display.get(name, np.array([])), "current": scores[name]}
+        sides = {"reference (held out)": display.get(name, np.array([])), current_label: scores[name]}
         values = np.concatenate(list(sides.values()))
         positive = values[values > 0]
         log = len(positive) > 0 and positive.max() > 10 * positive.min()
