@@ -41,8 +41,9 @@ def _empty_side(task: str, n_classes: int) -> State:
 
 
 def _class_index(y: pd.Series, classes: tuple) -> np.ndarray:
-    lookup = {c: i for i, c in enumerate(classes)}
-    return np.array([lookup.get(v, -1) for v in y.tolist()], dtype=np.int64)
+    """Each label's position among the model's classes; -1 for a label the model does not have."""
+    index = pd.Index(list(classes)).get_indexer(pd.Series(y).to_numpy())
+    return index.astype(np.int64)
 
 
 def _histograms(index: np.ndarray, proba: np.ndarray, bins: int) -> np.ndarray:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from typing import Any
 
@@ -11,7 +12,7 @@ from audits.core.context import ModelUnderAudit, infer_categorical
 from audits.core.partial import FullData, PartialAudit, audit_mode
 from tasks.adapters.datasets import check_columns, frame_sha256
 from tasks.adapters.errors import DataError
-from tasks.adapters.full_pass import KEY, PassPlan, Survey, open_engine, score, survey
+from tasks.adapters.full_pass import KEY, PassPlan, Survey, labels_follow_proba, open_engine, score, survey
 from tasks.adapters.models import ModelRef
 from tasks.adapters.settings import LoadedSettings
 from tasks.adapters.sources import Source
@@ -106,6 +107,7 @@ def _assemble(ref, loaded, model, baseline, baseline_note, features, sources, mo
         segments=(frames["reference"][2], frames["current"][2]), modality=modality,
     )
     timings["sample_context_s"] = time.perf_counter() - clock - timings["survey_s"]
+    plan = dataclasses.replace(plan, labels_from_proba=labels_follow_proba(model, context))
     partials: list[tuple[str, PartialAudit, Any]] = []
     errors: dict[str, str] = {}
     fitted: dict[str, Any] = {}

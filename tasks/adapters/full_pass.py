@@ -46,6 +46,9 @@ class PassPlan:
     encoding: str
     seed: int
     chunk_rows: int
+    # the model's labels are its classes' argmax of predict_proba (checked on the sample, for estimators whose predict is
+    # defined so): one pass through the model per partition instead of two
+    labels_from_proba: bool = False
 
     def columns(self, source_columns: tuple[str, ...]) -> list[str]:
         wanted = [*self.features, *([self.target] if self.target else []), *self.segments]
@@ -145,7 +148,12 @@ def score_fragment(fragment: Fragment, plan: PassPlan, columns: list[str], model
         X = chunk[list(plan.features)]
         try:
             proba = model.predict_proba(X) if model.predict_proba is not None else None
-            predictions = checked_predictions(model, len(X), model.predict(X), proba)
+            if plan.labels_from_proba and proba is not None:
+                labels = np.asarray(model.classes, dtype=object)[np.asarray(proba).argmax(axis=1)]
+                labels = labels.astype(np.asarray(model.classes).dtype)
+            else:
+                labels = model.predict(X)
+            predictions = checked_predictions(model, len(X), labels, proba)
         except InvalidPredictions as exc:
             raise ModelOutputError(f"{model.label} answered, but not with one valid prediction per row of {fragment.label} "
                                    f"(rows {rows}-{rows + len(X) - 1}): {exc}",
@@ -173,6 +181,30 @@ def score_fragment(fragment: Fragment, plan: PassPlan, columns: list[str], model
         except TypeError as exc:
             errors[audit_id] = f"its state cannot be sent without pickle: {exc}"
     return {"rows": rows, "states": encoded, "errors": errors}
+
+
+# scikit-learn classifiers whose predict is the class of the largest predicted probability (or of a decision function
+# that predict_proba is monotonic in), by their code: for these, labels can come from predict_proba alone
+ARGMAX_CLASSIFIERS = frozenset({
+    "HistGradientBoostingClassifier", "GradientBoostingClassifier", "RandomForestClassifier", "ExtraTreesClassifier",
+    "DecisionTreeClassifier", "ExtraTreeClassifier", "LogisticRegression", "KNeighborsClassifier", "GaussianNB",
+    "MLPClassifier",
+})
+
+
+def labels_follow_proba(model: ModelUnderAudit, context: AuditContext) -> bool:
+    """Whether labels may be taken from predict_proba: a classifier of ARGMAX_CLASSIFIERS (the last step of a Pipeline),
+    and on every row of the sample its predict agrees with the argmax of its probabilities."""
+    if model.task != "classification" or model.predict_proba is None or model.classes is None or model.estimator is None:
+        return False
+    final = model.estimator.steps[-1][1] if hasattr(model.estimator, "steps") else model.estimator
+    if type(final).__name__ not in ARGMAX_CLASSIFIERS or not type(final).__module__.startswith("sklearn."):
+        return False
+    classes = np.asarray(model.classes)
+    for ds in (context.reference, context.current):
+        if ds.predictions.proba is None or not np.array_equal(classes[ds.predictions.proba.argmax(axis=1)], ds.predictions.labels):
+            return False
+    return True
 
 
 # ---------------------------------------------------------------------------------------------

@@ -107,3 +107,26 @@ def test_every_row_is_checked_not_just_the_sample(tmp_path):
     bad.to_csv(tmp_path / "t-1.csv", index=False)
     with pytest.raises(DataError, match=r"column 'x' holds text .* first 'twelve' in row 250"):
         survey(LocalEngine(), open_source("current", "t-*.csv", tmp_path), plan_for(["row", "x"], chunk_rows=100), 10, 1000)
+
+
+def test_labels_come_from_probabilities_only_where_predict_is_their_argmax(classifier_context, tabular):
+    """A gradient-boosting pipeline predicts the argmax of its probabilities (one pass through the trees suffices); an
+    SVC's predict and its Platt-scaled probabilities disagree on some rows, so it is asked for both."""
+    from dataclasses import replace
+
+    from sklearn.svm import SVC
+
+    from audits.core.context import ModelUnderAudit
+    from tasks.adapters.full_pass import labels_follow_proba
+    from tests.conftest import context_for, make_pipeline_model
+
+    assert labels_follow_proba(classifier_context.model, classifier_context)
+    X, y = tabular
+    svc = make_pipeline_model(X, y, "gbm")
+    svc.steps[-1] = ("model", SVC(probability=True, random_state=0))
+    svc.fit(X, y)
+    assert not labels_follow_proba(ModelUnderAudit.from_estimator(svc), context_for(svc, X, y))
+    # an allowed class whose labels were changed after the fact (a wrapper, a threshold) is caught on the sample
+    ds = classifier_context.current
+    flipped = replace(ds, predictions=replace(ds.predictions, labels=np.where(ds.predictions.labels == "yes", "no", "yes")))
+    assert not labels_follow_proba(classifier_context.model, replace(classifier_context, current=flipped))
