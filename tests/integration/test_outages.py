@@ -64,7 +64,7 @@ def outage_during_compute(monkeypatch, server: MlflowServer, model_version: str)
     lock = threading.Lock()
     compute = audit_tasks.run_planned
 
-    def stop_then_compute(planned, context):
+    def stop_then_compute(planned, context, full=None):
         with lock:
             if "stopped_at" not in seen:
                 client = make_client(server.url)
@@ -72,7 +72,7 @@ def outage_during_compute(monkeypatch, server: MlflowServer, model_version: str)
                 seen["running"] = [r.info.run_id for r in runs if r.data.tags.get("auditlens.model_version") == model_version]
                 seen["stop_s"] = server.stop()
                 seen["stopped_at"] = time.monotonic()
-        return compute(planned, context)
+        return compute(planned, context, full)
 
     monkeypatch.setattr(audit_tasks, "run_planned", stop_then_compute)
     return seen
