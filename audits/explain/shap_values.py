@@ -239,6 +239,9 @@ class ShapAudit(Audit):
         scale = float(np.ptp(attr.outputs)) or 1.0
         mean_abs = np.abs(attr.values).mean(axis=0)  # (features, outputs)
         importance = mean_abs.sum(axis=1)
+        # the explained rows are a sample: a 95 % normal interval on each mean |SHAP| (its rows' spread / sqrt(rows))
+        per_row = np.abs(attr.values).sum(axis=2)  # (rows, features)
+        halfwidth = 1.96 * per_row.std(axis=0, ddof=1) / np.sqrt(len(X)) if len(X) > 1 else np.full(len(importance), np.nan)
 
         metrics: dict[str, float] = {
             "additivity_max_abs_error": max_abs,
@@ -249,8 +252,13 @@ class ShapAudit(Audit):
             metrics[f"importance.{key_part(feature)}"] = float(value)
         for name, value in zip(attr.output_names, attr.base, strict=True):
             metrics[f"base_value.{key_part(name)}" if len(attr.output_names) > 1 else "base_value"] = float(value)
+        top5 = np.argsort(-importance, kind="stable")[:5]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            # how precisely the sample ranks the leading features: the widest relative interval among the top five
+            metrics["importance_ci95_relative_halfwidth"] = float(np.nanmax(halfwidth[top5] / importance[top5])) if len(top5) else float("nan")
 
-        importance_table = pd.DataFrame({"feature": attr.features, "mean_abs_shap": importance})
+        importance_table = pd.DataFrame({"feature": attr.features, "mean_abs_shap": importance,
+                                         "ci95_low": importance - halfwidth, "ci95_high": importance + halfwidth})
         if len(attr.output_names) > 1:
             for k, name in enumerate(attr.output_names):
                 importance_table[f"mean_abs_shap[{name}]"] = mean_abs[:, k]
@@ -276,6 +284,8 @@ class ShapAudit(Audit):
                 "model_class": type(split_pipeline(context.model.estimator)[1]).__name__ if context.model.estimator is not None else context.model.flavor,
                 "rows_from": cfg.dataset,
                 "top_features": ", ".join(top),
+                "importance_interval": f"95 % normal intervals on each mean |SHAP| over the {len(X)} explained rows "
+                                       f"(importance table); more rows (config rows) narrow them as 1/sqrt(rows)",
             },
         )
 

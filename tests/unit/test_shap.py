@@ -222,3 +222,29 @@ def test_forcing_an_explainer_that_does_not_fit_the_model_is_an_error(tabular):
     result = run_planned(PlannedAudit("shap", ShapAudit(ShapConfig(explainer="tree")), ()), context)
     assert result.verdict is Verdict.ERROR and "TreeExplainer does not support KNeighborsClassifier" in result.reason
     assert choose_explainer(None, "auto") == "permutation" and choose_explainer(None, "auto", n_features=3) == "exact"
+
+
+def test_each_mean_abs_shap_carries_a_95_percent_interval_that_narrows_with_rows(classifier_context):
+    """The interval is 1.96 standard errors of the per-row |SHAP| (recomputed here from the values table), and four
+    times the rows halve it, about; the importance of 150 rows lies within the interval of 40 of them."""
+    def importance(rows):
+        audit = ShapAudit(ShapConfig(rows=rows))
+        result = run_planned(PlannedAudit("shap", audit, ()), classifier_context)
+        table = next(a.content for a in result.artifacts if a.name == "importance.json").set_index("feature")
+        values = next(a.content for a in result.artifacts if a.name == "values.json")
+        return result, table, values
+
+    result, table, values = importance(40)
+    assert values["explained_output"].nunique() == 1  # binary: the positive class's probability, one row per row
+    x1 = values["x1"].abs()
+    assert len(x1) == 40 and table.loc["x1", "mean_abs_shap"] == pytest.approx(x1.mean(), rel=1e-9)
+    half = 1.96 * x1.std(ddof=1) / np.sqrt(len(x1))
+    assert table.loc["x1", "ci95_high"] - table.loc["x1", "mean_abs_shap"] == pytest.approx(half, rel=1e-9)
+    widths = (table["ci95_high"] - table["ci95_low"]) / 2
+    assert (widths > 0).all() and (table["ci95_low"] <= table["mean_abs_shap"]).all()
+    top = table["mean_abs_shap"].sort_values(ascending=False).index[:5]
+    assert result.metrics["shap.importance_ci95_relative_halfwidth"] == pytest.approx((widths[top] / table.loc[top, "mean_abs_shap"]).max())
+    _, wide_table, _ = importance(150)
+    narrow = (wide_table["ci95_high"] - wide_table["ci95_low"]) / 2
+    assert (narrow["x1"] / widths["x1"]) == pytest.approx(np.sqrt(40 / 150), rel=0.35)
+    assert table.loc["x1", "ci95_low"] <= wide_table.loc["x1", "mean_abs_shap"] <= table.loc["x1", "ci95_high"]
