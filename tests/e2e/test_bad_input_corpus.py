@@ -217,20 +217,43 @@ def run_cli(env: dict, cwd: Path, *args: str, timeout: float = 300) -> tuple[int
     return done.returncode, done.stdout + done.stderr, time.monotonic() - began
 
 
-@pytest.mark.parametrize("case", sorted(CASES))
-def test_bad_input_gets_one_clear_error_and_writes_nothing(world, cli_env, tmp_path, case):
-    spec = CASES[case]
+@pytest.fixture(scope="module")
+def outcomes(world, cli_env, tmp_path_factory) -> dict:
+    """Every case through the command, three processes at a time (each case is a process of its own, mostly waiting on
+    imports and the servers; one after the other they took eight minutes of the suite), with the store read before
+    the first and after the last: bad input writes nothing, so nothing may have changed between the two."""
+    from concurrent.futures import ThreadPoolExecutor
+
     client = make_client(world.tracking_uri)
-    runs_before, registry_before = len(all_runs(client)), versions_and_tags(client)
-    code, output, _ = run_cli(cli_env, tmp_path, "audit", "--model", spec.model, "--config", str(spec.make(world)))
+    before = ({r.info.run_id for r in all_runs(client)}, versions_and_tags(client))
+    configs = {case: str(spec.make(world)) for case, spec in CASES.items()}  # written one after the other
+
+    def run(case: str) -> tuple:
+        cwd = tmp_path_factory.mktemp(case)
+        code, output, seconds = run_cli(cli_env, cwd, "audit", "--model", CASES[case].model, "--config", configs[case])
+        return code, output, seconds, cwd
+
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        results = dict(zip(sorted(CASES), pool.map(run, sorted(CASES)), strict=True))
+    new_runs = [r for r in all_runs(client) if r.info.run_id not in before[0]]
+    return {"results": results, "configs": configs, "new_runs": new_runs, "registry": (before[1], versions_and_tags(client))}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_bad_input_gets_one_clear_error_and_writes_nothing(outcomes, case):
+    spec = CASES[case]
+    code, output, _, cwd = outcomes["results"][case]
     flat = " ".join(output.split())
     assert code == spec.exit_code, output
     assert spec.message in flat, output
     assert flat.count(spec.message) == 1, f"the problem is told more than once:\n{output}"
     assert "fix:" in output and "Traceback" not in output
-    assert len(all_runs(client)) == runs_before, "a run was opened for bad input"
-    assert versions_and_tags(client) == registry_before, "the registry was written for bad input"
-    assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "mlruns").exists()
+    opened = [r for r in outcomes["new_runs"] if r.data.params.get("config.path") == outcomes["configs"][case]]
+    assert not opened, "a run was opened for bad input"
+    assert not outcomes["new_runs"], f"a run was opened by one of the cases: {[r.data.params.get('config.path') for r in outcomes['new_runs']]}"
+    before, after = outcomes["registry"]
+    assert after == before, "the registry was written for bad input (by one of the cases)"
+    assert not (cwd / "mlflow.db").exists() and not (cwd / "mlruns").exists()
 
 
 def test_a_model_that_hangs_inside_one_audit_makes_that_audit_error_and_the_others_finish(world, cli_env, tmp_path):
