@@ -68,6 +68,9 @@ class Audit(ABC):
     requires: ClassVar[Requirements] = Requirements()
     default_thresholds: ClassVar[tuple[Threshold, ...]] = ()
     description: ClassVar[str] = ""
+    # on data larger than the sample: 'sample' (computes on the seeded sample), or, for a PartialAudit (audits.core.partial),
+    # 'partial' (every row) or 'hybrid' (fitted on the sample, applied to every row)
+    mode: ClassVar[Literal["sample", "partial", "hybrid"]] = "sample"
 
     def __init__(self, config: AuditConfig | None = None) -> None:
         self.config = config if config is not None else self.Config()
