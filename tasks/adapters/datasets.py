@@ -83,6 +83,11 @@ def read_columns(path: Path, encoding: str = "utf-8") -> list[str]:
     fmt = _format(path)
     if fmt == "npz":
         return list(read_table(path).columns)
+    return read_header(path, fmt, encoding)
+
+
+def read_header(path: Path, fmt: str, encoding: str = "utf-8") -> list[str]:
+    """A CSV or Parquet file's column names, checked (no name twice); an unreadable file gets its one error."""
     try:
         if fmt == "csv":
             import csv
@@ -146,19 +151,36 @@ def resolve_features(
     return [c for c in columns if c != target]
 
 
-def check_numeric(frame: pd.DataFrame, numeric: list[str], role: str, path: Path) -> None:
+def check_numeric(frame: pd.DataFrame, numeric: list[str] | tuple[str, ...], where: str, offset: int = 0, scope: str = "") -> None:
     """Columns that are numbers in the reference hold numbers here too, in every row: text where the model was trained on
-    numbers means an export went wrong (a stray 'n/a', a thousands separator), and the model would fail or guess on it."""
+    numbers means an export went wrong (a stray 'n/a', a thousands separator), and the model would fail or guess on it.
+    ``where`` names the data in the message, ``offset`` is the first row's number, ``scope`` qualifies the count."""
     for column in numeric:
         now = frame[column]
         if pd.api.types.is_numeric_dtype(now) or now.isna().all():
             continue
         numbers = pd.to_numeric(now, errors="coerce")
         text = numbers.isna() & now.notna()
+        if not text.any():
+            continue
         first = int(np.flatnonzero(text.to_numpy())[0])
-        raise DataError(f"{role} data {path}: column {column!r} holds text where the reference holds numbers "
-                        f"({int(text.sum())} value(s), first {str(now.iloc[first])[:40]!r} in row {first})",
+        raise DataError(f"{where}: column {column!r} holds text where the reference holds numbers "
+                        f"({int(text.sum())} value(s){scope}, first {str(now.iloc[first])[:40]!r} in row {offset + first})",
                         "fix the export (a stray word, a thousands separator or a decimal comma?) so the column holds numbers")
+
+
+def check_finite(frame: pd.DataFrame, columns: list[str] | tuple[str, ...], where: str, offset: int = 0) -> None:
+    """No infinity in any row of the numeric ``columns``: one among millions breaks means, distances and most models."""
+    for column in columns:
+        values = frame[column]
+        if not pd.api.types.is_numeric_dtype(values):
+            values = pd.to_numeric(values, errors="coerce")
+        if pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values):
+            infinite = np.isinf(values.to_numpy(dtype=float, na_value=np.nan))
+            if infinite.any():
+                raise DataError(f"{where}: column {column!r} holds {int(infinite.sum())} infinite value(s) "
+                                f"(first in row {offset + int(np.flatnonzero(infinite)[0])})",
+                                "replace them with missing values (empty cells) or finite numbers")
 
 
 def check_columns(role: str, path: Path, columns: list[str], features: list[str], target: str | None, target_required: bool) -> None:
@@ -202,17 +224,10 @@ def prepare(
     if frame.empty:
         raise DataError(f"{role} data {path} has no rows", "point 'data." + role + "' at a file with data")
     X = frame[features]
-    check_numeric(X, numeric or [], role, path)
+    check_numeric(X, numeric or [], f"{role} data {path}")
     if X.isna().all().all():
         raise DataError(f"{role} data {path}: every feature value is missing (NaN)", "check how the file was exported")
-    for column in features:  # every row: one infinity among millions breaks means, distances and most models
-        values = X[column]
-        if pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values):
-            infinite = np.isinf(values.to_numpy(dtype=float, na_value=np.nan))
-            if infinite.any():
-                raise DataError(f"{role} data {path}: column {column!r} holds {int(infinite.sum())} infinite value(s) "
-                                f"(first in row {int(np.flatnonzero(infinite)[0])})",
-                                "replace them with missing values (empty cells) or finite numbers")
+    check_finite(X, [c for c in features if pd.api.types.is_numeric_dtype(X[c])], f"{role} data {path}")
     all_missing = [c for c in features if X[c].isna().all()]
     if all_missing and role == "reference":
         raise DataError(f"reference data {path}: column(s) {all_missing} are entirely missing",

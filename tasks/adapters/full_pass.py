@@ -26,6 +26,7 @@ import pandas as pd
 
 from audits.core.context import AuditContext, Dataset, InvalidPredictions, ModelUnderAudit, checked_predictions
 from audits.core.partial import PartialAudit, State, decode_state, encode_state
+from tasks.adapters.datasets import check_finite, check_numeric
 from tasks.adapters.errors import AuditlensError, DataError, ModelOutputError
 from tasks.adapters.sources import Fragment, Source, read_fragment
 
@@ -84,24 +85,9 @@ def survey_fragment(fragment: Fragment, plan: PassPlan, columns: list[str], samp
 
 
 def _check_chunk(chunk: pd.DataFrame, plan: PassPlan, fragment: Fragment, offset: int) -> None:
-    for column in plan.numeric:
-        values = chunk[column]
-        if not pd.api.types.is_numeric_dtype(values) and not values.isna().all():
-            numbers = pd.to_numeric(values, errors="coerce")
-            text = numbers.isna() & values.notna()
-            if text.any():
-                first = int(np.flatnonzero(text.to_numpy())[0])
-                raise DataError(f"{fragment.role} data {fragment.label}: column {column!r} holds text where the reference holds "
-                                f"numbers ({int(text.sum())} value(s) in this partition, first {str(values.iloc[first])[:40]!r} "
-                                f"in row {offset + first})",
-                                "fix the export (a stray word, a thousands separator or a decimal comma?) so the column holds numbers")
-            values = numbers
-        if pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values):
-            infinite = np.isinf(values.to_numpy(dtype=float, na_value=np.nan))
-            if infinite.any():
-                raise DataError(f"{fragment.role} data {fragment.label}: column {column!r} holds {int(infinite.sum())} infinite "
-                                f"value(s) (first in row {offset + int(np.flatnonzero(infinite)[0])})",
-                                "replace them with missing values (empty cells) or finite numbers")
+    where = f"{fragment.role} data {fragment.label}"
+    check_numeric(chunk, plan.numeric, where, offset, scope=" in this partition")
+    check_finite(chunk, plan.numeric, where, offset)
 
 
 @dataclass

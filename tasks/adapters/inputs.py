@@ -8,8 +8,8 @@ from typing import Any
 import pandas as pd
 
 from audits.core.context import AuditContext, InvalidPredictions, ModelUnderAudit, build_context, infer_categorical
-from audits.core.partial import FullData, audit_mode
-from tasks.adapters.datasets import check_columns, frame_sha256, image_shape, prepare, read_columns, resolve_features
+from audits.core.partial import FullData
+from tasks.adapters.datasets import check_columns, image_shape, prepare, read_columns, resolve_features
 from tasks.adapters.sources import Source, open_source
 from audits.core.runner import TimeLimitExceeded, call_with_time_limit
 from tasks.adapters.errors import DataError, ModelOutputError, ModelTimeoutError

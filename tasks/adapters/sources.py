@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from tasks.adapters.datasets import READERS, _checked_names, _unreadable
+from tasks.adapters.datasets import READERS, _unreadable, read_header
 from tasks.adapters.errors import DataError
 
 PARTITIONED = (".parquet", ".pq", ".csv")
@@ -132,7 +132,7 @@ def open_source(role: str, spec: str, base: Path, encoding: str = "utf-8") -> So
     fmt = formats.pop()
     columns = None
     for name in files:
-        found = tuple(_read_header(Path(name), fmt, encoding))
+        found = tuple(read_header(Path(name), fmt, encoding))
         if columns is None:
             columns = found
         elif set(found) != set(columns):
@@ -140,23 +140,6 @@ def open_source(role: str, spec: str, base: Path, encoding: str = "utf-8") -> So
             raise DataError(f"{role} data {name} has other columns than {files[0]} (missing {missing[:10]}, extra {extra[:10]})",
                             "give every file of a dataset the same columns")
     return Source(role, spec, tuple(files), fmt, columns or (), encoding)
-
-
-def _read_header(path: Path, fmt: str, encoding: str) -> list[str]:
-    try:
-        if fmt == "csv":
-            import csv
-
-            with path.open(newline="", encoding=encoding) as handle:
-                header = next(csv.reader(handle), None)
-            return _checked_names(path, [str(c) for c in header]) if header else []
-        import pyarrow.parquet as pq
-
-        return _checked_names(path, [str(c) for c in pq.read_schema(path).names])
-    except DataError:
-        raise
-    except Exception as exc:
-        raise _unreadable(path, fmt, exc, encoding) from None
 
 
 def read_fragment(fragment: Fragment, columns: list[str], encoding: str = "utf-8", chunk_rows: int = 250_000) -> Iterator[pd.DataFrame]:
@@ -175,7 +158,7 @@ def read_fragment(fragment: Fragment, columns: list[str], encoding: str = "utf-8
             frame.columns = [str(c) for c in frame.columns]
             yield frame
             return
-        names = _read_header(path, "csv", encoding)
+        names = read_header(path, "csv", encoding)
         with pd.read_csv(path, encoding=encoding, usecols=lambda c: c in set(columns), chunksize=chunk_rows) as reader:
             for chunk in reader:
                 chunk.columns = [str(c) for c in chunk.columns]
