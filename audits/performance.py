@@ -36,6 +36,7 @@ class PerformanceConfig(AuditConfig):
 def _empty_side(task: str, n_classes: int) -> State:
     if task == "classification":
         return {"rows": 0, "confusion": np.zeros((n_classes, n_classes), dtype=np.int64), "unknown": {},
+                "unknown_predicted": np.zeros(n_classes, dtype=np.int64),  # rows of unknown labels, by predicted class
                 "log_loss_sum": 0.0, "scores": None, "histograms": None}
     return {"rows": 0, "abs_sum": 0.0, "sq_sum": 0.0, "y_mean": 0.0, "y_m2": 0.0}
 
@@ -66,7 +67,8 @@ def _update_classification(side: State, ds: Dataset, classes: tuple, cfg: Perfor
     unknown = dict(side["unknown"])
     for label, count in pd.Series(ds.y[~known].astype(str)).value_counts().items():  # labels the model never saw
         unknown[label] = unknown.get(label, 0) + int(count)
-    out = {**side, "rows": side["rows"] + len(ds), "confusion": confusion, "unknown": unknown}
+    unknown_predicted = side["unknown_predicted"] + np.bincount(pred[~known], minlength=len(classes))
+    out = {**side, "rows": side["rows"] + len(ds), "confusion": confusion, "unknown": unknown, "unknown_predicted": unknown_predicted}
     proba = ds.predictions.proba
     if proba is not None:
         eps = np.finfo(proba.dtype).eps
@@ -142,6 +144,7 @@ def _merge_classification(a: State, b: State, cfg: PerformanceConfig) -> State:
     for label, count in b["unknown"].items():
         unknown[label] = unknown.get(label, 0) + count
     out = {**a, "rows": a["rows"] + b["rows"], "confusion": a["confusion"] + b["confusion"], "unknown": unknown,
+           "unknown_predicted": a["unknown_predicted"] + b["unknown_predicted"],
            "log_loss_sum": a["log_loss_sum"] + b["log_loss_sum"]}
     return _merge_scores(out, b, cfg)
 
@@ -157,7 +160,7 @@ def classification_figures(side: State, classes: tuple, has_proba: bool) -> dict
     tp = np.diag(confusion)
     fp = confusion.sum(axis=0) - tp  # rows of unknown labels are counted below, by the class they were predicted as
     fn = true_rows - tp
-    fp = fp + _unknown_predicted(side, len(classes))
+    fp = fp + side["unknown_predicted"]
     with np.errstate(invalid="ignore", divide="ignore"):
         f1_per_class = np.where(2 * tp + fp + fn > 0, 2 * tp / (2 * tp + fp + fn), 0.0)
     out = {
@@ -170,10 +173,6 @@ def classification_figures(side: State, classes: tuple, has_proba: bool) -> dict
         out["log_loss"] = float(side["log_loss_sum"] / rows) if rows and not side["unknown"] else float("nan")
         out["roc_auc"], out["roc_auc_bound"] = _auc(side, classes, present)
     return out
-
-
-def _unknown_predicted(side: State, n_classes: int) -> np.ndarray:
-    return np.asarray(side.get("unknown_predicted", np.zeros(n_classes)), dtype=float)
 
 
 def _auc(side: State, classes: tuple, present: int) -> tuple[float, float]:
@@ -208,8 +207,6 @@ def classification_metrics(ds: Dataset, classes: tuple) -> dict[str, float]:
     """The classification figures of one labelled dataset (every row; ROC-AUC exact)."""
     cfg = PerformanceConfig(exact_auc_rows=max(len(ds), 1))
     side = _update_classification(_empty_side("classification", len(classes)), ds, classes, cfg)
-    known = _class_index(ds.y, classes) >= 0
-    side["unknown_predicted"] = np.bincount(_class_index(pd.Series(ds.predictions.labels[~known]), classes), minlength=len(classes))
     figures = classification_figures(side, classes, ds.predictions.proba is not None)
     figures.pop("roc_auc_bound", None)
     return figures
@@ -237,14 +234,7 @@ class PerformanceAudit(PartialAudit):
             return state
         side = state[partition.name]
         if context.task == "classification":
-            classes = context.model.classes
-            updated = _update_classification(side, partition, classes, self.config)
-            known = _class_index(partition.y, classes) < 0
-            if known.any():  # rows with labels the model never saw: which class they were predicted as (false positives)
-                pred = _class_index(pd.Series(partition.predictions.labels[known]), classes)
-                updated["unknown_predicted"] = _unknown_predicted(side, len(classes)) + np.bincount(pred, minlength=len(classes))
-            else:
-                updated["unknown_predicted"] = _unknown_predicted(side, len(classes))
+            updated = _update_classification(side, partition, context.model.classes, self.config)
         else:
             updated = _update_regression(side, partition)
         return {**state, partition.name: updated}
@@ -254,10 +244,7 @@ class PerformanceAudit(PartialAudit):
         for side in SIDES:
             x, y = a[side], b[side]
             if "confusion" in x:
-                merged = _merge_classification(x, y, self.config)
-                n = len(x["confusion"])
-                merged["unknown_predicted"] = _unknown_predicted(x, n) + _unknown_predicted(y, n)
-                out[side] = merged
+                out[side] = _merge_classification(x, y, self.config)
             else:
                 out[side] = _merge_regression(x, y)
         return out
