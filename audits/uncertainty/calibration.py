@@ -18,10 +18,44 @@ The binning follows the ``uncertainty-calibration`` package (Kumar et al., 2019)
 closed on the right, ``(lower, upper]`` (the first one includes 0); equal-width upper edges are
 ``k / bins``; equal-mass bins split the sorted confidences into ``bins`` nearly equal parts
 (``np.array_split``), cut halfway between neighbouring parts, merge cuts that coincide, and end at 1.
-"""
 
+Every row (a partial audit, ``audits.core.partial``). A side's state keeps its labelled rows' probabilities and class
+indices while the side has at most ``exact_rows`` of them, so every figure is the one-frame answer above. Beyond that
+the side is reduced to sums, which merge over partitions by addition:
+
+- a fine grid of ``cells`` equal-width confidence cells (``histogram_bins`` rounded up to a multiple of ``bins``, so
+  each equal-width bin is a union of whole cells: edge ``k / bins`` is cell edge ``k m / (bins m)``, the same float),
+  each holding rows, sum of confidence, sum of correct, sum of |confidence - correct|. The equal-width ECE, the MCE,
+  the accuracy and the mean confidence follow exactly (sums of the same numbers; only the order of the additions
+  differs);
+- per class, the equal-width bins of P(class) against the class's one-vs-rest outcome: the class-wise ECE and table,
+  exactly;
+- the sums of each row's Brier term and log loss term (scikit-learn's: the true class's probability clipped to
+  ``[eps, 1 - eps]``): exact.
+
+Equal-mass bins do not add up (their cuts depend on every row), so they are placed on the grid: where the two rows
+either side of a cut lie in different cells, cutting at the cell edge between them splits the rows exactly as the
+midpoint does; where both lie in one cell of a single value (each cell keeps its least and largest value), the whole
+cell goes left, exactly as the cut at that value does; otherwise the cell goes whole to the side holding most of its
+rows. Only the rows D of the last kind of cell can be binned differently from the exact cuts, and moving a row
+changes at most two bins'
+|sum of confidence - sum of correct| by |confidence - correct| each, so
+``|ECE_equal_mass - exact| <= 2 / n * sum over D of |confidence - correct|``, reported as
+``<side>.ece_equal_mass_bound`` (0 when exact; small where the rows pile up near confidence 1, since there
+|confidence - correct| is small for the rows the model gets right).
+
+The noise floor beyond ``exact_rows`` pools each equal-width bin's cells into at most 64 runs of neighbouring cells
+and draws each run's correct count as Binomial(its rows, their mean confidence) instead of one Bernoulli per row: the
+same mean, and a variance larger by the spread of the confidences within the run, at most rows / (4 (64 bins)^2)
+(against rows p (1 - p) for the draws themselves), so the floor is, if anything, a hair conservative. Under
+``exact_rows`` the draws are row by row as above, over the rows in the context's order when the context holds every
+row of the side (the one-frame case, draw for draw), else over the confidences sorted (any partition order gives the
+same draws). The recalibrations are fits, which do not merge: they are fitted and evaluated on the rows the context
+holds (a seeded sample when the data is larger), and ``info`` says so.
+"""
 from __future__ import annotations
 
+from functools import reduce
 from typing import Any, Literal
 
 import numpy as np
@@ -31,12 +65,16 @@ from pydantic import Field
 from sklearn import metrics as skm
 from sklearn.base import BaseEstimator, ClassifierMixin
 
-from audits.core import Artifact, Audit, AuditConfig, AuditContext, AuditResult, Requirements, Threshold
+from audits.core import Artifact, AuditConfig, AuditContext, AuditResult, Requirements, Threshold
 from audits.core.context import Dataset
+from audits.core.partial import PartialAudit, State
 from audits.uncertainty.scores import confidence as top_confidence
 
 Strategy = Literal["uniform", "quantile"]  # equal width, equal mass (scikit-learn's names)
 RECALIBRATIONS = ("temperature", "isotonic")
+SIDES = ("reference", "current")
+CELL_FIELDS = ("rows", "confidence", "correct", "abs_gap")  # the columns of binned_sums
+NULL_CELLS_PER_BIN = 64  # beyond exact_rows, the noise floor draws per run of grid cells, at most this many per bin
 
 
 class CalibrationConfig(AuditConfig):
@@ -44,6 +82,11 @@ class CalibrationConfig(AuditConfig):
     null_resamples: int = Field(200, ge=20, le=5000)  # consistency resamples for the ECE noise floor
     null_quantile: float = Field(0.95, gt=0.5, lt=1)  # ece_excess = ECE - this quantile of the noise floor
     recalibration_data: Literal["reference", "current_split"] = "reference"
+    # Every figure is the one-frame answer up to this many labelled rows per side (the state keeps the rows); beyond,
+    # the side is reduced to bins that add up over partitions (equal-mass ECE within a stated bound)
+    exact_rows: int = Field(200_000, ge=0, le=50_000_000)
+    # confidence cells on [0, 1] beyond exact_rows (equal-mass cuts, noise floor); rounded up to a multiple of bins
+    histogram_bins: int = Field(16_384, ge=100, le=1_000_000)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -65,6 +108,32 @@ def assign_bins(confidence: np.ndarray, edges: np.ndarray) -> np.ndarray:
     return np.minimum(np.searchsorted(edges, confidence, side="left"), len(edges) - 1)
 
 
+def calibration_from_sums(edges: np.ndarray, counts: np.ndarray, confidence_sums: np.ndarray, correct_sums: np.ndarray
+                          ) -> tuple[float, float, pd.DataFrame]:
+    """(ECE, MCE, per-bin table) from each bin's rows, sum of confidences and sum of outcomes.
+
+    ECE = sum over bins of (rows in bin / rows) * |mean confidence - mean outcome|; MCE is the largest of those gaps
+    over non-empty bins. The sums add up over any split of the rows, so this is also the every-row answer.
+    """
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean_conf = confidence_sums / counts
+        accuracy = correct_sums / counts
+    gap = np.abs(mean_conf - accuracy)
+    filled = counts > 0
+    ece = float(np.dot(counts[filled] / counts.sum(), gap[filled]))
+    mce = float(gap[filled].max())
+    table = pd.DataFrame({
+        "bin": np.arange(len(edges)),
+        "lower": np.concatenate([[0.0], edges[:-1]]),
+        "upper": edges,
+        "count": counts,
+        "mean_confidence": mean_conf,
+        "accuracy": accuracy,
+        "overconfidence": mean_conf - accuracy,  # > 0: the model claims more than it delivers
+    })
+    return ece, mce, table
+
+
 def expected_calibration_error(
     confidence: np.ndarray, correct: np.ndarray, bins: int = 15, strategy: Strategy = "uniform"
 ) -> tuple[float, float, pd.DataFrame]:
@@ -80,24 +149,9 @@ def expected_calibration_error(
         raise ValueError("confidence and correct must be non-empty 1-d arrays of the same length")
     edges = bin_edges(confidence, bins, strategy)
     index = assign_bins(confidence, edges)
-    counts = np.bincount(index, minlength=len(edges))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        mean_conf = np.bincount(index, weights=confidence, minlength=len(edges)) / counts
-        accuracy = np.bincount(index, weights=correct, minlength=len(edges)) / counts
-    gap = np.abs(mean_conf - accuracy)
-    filled = counts > 0
-    ece = float(np.dot(counts[filled] / counts.sum(), gap[filled]))
-    mce = float(gap[filled].max())
-    table = pd.DataFrame({
-        "bin": np.arange(len(edges)),
-        "lower": np.concatenate([[0.0], edges[:-1]]),
-        "upper": edges,
-        "count": counts,
-        "mean_confidence": mean_conf,
-        "accuracy": accuracy,
-        "overconfidence": mean_conf - accuracy,  # > 0: the model claims more than it delivers
-    })
-    return ece, mce, table
+    return calibration_from_sums(edges, np.bincount(index, minlength=len(edges)),
+                                 np.bincount(index, weights=confidence, minlength=len(edges)),
+                                 np.bincount(index, weights=correct, minlength=len(edges)))
 
 
 def consistency_ece(confidence: np.ndarray, bins: int, strategy: Strategy, rng: np.random.Generator,
@@ -161,6 +215,129 @@ def probability_metrics(proba: np.ndarray, index: np.ndarray, bins: int) -> dict
 
 
 # ---------------------------------------------------------------------------------------------
+# Sums that add up over partitions (a side beyond exact_rows)
+
+
+def grid_cells(histogram_bins: int, bins: int) -> int:
+    """Cells of the fine confidence grid: ``histogram_bins`` rounded up to a multiple of ``bins``, so that every
+    equal-width bin is a union of whole cells (upper edge ``k / bins`` is cell edge ``k m / (bins m)``: the same
+    rational number, so the same correctly rounded float, and a value falls on the same side of it)."""
+    return bins * -(-histogram_bins // bins)
+
+
+def binned_sums(values: np.ndarray, outcome: np.ndarray, edges: np.ndarray) -> np.ndarray:
+    """(len(edges), 4): per bin ``(lower, upper]``, its rows, sum of values, sum of outcomes, sum of |value - outcome|."""
+    values, outcome = np.asarray(values, dtype=float), np.asarray(outcome, dtype=float)
+    index, m = assign_bins(values, edges), len(edges)
+    return np.stack([np.bincount(index, minlength=m).astype(float),
+                     np.bincount(index, weights=values, minlength=m),
+                     np.bincount(index, weights=outcome, minlength=m),
+                     np.bincount(index, weights=np.abs(values - outcome), minlength=m)], axis=1)
+
+
+def summarise(proba: np.ndarray, index: np.ndarray, bins: int, cells: int) -> State:
+    """The additive summary of some labelled rows: top-label confidence cells, per-class equal-width bins, and the
+    sums of the rows' Brier and log-loss terms (each as scikit-learn computes it for one row)."""
+    n, k = proba.shape
+    conf, correct = top_confidence(proba), proba.argmax(axis=1) == index
+    one_hot = index[:, None] == np.arange(k)
+    class_bins = assign_bins(np.asarray(proba, dtype=float), np.arange(1, bins + 1) / bins)  # (n, k)
+    flat = (np.arange(k) * bins + class_bins).ravel()  # class c's bin b is cell c * bins + b
+    classwise = np.stack([np.bincount(flat, minlength=k * bins).astype(float),
+                          np.bincount(flat, weights=np.asarray(proba, dtype=float).ravel(), minlength=k * bins),
+                          np.bincount(flat, weights=one_hot.ravel().astype(float), minlength=k * bins)], axis=1)
+    if k == 2:  # (1[y = 1] - P(1))^2
+        brier = float(np.sum((one_hot[:, 1] - np.asarray(proba[:, 1], dtype=float)) ** 2))
+    else:  # sum over classes of (one-hot - P)^2
+        brier = float(np.sum((one_hot - np.asarray(proba, dtype=float)) ** 2))
+    eps = np.finfo(proba.dtype).eps if np.issubdtype(proba.dtype, np.floating) else np.finfo(float).eps
+    p_true = np.clip(proba[np.arange(n), index], eps, 1 - eps).astype(float)
+    grid = np.arange(1, cells + 1) / cells
+    cell = assign_bins(conf, grid)
+    extent = np.stack([np.full(cells, np.inf), np.full(cells, -np.inf)], axis=1)  # each cell's least and largest value
+    np.minimum.at(extent[:, 0], cell, conf)
+    np.maximum.at(extent[:, 1], cell, conf)
+    return {"cells": binned_sums(conf, correct, grid), "extent": extent, "classwise": classwise.reshape(k, bins, 3),
+            "brier_sum": brier, "log_loss_sum": float(-np.log(p_true).sum())}
+
+
+def add_summaries(a: State, b: State) -> State:
+    extent = np.stack([np.minimum(a["extent"][:, 0], b["extent"][:, 0]), np.maximum(a["extent"][:, 1], b["extent"][:, 1])], axis=1)
+    return {"cells": a["cells"] + b["cells"], "extent": extent, "classwise": a["classwise"] + b["classwise"],
+            "brier_sum": a["brier_sum"] + b["brier_sum"], "log_loss_sum": a["log_loss_sum"] + b["log_loss_sum"]}
+
+
+def equal_mass_from_cells(cells: np.ndarray, bins: int, extent: np.ndarray | None = None
+                          ) -> tuple[np.ndarray, np.ndarray, float]:
+    """Equal-mass bins placed on the grid: (upper edges, the grid cells each bin ends at, the bound on the ECE error).
+
+    The exact cuts split the sorted confidences after positions s = cumulative sizes of ``np.array_split`` into
+    ``bins`` parts, halfway between the rows at s - 1 and s. If those rows lie in different cells a < b, the cells
+    between are empty and cutting after cell a splits the rows exactly as the midpoint does. If both lie in one cell
+    whose rows all have one value v (``extent``: each cell's least and largest value), the cut is v itself and the
+    whole cell goes left, as bins are (lower, upper]: exact again (probabilities that take few values, as a tree
+    model's do, are binned exactly). Otherwise the cut is somewhere inside the cell: the cell goes whole to the side
+    holding most of its rows. Every row outside such straddled cells (D) is binned with the same rows as by the exact
+    cuts, so the two ECEs differ by at most 2 / n * sum over D of |confidence - correct| (each bin's |sum of
+    confidence - sum of correct| moves by at most the |confidence - correct| of the rows it gains or loses, and each
+    such row is counted by two bins).
+    """
+    counts = np.rint(cells[:, 0]).astype(np.int64)
+    n, size = int(counts.sum()), len(counts)
+    parts = min(bins, n)
+    sizes = np.full(parts, n // parts, dtype=np.int64)
+    sizes[: n % parts] += 1  # np.array_split: the first n % parts parts have one more row
+    splits = np.cumsum(sizes)[:-1]
+    cumulative = np.cumsum(counts)
+    left = np.searchsorted(cumulative, splits - 1, side="right")  # cell of the row at sorted position s - 1
+    right = np.searchsorted(cumulative, splits, side="right")  # cell of the row at position s
+    straddled = left == right
+    if extent is not None:
+        straddled &= extent[left, 0] != extent[left, 1]  # a cell of one value is split exactly: all of it goes left
+    rows_before = splits - (cumulative[left] - counts[left])  # rows of the cell on the left of the cut
+    rows_after = cumulative[left] - splits
+    ends = np.where(straddled & (rows_after > rows_before), left - 1, left)
+    ends = np.unique(np.concatenate([ends[ends >= 0], [size - 1]]))
+    bound = 2.0 * float(cells[np.unique(left[straddled]), 3].sum()) / n if n else 0.0
+    edges = (ends + 1) / size
+    edges[-1] = 1.0
+    return edges, ends, bound
+
+
+def grouped(cells: np.ndarray, ends: np.ndarray) -> np.ndarray:
+    """Rows of ``cells`` summed into the bins that end at cells ``ends`` (sorted, the last one the last cell)."""
+    return np.add.reduceat(cells, np.concatenate([[0], ends[:-1] + 1]), axis=0)
+
+
+def binned_consistency_ece(cells: np.ndarray, bins: int, rng: np.random.Generator, resamples: int
+                           ) -> tuple[np.ndarray, np.ndarray]:
+    """``consistency_ece`` with equal-width bins from the grid. Each bin's cells are pooled into at most
+    ``NULL_CELLS_PER_BIN`` runs of neighbouring cells, and each run's correct count is drawn as Binomial(its rows, their
+    mean confidence): the sum of its rows' Bernoulli draws when their confidences are equal, and otherwise of the same
+    mean with a variance larger by their confidences' spread, at most rows / (4 (NULL_CELLS_PER_BIN bins)^2)."""
+    size = len(cells)
+    per_bin = size // bins
+    runs = min(per_bin, NULL_CELLS_PER_BIN)
+    cell = np.arange(size)
+    run = (cell // per_bin) * runs + (cell % per_bin) * runs // per_bin  # runs nest in bins, in order
+    counts = np.rint(np.bincount(run, weights=cells[:, 0], minlength=bins * runs)).astype(np.int64)
+    conf = np.bincount(run, weights=cells[:, 1], minlength=bins * runs)
+    filled = np.flatnonzero(counts)
+    p = np.clip(conf[filled] / counts[filled], 0.0, 1.0)
+    to_bin = np.zeros((len(filled), bins))
+    to_bin[np.arange(len(filled)), filled // runs] = 1.0
+    bin_rows, bin_conf = counts[filled] @ to_bin, conf[filled] @ to_bin
+    n = counts.sum()
+    eces, accuracy = np.empty(resamples), np.full((resamples, bins), np.nan)
+    occupied = np.flatnonzero(bin_rows > 0)
+    for chunk in np.array_split(np.arange(resamples), min(resamples, max(1, resamples * len(filled) // 2_000_000))):
+        hits = rng.binomial(counts[filled], p, size=(len(chunk), len(filled))) @ to_bin
+        eces[chunk] = np.abs(bin_conf - hits).sum(axis=1) / n
+        accuracy[np.ix_(chunk, occupied)] = hits[:, occupied] / bin_rows[occupied]
+    return eces, accuracy
+
+
+# ---------------------------------------------------------------------------------------------
 # Recalibration with scikit-learn's CalibratedClassifierCV, on probabilities already computed
 
 
@@ -210,10 +387,40 @@ def labelled_probabilities(ds: Dataset, classes: tuple) -> tuple[np.ndarray, np.
     return ds.predictions.proba[keep], index[keep], int((~keep).sum())
 
 
-class CalibrationAudit(Audit):
-    """ECE (equal width and equal mass), MCE, class-wise ECE, Brier, log loss, reliability diagrams, recalibration."""
+def _empty_side() -> State:
+    """A side's state: its labelled rows (``raw``) while there are at most exact_rows of them, else their ``summary``."""
+    return {"rows": 0, "dropped": 0, "raw": None, "summary": None}
+
+
+def _merge_side(a: State, b: State, cfg: CalibrationConfig) -> State:
+    rows = a["rows"] + b["rows"]
+    out = {"rows": rows, "dropped": a["dropped"] + b["dropped"], "raw": None, "summary": None}
+    held = [s for s in (a, b) if s["raw"] is not None or s["summary"] is not None]
+    if not held:
+        return out
+    if all(s["summary"] is None for s in held):
+        raws = [s["raw"] for s in held]
+        raw = raws[0] if len(raws) == 1 else {key: np.concatenate([r[key] for r in raws]) for key in ("proba", "index")}
+        if rows <= cfg.exact_rows:
+            out["raw"] = raw
+            return out
+        held = [{"raw": raw, "summary": None}]
+    cells = grid_cells(cfg.histogram_bins, cfg.bins)
+    out["summary"] = reduce(add_summaries, [s["summary"] if s["summary"] is not None
+                                            else summarise(s["raw"]["proba"], s["raw"]["index"], cfg.bins, cells)
+                                            for s in held])
+    return out
+
+
+class CalibrationAudit(PartialAudit):
+    """ECE (equal width and equal mass), MCE, class-wise ECE, Brier, log loss, reliability diagrams, recalibration.
+
+    On every row: each side's figures, noise floor, bins and diagrams from its merged state; the recalibrations from the
+    rows the context holds (see the module docstring).
+    """
 
     name = "calibration"
+    mode = "partial"
     Config = CalibrationConfig
     requires = Requirements(labels="current", probabilities=True, tasks=("classification",), modalities=("tabular", "image", "text"))
     # ece_excess = ECE beyond the 95th percentile of a perfectly calibrated model's ECE on as many rows.
@@ -225,7 +432,21 @@ class CalibrationAudit(Audit):
     )
     description = "Calibration of predicted probabilities, reliability diagrams and a suggested recalibration."
 
-    def compute(self, context: AuditContext) -> AuditResult:
+    def init(self, context: AuditContext, fitted: Any) -> State:
+        return {side: _empty_side() for side in SIDES}
+
+    def update(self, state: State, partition: Dataset, context: AuditContext, fitted: Any) -> State:
+        if not partition.labelled or len(partition) == 0:
+            return state
+        proba, index, dropped = labelled_probabilities(partition, context.model.classes)
+        part = {"rows": len(index), "dropped": dropped, "summary": None,
+                "raw": {"proba": proba, "index": index.astype(np.int64)} if len(index) else None}
+        return {**state, partition.name: _merge_side(state[partition.name], part, self.config)}
+
+    def merge(self, a: State, b: State) -> State:
+        return {side: _merge_side(a[side], b[side], self.config) for side in SIDES}
+
+    def finalize(self, state: State, context: AuditContext, fitted: Any, population: dict[str, int]) -> AuditResult:
         cfg, classes = self.config, context.model.classes
         info: dict[str, str] = {
             "ece": "top-label ECE: confidence of the argmax class against its accuracy; bins are (lower, upper]",
@@ -234,52 +455,142 @@ class CalibrationAudit(Audit):
                           f"with the same confidences and rows ({cfg.null_resamples} consistency resamples)",
         }
         metrics: dict[str, float] = {}
-        data: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-        bin_tables, bands = [], {}
-        for ds in (context.reference, context.current):
-            if not ds.labelled:
+        bin_tables, bands, classwise = [], {}, []
+        binned = {}
+        for name in SIDES:
+            side = state[name]
+            if side["dropped"]:
+                info[f"{name}_dropped_rows"] = f"{side['dropped']} row(s) with a missing label or a class the model does not know"
+            if side["rows"] == 0:
                 continue
-            proba, index, dropped = labelled_probabilities(ds, classes)
-            if dropped:
-                info[f"{ds.name}_dropped_rows"] = f"{dropped} row(s) with a missing label or a class the model does not know"
-            if len(index) == 0:
-                continue
-            data[ds.name] = (proba, index)
-            values = probability_metrics(proba, index, cfg.bins)
-            conf = top_confidence(proba)
-            null_ece, null_accuracy = consistency_ece(conf, cfg.bins, "uniform", context.rng(f"calibration.null.{ds.name}"),
-                                                      cfg.null_resamples)
+            rng = context.rng(f"calibration.null.{name}")
+            if side["raw"] is not None:
+                values, tables, null_ece, null_accuracy, rows = self._exact_side(side["raw"], name, context, population, rng)
+            else:
+                values, tables, null_ece, null_accuracy, rows = self._binned_side(side["summary"], side["rows"], classes, rng)
+                binned[name] = values["ece_equal_mass_bound"]
             values["ece_null_quantile"] = float(np.quantile(null_ece, cfg.null_quantile))
             values["ece_excess"] = values["ece"] - values["ece_null_quantile"]
-            metrics.update({f"{ds.name}.{k}": v for k, v in values.items()})
-            for strategy in ("uniform", "quantile"):
-                table = expected_calibration_error(conf, proba.argmax(axis=1) == index, cfg.bins, strategy)[2]
-                bin_tables.append(table.assign(dataset=ds.name, binning="equal width" if strategy == "uniform" else "equal mass"))
+            metrics.update({f"{name}.{k}": v for k, v in values.items()})
+            bin_tables += [table.assign(dataset=name, binning=binning) for binning, table in tables.items()]
             filled = ~np.isnan(null_accuracy[0])
-            bands[ds.name] = np.full((2, null_accuracy.shape[1]), np.nan)
-            bands[ds.name][:, filled] = np.quantile(null_accuracy[:, filled], [0.05, 0.95], axis=0)
-        if "current" not in data:
+            bands[name] = np.full((2, null_accuracy.shape[1]), np.nan)
+            bands[name][:, filled] = np.quantile(null_accuracy[:, filled], [0.05, 0.95], axis=0)
+            classwise += [{"dataset": name, "class": str(label), **row} for label, row in zip(classes, rows, strict=True)]
+        if state["current"]["rows"] == 0:
             raise ValueError("no labelled current row has a label among the model's classes")
+        info["every_row"] = (
+            "ECE (both binnings), MCE, class-wise ECE, Brier, log loss, accuracy, the noise floor, the bins and the "
+            "diagrams: from every row reduced, " + ", ".join(f"{state[s]['rows']:,} labelled {s} row(s)" for s in SIDES if state[s]["rows"])
+        )
+        if binned:
+            info["binned"] = (
+                f"beyond {cfg.exact_rows:,} labelled rows a side is reduced to sums over bins: exact but for the "
+                f"equal-mass ECE, whose cuts sit on a {grid_cells(cfg.histogram_bins, cfg.bins):,}-cell confidence grid ("
+                + ", ".join(f"{s} within ±{b:.2g}" for s, b in binned.items())
+                + ", ece_equal_mass_bound), and the noise floor, drawn per run of grid cells (at most "
+                f"{NULL_CELLS_PER_BIN} a bin) at its mean confidence, not per row"
+            )
 
+        data: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        for ds in (context.reference, context.current):
+            if ds.labelled:
+                proba, index, _ = labelled_probabilities(ds, classes)
+                if len(index):
+                    data[ds.name] = (proba, index)
         recal_metrics, recal_table, recal_info = self._recalibrate(context, data)
         metrics.update(recal_metrics)
         info.update(recal_info)
+        sampled = [s for s in SIDES if population.get(s, len(context.dataset(s))) > len(context.dataset(s))]
+        if sampled:
+            info["recalibration_rows"] = (
+                "the recalibrations (recalibrated.*, temperature) are fits, which do not merge over partitions: fitted "
+                "and evaluated on the sample the context holds (" + ", ".join(
+                    f"{len(context.dataset(s)):,} of {population[s]:,} {s} rows" for s in SIDES if s in population)
+                + "), not on every row"
+            )
 
-        classwise = _classwise_table(data, classes, cfg.bins)
         artifacts = (
             Artifact.figure("reliability", _reliability_figure(bin_tables, bands, cfg.bins),
                             "Reliability diagrams (top label, equal-width bins) with bin counts"),
             Artifact.table("bins", pd.concat(bin_tables, ignore_index=True), "Per-bin confidence and accuracy"),
-            Artifact.table("classwise", classwise, "One-vs-rest calibration error per class"),
+            Artifact.table("classwise", pd.DataFrame(classwise), "One-vs-rest calibration error per class"),
             Artifact.table("recalibration", recal_table, "ECE, Brier and log loss after each recalibration"),
         )
         return AuditResult(audit=self.name, metrics=metrics, artifacts=artifacts, info=info)
+
+    def _exact_side(self, raw: State, name: str, context: AuditContext, population: dict[str, int],
+                    rng: np.random.Generator) -> tuple[dict[str, float], dict[str, pd.DataFrame], np.ndarray, np.ndarray, list]:
+        """Every figure of one side from its rows, as on one frame."""
+        cfg = self.config
+        proba, index = raw["proba"], raw["index"]
+        values = probability_metrics(proba, index, cfg.bins)
+        values["ece_equal_mass_bound"] = 0.0
+        conf, correct = top_confidence(proba), proba.argmax(axis=1) == index
+        null_ece, null_accuracy = consistency_ece(self._draw_order(conf, name, context, population), cfg.bins, "uniform",
+                                                  rng, cfg.null_resamples)
+        tables = {("equal width" if strategy == "uniform" else "equal mass"):
+                  expected_calibration_error(conf, correct, cfg.bins, strategy)[2] for strategy in ("uniform", "quantile")}
+        rows = []
+        for c in range(proba.shape[1]):
+            ece, mce, _ = expected_calibration_error(proba[:, c], index == c, cfg.bins, "uniform")
+            rows.append({"ece": ece, "mce": mce, "mean_probability": float(proba[:, c].mean()),
+                         "frequency": float((index == c).mean())})
+        return values, tables, null_ece, null_accuracy, rows
+
+    def _draw_order(self, conf: np.ndarray, name: str, context: AuditContext, population: dict[str, int]) -> np.ndarray:
+        """The confidences in the order the noise floor's draws go to: the context's, when the context holds every row
+        of the side (so the state's rows, in whatever order partitions merged, draw as the one frame does); otherwise
+        sorted, which any merge order reaches. Rows of equal confidence are interchangeable in the draws."""
+        ds = context.dataset(name)
+        if population.get(name) == len(ds) and ds.labelled:
+            proba, _, _ = labelled_probabilities(ds, context.model.classes)
+            ordered = top_confidence(proba)
+            if len(ordered) == len(conf) and np.array_equal(np.sort(ordered), np.sort(conf)):
+                return ordered
+        return np.sort(conf)
+
+    def _binned_side(self, summary: State, n: int, classes: tuple, rng: np.random.Generator
+                     ) -> tuple[dict[str, float], dict[str, pd.DataFrame], np.ndarray, np.ndarray, list]:
+        """Every figure of one side from its summary: exact but for the equal-mass ECE (bounded) and the noise floor."""
+        cfg, cells = self.config, summary["cells"]
+        uniform = cells.reshape(cfg.bins, -1, len(CELL_FIELDS)).sum(axis=1)
+        edges = np.arange(1, cfg.bins + 1) / cfg.bins
+        ece, mce, uniform_table = calibration_from_sums(edges, np.rint(uniform[:, 0]).astype(np.int64), uniform[:, 1], uniform[:, 2])
+        mass_edges, ends, bound = equal_mass_from_cells(cells, cfg.bins, summary["extent"])
+        mass = grouped(cells, ends)
+        ece_em, _, mass_table = calibration_from_sums(mass_edges, np.rint(mass[:, 0]).astype(np.int64), mass[:, 1], mass[:, 2])
+        rows = []
+        for c in range(len(classes)):
+            counts, p_sum, y_sum = summary["classwise"][c].T
+            class_ece, class_mce, _ = calibration_from_sums(edges, np.rint(counts).astype(np.int64), p_sum, y_sum)
+            rows.append({"ece": class_ece, "mce": class_mce, "mean_probability": float(p_sum.sum() / n),
+                         "frequency": float(y_sum.sum() / n)})
+        k = len(classes)
+        values = {
+            "ece": ece,
+            "ece_equal_mass": ece_em,
+            "mce": mce,
+            "classwise_ece": rows[1]["ece"] if k == 2 else float(np.mean([r["ece"] for r in rows])),
+            "brier": summary["brier_sum"] / n,
+            "log_loss": summary["log_loss_sum"] / n,
+            "accuracy": float(cells[:, 2].sum() / n),
+            "mean_confidence": float(cells[:, 1].sum() / n),
+            "rows": float(n),
+            "ece_equal_mass_bound": bound,
+        }
+        null_ece, null_accuracy = binned_consistency_ece(cells, cfg.bins, rng, cfg.null_resamples)
+        return values, {"equal width": uniform_table, "equal mass": mass_table}, null_ece, null_accuracy, rows
 
     def _recalibrate(self, context: AuditContext, data: dict[str, tuple[np.ndarray, np.ndarray]]
                      ) -> tuple[dict[str, float], pd.DataFrame, dict[str, str]]:
         cfg = self.config
         source = cfg.recalibration_data
         info: dict[str, str] = {}
+        if "current" not in data:  # every row has labelled current rows, but the sample the context holds has none
+            nan = {f"recalibrated.{m}.{key}": float("nan") for m in ("none", *RECALIBRATIONS) for key in ("ece", "brier", "log_loss")}
+            info["recalibration_data"] = "not fitted: the rows the context holds have no labelled current row"
+            return {**nan, "temperature": float("nan")}, pd.DataFrame({"method": ["none", *RECALIBRATIONS]}), info
         if source == "reference" and "reference" not in data:
             source = "current_split"
             info["recalibration_fallback"] = "the reference has no usable labels: fitted on half of the labelled current rows"
@@ -329,16 +640,6 @@ class CalibrationAudit(Audit):
         )
         table = pd.DataFrame(rows).T.rename_axis("method").reset_index()
         return metrics, table, info
-
-
-def _classwise_table(data: dict[str, tuple[np.ndarray, np.ndarray]], classes: tuple, bins: int) -> pd.DataFrame:
-    rows = []
-    for name, (proba, index) in data.items():
-        for c, label in enumerate(classes):
-            ece, mce, _ = expected_calibration_error(proba[:, c], index == c, bins, "uniform")
-            rows.append({"dataset": name, "class": str(label), "ece": ece, "mce": mce,
-                         "mean_probability": float(proba[:, c].mean()), "frequency": float((index == c).mean())})
-    return pd.DataFrame(rows)
 
 
 def _reliability_figure(bin_tables: list[pd.DataFrame], bands: dict[str, Any], bins: int) -> Figure:
