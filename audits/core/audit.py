@@ -77,6 +77,11 @@ class Audit(ABC):
         if not isinstance(self.config, self.Config):
             raise TypeError(f"{type(self).__name__} takes a {self.Config.__name__}, not {type(self.config).__name__}")
 
+    @classmethod
+    def thresholds_for(cls, config: AuditConfig) -> tuple[Threshold, ...]:
+        """The default thresholds of an audit so configured (one that turns a part off drops the checks of its metrics)."""
+        return cls.default_thresholds
+
     def skip_reason(self, context: AuditContext) -> str | None:
         return self.requires.unmet(context)
 

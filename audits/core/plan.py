@@ -110,7 +110,7 @@ class AuditPlan(BaseModel):
                 problems.extend(pydantic_problems(exc, (*here, "config")))
                 continue
             if spec.thresholds is None:  # the audit's defaults, renamed to this audit's id
-                thresholds = tuple(t.for_audit_id(cls.name, spec.audit_id) for t in cls.default_thresholds)
+                thresholds = tuple(t.for_audit_id(cls.name, spec.audit_id) for t in cls.thresholds_for(config))
             else:
                 thresholds = tuple(spec.thresholds)
             time_limit_s = spec.time_limit_s if spec.time_limit_s is not None else default_time_limit_s

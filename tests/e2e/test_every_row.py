@@ -80,6 +80,7 @@ PLAN = [
     {"audit": "data_quality", "config": {"expectations": [STRICT]}},
     {"audit": "performance"},
     {"audit": "shap", "config": {"rows": 40}},
+    {"audit": "drift", "config": {"domain_rows": 1000, "importance_repeats": 1}},
 ]
 
 
@@ -169,11 +170,18 @@ def test_a_shift_in_one_segment_of_2_percent_of_the_rows_is_found(world, cli_env
     for i in range(2):
         data.iloc[i * 50_000:(i + 1) * 50_000].to_parquet(folder / f"part-{i}.parquet", index=False)
     outcome = audit(world, cli_env, "segment-shift", {"engine": "local"},
-                    [{"audit": "ood", "config": {"scorers": ["knn", "pca"], "rows": 50, "percentile": 99, "max_rows": 8000}}], current="segment-shift")
+                    [{"audit": "ood", "config": {"scorers": ["knn", "pca"], "rows": 50, "percentile": 99, "max_rows": 8000}},
+                     {"audit": "drift", "config": {"domain_classifier": False}}], current="segment-shift")
     metrics = outcome["run"].data.metrics
     assert metrics["ood.rows"] == 100_000
     assert metrics["ood.flagged_share_any"] > 0.02 + 0.015 and metrics["ood.max_excess_z"] > 5
-    assert outcome["run"].data.tags["audit.verdict"] == "WARN"
+    assert outcome["run"].data.tags["audit.verdict"] == "WARN", outcome["output"][-2000:]
+    # drift, counted on every row: 2 % of the rows moved 6 sd is a Wasserstein distance of 0.12 reference sd (the
+    # reference sd of x1 is about 1), past the 0.1 floor, and no other feature moved
+    assert metrics["drift.rows.current"] == 100_000
+    assert metrics["drift.feature.x1.drifted"] == 1 and metrics["drift.feature.x2.drifted"] == 1
+    assert metrics["drift.feature.x1.effect"] == pytest.approx(0.02 * 6 / X["x1"].std(), abs=0.01 + metrics["drift.effect_bound_max"])
+    assert metrics["drift.drifted_features"] == 2
     with tempfile.TemporaryDirectory() as tmp:
         table = json.loads(Path(make_client(world.tracking_uri).download_artifacts(
             outcome["run"].info.run_id, "ood/most_unfamiliar.json", tmp)).read_text())

@@ -166,16 +166,42 @@ def test_prediction_drift_follows_the_features_the_model_uses(kind):
         assert used["label.ks_pvalue"] < 1e-10 and ignored["label.ks_pvalue"] > 1e-3
 
 
-def test_rows_are_capped_by_a_seeded_sample(tabular):
-    from tests.conftest import context_for, make_pipeline_model
+def test_beyond_max_rows_every_row_is_counted_and_scipy_lies_within_the_stated_bounds():
+    """Past max_rows a side the values are no longer kept: every row is counted into bins fitted on the sample, KS and
+    Wasserstein are read off the bins, and scipy's exact figures on all the rows lie within the bounds the audit states
+    (a heavy-tailed column included); categories are still counted exactly; any split and order gives the same."""
+    from tests.unit.test_partial import merged_result
 
-    X, y = tabular
-    model = make_pipeline_model(X, y, "gbm")
-    first, again, other = (run(context_for(model, X, y, seed=s), max_rows=100, domain_classifier=False) for s in (1, 1, 2))
-    assert first.metrics["rows.reference"] == 100 and first.metrics["rows.current"] == 100
-    assert first.metrics == again.metrics
-    pd.testing.assert_frame_equal(table(first), table(again))
-    assert table(first)["statistic"].tolist() != table(other)["statistic"].tolist()
+    rng = np.random.default_rng(7)
+    n = 40_000
+    X_ref, X_cur = frame(n, rng), frame(n, rng, shift=0.15, mix=(0.45, 0.35, 0.2))
+    X_ref["tail"], X_cur["tail"] = rng.lognormal(0, 2, n), rng.lognormal(0.1, 2, n)
+    X_cur.loc[rng.random(n) < 0.05, "n1"] = np.nan
+    model = DummyClassifier(strategy="prior").fit(X_ref, labels(n, rng))
+    context = context_of(model, X_ref, None, X_cur, None)
+    audit = DriftAudit(DriftConfig(max_rows=5000, domain_classifier=False))
+    result = merged_result(audit, context, 6, 0)
+    features = table(result).set_index("feature")
+    assert result.metrics["rows.reference"] == n and result.metrics["rows.current"] == n
+    assert "every row counted" in result.info["every_row"]
+    for column in [*NUMERIC, "tail"]:
+        r, c = X_ref[column].dropna().to_numpy(), X_cur[column].dropna().to_numpy()
+        row = features.loc[column]
+        exact_ks = ks_2samp(r, c).statistic
+        assert row["statistic"] - 1e-12 <= exact_ks <= row["statistic"] + row["ks_bound"] + 1e-12, column
+        assert row["ks_bound"] < 0.01
+        exact_effect = wasserstein_distance(r, c) / r.std(ddof=1)
+        assert row["effect"] - 1e-9 <= exact_effect <= row["effect"] + row["effect_bound"] + 1e-9, column
+        assert row["effect_bound"] < 0.05
+    assert features.loc["n0", "effect"] == pytest.approx(0.15, abs=0.02) and features.loc["n0", "drifted"]
+    assert not features.loc["n2", "drifted"]
+    assert features.loc["n1", "missing_current"] == pytest.approx(X_cur["n1"].isna().mean(), abs=1e-12)
+    for column in CATEGORICAL:
+        crosstab = pd.crosstab(pd.concat([X_ref[column], X_cur[column]]), np.r_[np.zeros(n), np.ones(n)])
+        assert features.loc[column, "pvalue"] == pytest.approx(chi2_contingency(crosstab.to_numpy()).pvalue, rel=1e-9)
+    again = table(merged_result(audit, context, 3, 1)).set_index("feature")
+    for column in ("statistic", "pvalue", "effect", "psi", "ks_bound", "effect_bound"):
+        np.testing.assert_allclose(again[column], features[column], rtol=1e-9, atol=1e-12)
 
 
 def test_configuration_is_validated_and_tiny_data_is_skipped(tabular):
