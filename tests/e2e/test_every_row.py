@@ -60,9 +60,9 @@ def spawned_workers() -> set[int]:
     return found
 
 
-def audit(world, cli_env, name: str, execution: dict, audits: list, current: str = "current") -> dict:
+def audit(world, cli_env, name: str, execution: dict, audits: list, current: str = "current", segments: tuple = ()) -> dict:
     config = write_config(world.folder, world.tracking_uri, name=f"{name}.yaml",
-                          data={"reference": "reference.parquet", "current": current, "target": "label"},
+                          data={"reference": "reference.parquet", "current": current, "target": "label", "segments": list(segments)},
                           execution=execution, audits=audits)
     with tempfile.TemporaryDirectory() as elsewhere:
         completed = subprocess.run([str(AUDITLENS), "audit", "--model", "models:/e2e-model/1", "--config", str(config),
@@ -81,14 +81,17 @@ PLAN = [
     {"audit": "performance"},
     {"audit": "shap", "config": {"rows": 40}},
     {"audit": "drift", "config": {"domain_rows": 1000, "importance_repeats": 1}},
+    {"audit": "calibration", "config": {"null_resamples": 50}},
+    {"audit": "conformal"},
+    {"audit": "segments"},
 ]
 
 
 @pytest.fixture(scope="module")
 def local_and_dask(world, cli_env):
     before = spawned_workers()
-    local = audit(world, cli_env, "local", {"engine": "local"}, PLAN)
-    dask = audit(world, cli_env, "dask", {"engine": "dask", "workers": 2}, PLAN)
+    local = audit(world, cli_env, "local", {"engine": "local"}, PLAN, segments=("colour",))
+    dask = audit(world, cli_env, "dask", {"engine": "dask", "workers": 2}, PLAN, segments=("colour",))
     return local, dask, before
 
 
@@ -121,6 +124,15 @@ def test_every_row_is_scored_and_checked_and_the_report_says_which_audits_sample
     assert rows["performance"] == "every row (25,000 reference, 60,000 current)"
     assert rows["data_quality"] == "fitted on the sample, applied to every row (25,000 reference, 60,000 current)"
     assert rows["shap"] == "a seeded sample: 20,000 of 25,000 reference rows, 20,000 of 60,000 current rows"
+    # the audits of how sure the model is, on every row too, each checked against scikit-learn on all 60,000 rows
+    proba = model.predict_proba(X)[:, 1]
+    assert rows["calibration"] == "every row (25,000 reference, 60,000 current)"
+    assert metrics["calibration.current.brier"] == pytest.approx(skm.brier_score_loss(y == "yes", proba), rel=1e-9)
+    for audit_id in ("drift", "conformal", "segments"):
+        assert rows[audit_id] == "fitted on the sample, applied to every row (25,000 reference, 60,000 current)"
+    assert metrics["drift.rows.current"] == 60_000
+    red = (X["colour"] == "red").to_numpy()
+    assert metrics["segments.colour.red.accuracy"] == pytest.approx(skm.accuracy_score(y[red], model.predict(X[red])), rel=1e-12)
 
 
 def test_a_fault_in_40_rows_of_a_million_is_found(world, cli_env, tmp_path_factory):
