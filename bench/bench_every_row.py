@@ -120,7 +120,8 @@ def measure_auditlens(folder: Path, reference: Path, model_path: Path, engine: s
         "data": {"reference": str(reference), "current": str(folder), "target": "label"},
         "execution": {"engine": engine, "workers": workers},
         "audits": [{"audit": "data_quality", "config": {"expectations": [STRICT], "data_docs": False}},
-                   {"audit": "performance"}, {"audit": "shap", "config": {"rows": 200}}],
+                   {"audit": "performance"}, {"audit": "drift"}, {"audit": "calibration"}, {"audit": "conformal"},
+                   {"audit": "shap", "config": {"rows": 200}}],
     }
     path = Path(tempfile.mkdtemp()) / "bench.yaml"
     path.write_text(yaml.safe_dump(config))

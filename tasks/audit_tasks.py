@@ -126,6 +126,8 @@ def record_audit(run: AuditRun, ref: ModelRef, loaded: LoadedSettings, inputs: A
 
 def _data_line(fp: dict, full: FullData | None) -> str:
     where = f"{fp['path']}" + (f" ({fp['files']} file(s), {fp['partitions']} partition(s))" if "partitions" in fp else "")
+    if str(fp.get("predictions", "")).startswith("read from"):
+        where += f"; predictions {fp['predictions']}"
     if fp["rows_used"] == fp["rows"]:
         return f"{where}: all {fp['rows']:,} rows; sha256 {fp['sha256'][:16]}…"
     every = "every-row audits read all of them, " if full is not None and full.states else ""

@@ -337,9 +337,9 @@ def domain_scores(domain: dict, X: pd.DataFrame, categorical: tuple[str, ...]) -
 # ------------------------------------------------------------------------------------ every row, in bins
 
 
-def numeric_part(values: np.ndarray, edges: np.ndarray, psi_edges: np.ndarray) -> dict:
-    """The additive summary of some values of a numeric column: rows per fine bin and the sum of their values, rows per
-    PSI bin, missing values, and count, mean, sum of squared deviations, min and max of the values present."""
+def numeric_part(values: np.ndarray, edges: np.ndarray) -> dict:
+    """The additive summary of some values of a numeric column: rows per fine bin and the sum of their values, missing
+    values, and count, mean, sum of squared deviations, min and max of the values present."""
     values = np.asarray(values, dtype=float)
     present = values[~np.isnan(values)]
     cells = np.searchsorted(edges, present, side="left")  # right-closed bins, as binned_counts
@@ -348,7 +348,6 @@ def numeric_part(values: np.ndarray, edges: np.ndarray, psi_edges: np.ndarray) -
     return {
         "counts": np.bincount(cells, minlength=len(edges) + 1).astype(np.int64),
         "sums": np.bincount(cells, weights=present, minlength=len(edges) + 1),
-        "psi": np.bincount(np.searchsorted(psi_edges, present, side="left"), minlength=len(psi_edges) + 1).astype(np.int64),
         "missing": int(len(values) - n), "n": int(n), "mean": mean,
         "m2": float(((present - mean) ** 2).sum()) if n else 0.0,
         "min": float(present.min()) if n else float("inf"), "max": float(present.max()) if n else float("-inf"),
@@ -362,7 +361,7 @@ def merge_numeric(a: dict | None, b: dict | None) -> dict | None:
     n = a["n"] + b["n"]
     delta = b["mean"] - a["mean"]
     return {
-        "counts": a["counts"] + b["counts"], "sums": a["sums"] + b["sums"], "psi": a["psi"] + b["psi"],
+        "counts": a["counts"] + b["counts"], "sums": a["sums"] + b["sums"],
         "missing": a["missing"] + b["missing"], "n": n,
         "mean": a["mean"] + delta * b["n"] / n if n else 0.0,
         "m2": a["m2"] + b["m2"] + (delta * delta * a["n"] * b["n"] / n if n else 0.0),
@@ -377,7 +376,17 @@ def binned_quantile(part: dict, edges: np.ndarray, q: float) -> float:
     return float(np.interp(q, cumulative, bounds))
 
 
-def binned_numeric_drift(ref: dict, cur: dict, edges: np.ndarray, scale: str = "std", epsilon: float = 1e-4) -> dict[str, float]:
+def fine_edges(reference: np.ndarray, bins: int, psi_bins: int) -> tuple[np.ndarray, np.ndarray]:
+    """The fine bins' edges (``bins`` quantiles of the reference, the PSI bins' edges among them) and, for each fine bin,
+    the PSI bin it lies in: PSI's counts are then sums of fine counts, and no row is binned twice."""
+    psi_edges = quantile_edges(reference, psi_bins)
+    edges = np.unique(np.concatenate([quantile_edges(reference, bins), psi_edges]))
+    lower = np.concatenate([[-np.inf], edges])  # a fine bin (e_(i-1), e_i] lies in PSI bin #{psi edges <= e_(i-1)}
+    return edges, np.searchsorted(psi_edges, lower, side="right")
+
+
+def binned_numeric_drift(ref: dict, cur: dict, edges: np.ndarray, psi_cells: np.ndarray, scale: str = "std",
+                         epsilon: float = 1e-4) -> dict[str, float]:
     """KS, normalised Wasserstein and PSI of two numeric columns summarised by ``numeric_part`` on the same bins, with
     the largest error binning can make in KS (``ks_bound``) and in the effect (``effect_bound``).
 
@@ -392,8 +401,10 @@ def binned_numeric_drift(ref: dict, cur: dict, edges: np.ndarray, scale: str = "
 
     n_r, n_c = ref["n"], cur["n"]
     with_missing = bool(ref["missing"] or cur["missing"])
-    psi_r = np.append(ref["psi"], ref["missing"]) if with_missing else ref["psi"]
-    psi_c = np.append(cur["psi"], cur["missing"]) if with_missing else cur["psi"]
+    width = int(psi_cells.max()) + 1
+    psi_r, psi_c = (np.bincount(psi_cells, weights=part["counts"], minlength=width) for part in (ref, cur))
+    if with_missing:
+        psi_r, psi_c = np.append(psi_r, ref["missing"]), np.append(psi_c, cur["missing"])
     out = {"psi": psi(psi_r, psi_c, epsilon) if n_r else float("nan")}
     if n_r == 0 or n_c == 0:
         return {**out, "statistic": float("nan"), "pvalue": float("nan"), "effect": float("nan"),
@@ -543,9 +554,9 @@ class DriftAudit(PartialAudit):
                 x = np.asarray(values, dtype=float)
                 present = x[~np.isnan(x)]
                 if len(present):
-                    edges[key] = (quantile_edges(present, cfg.bins), quantile_edges(present, cfg.psi_bins))
+                    edges[key] = fine_edges(present, cfg.bins, cfg.psi_bins)
                 else:
-                    edges[key] = (np.zeros(0), np.zeros(0))
+                    edges[key] = (np.zeros(0), np.zeros(1, dtype=np.int64))
         domain = None
         if cfg.domain_classifier:
             X_ref = context.reference.X.iloc[ref_rows][list(context.features)]
@@ -579,7 +590,7 @@ class DriftAudit(PartialAudit):
                 categorical[key] = self._merge_categories(categorical.get(key), part, state["kept"][key])
             else:
                 x = pd.Series(values).to_numpy(dtype=float, na_value=np.nan) if isinstance(values, pd.Series) else np.asarray(values, dtype=float)
-                numeric[key] = merge_numeric(numeric.get(key), numeric_part(x, *fitted["edges"][key]))
+                numeric[key] = merge_numeric(numeric.get(key), numeric_part(x, fitted["edges"][key][0]))
                 if raw is not None:
                     raw[key] = np.concatenate([raw[key], x]) if key in raw else x
         domain = state["domain"][side]
@@ -654,13 +665,13 @@ class DriftAudit(PartialAudit):
             shares = [part["counts"].get(MISSING, 0) / max(1, sum(part["counts"].values())) for part in (ref, cur)]
             summaries = [_categorical_summary(part["counts"]) for part in (ref, cur)]
         else:
-            empty = numeric_part(np.zeros(0), *fitted["edges"][key])
+            empty = numeric_part(np.zeros(0), fitted["edges"][key][0])
             ref, cur = (state["numeric"][s].get(key) or empty for s in ("reference", "current"))
             if exact:
                 values = [state["raw"][s].get(key, np.zeros(0)) for s in ("reference", "current")]
                 result = {**numeric_drift(*values, cfg.scale, cfg.psi_bins, cfg.psi_epsilon), "ks_bound": 0.0, "effect_bound": 0.0}
             else:
-                result = binned_numeric_drift(ref, cur, fitted["edges"][key][0], cfg.scale, cfg.psi_epsilon)
+                result = binned_numeric_drift(ref, cur, *fitted["edges"][key], cfg.scale, cfg.psi_epsilon)
             shares = [part["missing"] / max(1, part["missing"] + part["n"]) for part in (ref, cur)]
             summaries = [_numeric_summary(part) for part in (ref, cur)]
         return {**result, "missing": shares, "summaries": summaries}

@@ -142,13 +142,16 @@ def frame_sha256(frame: pd.DataFrame) -> str:
 
 
 def resolve_features(
-    columns: list[str], target: str | None, configured: list[str] | None, model_features: list[str] | None
+    columns: list[str], target: str | None, configured: list[str] | None, model_features: list[str] | None,
+    exclude: list[str] | tuple[str, ...] = (),
 ) -> list[str]:
+    """The configured features, else the model's own, else every column but the target and ``exclude`` (the columns
+    that hold the model's predictions)."""
     if configured:
         return list(configured)
     if model_features:
         return list(model_features)
-    return [c for c in columns if c != target]
+    return [c for c in columns if c != target and c not in exclude]
 
 
 def check_numeric(frame: pd.DataFrame, numeric: list[str] | tuple[str, ...], where: str, offset: int = 0, scope: str = "") -> None:

@@ -6,9 +6,10 @@ import dataclasses
 import time
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
-from audits.core.context import ModelUnderAudit, infer_categorical
+from audits.core.context import Dataset, ModelUnderAudit, infer_categorical
 from audits.core.partial import FullData, PartialAudit, audit_mode
 from tasks.adapters.datasets import check_columns, frame_sha256
 from tasks.adapters.errors import DataError
@@ -32,6 +33,61 @@ def numeric_columns(source: Source, features: list[str], encoding: str) -> tuple
     head = pd.read_csv(source.files[0], encoding=encoding, usecols=lambda c: c in set(features), nrows=10_000)
     return tuple(f for f in features if f in head.columns and pd.api.types.is_numeric_dtype(head[f])
                  and not pd.api.types.is_bool_dtype(head[f]))
+
+
+def prediction_columns(data: Any, model: ModelUnderAudit, sources: dict[str, Source]) -> tuple[str | None, tuple[str, ...]]:
+    """The label's column and the probability columns in the model's class order, checked against the model and the
+    data; (None, ()) when the model scores every row itself."""
+    columns = data.prediction_columns
+    if columns is None:
+        return None, ()
+    probabilities = columns.probabilities or {}
+    if model.task == "regression" and probabilities:
+        raise DataError(f"data.prediction_columns.probabilities is set, but {model.label} is a regressor",
+                        "remove probabilities (a regressor's prediction is the label column alone)")
+    proba: tuple[str, ...] = ()
+    if model.task == "classification" and model.predict_proba is not None:
+        classes = [str(c) for c in model.classes or ()]
+        if set(probabilities) != set(classes):
+            raise DataError(f"data.prediction_columns.probabilities names classes {sorted(probabilities)}; {model.label} has "
+                            f"classes {classes[:20]} and gives a probability for each",
+                            "map every class of the model to the column of its predicted probability (calibration, ROC-AUC "
+                            "and conformal sets need them)")
+        proba = tuple(probabilities[c] for c in classes)
+    wanted = (columns.label, *proba)
+    for role, source in sources.items():
+        missing = [c for c in wanted if c not in source.columns]
+        if missing and len(missing) < len(wanted):
+            raise DataError(f"{role} data {source.spec} lacks the prediction column(s) {missing} named in data.prediction_columns",
+                            "add the model's predictions to the data, or remove data.prediction_columns to let auditlens score every row")
+    if not any(columns.label in source.columns for source in sources.values()):
+        raise DataError(f"neither dataset has the prediction column(s) {list(wanted)} named in data.prediction_columns",
+                        "add the model's predictions to the data, or remove data.prediction_columns to let auditlens score every row")
+    return columns.label, proba
+
+
+def check_prediction_columns(model: ModelUnderAudit, ds: Dataset, sample: pd.DataFrame, label: str, proba: tuple[str, ...],
+                             tolerance: float, source: Source) -> str:
+    """The predictions in the data equal the model's on every row of the sample, or an error: an audit of this model
+    version audits its predictions, not someone else's. Returns how the predictions were obtained, in words."""
+    given = sample[label].to_numpy()
+    own = ds.predictions.labels
+    if model.task == "regression":
+        wrong = ~np.isclose(pd.to_numeric(pd.Series(given), errors="coerce").to_numpy(dtype=float),
+                            np.asarray(own, dtype=float), rtol=tolerance, atol=tolerance)
+    else:
+        wrong = pd.Series(given).astype(str).to_numpy() != pd.Series(own).astype(str).to_numpy()
+    if proba and ds.predictions.proba is not None:
+        values = sample[list(proba)].to_numpy(dtype=float, na_value=np.nan)
+        wrong |= ~(np.abs(values - ds.predictions.proba) <= tolerance).all(axis=1)
+    if wrong.any():
+        first = int(np.flatnonzero(wrong)[0])
+        raise DataError(f"{ds.name} data {source.spec}: the predictions in data.prediction_columns disagree with {model.label} "
+                        f"on {int(wrong.sum()):,} of {len(wrong):,} sampled rows (e.g. {label}={given[first]!r} where the "
+                        f"model says {own[first]!r}): they were not made by this model version",
+                        "score the data with this version, or remove data.prediction_columns to let auditlens score every row")
+    return (f"read from {', '.join([label, *proba])}; equal to {model.label}'s own on all {len(wrong):,} sampled rows "
+            f"(tolerance {tolerance:g})")
 
 
 def _checked_survey(result: Survey, source: Source, features: list[str], target: str | None, required: bool) -> bool:
@@ -80,9 +136,11 @@ def _assemble(ref, loaded, model, baseline, baseline_note, features, sources, mo
         if missing:
             raise DataError(f"{role} data {source.spec} lacks segment column(s) {missing} named in data.segments",
                             "add the columns to the data or remove them from data.segments")
+    label_column, proba_columns = prediction_columns(data, model, sources)
     plan = PassPlan(features=tuple(features), target=data.target, segments=tuple(data.segments),
                     numeric=numeric_columns(sources["reference"], features, data.encoding), encoding=data.encoding,
-                    seed=settings.seed, chunk_rows=execution.partition_rows)
+                    seed=settings.seed, chunk_rows=execution.partition_rows,
+                    prediction_label=label_column, prediction_proba=proba_columns)
     budgets = {"reference": settings.sampling.reference_rows, "current": settings.sampling.current_rows}
     timings = timings if timings is not None else {}
     clock = time.perf_counter()
@@ -106,6 +164,13 @@ def _assemble(ref, loaded, model, baseline, baseline_note, features, sources, mo
         sources=(sources["reference"].spec, sources["current"].spec), baseline=baseline, baseline_note=baseline_note,
         segments=(frames["reference"][2], frames["current"][2]), modality=modality,
     )
+    predictions = {role: f"{model.label}, on every row" for role in sources}
+    if label_column:  # a side without the columns (the training data, often) is scored by the model
+        for role, result in surveys.items():
+            if label_column not in sources[role].columns:
+                continue
+            predictions[role] = check_prediction_columns(model, context.dataset(role), result.sample, label_column,
+                                                          proba_columns, data.prediction_columns.tolerance, sources[role])
     timings["sample_context_s"] = time.perf_counter() - clock - timings["survey_s"]
     plan = dataclasses.replace(plan, labels_from_proba=labels_follow_proba(model, context))
     partials: list[tuple[str, PartialAudit, Any]] = []
@@ -145,5 +210,6 @@ def _assemble(ref, loaded, model, baseline, baseline_note, features, sources, mo
             "labelled": y is not None,
             "files": len(source.files),
             "partitions": surveys[role].partitions,
+            "predictions": predictions[role],
         }
     return AuditInputs(context, fingerprints, full)

@@ -50,9 +50,14 @@ class PassPlan:
     # the model's labels are its classes' argmax of predict_proba (checked on the sample, for estimators whose predict is
     # defined so): one pass through the model per partition instead of two
     labels_from_proba: bool = False
+    # the model's predictions read from the data (data.prediction_columns): the label's column, and one column of
+    # probabilities per class in the model's order; the model is then not sent to the workers
+    prediction_label: str | None = None
+    prediction_proba: tuple[str, ...] = ()
 
     def columns(self, source_columns: tuple[str, ...]) -> list[str]:
-        wanted = [*self.features, *([self.target] if self.target else []), *self.segments]
+        wanted = [*self.features, *([self.target] if self.target else []), *self.segments,
+                  *([self.prediction_label] if self.prediction_label else []), *self.prediction_proba]
         return [c for c in dict.fromkeys(wanted) if c in source_columns]
 
 
@@ -132,21 +137,10 @@ def score_fragment(fragment: Fragment, plan: PassPlan, columns: list[str], model
     rows = 0
     for chunk in read_fragment(fragment, columns, plan.encoding, plan.chunk_rows):
         X = chunk[list(plan.features)]
-        try:
-            proba = model.predict_proba(X) if model.predict_proba is not None else None
-            if plan.labels_from_proba and proba is not None:
-                labels = np.asarray(model.classes, dtype=object)[np.asarray(proba).argmax(axis=1)]
-                labels = labels.astype(np.asarray(model.classes).dtype)
-            else:
-                labels = model.predict(X)
-            predictions = checked_predictions(model, len(X), labels, proba)
-        except InvalidPredictions as exc:
-            raise ModelOutputError(f"{model.label} answered, but not with one valid prediction per row of {fragment.label} "
-                                   f"(rows {rows}-{rows + len(X) - 1}): {exc}",
-                                   "fix the model (or the rows that make it answer so); every audit would compute on these predictions") from None
-        except Exception as exc:
-            raise DataError(f"{model.label} cannot predict on {fragment.role} data {fragment.label} ({type(exc).__name__}: {exc})",
-                            "check that the columns and their types match what the model was trained on") from None
+        if plan.prediction_label and plan.prediction_label in chunk.columns:
+            predictions = _read_predictions(chunk, plan, model, fragment, rows)
+        else:
+            predictions = _predict(X, plan, model, fragment, rows)
         y = chunk[plan.target] if labelled and plan.target in chunk.columns else None
         segments = chunk[list(plan.segments)] if plan.segments else None
         partition = Dataset(fragment.role, X, y, predictions, fragment.path, segments)
@@ -167,6 +161,48 @@ def score_fragment(fragment: Fragment, plan: PassPlan, columns: list[str], model
         except TypeError as exc:
             errors[audit_id] = f"its state cannot be sent without pickle: {exc}"
     return {"rows": rows, "states": encoded, "errors": errors}
+
+
+def _read_predictions(chunk: pd.DataFrame, plan: PassPlan, model: ModelUnderAudit, fragment: Fragment, rows: int):
+    labels = chunk[plan.prediction_label].to_numpy()
+    proba = chunk[list(plan.prediction_proba)].to_numpy(dtype=float, na_value=np.nan) if plan.prediction_proba else None
+    try:
+        return checked_predictions(model, len(chunk), labels, proba)
+    except InvalidPredictions as exc:
+        message = str(exc).replace("predict_proba returned", "the probability columns hold").replace("predict returned", "the label column holds")
+        raise DataError(f"the predictions in data.prediction_columns of {fragment.label} (rows {rows}-{rows + len(chunk) - 1}) "
+                        f"are not one valid prediction per row: {message}",
+                        "fix the columns, or remove data.prediction_columns to let auditlens score every row with the model") from None
+
+
+def _predict(X: pd.DataFrame, plan: PassPlan, model: ModelUnderAudit, fragment: Fragment, rows: int):
+    try:
+        proba = model.predict_proba(X) if model.predict_proba is not None else None
+        if plan.labels_from_proba and proba is not None:
+            labels = np.asarray(model.classes, dtype=object)[np.asarray(proba).argmax(axis=1)]
+            labels = labels.astype(np.asarray(model.classes).dtype)
+        else:
+            labels = model.predict(X)
+        return checked_predictions(model, len(X), labels, proba)
+    except InvalidPredictions as exc:
+        raise ModelOutputError(f"{model.label} answered, but not with one valid prediction per row of {fragment.label} "
+                               f"(rows {rows}-{rows + len(X) - 1}): {exc}",
+                               "fix the model (or the rows that make it answer so); every audit would compute on these predictions") from None
+    except Exception as exc:
+        raise DataError(f"{model.label} cannot predict on {fragment.role} data {fragment.label} ({type(exc).__name__}: {exc})",
+                        "check that the columns and their types match what the model was trained on") from None
+
+
+def _not_on_the_workers(X: Any) -> Any:
+    raise RuntimeError("the model is not sent to the workers when its predictions come from data.prediction_columns")
+
+
+def without_model_code(model: ModelUnderAudit) -> ModelUnderAudit:
+    """What the workers need of a model whose predictions are read from the data: its task and classes, not its code."""
+    from dataclasses import replace
+
+    return replace(model, predict=_not_on_the_workers, estimator=None,
+                   predict_proba=_not_on_the_workers if model.predict_proba is not None else None)
 
 
 # scikit-learn classifiers whose predict is the class of the largest predicted probability (or of a decision function
@@ -292,6 +328,12 @@ def score(engine: Any, sources: dict[str, Source], plan: PassPlan, model: ModelU
           partials: list[tuple[str, PartialAudit, Any]], partition_rows: int) -> tuple[dict[str, State], dict[str, str], dict[str, int]]:
     """The merged state of each partial audit over every row of both sides; errors by audit id; rows scored per side."""
     merged: dict[str, State] = {audit_id: audit.init(context, fitted) for audit_id, audit, fitted in partials}
+    if plan.prediction_label and all(plan.prediction_label in s.columns for s in sources.values()):
+        # every prediction is in the data: the model's code stays in this process
+        from dataclasses import replace
+
+        model = without_model_code(model)
+        context = replace(context, model=model, baseline=None)
     errors: dict[str, str] = {}
     rows = {role: 0 for role in sources}
     by_id = {audit_id: audit for audit_id, audit, _ in partials}

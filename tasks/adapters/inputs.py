@@ -66,7 +66,7 @@ def preflight_data(loaded: LoadedSettings) -> None:
     ref_columns = _header(loaded, "reference")
     if not ref_columns:
         raise DataError(f"reference data {ref_path} is empty (no header, no rows)", "point data.reference at the training data")
-    features = resolve_features(ref_columns, data.target, data.features, None)
+    features = resolve_features(ref_columns, data.target, data.features, None, data.prediction_column_names())
     check_columns("reference", ref_path, ref_columns, features, data.target, target_required=True)
     cur_columns = _header(loaded, "current")
     if not cur_columns:
@@ -91,6 +91,8 @@ def _needs_every_row_pass(sources: dict[str, Source], settings) -> bool:
     """Partitioned data, a Dask engine, or a side larger than its sample budget: read by partition, every row counted.
     Anything else fits one frame and keeps the one-frame path (the same numbers as ever)."""
     if settings.execution.engine != "local" or any(s.partitioned for s in sources.values()):
+        return True
+    if settings.data.prediction_columns is not None:  # read with the data, on the every-row path whatever the size
         return True
     budgets = {"reference": settings.sampling.reference_rows, "current": settings.sampling.current_rows}
     return any(s.estimated_rows() > budgets[role] for role, s in sources.items())
@@ -129,8 +131,11 @@ def assemble(ref: ModelRef, loaded: LoadedSettings, client) -> AuditInputs:
     baseline, baseline_note = load_baseline(ref, settings.model.baseline_alias, client, settings.model.task, settings.model.device)
     ref_path, cur_path = loaded.data_path("reference"), loaded.data_path("current")
     features = resolve_features(_header(loaded, "reference"), settings.data.target, settings.data.features,
-                                _model_features(model))
+                                _model_features(model), settings.data.prediction_column_names())
     modality, input_shape = settings.data.modality, None
+    if settings.data.prediction_columns is not None and modality != "tabular":
+        raise DataError(f"data.prediction_columns is for tabular data; this audit's data is {modality}",
+                        "remove data.prediction_columns: auditlens scores images and texts with the model")
     if modality == "text" and len(features) != 1:
         raise DataError(f"a text audit reads one column of raw text; the features are {features[:20]}",
                         "name the text column alone under data.features")

@@ -43,6 +43,16 @@ class StrictModel(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
+class PredictionColumns(StrictModel):
+    """The model's predictions already in the data (scored in the user's own engine): every row's are read from these
+    columns and the model is not sent to the workers. The model still predicts on the sample, and columns that disagree
+    with it there are refused: an audit of this version must audit this version's predictions."""
+
+    label: str  # the predicted class (classifiers) or value (regressors)
+    probabilities: dict[str, str] | None = None  # classifiers: class -> the column of its predicted probability
+    tolerance: float = Field(1e-6, ge=0, le=0.5)  # largest difference from the model's own values on the sample
+
+
 class DataSources(StrictModel):
     reference: str  # what the model was trained on
     current: str  # what it sees now
@@ -54,6 +64,11 @@ class DataSources(StrictModel):
     # text (one column of raw strings, named in data.features unless it is the only non-target column)
     modality: Literal["tabular", "image", "text"] = "tabular"
     encoding: str = "utf-8"  # of CSV files (e.g. latin-1, cp1252); Parquet and .npz files carry their own
+    prediction_columns: PredictionColumns | None = None  # tabular data only; read by partition, every row
+
+    def prediction_column_names(self) -> list[str]:
+        columns = self.prediction_columns
+        return [] if columns is None else [columns.label, *(columns.probabilities or {}).values()]
 
     @field_validator("encoding")
     @classmethod

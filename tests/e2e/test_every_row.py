@@ -64,6 +64,10 @@ def audit(world, cli_env, name: str, execution: dict, audits: list, current: str
     config = write_config(world.folder, world.tracking_uri, name=f"{name}.yaml",
                           data={"reference": "reference.parquet", "current": current, "target": "label", "segments": list(segments)},
                           execution=execution, audits=audits)
+    return audit_with_config(world, cli_env, config, name)
+
+
+def audit_with_config(world, cli_env, config: Path, name: str) -> dict:
     with tempfile.TemporaryDirectory() as elsewhere:
         completed = subprocess.run([str(AUDITLENS), "audit", "--model", "models:/e2e-model/1", "--config", str(config),
                                     "--fail-on", "never"], env=cli_env, cwd=elsewhere, capture_output=True, text=True, timeout=600)
@@ -200,3 +204,45 @@ def test_a_shift_in_one_segment_of_2_percent_of_the_rows_is_found(world, cli_env
     frame = pd.DataFrame(table["data"], columns=table["columns"])
     assert len(frame) == 50 and (frame["feature: x1"] > 3).mean() > 0.9  # the planted rows, found among all 100,000
     assert frame["row"].str.startswith("part-").all()
+
+
+def test_predictions_scored_elsewhere_are_read_from_the_data_and_must_be_the_models(world, cli_env, local_and_dask):
+    """A user who scored the data in their own engine names the columns (data.prediction_columns): on a two-worker
+    cluster, every row's predictions come from them, and the record equals the one where auditlens scored every row.
+    Columns the model did not produce are refused before any run opens (checked against the model on the sample)."""
+    local, _, _ = local_and_dask
+    model = mlflow.sklearn.load_model(make_client(world.tracking_uri).get_model_version("e2e-model", "1").source)
+    scored, forged = world.folder / "scored", world.folder / "forged"
+    scored.mkdir()
+    forged.mkdir()
+    for part in sorted((world.folder / "current").glob("*.parquet")):
+        frame = pd.read_parquet(part)
+        X = frame.drop(columns="label")
+        proba = model.predict_proba(X)
+        frame = frame.assign(predicted=model.predict(X), p_no=proba[:, 0], p_yes=proba[:, 1])
+        frame.to_parquet(scored / part.name, index=False, row_group_size=5_000)
+        if part.name.endswith("-02.parquet"):  # one file of six whose predictions another model made
+            frame["predicted"] = np.where(frame["predicted"] == "yes", "no", "yes")
+        frame.to_parquet(forged / part.name, index=False)
+    columns = {"label": "predicted", "probabilities": {"no": "p_no", "yes": "p_yes"}}
+    write = lambda name, current: write_config(  # noqa: E731
+        world.folder, world.tracking_uri, name=f"{name}.yaml", execution={"engine": "dask", "workers": 2}, audits=PLAN,
+        data={"reference": "reference.parquet", "current": current, "target": "label", "segments": ["colour"],
+              "prediction_columns": columns})
+    outcome = audit_with_config(world, cli_env, write("scored", "scored"), "scored")
+    a, b = local["run"].data.metrics, outcome["run"].data.metrics
+    assert a.keys() == b.keys()
+    for key in a:
+        assert b[key] == pytest.approx(a[key], rel=1e-12, abs=1e-12), key
+    assert outcome["run"].data.params["data.current.predictions"].startswith("read from predicted, p_no, p_yes; equal to")
+    assert outcome["run"].data.params["data.reference.predictions"] == "e2e-model v1, on every row"
+
+    client = make_client(world.tracking_uri)
+    before = client.search_runs([client.get_experiment_by_name("auditlens/e2e-model").experiment_id], max_results=1000)
+    with tempfile.TemporaryDirectory() as elsewhere:
+        refused = subprocess.run([str(AUDITLENS), "audit", "--model", "models:/e2e-model/1", "--config",
+                                  str(write("forged", "forged"))], env=cli_env, cwd=elsewhere, capture_output=True, text=True, timeout=600)
+    assert refused.returncode == 2, refused.stdout + refused.stderr
+    assert "disagree with e2e-model v1" in refused.stderr and "not made by this model version" in refused.stderr
+    after = client.search_runs([client.get_experiment_by_name("auditlens/e2e-model").experiment_id], max_results=1000)
+    assert len(after) == len(before)

@@ -17,7 +17,7 @@ from audits.core.context import ModelUnderAudit, build_context
 from audits.core.plan import PlannedAudit
 from audits.core.result import Verdict
 from audits.core.runner import run_planned
-from audits.uncertainty.drift import DriftAudit, DriftConfig, correct
+from audits.uncertainty.drift import DriftAudit, DriftConfig, correct, numeric_psi
 from tests.unit.test_contract import check_audit_contract
 
 NUMERIC = [f"n{i}" for i in range(8)]
@@ -193,6 +193,8 @@ def test_beyond_max_rows_every_row_is_counted_and_scipy_lies_within_the_stated_b
         exact_effect = wasserstein_distance(r, c) / r.std(ddof=1)
         assert row["effect"] - 1e-9 <= exact_effect <= row["effect"] + row["effect_bound"] + 1e-9, column
         assert row["effect_bound"] < 0.05
+        # PSI's bins are among the fine ones: exact (here the sample is every row, so its deciles are the reference's)
+        assert row["psi"] == pytest.approx(numeric_psi(X_ref[column].to_numpy(), X_cur[column].to_numpy()), rel=1e-9)
     assert features.loc["n0", "effect"] == pytest.approx(0.15, abs=0.02) and features.loc["n0", "drifted"]
     assert not features.loc["n2", "drifted"]
     assert features.loc["n1", "missing_current"] == pytest.approx(X_cur["n1"].isna().mean(), abs=1e-12)

@@ -130,3 +130,44 @@ def test_labels_come_from_probabilities_only_where_predict_is_their_argmax(class
     ds = classifier_context.current
     flipped = replace(ds, predictions=replace(ds.predictions, labels=np.where(ds.predictions.labels == "yes", "no", "yes")))
     assert not labels_follow_proba(classifier_context.model, replace(classifier_context, current=flipped))
+
+
+def test_predictions_read_from_the_data_need_no_model_code(classifier_context, tmp_path):
+    """With data.prediction_columns on both sides, every row's predictions come from the columns and the model sent to
+    the partitions has no code (a call would raise); the merged state equals the one of the model's own predictions.
+    Invalid columns are refused with the row they start at."""
+    from audits.core.partial import reduce_partitions
+    from audits.performance import PerformanceAudit
+    from tasks.adapters.full_pass import score
+
+    context = classifier_context
+    features = list(context.features)
+    sources = {}
+    for ds in (context.reference, context.current):
+        frame = ds.X.assign(label=ds.y.to_numpy(), predicted=ds.predictions.labels,
+                            p_no=ds.predictions.proba[:, 0], p_yes=ds.predictions.proba[:, 1])
+        write_parquet_dataset(tmp_path / ds.name, [frame.iloc[:100], frame.iloc[100:]])
+        sources[ds.name] = open_source(ds.name, str(tmp_path / ds.name), tmp_path)
+    plan = PassPlan(features=tuple(features), target="label", segments=(), numeric=(), encoding="utf-8", seed=0,
+                    chunk_rows=1000, prediction_label="predicted", prediction_proba=("p_no", "p_yes"))
+    audit = PerformanceAudit()
+
+    def boom(X):
+        raise AssertionError("the model was called")
+
+    from dataclasses import replace
+
+    poisoned = replace(context.model, predict=boom, predict_proba=boom)
+    states, errors, rows = score(LocalEngine(), sources, plan, poisoned, replace(context, model=poisoned),
+                                 [("performance", audit, None)], 1000)
+    assert errors == {} and rows == {"reference": len(context.reference), "current": len(context.current)}
+    expected = reduce_partitions(audit, context, None, (context.reference, context.current))
+    population = {"reference": len(context.reference), "current": len(context.current)}
+    got, want = (audit.finalize(state, context, None, population).metrics for state in (states["performance"], expected))
+    assert got.keys() == want.keys() and all(got[k] == pytest.approx(want[k], rel=1e-12, nan_ok=True) for k in want)
+
+    broken = context.current.X.assign(label=context.current.y.to_numpy(), predicted="maybe", p_no=0.5, p_yes=0.5)
+    write_parquet_dataset(tmp_path / "broken", [broken])
+    sources["current"] = open_source("current", str(tmp_path / "broken"), tmp_path)
+    with pytest.raises(DataError, match=r"prediction_columns .* not one valid prediction per row: the label column holds 'maybe' \(row 0\)"):
+        score(LocalEngine(), sources, plan, context.model, context, [("performance", audit, None)], 1000)
