@@ -7,12 +7,14 @@ clear error and leaves no run behind. A run exists only for an audit that ran.
 
 from __future__ import annotations
 
+import contextlib
 from datetime import datetime, timezone
 
 from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 
-from tasks.audit_tasks import fail_audit_run, input_failed, load_config, load_inputs, open_audit_run, record_audit, resolve, run_one
+from tasks.audit_tasks import (audit_cluster, fail_audit_run, input_failed, load_config, load_inputs, open_audit_run, record_audit,
+                               resolve, run_audits)
 from tasks.adapters.deployments import resolve_pattern
 from tasks.adapters.errors import AuditlensError, TrackingServerError
 from tasks.adapters.mlflow_sink import Heartbeat, redact
@@ -37,20 +39,26 @@ def audit_model(model_uri: str, config_path: str, tracking_uri: str | None = Non
     store = loaded.tracking_uri(tracking_uri)
     ref = resolve(model_uri, store)
     logger.info("Auditing %s (%s) with %s; recording to %s", ref.label, ref.load_uri, loaded.path.name, redact(store))
-    try:
-        inputs = load_inputs(ref, loaded, store)
-    except AuditlensError as exc:
-        # no run: the input is wrong, nothing was audited. A version whose state the watcher or the webhook keeps
-        # (it names this flow run) says 'failed' with the reason, so that the attempt counts.
-        input_failed(ref, store, str(flow_run.id), f"{type(exc).__name__}: {exc}")
-        raise
+    with contextlib.ExitStack() as cluster:  # execution.engine dask: one cluster for the partitions and the audits
+        try:
+            pinned, address = cluster.enter_context(audit_cluster(loaded))
+            inputs = load_inputs(ref, pinned, store)
+        except AuditlensError as exc:
+            # no run: the input is wrong, nothing was audited. A version whose state the watcher or the webhook keeps
+            # (it names this flow run) says 'failed' with the reason, so that the attempt counts.
+            input_failed(ref, store, str(flow_run.id), f"{type(exc).__name__}: {exc}")
+            raise
+        return _audit(ref, loaded, store, inputs, address, reason)
+
+
+def _audit(ref, loaded, store: str, inputs, address: str | None, reason: str) -> dict:
+    logger = get_run_logger()
     run = open_audit_run(ref, loaded, store, audit_key=f"prefect:{flow_run.id}", reason=reason)
     # proof of life on the run until it is ended: a process killed outright (SIGKILL, OOM) cannot end its run, and
     # the watcher and `auditlens doctor` tell it from a slow one by the heartbeat alone
     heartbeat = Heartbeat(run.tracking_uri, run.run_id, loaded.settings.mlflow.heartbeat_s).start()
     try:
-        futures = [run_one.with_options(task_run_name=f"audit-{p.id}").submit(p, inputs.context, inputs.full) for p in loaded.plan]
-        results = [future.result() for future in futures]
+        results = run_audits(loaded.plan, inputs.context, inputs.full, address)
         for result in results:
             logger.info("%-14s %-7s %.1fs  %s", result.audit, result.verdict.value, result.duration_s, result.reason[:160])
         summary = record_audit(run, ref, loaded, inputs, results)

@@ -6,6 +6,9 @@ Tasks that take models or DataFrames never cache (hashing them is slow and meani
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -21,6 +24,7 @@ from audits.core.runner import overall_verdict, run_planned
 from audits.report import markdown_summary, render_report
 from tasks.adapters import provenance
 from tasks.adapters.errors import AuditlensError
+from tasks.adapters.full_pass import cluster_address
 from tasks.adapters.inputs import AuditInputs, assemble_in_time
 from tasks.adapters.mlflow_sink import AuditRun, MlflowSink, redact
 from tasks.adapters.models import ModelRef, resolve_model
@@ -83,6 +87,35 @@ def load_inputs(ref: ModelRef, loaded: LoadedSettings, tracking_uri: str) -> Aud
 @task(name="audit", cache_policy=NO_CACHE)
 def run_one(planned: PlannedAudit, context: AuditContext, full: FullData | None = None) -> AuditResult:
     return run_planned(planned, context, full)
+
+
+@contextlib.contextmanager
+def audit_cluster(loaded: LoadedSettings) -> Iterator[tuple[LoadedSettings, str | None]]:
+    """The settings the inputs are loaded with and the Dask scheduler's address: with ``execution.engine: dask``, one
+    cluster (the configured one, or a LocalCluster started here and stopped when the audit ends) reads and scores the
+    partitions and runs the audits; with the local engine, (loaded, None)."""
+    with cluster_address(loaded.settings.execution) as address:
+        if address is None:
+            yield loaded, None
+            return
+        settings = loaded.settings
+        pinned = settings.model_copy(update={"execution": settings.execution.model_copy(update={"address": address})})
+        yield dataclasses.replace(loaded, settings=pinned), address
+
+
+def run_audits(plan: list[PlannedAudit], context: AuditContext, full: FullData | None, address: str | None) -> list[AuditResult]:
+    """Every audit of the plan, one Prefect task each: in threads of this process, or, given a Dask scheduler's address,
+    in the cluster's worker processes through prefect-dask's DaskTaskRunner (one task per audit, never one per
+    partition). Their results come back here, where the only writer to MLflow runs."""
+    if address is None:
+        futures = [run_one.with_options(task_run_name=f"audit-{p.id}").submit(p, context, full) for p in plan]
+        return [future.result() for future in futures]
+    from prefect_dask import DaskTaskRunner
+
+    with DaskTaskRunner(address=address) as runner:
+        futures = [runner.submit(run_one.with_options(task_run_name=f"audit-{p.id}"),
+                                 parameters={"planned": p, "context": context, "full": full}) for p in plan]
+        return [future.result() for future in futures]
 
 
 @task(name="record-audit", **MLFLOW_IO)

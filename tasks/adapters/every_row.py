@@ -13,7 +13,8 @@ from audits.core.context import Dataset, ModelUnderAudit, infer_categorical
 from audits.core.partial import FullData, PartialAudit, audit_mode
 from tasks.adapters.datasets import check_columns, frame_sha256
 from tasks.adapters.errors import DataError
-from tasks.adapters.full_pass import KEY, PassPlan, Survey, labels_follow_proba, open_engine, score, survey
+from tasks.adapters.full_pass import (KEY, PassPlan, Survey, integer_columns, labels_follow_proba, open_engine, score,
+                                      segment_frame, survey)
 from tasks.adapters.models import ModelRef
 from tasks.adapters.settings import LoadedSettings
 from tasks.adapters.sources import Source
@@ -148,11 +149,14 @@ def _assemble(ref, loaded, model, baseline, baseline_note, features, sources, mo
     timings["survey_s"] = time.perf_counter() - clock
     labelled = {role: _checked_survey(surveys[role], sources[role], features, data.target, role == "reference")
                 for role in sources}
+    if data.segments:
+        plan = dataclasses.replace(plan, integer_segments=integer_columns(
+            sources["reference"], tuple(data.segments), surveys["reference"].sample))
     frames = {}
     for role, result in surveys.items():
         sample = result.sample.drop(columns=[KEY])
         frames[role] = (sample[features], sample[data.target] if labelled[role] else None,
-                        sample[list(data.segments)] if data.segments else None)
+                        segment_frame(sample, plan) if data.segments else None)
     categorical = tuple(data.categorical) if data.categorical is not None else infer_categorical(frames["reference"][0])
     unknown = [c for c in categorical if c not in features]
     if unknown:

@@ -54,6 +54,9 @@ class PassPlan:
     # probabilities per class in the model's order; the model is then not sent to the workers
     prediction_label: str | None = None
     prediction_proba: tuple[str, ...] = ()
+    # segment columns that hold whole numbers: read as nullable integers in every chunk, so that a value is named "3"
+    # whether or not its chunk has a missing value (pandas reads an integer column with a gap as floats: "3.0")
+    integer_segments: tuple[str, ...] = ()
 
     def columns(self, source_columns: tuple[str, ...]) -> list[str]:
         wanted = [*self.features, *([self.target] if self.target else []), *self.segments,
@@ -142,7 +145,7 @@ def score_fragment(fragment: Fragment, plan: PassPlan, columns: list[str], model
         else:
             predictions = _predict(X, plan, model, fragment, rows)
         y = chunk[plan.target] if labelled and plan.target in chunk.columns else None
-        segments = chunk[list(plan.segments)] if plan.segments else None
+        segments = segment_frame(chunk, plan) if plan.segments else None
         partition = Dataset(fragment.role, X, y, predictions, fragment.path, segments)
         for audit_id, audit, fitted in partials:
             if audit_id in errors:
@@ -161,6 +164,35 @@ def score_fragment(fragment: Fragment, plan: PassPlan, columns: list[str], model
         except TypeError as exc:
             errors[audit_id] = f"its state cannot be sent without pickle: {exc}"
     return {"rows": rows, "states": encoded, "errors": errors}
+
+
+def segment_frame(frame: pd.DataFrame, plan: PassPlan) -> pd.DataFrame:
+    """The segment columns of some rows, whole-number columns as nullable integers (the same names in every chunk)."""
+    segments = frame[list(plan.segments)].copy()
+    for column in plan.integer_segments:
+        try:
+            segments[column] = pd.to_numeric(segments[column]).astype("Int64")
+        except (TypeError, ValueError):  # a fraction in a later chunk of a CSV: left as read
+            pass
+    return segments
+
+
+def integer_columns(source: Source, columns: tuple[str, ...], sample: pd.DataFrame) -> tuple[str, ...]:
+    """The columns that hold whole numbers: Parquet's schema says so; for CSV, every value of the sample is one."""
+    if source.fmt == "parquet":
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        schema = pq.read_schema(source.files[0])
+        return tuple(c for c in columns if c in schema.names and pa.types.is_integer(schema.field(c).type))
+    out = []
+    for column in columns:
+        values = sample[column] if column in sample.columns else pd.Series(dtype=object)
+        if pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values):
+            present = values.dropna().to_numpy(dtype=float)
+            if len(present) and np.all(np.mod(present, 1) == 0):
+                out.append(column)
+    return tuple(out)
 
 
 def _read_predictions(chunk: pd.DataFrame, plan: PassPlan, model: ModelUnderAudit, fragment: Fragment, rows: int):
@@ -276,39 +308,54 @@ class DaskEngine:
 
 
 @contextlib.contextmanager
-def open_engine(execution: Any) -> Iterator[LocalEngine | DaskEngine]:
-    """The configured engine: local, a LocalCluster of ``workers`` processes on 127.0.0.1 started and stopped here, or the
-    existing cluster at ``address``."""
+def cluster_address(execution: Any) -> Iterator[str | None]:
+    """The address of the Dask scheduler an audit uses: the configured cluster's, or that of a LocalCluster of
+    ``workers`` processes on 127.0.0.1 started here and stopped when the block ends; None for the local engine. One
+    cluster serves both the partitions and (in the flow) the audits themselves."""
     if execution.engine == "local":
-        yield LocalEngine()
+        yield None
+        return
+    if execution.address:
+        yield execution.address
         return
     try:
-        from distributed import Client, LocalCluster
+        from distributed import LocalCluster
     except ImportError:
         raise EngineError("execution.engine is dask, but dask.distributed is not installed",
                           "pip install 'auditlens[dask]' (or set execution.engine: local)") from None
-    cluster = None
     try:
-        if execution.address:
-            client = Client(execution.address, timeout=execution.connect_timeout_s)
-        else:
-            cluster = LocalCluster(n_workers=execution.workers, threads_per_worker=execution.threads_per_worker,
-                                   processes=True, host="127.0.0.1", dashboard_address=None,
-                                   silence_logs=logging.ERROR, memory_limit=execution.worker_memory or "auto")
-            client = Client(cluster)
-    except (OSError, TimeoutError) as exc:
-        if cluster is not None:
-            cluster.close()
-        where = execution.address or "a LocalCluster on 127.0.0.1"
-        raise EngineError(f"cannot reach the Dask scheduler at {where} ({type(exc).__name__}: {' '.join(str(exc).split())[:200]})",
-                          "start the cluster (dask scheduler; dask worker ADDRESS), check execution.address, "
-                          "or set execution.engine: local") from None
+        cluster = LocalCluster(n_workers=execution.workers, threads_per_worker=execution.threads_per_worker,
+                               processes=True, host="127.0.0.1", dashboard_address=None,
+                               silence_logs=logging.ERROR, memory_limit=execution.worker_memory or "auto")
+    except (OSError, TimeoutError, RuntimeError) as exc:
+        raise EngineError(f"cannot start a Dask LocalCluster on 127.0.0.1 ({type(exc).__name__}: {' '.join(str(exc).split())[:200]})",
+                          "check the machine's free memory and ports, or set execution.engine: local") from None
     try:
-        yield DaskEngine(client)
+        yield cluster.scheduler_address
     finally:
-        client.close()
-        if cluster is not None:
-            cluster.close()
+        cluster.close()
+
+
+@contextlib.contextmanager
+def open_engine(execution: Any) -> Iterator[LocalEngine | DaskEngine]:
+    """The configured engine: local, a LocalCluster of ``workers`` processes on 127.0.0.1 started and stopped here, or the
+    existing cluster at ``address``."""
+    with cluster_address(execution) as address:
+        if address is None:
+            yield LocalEngine()
+            return
+        from distributed import Client
+
+        try:
+            client = Client(address, timeout=execution.connect_timeout_s)
+        except (OSError, TimeoutError) as exc:
+            raise EngineError(f"cannot reach the Dask scheduler at {address} ({type(exc).__name__}: {' '.join(str(exc).split())[:200]})",
+                              "start the cluster (dask scheduler; dask worker ADDRESS), check execution.address, "
+                              "or set execution.engine: local") from None
+        try:
+            yield DaskEngine(client)
+        finally:
+            client.close()
 
 
 # ---------------------------------------------------------------------------------------------

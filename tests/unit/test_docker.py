@@ -291,6 +291,11 @@ def test_the_dask_cluster_runs_the_auditlens_image_reads_the_same_data_and_is_no
     data = {v["target"]: v for v in services["dask-worker"]["volumes"]}["/app/data"]
     assert (data["source"], data["read_only"]) == (values["AUDITLENS_DATA_DIR"], True)
     assert services["dask-worker"]["depends_on"]["dask-scheduler"]["condition"] == "service_healthy"
+    # the audits run on these workers as Prefect tasks (they report to the Prefect server) and run the model's code:
+    # they hold no MLflow credentials, which only the flow's process needs to write the record
+    environment = services["dask-worker"]["environment"]
+    assert environment["PREFECT_API_URL"] == "http://prefect-server:4200/api"
+    assert not [key for key in environment if key.startswith("MLFLOW")]
     assert "9000" in services["dask-worker"]["healthcheck"]["test"][-1] and "9000:" in " ".join(worker)
 
 
