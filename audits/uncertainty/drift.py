@@ -323,12 +323,11 @@ def domain_classifier(reference: pd.DataFrame, current: pd.DataFrame, categorica
 
 
 def domain_scores(domain: dict, X: pd.DataFrame, categorical: tuple[str, ...]) -> np.ndarray:
-    """P(current) of each row of ``X`` by the fitted domain classifier (``domain_classifier``'s first fold)."""
-    from threadpoolctl import threadpool_limits
-
+    """P(current) of each row of ``X`` by the fitted domain classifier (``domain_classifier``'s first fold). On a
+    partition's many rows its OpenMP threads pay (0.31 s against 0.57 s for 100,000 rows on two cores), unlike in
+    the small cross-validation fits, which run on one thread."""
     matrix = domain_matrix([X[domain["columns"]]], categorical, 0, domain["kept"])[:, domain["usable"]]
-    with threadpool_limits(limits=1, user_api="openmp"):
-        return domain["model"].predict_proba(matrix)[:, 1]
+    return domain["model"].predict_proba(matrix)[:, 1]
 
 
 # ---------------------------------------------------------------------------------------------- audit
