@@ -24,7 +24,7 @@ from audits.core.runner import overall_verdict, run_planned
 from audits.report import markdown_summary, render_report
 from tasks.adapters import provenance
 from tasks.adapters.errors import AuditlensError
-from tasks.adapters.full_pass import cluster_address
+from tasks.adapters.full_pass import EngineError, cluster_address
 from tasks.adapters.inputs import AuditInputs, assemble_in_time
 from tasks.adapters.mlflow_sink import AuditRun, MlflowSink, redact
 from tasks.adapters.models import ModelRef, resolve_model
@@ -94,6 +94,12 @@ def audit_cluster(loaded: LoadedSettings) -> Iterator[tuple[LoadedSettings, str 
     """The settings the inputs are loaded with and the Dask scheduler's address: with ``execution.engine: dask``, one
     cluster (the configured one, or a LocalCluster started here and stopped when the audit ends) reads and scores the
     partitions and runs the audits; with the local engine, (loaded, None)."""
+    if loaded.settings.execution.engine == "dask":
+        try:
+            import prefect_dask  # noqa: F401  (the audits run through its DaskTaskRunner: refused before any run opens)
+        except ImportError:
+            raise EngineError("execution.engine is dask, but prefect-dask is not installed",
+                              "pip install 'auditlens[dask]' (or set execution.engine: local)") from None
     with cluster_address(loaded.settings.execution) as address:
         if address is None:
             yield loaded, None
