@@ -30,6 +30,7 @@ from audits.uncertainty.calibration import (
     grid_cells,
     summarise,
 )
+from tests.unit.test_partial import assert_same_metrics
 
 CLASSES = (0, 1, 2)
 
@@ -165,9 +166,7 @@ def test_under_the_cap_every_figure_is_the_one_frame_answer_in_any_merge_order()
     first, state = every_row(audit, context, sides, pieces=5, seed=0)
     second, _ = every_row(audit, context, sides, pieces=3, seed=1)
     assert state["current"]["raw"] is not None and len(state["current"]["raw"]["index"]) == 30_000
-    assert first.metrics.keys() == second.metrics.keys()
-    for key, value in first.metrics.items():  # the noise floor's draws follow the sorted confidences: any order
-        assert second.metrics[key] == pytest.approx(value, rel=1e-9, abs=1e-12, nan_ok=True), key
+    assert_same_metrics(second.metrics, first.metrics)  # the noise floor's draws follow the sorted confidences: any order
     whole = sample_context(sides, 10**9)  # a context that holds every row: today's one-frame computation
     one_frame = CalibrationAudit().compute(whole).metrics
     for key, value in one_frame.items():

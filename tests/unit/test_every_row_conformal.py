@@ -15,7 +15,7 @@ from sklearn.base import BaseEstimator, RegressorMixin
 from audits.core.context import AuditContext, Dataset, ModelUnderAudit, Predictions
 from audits.core.partial import decode_state, encode_state
 from audits.uncertainty.conformal import WIDTH_RELATIVE_ERROR, ConformalAudit, ConformalConfig
-from tests.unit.test_partial import merged_result
+from tests.unit.test_partial import assert_merges_to_one_frame
 
 CLASSES = ("cat", "dog", "eel")
 REGIONS = np.array([f"r{i}" for i in range(6)], dtype=object)
@@ -191,14 +191,9 @@ def test_merged_states_equal_the_one_frame_answer_for_every_score(config):
     context = context_of("classification", dataset("reference", X, y, proba, None, np.arange(1_000)),
                          dataset("current", X, y, proba, None, np.arange(1_000, 3_000)))
     audit = ConformalAudit(ConformalConfig(**config))
-    whole = audit.compute(context)
+    whole = assert_merges_to_one_frame(audit, context, 7, nan_ok=False)
     if config.get("tracked_segment_values") == 1:
         assert "pooled" in whole.info["segments.region"]
-    for seed in (0, 1):
-        parts = merged_result(audit, context, 7, seed).metrics
-        assert parts.keys() == whole.metrics.keys()
-        for key, value in whole.metrics.items():
-            assert parts[key] == pytest.approx(value, rel=1e-9, abs=1e-12), key
 
 
 @pytest.mark.parametrize("calibration_data", ["current_split", "reference"])
@@ -211,13 +206,8 @@ def test_merged_regression_states_equal_the_one_frame_answer(calibration_data, e
                          dataset("current", X, y, None, pred, np.arange(1_000, 3_000)))
     audit = ConformalAudit(ConformalConfig(regression_score="gamma", calibration_data=calibration_data,
                                            exact_width_values=exact_width_values))
-    whole = audit.compute(context)
+    whole = assert_merges_to_one_frame(audit, context, 7, nan_ok=False)
     assert ("median_width" in whole.info) == (exact_width_values == 50)
-    for seed in (0, 1):
-        parts = merged_result(audit, context, 7, seed).metrics
-        assert parts.keys() == whole.metrics.keys()
-        for key, value in whole.metrics.items():
-            assert parts[key] == pytest.approx(value, rel=1e-9, abs=1e-12), key
 
 
 def test_a_sample_that_is_not_of_the_rows_reduced_is_refused(classifier_context):

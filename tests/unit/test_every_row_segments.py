@@ -15,7 +15,7 @@ from audits.core.context import Dataset, ModelUnderAudit, Predictions, build_con
 from audits.core.partial import decode_state, encode_state
 from audits.core.result import key_part
 from audits.uncertainty.segments import OTHER, SegmentsAudit, SegmentsConfig
-from tests.unit.test_partial import merged_result
+from tests.unit.test_partial import assert_merges_to_one_frame, merged_result
 from tests.unit.test_segments import world
 
 CLASSES = ("no", "yes")
@@ -152,23 +152,14 @@ def multiclass_world():
 def test_merged_states_equal_the_one_frame_answer_with_several_segment_columns(config, pieces):
     context = segmented_world()
     audit = SegmentsAudit(SegmentsConfig.model_validate(config))
-    whole = audit.compute(context)
+    whole = assert_merges_to_one_frame(audit, context, pieces)
     assert ("city._other_.rows" if config["max_values"] < 7 else "city._missing_.rows") in whole.metrics
-    for seed in (0, 1):
-        parts = merged_result(audit, context, pieces, seed)
-        assert parts.metrics.keys() == whole.metrics.keys()
-        for key, value in whole.metrics.items():
-            assert parts.metrics[key] == pytest.approx(value, rel=1e-9, abs=1e-12, nan_ok=True), key
 
 
 def test_multiclass_merged_states_equal_the_one_frame_answer_and_sklearn():
     context = multiclass_world()
     audit = SegmentsAudit(SegmentsConfig(min_rows=5))
-    whole = audit.compute(context)
-    merged = merged_result(audit, context, 5, 0)
-    assert merged.metrics.keys() == whole.metrics.keys()
-    for key, value in whole.metrics.items():
-        assert merged.metrics[key] == pytest.approx(value, rel=1e-9, abs=1e-12, nan_ok=True), key
+    whole = assert_merges_to_one_frame(audit, context, 5, seeds=(0,))
     ds = context.current
     for band in ("lo", "mid", "hi"):
         rows = (ds.segments["band"] == band).to_numpy()

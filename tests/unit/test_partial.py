@@ -43,6 +43,21 @@ def merged_result(audit: PartialAudit, context, pieces: int, seed: int):
     return audit.finalize(state, context, fitted, {"reference": len(context.reference), "current": len(context.current)})
 
 
+def assert_same_metrics(got: dict, want: dict, nan_ok: bool = True) -> None:
+    assert got.keys() == want.keys()
+    for key, value in want.items():
+        assert got[key] == pytest.approx(value, rel=1e-9, abs=1e-12, nan_ok=nan_ok), key
+
+
+def assert_merges_to_one_frame(audit: PartialAudit, context, pieces: int, seeds=(0, 1), nan_ok: bool = True):
+    """For each seed, a split into ``pieces`` partitions a side, merged in a shuffled order, gives the one-frame
+    metrics; returns the one-frame result."""
+    whole = audit.compute(context)
+    for seed in seeds:
+        assert_same_metrics(merged_result(audit, context, pieces, seed).metrics, whole.metrics, nan_ok)
+    return whole
+
+
 def test_some_audits_run_on_every_row():
     assert {"performance"} <= set(PARTIAL)
     for name in PARTIAL:
@@ -59,12 +74,7 @@ def test_merged_states_equal_the_one_frame_answer(name, context_name, pieces, re
     if reason:  # calibration on a regressor: not applicable, and the audit says so from what it declares it needs
         assert reason == audit.requires.unmet(context), reason
         return
-    whole = audit.compute(context)
-    for seed in (0, 1):
-        parts = merged_result(audit, context, pieces, seed)
-        assert parts.metrics.keys() == whole.metrics.keys()
-        for key, value in whole.metrics.items():
-            assert parts.metrics[key] == pytest.approx(value, rel=1e-9, abs=1e-12, nan_ok=True), key
+    assert_merges_to_one_frame(audit, context, pieces)
 
 
 def test_state_codec_round_trips_and_refuses_what_needs_pickle():
