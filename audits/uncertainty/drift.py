@@ -330,9 +330,6 @@ def domain_scores(domain: dict, X: pd.DataFrame, categorical: tuple[str, ...]) -
     return domain["model"].predict_proba(matrix)[:, 1]
 
 
-# ---------------------------------------------------------------------------------------------- audit
-
-
 # ------------------------------------------------------------------------------------ every row, in bins
 
 
@@ -425,9 +422,9 @@ def binned_numeric_drift(ref: dict, cur: dict, edges: np.ndarray, psi_cells: np.
 
     def area(part: dict, share_before: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         counts, sums = part["counts"], part["sums"]
-        integral = width * share_before + (counts * upper_edge - sums) / n  # of F over the bin
         below = (counts * upper_edge - sums) / n  # integral of F(x) - F(a) over the bin: (b - v) summed
         above = (sums - counts * lower_edge) / n  # integral of F(b) - F(x): (v - a) summed
+        integral = width * share_before + below  # of F over the bin
         return integral, np.maximum(above, 0.0), np.maximum(below, 0.0)
 
     cum_r = np.concatenate([[0.0], np.cumsum(r)[:-1]])
@@ -449,6 +446,9 @@ def binned_numeric_drift(ref: dict, cur: dict, edges: np.ndarray, psi_cells: np.
                   else float(np.sqrt(pooled["m2"] / (pooled["n"] - 1))) if pooled["n"] > 1 else 0.0) or 1.0
     return {**out, "statistic": statistic, "pvalue": pvalue, "effect": estimate / spread,
             "ks_bound": ks_bound, "effect_bound": float(gap.sum()) / spread}
+
+
+# ---------------------------------------------------------------------------------------------- audit
 
 
 def _sample(n: int, cap: int, rng: np.random.Generator) -> np.ndarray:
@@ -613,11 +613,7 @@ class DriftAudit(PartialAudit):
                 counts[name] = counts.get(name, 0) + count
             out = {"counts": counts, "lumped": a["lumped"] or b["lumped"]}
         if out is not None and (out["lumped"] or len(out["counts"]) > self.config.max_distinct):
-            lumped: dict[str, int] = {}
-            for name, count in out["counts"].items():
-                name = name if name in kept else OTHER
-                lumped[name] = lumped.get(name, 0) + count
-            out = {"counts": lumped, "lumped": True}
+            out = self._lumped(out, kept)
         return out
 
     def merge(self, a: State, b: State) -> State:
@@ -642,7 +638,9 @@ class DriftAudit(PartialAudit):
 
     # ------------------------------------------------------------------------------------------ result
 
-    def _lumped(self, part: dict | None, kept: list[str]) -> dict:
+    @staticmethod
+    def _lumped(part: dict | None, kept: list[str]) -> dict:
+        """The counts of ``kept``'s names, every other name's under "(other)"."""
         part = part or {"counts": {}, "lumped": False}
         counts: dict[str, int] = {}
         for name, count in part["counts"].items():
