@@ -25,12 +25,10 @@ def numeric_columns(source: Source, features: list[str], encoding: str) -> tuple
     rows of the first file (text in any later row of a column read as numbers is then an error, named with its row)."""
     if source.fmt == "parquet":
         import pyarrow as pa
-        import pyarrow.parquet as pq
 
-        schema = pq.read_schema(source.files[0])
-        return tuple(f for f in features if f in schema.names and (pa.types.is_integer(schema.field(f).type)
-                                                                     or pa.types.is_floating(schema.field(f).type)
-                                                                     or pa.types.is_decimal(schema.field(f).type)))
+        types = source.arrow_types()
+        return tuple(f for f in features if f in types and (pa.types.is_integer(types[f]) or pa.types.is_floating(types[f])
+                                                            or pa.types.is_decimal(types[f])))
     head = pd.read_csv(source.files[0], encoding=encoding, usecols=lambda c: c in set(features), nrows=10_000)
     return tuple(f for f in features if f in head.columns and pd.api.types.is_numeric_dtype(head[f])
                  and not pd.api.types.is_bool_dtype(head[f]))

@@ -181,10 +181,9 @@ def integer_columns(source: Source, columns: tuple[str, ...], sample: pd.DataFra
     """The columns that hold whole numbers: Parquet's schema says so; for CSV, every value of the sample is one."""
     if source.fmt == "parquet":
         import pyarrow as pa
-        import pyarrow.parquet as pq
 
-        schema = pq.read_schema(source.files[0])
-        return tuple(c for c in columns if c in schema.names and pa.types.is_integer(schema.field(c).type))
+        types = source.arrow_types()
+        return tuple(c for c in columns if c in types and pa.types.is_integer(types[c]))
     out = []
     for column in columns:
         values = sample[column] if column in sample.columns else pd.Series(dtype=object)

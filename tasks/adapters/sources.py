@@ -60,6 +60,13 @@ class Source:
     def partitioned(self) -> bool:
         return len(self.files) > 1 or is_glob(self.spec) or Path(self.spec).is_dir()
 
+    def arrow_types(self) -> dict:
+        """Parquet's column types (of the first file: every file has the same columns), by name."""
+        import pyarrow.parquet as pq
+
+        schema = pq.read_schema(self.files[0])
+        return {name: schema.field(name).type for name in schema.names}
+
     def estimated_rows(self) -> int:
         """Rows from Parquet metadata (exact); for CSV, line breaks counted in binary (an upper bound: a quoted field
         may hold a line break), without parsing."""
