@@ -67,8 +67,8 @@ from audits.core.context import Dataset
 from audits.core.partial import PartialAudit, State
 from audits.core.result import key_part
 from audits.uncertainty.calibration import ProbabilityPassthrough, class_indices
+from audits.uncertainty.segments import labels_of
 
-MISSING = "(missing)"
 OTHER = "(other)"  # the state's slot for segment values not tracked (not reported)
 WIDTH_RELATIVE_ERROR = 5e-4  # of median_width, once the widths are binned
 _LOG_GAMMA = float(np.log((1 + WIDTH_RELATIVE_ERROR) / (1 - WIDTH_RELATIVE_ERROR)))
@@ -534,7 +534,7 @@ def _sketch_median(sketch: State) -> float:
 
 
 def _segment_values(series: pd.Series) -> list[str]:
-    return [MISSING if pd.isna(v) else str(v) for v in series.to_numpy(dtype=object)]
+    return labels_of(series).tolist()  # the segments audit's labels: the same names for the same values
 
 
 
