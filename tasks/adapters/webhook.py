@@ -122,8 +122,8 @@ class ReplayStore:
     def __init__(self, path: str | Path, keep_s: float) -> None:
         self.path, self.keep_s = Path(path), keep_s
         try:
-            if not self.path.parent.exists():
-                self.path.parent.mkdir(mode=0o700, parents=True)
+            # exist_ok: a receiver started beside this one may create the folder between a check and the mkdir
+            self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
             os.close(os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600))  # before SQLite creates it with the umask
             os.chmod(self.path, 0o600)  # the ids are not secret, but nobody else should be able to write them
             with closing(self._connect()) as db:
