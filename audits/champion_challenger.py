@@ -37,6 +37,7 @@ class ChampionChallengerAudit(Audit):
     Config = ChampionChallengerConfig
     requires = Requirements(labels="current", modalities=("tabular", "image", "text"), baseline="champion")
     description = "The audited version against the deployed one (baseline alias) on the same current data."
+    default_sample_rows = 200_000  # one prediction per row and version: the metrics' sampling error shrinks as 1/sqrt(rows)
     # A challenger may not lose more than 0.02 of the primary score to the deployed champion.
     default_thresholds = (
         Threshold(metric="champion_challenger.challenger.primary", compare_to="champion_challenger.champion.primary",

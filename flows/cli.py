@@ -193,20 +193,22 @@ def list_audits(verbose: bool = typer.Option(False, "--verbose", "-v", help="als
     from audits.core.registry import available_audits, get_audit_class
 
     for name, source in available_audits().items():
-        console.print(f"[bold]{name:22}[/] {source}", highlight=False)
+        console.print(f"[bold]{name:22}[/] {source}", highlight=False, soft_wrap=True)
         if not verbose:
             continue
         from audits.core.partial import audit_mode
 
         cls = get_audit_class(name)
         if cls.description:
-            console.print(f"    {cls.description}", highlight=False)
-        rows = {"partial": "every row", "hybrid": "fitted on the sample, applied to every row", "sample": "a seeded sample"}
-        console.print(f"    rows: {rows[audit_mode(cls)]} (on data larger than the sample)", highlight=False)
+            console.print(f"    {cls.description}", highlight=False, soft_wrap=True)
+        sample = f"a seeded sample of {cls.default_sample_rows:,} rows a side"
+        rows = {"partial": "every row", "hybrid": f"fitted on {sample} (plan key sample_rows), applied to every row",
+                "sample": f"{sample} (plan key sample_rows)"}
+        console.print(f"    rows: {rows[audit_mode(cls)]}", highlight=False, soft_wrap=True)
         for key, field in cls.Config.model_fields.items():
-            console.print(f"    config.{key}: {field.get_default(call_default_factory=True)!r}", highlight=False)
+            console.print(f"    config.{key}: {field.get_default(call_default_factory=True)!r}", highlight=False, soft_wrap=True)
         for threshold in cls.default_thresholds:
-            console.print(f"    threshold: {threshold.rule} ({threshold.severity})", highlight=False)
+            console.print(f"    threshold: {threshold.rule} ({threshold.severity})", highlight=False, soft_wrap=True)
 
 
 @app.command("check-config")

@@ -71,6 +71,10 @@ class Audit(ABC):
     # on data larger than the sample: 'sample' (computes on the seeded sample), or, for a PartialAudit (audits.core.partial),
     # 'partial' (every row) or 'hybrid' (fitted on the sample, applied to every row)
     mode: ClassVar[Literal["sample", "partial", "hybrid"]] = "sample"
+    # rows a side of the seeded sample this method affords by default (a plan entry's sample_rows overrides it): the
+    # sample a 'sample' audit computes on, and the one a 'hybrid' audit fits on. Audits that draw their own small
+    # subsample (SHAP's 200 rows, t-SNE's 2,000) gain nothing from more; bench/bench_sample_sizes.py measures which grow.
+    default_sample_rows: ClassVar[int] = 20_000
 
     def __init__(self, config: AuditConfig | None = None) -> None:
         self.config = config if config is not None else self.Config()

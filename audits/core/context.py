@@ -133,7 +133,8 @@ class AuditContext:
 
 
 def subsample(context: AuditContext, rows: int) -> AuditContext:
-    """``context`` with at most ``rows`` rows a side, drawn without replacement with the context's seed (order kept)."""
+    """``context`` with at most ``rows`` rows a side, drawn without replacement with the context's seed (order kept);
+    ``context`` itself when neither side has more."""
     from dataclasses import replace
 
     def cut(ds: Dataset) -> Dataset:
@@ -144,6 +145,8 @@ def subsample(context: AuditContext, rows: int) -> AuditContext:
         return replace(ds, X=ds.X.iloc[keep], y=None if ds.y is None else ds.y.iloc[keep], predictions=predictions,
                        segments=None if ds.segments is None else ds.segments.iloc[keep])
 
+    if len(context.reference) <= rows and len(context.current) <= rows:
+        return context  # the same object: nothing was cut
     return replace(context, reference=cut(context.reference), current=cut(context.current))
 
 

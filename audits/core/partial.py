@@ -83,9 +83,6 @@ class FullData:
     engine: str = "local"
     workers: int = 1
 
-    def describe_sample(self) -> str:
-        return ", ".join(f"{self.sample[s]:,} of {self.population[s]:,} {s} rows" for s in self.population)
-
     def describe_population(self) -> str:
         return ", ".join(f"{self.population[s]:,} {s}" for s in self.population)
 

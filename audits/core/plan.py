@@ -6,7 +6,8 @@
         config: {rows: 200}         # validated against the audit's own Config
         thresholds: [...]           # optional; omitted = the audit's defaults, [] = none
         time_limit_s: 600           # optional; past it the audit is ERROR and the others go on
-        sample_rows: 5000           # optional; a sample-mode audit sees at most this many rows a side (seeded)
+        sample_rows: 5000           # optional; the seeded sample this audit computes (or, hybrid, fits) on, rows a
+                                    # side; default: what the audit affords (Audit.default_sample_rows)
 """
 
 from __future__ import annotations
@@ -81,7 +82,7 @@ class PlannedAudit:
     audit: Audit
     thresholds: tuple[Threshold, ...]
     time_limit_s: float | None = None  # None: no limit
-    sample_rows: int | None = None  # None: the whole sample the context holds
+    sample_rows: int = 20_000  # rows a side of the seeded sample a sample or hybrid audit sees (a partial one sees every row)
 
 
 class AuditPlan(BaseModel):
@@ -114,7 +115,14 @@ class AuditPlan(BaseModel):
             else:
                 thresholds = tuple(spec.thresholds)
             time_limit_s = spec.time_limit_s if spec.time_limit_s is not None else default_time_limit_s
-            planned.append(PlannedAudit(spec.audit_id, cls(config), tuple(thresholds), time_limit_s, spec.sample_rows))
+            sample_rows = spec.sample_rows if spec.sample_rows is not None else cls.default_sample_rows
+            planned.append(PlannedAudit(spec.audit_id, cls(config), tuple(thresholds), time_limit_s, sample_rows))
         if problems:
             raise PlanError(problems)
         return planned
+
+
+def plan_sample_rows(planned: list[PlannedAudit]) -> int:
+    """Rows a side of the one seeded sample an audit of this plan draws: the most any of its audits uses (each is then
+    cut to its own; a partial audit's figure only sizes the sample its context is built on)."""
+    return max((p.sample_rows for p in planned), default=20_000)

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from typing import TypeVar
 
 from audits.core.context import AuditContext, subsample
-from audits.core.partial import FullData, audit_mode
+from audits.core.partial import FullData, audit_mode, reduce_partitions
 from audits.core.plan import PlannedAudit
 from audits.core.result import AuditResult, CheckResult, Verdict, is_valid_key, worst
 
@@ -72,21 +72,36 @@ def namespaced(result: AuditResult, audit_id: str) -> AuditResult:
     return result.with_(audit=audit_id, metrics=metrics)
 
 
+def sample_for(planned: PlannedAudit, context: AuditContext) -> AuditContext:
+    """The rows an audit computes (sample mode) or fits (hybrid) on: the context's sample cut to the audit's own
+    sample_rows, seeded (audits with the same sample_rows get the same rows). A partial audit keeps the whole context."""
+    return context if audit_mode(planned.audit) == "partial" else subsample(context, planned.sample_rows)
+
+
+def _describe(cut: AuditContext, population: dict[str, int]) -> str:
+    return ", ".join(f"{len(cut.dataset(s)):,} of {population[s]:,} {s} rows" for s in population)
+
+
 def rows_seen(planned: PlannedAudit, context: AuditContext, full: FullData | None) -> tuple[Callable[[], AuditResult], str]:
     """How the audit computes, and which rows it sees, in words for the report: every row (its merged state from the
-    pass over all partitions), or a sample (the context's, cut to the audit's own sample_rows)."""
-    audit = planned.audit
+    pass over all partitions, or the whole frame), or a seeded sample cut to the audit's own sample_rows."""
+    audit, cut = planned.audit, sample_for(planned, context)
+    mode = audit_mode(audit)
+    population = full.population if full is not None else {"reference": len(context.reference), "current": len(context.current)}
     if full is not None and planned.id in full.states:
         state, fitted = full.states[planned.id], full.fitted.get(planned.id)
-        how = "every row" if audit_mode(audit) == "partial" else "fitted on the sample, applied to every row"
-        return (lambda: audit.finalize(state, context, fitted, full.population)), f"{how} ({full.describe_population()})"
-    if planned.sample_rows is not None and audit_mode(audit) == "sample":
-        cut = subsample(context, planned.sample_rows)
-        of = full.population if full is not None else {"reference": len(context.reference), "current": len(context.current)}
-        text = ", ".join(f"{len(cut.dataset(s)):,} of {of[s]:,} {s} rows" for s in of)
-        return (lambda: audit.compute(cut)), f"a seeded sample: {text} (sample_rows)"
-    if full is not None:
-        return (lambda: audit.compute(context)), f"a seeded sample: {full.describe_sample()}"
+        how = "every row" if mode == "partial" else f"fitted on a seeded sample ({_describe(cut, population)}), applied to every row"
+        return (lambda: audit.finalize(state, cut, fitted, population)), f"{how} ({full.describe_population()})"
+    if mode == "hybrid" and cut is not context and full is None:  # one frame larger than the audit's sample
+        def fitted_then_every_row() -> AuditResult:
+            fitted = audit.fit(cut)
+            state = reduce_partitions(audit, cut, fitted, (context.reference, context.current))
+            return audit.finalize(state, cut, fitted, population)
+
+        return fitted_then_every_row, (f"fitted on a seeded sample ({_describe(cut, population)}), applied to every row "
+                                       f"({len(context.reference):,} reference, {len(context.current):,} current)")
+    if full is not None or cut is not context:
+        return (lambda: audit.compute(cut)), f"a seeded sample: {_describe(cut, population)} (sample_rows {planned.sample_rows:,})"
     return (lambda: audit.compute(context)), f"every row ({len(context.reference):,} reference, {len(context.current):,} current)"
 
 

@@ -112,6 +112,9 @@ class ConcordanceAudit(Audit):
     name = "concordance"
     Config = ConcordanceConfig
     description = "Do uncertain rows coincide with out-of-distribution rows and with errors? Spearman correlations, error-detection AUROC."
+    # its scorers fit on at most max_rows reference rows; then each current row costs a score (bench/bench_sample_sizes.py:
+    # 1.3 s at 20k rows a side, 7.1 s at 400k), so a larger sample is cheap and ranks rarer errors
+    default_sample_rows = 200_000
 
     def compute(self, context: AuditContext) -> AuditResult:
         cfg: ConcordanceConfig = self.config

@@ -114,6 +114,9 @@ class DisagreementAudit(Audit):
     Config = DisagreementConfig
     requires = Requirements(labels="reference", estimator=True, probabilities=True, modalities=("tabular", "image"))
     description = "Epistemic uncertainty from a bootstrap ensemble of clones of the model, current vs held-out reference rows."
+    # the members fit on at most max_rows rows; each current row costs one prediction per member (bench/bench_sample_sizes.py:
+    # 4.1 s at 20k rows a side, 15.6 s at 400k)
+    default_sample_rows = 200_000
     # Held-out reference rows are exchangeable with an unshifted current batch: the ratio is about 1
     # (up to sampling noise, tens of percent on small batches); twice the reference's epistemic
     # uncertainty means the model class is markedly less sure about the current data.

@@ -10,11 +10,12 @@ import numpy as np
 import pandas as pd
 
 from audits.core.context import Dataset, ModelUnderAudit, infer_categorical
-from audits.core.partial import FullData, PartialAudit, audit_mode
+from audits.core.partial import FullData, audit_mode
+from audits.core.runner import sample_for
 from tasks.adapters.datasets import check_columns, frame_sha256
 from tasks.adapters.errors import DataError
-from tasks.adapters.full_pass import (KEY, PassPlan, Survey, integer_columns, labels_follow_proba, open_engine, score,
-                                      segment_frame, survey)
+from tasks.adapters.full_pass import (KEY, PassPlan, Reducer, Survey, integer_columns, labels_follow_proba, open_engine,
+                                      score, segment_frame, survey)
 from tasks.adapters.models import ModelRef
 from tasks.adapters.settings import LoadedSettings
 from tasks.adapters.sources import Source
@@ -140,7 +141,7 @@ def _assemble(ref, loaded, model, baseline, baseline_note, features, sources, mo
                     numeric=numeric_columns(sources["reference"], features, data.encoding), encoding=data.encoding,
                     seed=settings.seed, chunk_rows=execution.partition_rows,
                     prediction_label=label_column, prediction_proba=proba_columns)
-    budgets = {"reference": settings.sampling.reference_rows, "current": settings.sampling.current_rows}
+    budgets = {role: loaded.sample_rows(role) for role in ("reference", "current")}
     timings = timings if timings is not None else {}
     clock = time.perf_counter()
     surveys = {role: survey(engine, source, plan, budgets[role], execution.partition_rows) for role, source in sources.items()}
@@ -175,20 +176,21 @@ def _assemble(ref, loaded, model, baseline, baseline_note, features, sources, mo
                                                           proba_columns, data.prediction_columns.tolerance, sources[role])
     timings["sample_context_s"] = time.perf_counter() - clock - timings["survey_s"]
     plan = dataclasses.replace(plan, labels_from_proba=labels_follow_proba(model, context))
-    partials: list[tuple[str, PartialAudit, Any]] = []
+    partials: list[Reducer] = []
     errors: dict[str, str] = {}
     fitted: dict[str, Any] = {}
     for planned in loaded.plan:
         if audit_mode(planned.audit) == "sample" or planned.audit.skip_reason(context):
             continue
+        own = sample_for(planned, context)  # a hybrid audit's own sample (the runner cuts the same one to finalize)
         try:
-            fitted[planned.id] = planned.audit.fit(context)
+            fitted[planned.id] = planned.audit.fit(own)
         except Exception as exc:
             errors[planned.id] = f"fitting on the sample: {type(exc).__name__}: {exc}"
             continue
-        partials.append((planned.id, planned.audit, fitted[planned.id]))
+        partials.append(Reducer(planned.id, planned.audit, fitted[planned.id], own))
     clock = time.perf_counter()
-    states, score_errors, _ = score(engine, sources, plan, model, context, partials, execution.partition_rows) if partials else ({}, {}, {})
+    states, score_errors, _ = score(engine, sources, plan, model, partials, execution.partition_rows) if partials else ({}, {}, {})
     timings["score_s"] = time.perf_counter() - clock
     engine_name, workers = engine.name, engine.workers
     errors.update(score_errors)

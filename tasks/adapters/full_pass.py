@@ -132,11 +132,21 @@ class Survey:
 # Pass 2: predictions on every row, folded into each partial audit's state
 
 
-def score_fragment(fragment: Fragment, plan: PassPlan, columns: list[str], model: ModelUnderAudit, context: AuditContext,
-                   partials: list[tuple[str, PartialAudit, Any]]) -> dict[str, Any]:
-    states = {audit_id: audit.init(context, fitted) for audit_id, audit, fitted in partials}
+@dataclass(frozen=True)
+class Reducer:
+    """A partial or hybrid audit in the pass over every row: what it fitted, and the context it was fitted on (its own
+    seeded sample; a partial audit's is the whole sample)."""
+
+    id: str
+    audit: PartialAudit
+    fitted: Any
+    context: AuditContext
+
+
+def score_fragment(fragment: Fragment, plan: PassPlan, columns: list[str], model: ModelUnderAudit,
+                   partials: list[Reducer], labelled: bool) -> dict[str, Any]:
+    states = {r.id: r.audit.init(r.context, r.fitted) for r in partials}
     errors: dict[str, str] = {}
-    labelled = context.dataset(fragment.role).labelled
     rows = 0
     for chunk in read_fragment(fragment, columns, plan.encoding, plan.chunk_rows):
         X = chunk[list(plan.features)]
@@ -147,13 +157,13 @@ def score_fragment(fragment: Fragment, plan: PassPlan, columns: list[str], model
         y = chunk[plan.target] if labelled and plan.target in chunk.columns else None
         segments = segment_frame(chunk, plan) if plan.segments else None
         partition = Dataset(fragment.role, X, y, predictions, fragment.path, segments)
-        for audit_id, audit, fitted in partials:
-            if audit_id in errors:
+        for r in partials:
+            if r.id in errors:
                 continue
             try:
-                states[audit_id] = audit.update(states[audit_id], partition, context, fitted)
+                states[r.id] = r.audit.update(states[r.id], partition, r.context, r.fitted)
             except Exception as exc:  # this audit becomes ERROR; the others go on
-                errors[audit_id] = f"{type(exc).__name__} in {fragment.label}: {exc}"
+                errors[r.id] = f"{type(exc).__name__} in {fragment.label}: {exc}"
         rows += len(chunk)
     encoded = {}
     for audit_id, state in states.items():
@@ -370,23 +380,24 @@ def survey(engine: Any, source: Source, plan: PassPlan, sample_rows: int, partit
     return result
 
 
-def score(engine: Any, sources: dict[str, Source], plan: PassPlan, model: ModelUnderAudit, context: AuditContext,
-          partials: list[tuple[str, PartialAudit, Any]], partition_rows: int) -> tuple[dict[str, State], dict[str, str], dict[str, int]]:
+def score(engine: Any, sources: dict[str, Source], plan: PassPlan, model: ModelUnderAudit, partials: list[Reducer],
+          partition_rows: int) -> tuple[dict[str, State], dict[str, str], dict[str, int]]:
     """The merged state of each partial audit over every row of both sides; errors by audit id; rows scored per side."""
-    merged: dict[str, State] = {audit_id: audit.init(context, fitted) for audit_id, audit, fitted in partials}
+    merged: dict[str, State] = {r.id: r.audit.init(r.context, r.fitted) for r in partials}
+    labelled = {role: partials[0].context.dataset(role).labelled for role in sources} if partials else {}
     if plan.prediction_label and all(plan.prediction_label in s.columns for s in sources.values()):
         # every prediction is in the data: the model's code stays in this process
         from dataclasses import replace
 
         model = without_model_code(model)
-        context = replace(context, model=model, baseline=None)
+        partials = [replace(r, context=replace(r.context, model=model, baseline=None)) for r in partials]
     errors: dict[str, str] = {}
     rows = {role: 0 for role in sources}
-    by_id = {audit_id: audit for audit_id, audit, _ in partials}
+    by_id = {r.id: r.audit for r in partials}
     for role, source in sources.items():
         columns = plan.columns(source.columns)
         for part in engine.map(score_fragment, source.fragments(partition_rows), plan=plan, columns=columns,
-                               model=model, context=context, partials=partials):
+                               model=model, partials=partials, labelled=labelled[role]):
             rows[role] += part["rows"]
             for audit_id, message in part["errors"].items():
                 errors.setdefault(audit_id, message)

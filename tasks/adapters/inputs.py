@@ -84,18 +84,18 @@ def _every_row_sources(loaded: LoadedSettings) -> dict[str, Source] | None:
         if any(_format(p) == "npz" for p in paths.values()):  # today's checks and messages for single files
             return None
     sources = {role: open_source(role, str(path), path.parent, settings.data.encoding) for role, path in paths.items()}
-    return sources if _needs_every_row_pass(sources, settings) else None
+    return sources if _needs_every_row_pass(sources, loaded) else None
 
 
-def _needs_every_row_pass(sources: dict[str, Source], settings) -> bool:
-    """Partitioned data, a Dask engine, or a side larger than its sample budget: read by partition, every row counted.
+def _needs_every_row_pass(sources: dict[str, Source], loaded: LoadedSettings) -> bool:
+    """Partitioned data, a Dask engine, or a side larger than its sample: read by partition, every row counted.
     Anything else fits one frame and keeps the one-frame path (the same numbers as ever)."""
+    settings = loaded.settings
     if settings.execution.engine != "local" or any(s.partitioned for s in sources.values()):
         return True
     if settings.data.prediction_columns is not None:  # read with the data, on the every-row path whatever the size
         return True
-    budgets = {"reference": settings.sampling.reference_rows, "current": settings.sampling.current_rows}
-    return any(s.estimated_rows() > budgets[role] for role, s in sources.items())
+    return any(s.estimated_rows() > loaded.sample_rows(role) for role, s in sources.items())
 
 
 def context_or_error(ref: ModelRef, model: ModelUnderAudit, reference, current, **kwargs: Any) -> AuditContext:
@@ -158,9 +158,9 @@ def assemble(ref: ModelRef, loaded: LoadedSettings, client) -> AuditInputs:
         model = _as_network(model, input_shape)
     segments = settings.data.segments
     reference = prepare("reference", ref_path, features, settings.data.target, True,
-                        settings.sampling.reference_rows, settings.seed, segments, settings.data.encoding)
+                        loaded.sample_rows("reference"), settings.seed, segments, settings.data.encoding)
     current = prepare("current", cur_path, features, settings.data.target, False,
-                      settings.sampling.current_rows, settings.seed, segments, settings.data.encoding,
+                      loaded.sample_rows("current"), settings.seed, segments, settings.data.encoding,
                       numeric=[c for c in features if pd.api.types.is_numeric_dtype(reference.X[c])])
     categorical = tuple(settings.data.categorical) if settings.data.categorical is not None else infer_categorical(reference.X)
     unknown = [c for c in categorical if c not in features]

@@ -6,7 +6,7 @@
       reference: data/reference.csv      # CSV or Parquet; relative paths are relative to this file
       current: data/current.parquet
       target: label                      # optional on current data
-    sampling: {reference_rows: 20000, current_rows: 20000}
+    sampling: {reference_rows: 20000, current_rows: 20000}   # optional: default, what the planned audits afford
     mlflow: {tracking_uri: http://127.0.0.1:5000}
     audits:
       - audit: data_quality
@@ -25,7 +25,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from audits.core.plan import AuditPlan, AuditSpec, PlanError, PlannedAudit, format_location, pydantic_problems
+from audits.core.plan import AuditPlan, AuditSpec, PlanError, PlannedAudit, format_location, plan_sample_rows, pydantic_problems
 from tasks.adapters.errors import ConfigError
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
@@ -83,10 +83,12 @@ class DataSources(StrictModel):
 
 
 class Sampling(StrictModel):
-    """Row budgets: larger datasets are sampled without replacement, with the configured seed."""
+    """The seeded sample that sample-mode audits compute on and hybrid ones fit on (every-row statistics read every
+    row whatever its size). Unset (the default): as large as the plan's audits afford, the most any of them uses
+    (each audit's ``sample_rows``, by default what its method affords). Set: that many rows at most, for every audit."""
 
-    reference_rows: int = Field(20_000, ge=1, le=1_000_000_000)
-    current_rows: int = Field(20_000, ge=1, le=1_000_000_000)
+    reference_rows: int | None = Field(None, ge=1, le=1_000_000_000)
+    current_rows: int | None = Field(None, ge=1, le=1_000_000_000)
 
 
 class Limits(StrictModel):
@@ -174,6 +176,11 @@ class LoadedSettings:
                 return f"sqlite:///{(self.path.parent / database).resolve()}"
             return configured
         return os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+
+    def sample_rows(self, which: Literal["reference", "current"]) -> int:
+        """Rows of ``which`` side in the one seeded sample: the configured cap, else the most any planned audit uses."""
+        configured = getattr(self.settings.sampling, f"{which}_rows")
+        return configured if configured is not None else plan_sample_rows(self.plan)
 
     def data_path(self, which: Literal["reference", "current"]) -> Path:
         if which == "current" and self.current_override is not None:

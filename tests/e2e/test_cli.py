@@ -6,6 +6,7 @@ The processes share the test session's Prefect API (PREFECT_API_URL) instead of 
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -77,3 +78,13 @@ def test_prefect_lines_only_with_verbose(world, invoke):
     assert "Verdict:" in quiet.output and "Verdict:" in loud.output
     assert "Finished in state Completed()" not in quiet.output and "Flow run '" not in quiet.output
     assert "Finished in state Completed()" in loud.output and "Beginning flow run" in loud.output
+
+
+def test_audits_verbose_says_how_many_rows_each_audit_sees(invoke):
+    result = invoke("audits", "-v")
+    assert result.exit_code == 0, result.output
+    rows = dict(re.findall(r"^(\w+) +audits\.[\w.]+:\w+\n(?:(?!\w+ +audits\.).*\n)*?    rows: (.*)$", result.output, re.M))
+    assert rows["concordance"] == "a seeded sample of 200,000 rows a side (plan key sample_rows)"
+    assert rows["shap"] == "a seeded sample of 20,000 rows a side (plan key sample_rows)"
+    assert rows["drift"] == "fitted on a seeded sample of 20,000 rows a side (plan key sample_rows), applied to every row"
+    assert rows["performance"] == "every row"

@@ -93,3 +93,15 @@ def test_prefect_yaml_is_rendered_from_the_deployments_configuration():
     names = [d["name"] for d in __import__("yaml").safe_load(rendered)["deployments"]]
     assert names == ["audit-model", "scheduled-demo-classifier", "scheduled-demo-regressor", "scheduled-demo-digits",
                      "scheduled-demo-adverts", "watch-registry"]
+
+
+def test_the_sample_is_what_the_planned_audits_afford_unless_sampling_caps_it(tmp_path):
+    base = "kind: audit\ndata: {reference: r.csv, current: c.csv}\n"
+    (tmp_path / "a.yaml").write_text(base + "audits: [{audit: shap}, {audit: drift}]\n")
+    assert load_settings(tmp_path / "a.yaml").sample_rows("current") == 20_000
+    (tmp_path / "b.yaml").write_text(base + "audits: [{audit: shap}, {audit: concordance}]\n")
+    grown = load_settings(tmp_path / "b.yaml")
+    assert grown.sample_rows("reference") == grown.sample_rows("current") == 200_000
+    (tmp_path / "c.yaml").write_text(base + "sampling: {current_rows: 5000}\naudits: [{audit: shap}, {audit: concordance}]\n")
+    capped = load_settings(tmp_path / "c.yaml")
+    assert capped.sample_rows("current") == 5000 and capped.sample_rows("reference") == 200_000

@@ -138,7 +138,7 @@ def test_predictions_read_from_the_data_need_no_model_code(classifier_context, t
     Invalid columns are refused with the row they start at."""
     from audits.core.partial import reduce_partitions
     from audits.performance import PerformanceAudit
-    from tasks.adapters.full_pass import score
+    from tasks.adapters.full_pass import Reducer, score
 
     context = classifier_context
     features = list(context.features)
@@ -158,8 +158,8 @@ def test_predictions_read_from_the_data_need_no_model_code(classifier_context, t
     from dataclasses import replace
 
     poisoned = replace(context.model, predict=boom, predict_proba=boom)
-    states, errors, rows = score(LocalEngine(), sources, plan, poisoned, replace(context, model=poisoned),
-                                 [("performance", audit, None)], 1000)
+    states, errors, rows = score(LocalEngine(), sources, plan, poisoned,
+                                 [Reducer("performance", audit, None, replace(context, model=poisoned))], 1000)
     assert errors == {} and rows == {"reference": len(context.reference), "current": len(context.current)}
     expected = reduce_partitions(audit, context, None, (context.reference, context.current))
     population = {"reference": len(context.reference), "current": len(context.current)}
@@ -170,7 +170,7 @@ def test_predictions_read_from_the_data_need_no_model_code(classifier_context, t
     write_parquet_dataset(tmp_path / "broken", [broken])
     sources["current"] = open_source("current", str(tmp_path / "broken"), tmp_path)
     with pytest.raises(DataError, match=r"prediction_columns .* not one valid prediction per row: the label column holds 'maybe' \(row 0\)"):
-        score(LocalEngine(), sources, plan, context.model, context, [("performance", audit, None)], 1000)
+        score(LocalEngine(), sources, plan, context.model, [Reducer("performance", audit, None, context)], 1000)
 
 
 def test_a_whole_number_segment_has_the_same_names_in_every_chunk(tmp_path):

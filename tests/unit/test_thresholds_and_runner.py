@@ -9,6 +9,7 @@ import pytest
 from pydantic import ValidationError
 
 from audits.core import Audit, AuditConfig, AuditResult, Requirements, Threshold, Verdict
+from audits.core.partial import PartialAudit
 from audits.core.plan import PlannedAudit
 from audits.core.result import is_valid_key, key_part, worst
 from audits.core.runner import overall_verdict, run_planned
@@ -141,3 +142,73 @@ def test_unmet_requirements_skip_with_a_reason(classifier_context, regressor_con
 def test_invalid_metric_keys_become_an_error(classifier_context):
     result = run_planned(PlannedAudit("fixed", Fixed({"bad key!": 1.0}), ()), classifier_context)
     assert result.verdict is Verdict.ERROR and "MLflow rejects" in result.reason
+
+
+class RowsSeen(Audit):
+    """A sample-mode audit that reports the rows it was given."""
+
+    name = "rows_seen"
+
+    def compute(self, context):
+        return AuditResult(audit=self.name, metrics={"reference": len(context.reference), "current": len(context.current),
+                                                      "first_current": float(context.current.X.index[0])})
+
+
+def test_a_sample_audit_sees_its_own_sample_rows_and_the_report_says_how_many(classifier_context):
+    """Each audit's sample is the context cut to its sample_rows, seeded: audits with the same figure see the same rows,
+    and an audit whose figure exceeds the context sees all of it (the one-frame case: 'every row')."""
+    ref, cur = len(classifier_context.reference), len(classifier_context.current)
+    cut = run_planned(PlannedAudit("rows_seen", RowsSeen(), (), sample_rows=60), classifier_context)
+    assert cut.metrics["rows_seen.reference"] == 60 and cut.metrics["rows_seen.current"] == 60
+    assert cut.info["rows"] == f"a seeded sample: 60 of {ref:,} reference rows, 60 of {cur:,} current rows (sample_rows 60)"
+    again = run_planned(PlannedAudit("rows_seen", RowsSeen(), (), sample_rows=60), classifier_context)
+    assert again.metrics == cut.metrics
+    whole = run_planned(PlannedAudit("rows_seen", RowsSeen(), (), sample_rows=10**6), classifier_context)
+    assert whole.metrics["rows_seen.current"] == cur and whole.info["rows"] == f"every row ({ref:,} reference, {cur:,} current)"
+
+
+class CountingHybrid(PartialAudit):
+    """Fits on its sample (records its size), then counts every row it is applied to."""
+
+    name = "counting_hybrid"
+    mode = "hybrid"
+
+    def fit(self, context):
+        return {"fitted_on": len(context.reference) + len(context.current)}
+
+    def init(self, context, fitted):
+        return {"rows": 0}
+
+    def update(self, state, partition, context, fitted):
+        return {"rows": state["rows"] + len(partition)}
+
+    def merge(self, a, b):
+        return {"rows": a["rows"] + b["rows"]}
+
+    def finalize(self, state, context, fitted, population):
+        return AuditResult(audit=self.name, metrics={"fitted_on": fitted["fitted_on"], "applied_to": state["rows"],
+                                                      "context_rows": len(context.current), "population": population["current"]})
+
+
+def test_a_hybrid_audit_fits_on_its_sample_and_still_reads_every_row_of_a_larger_frame(classifier_context):
+    ref, cur = len(classifier_context.reference), len(classifier_context.current)
+    result = run_planned(PlannedAudit("h", CountingHybrid(), (), sample_rows=50), classifier_context)
+    assert result.metrics == {"h.fitted_on": 100, "h.applied_to": ref + cur, "h.context_rows": 50, "h.population": cur}
+    assert result.info["rows"].startswith(f"fitted on a seeded sample (50 of {ref:,} reference rows, 50 of {cur:,} current rows), "
+                                          f"applied to every row ({ref:,} reference, {cur:,} current)")
+    # a partial audit is never cut: it reads every row whatever its sample_rows
+    class Counting(CountingHybrid):
+        mode = "partial"
+
+    partial = run_planned(PlannedAudit("p", Counting(), (), sample_rows=50), classifier_context)
+    assert partial.metrics["p.fitted_on"] == ref + cur and partial.metrics["p.applied_to"] == ref + cur
+
+
+def test_the_plan_draws_the_largest_sample_its_audits_afford_and_a_plan_entry_overrides_an_audits_default():
+    from audits.core.plan import AuditPlan, plan_sample_rows
+
+    plan = AuditPlan.model_validate({"audits": [{"audit": "shap"}, {"audit": "drift"}]}).build()
+    assert [p.sample_rows for p in plan] == [20_000, 20_000] and plan_sample_rows(plan) == 20_000
+    grown = AuditPlan.model_validate({"audits": [{"audit": "shap"}, {"audit": "disagreement"},
+                                                 {"audit": "concordance", "sample_rows": 50_000}]}).build()
+    assert [p.sample_rows for p in grown] == [20_000, 200_000, 50_000] and plan_sample_rows(grown) == 200_000
