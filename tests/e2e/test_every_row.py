@@ -126,14 +126,15 @@ def test_every_row_is_scored_and_checked_and_the_report_says_which_audits_sample
     assert metrics["data_quality.user.failed"] == 1  # the three planted rows, wherever they fell
     rows = {r["id"]: r["rows"] for r in dask["manifest"]["audits"]}
     assert rows["performance"] == "every row (25,000 reference, 60,000 current)"
-    assert rows["data_quality"] == "fitted on the sample, applied to every row (25,000 reference, 60,000 current)"
-    assert rows["shap"] == "a seeded sample: 20,000 of 25,000 reference rows, 20,000 of 60,000 current rows"
+    fitted_on = "a seeded sample (20,000 of 25,000 reference rows, 20,000 of 60,000 current rows)"
+    assert rows["data_quality"] == f"fitted on {fitted_on}, applied to every row (25,000 reference, 60,000 current)"
+    assert rows["shap"] == "a seeded sample: 20,000 of 25,000 reference rows, 20,000 of 60,000 current rows (sample_rows 20,000)"
     # the audits of how sure the model is, on every row too, each checked against scikit-learn on all 60,000 rows
     proba = model.predict_proba(X)[:, 1]
     assert rows["calibration"] == "every row (25,000 reference, 60,000 current)"
     assert metrics["calibration.current.brier"] == pytest.approx(skm.brier_score_loss(y == "yes", proba), rel=1e-9)
     for audit_id in ("drift", "conformal", "segments"):
-        assert rows[audit_id] == "fitted on the sample, applied to every row (25,000 reference, 60,000 current)"
+        assert rows[audit_id] == f"fitted on {fitted_on}, applied to every row (25,000 reference, 60,000 current)"
     assert metrics["drift.rows.current"] == 60_000
     red = (X["colour"] == "red").to_numpy()
     assert metrics["segments.colour.red.accuracy"] == pytest.approx(skm.accuracy_score(y[red], model.predict(X[red])), rel=1e-12)
