@@ -75,6 +75,9 @@ class Audit(ABC):
     # sample a 'sample' audit computes on, and the one a 'hybrid' audit fits on. Audits that draw their own small
     # subsample (SHAP's 200 rows, t-SNE's 2,000) gain nothing from more; bench/bench_sample_sizes.py measures which grow.
     default_sample_rows: ClassVar[int] = 20_000
+    # True: with sampling.stratify_by, this audit computes on the stratified sample and honours each row's weight
+    # (Dataset.strata); the others keep the uniform sample, on which their unweighted figures are unbiased
+    stratified: ClassVar[bool] = False
 
     def __init__(self, config: AuditConfig | None = None) -> None:
         self.config = config if config is not None else self.Config()

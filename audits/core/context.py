@@ -10,6 +10,8 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
+from audits.core.strata import Strata, stratified_positions, stratum_labels
+
 Task = Literal["classification", "regression"]
 Modality = Literal["tabular", "image", "text"]
 MODALITIES: tuple[Modality, ...] = ("tabular", "image", "text")
@@ -73,6 +75,7 @@ class Dataset:
     predictions: Predictions
     source: str = ""
     segments: pd.DataFrame | None = None  # the configured segment columns (features or not), same index as X
+    strata: Strata | None = None  # in a stratified sample only: each row's stratum and the population rows it stands for
 
     @property
     def labelled(self) -> bool:
@@ -97,6 +100,9 @@ class AuditContext:
     # (``images`` gives them back as an array); text: one column holding the raw string.
     modality: Modality = "tabular"
     input_shape: tuple[int, ...] | None = None  # image: (C, H, W)
+    # sampling.stratify_by: the same audit on a sample stratified by predicted class or segment (every stratum has
+    # rows; each row carries its weight), seen only by the audits that honour the weights (Audit.stratified)
+    stratified: AuditContext | None = None
 
     @property
     def task(self) -> Task:
@@ -134,20 +140,54 @@ class AuditContext:
 
 def subsample(context: AuditContext, rows: int) -> AuditContext:
     """``context`` with at most ``rows`` rows a side, drawn without replacement with the context's seed (order kept);
-    ``context`` itself when neither side has more."""
+    ``context`` itself when neither side has more. A stratified side is cut stratified (each stratum keeps its floor of
+    rows, each row its weight: the population rows it stands for)."""
     from dataclasses import replace
 
     def cut(ds: Dataset) -> Dataset:
         if len(ds) <= rows:
             return ds
-        keep = np.sort(context.rng(f"sample_rows.{ds.name}").choice(len(ds), size=rows, replace=False))
+        rng = context.rng(f"sample_rows.{ds.name}")
+        if ds.strata is not None:
+            keep, weights = stratified_positions(ds.strata, rows, rng)
+            strata = ds.strata.take(keep, weights)
+        else:
+            keep, strata = np.sort(rng.choice(len(ds), size=rows, replace=False)), None
         predictions = Predictions(ds.predictions.labels[keep], None if ds.predictions.proba is None else ds.predictions.proba[keep])
         return replace(ds, X=ds.X.iloc[keep], y=None if ds.y is None else ds.y.iloc[keep], predictions=predictions,
-                       segments=None if ds.segments is None else ds.segments.iloc[keep])
+                       segments=None if ds.segments is None else ds.segments.iloc[keep], strata=strata)
 
     if len(context.reference) <= rows and len(context.current) <= rows:
         return context  # the same object: nothing was cut
     return replace(context, reference=cut(context.reference), current=cut(context.current))
+
+
+def stratify(context: AuditContext, by: str, floor: int, population: dict[str, dict[str, int]] | None = None) -> AuditContext:
+    """``context`` with each side's rows in strata: the predicted class (``by='prediction'``, classifiers) or the value
+    of a segment column. ``population``: rows per stratum and side in the data the rows were drawn from (the pass over
+    every row); None when the context holds every row (each row then stands for itself)."""
+    from dataclasses import replace
+
+    def one(ds: Dataset) -> Dataset:
+        if by == "prediction":
+            if context.task != "classification":
+                raise ValueError("stratify_by: prediction needs a classifier (its predicted classes are the strata)")
+            labels = stratum_labels(ds.predictions.labels)
+        else:
+            if ds.segments is None or by not in ds.segments.columns:
+                raise ValueError(f"stratify_by: {by!r} is not a segment column of the {ds.name} data")
+            labels = stratum_labels(ds.segments[by])
+        names, codes = np.unique(labels, return_inverse=True)
+        drawn = np.bincount(codes, minlength=len(names)).astype(float)
+        if population is None:
+            weights = np.ones(len(labels))
+        else:
+            counts = population[ds.name]
+            whole = np.array([counts.get(str(name), drawn[k]) for k, name in enumerate(names)], dtype=float)
+            weights = (whole / drawn)[codes]
+        return replace(ds, strata=Strata(by, labels, weights, floor))
+
+    return replace(context, reference=one(context.reference), current=one(context.current), stratified=None)
 
 
 class InvalidPredictions(ValueError):

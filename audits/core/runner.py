@@ -74,12 +74,20 @@ def namespaced(result: AuditResult, audit_id: str) -> AuditResult:
 
 def sample_for(planned: PlannedAudit, context: AuditContext) -> AuditContext:
     """The rows an audit computes (sample mode) or fits (hybrid) on: the context's sample cut to the audit's own
-    sample_rows, seeded (audits with the same sample_rows get the same rows). A partial audit keeps the whole context."""
-    return context if audit_mode(planned.audit) == "partial" else subsample(context, planned.sample_rows)
+    sample_rows, seeded (audits with the same sample_rows get the same rows); for a sample audit that honours weights,
+    the stratified sample when there is one. A partial audit keeps the whole context."""
+    mode = audit_mode(planned.audit)
+    if mode == "partial":
+        return context
+    if mode == "sample" and planned.audit.stratified and context.stratified is not None:
+        return subsample(context.stratified, planned.sample_rows)
+    return subsample(context, planned.sample_rows)
 
 
 def _describe(cut: AuditContext, population: dict[str, int]) -> str:
-    return ", ".join(f"{len(cut.dataset(s)):,} of {population[s]:,} {s} rows" for s in population)
+    text = ", ".join(f"{len(cut.dataset(s)):,} of {population[s]:,} {s} rows" for s in population)
+    strata = [f"{s}: {cut.dataset(s).strata.describe()}" for s in population if cut.dataset(s).strata is not None]
+    return text + "".join(f"; {line}" for line in strata)
 
 
 def rows_seen(planned: PlannedAudit, context: AuditContext, full: FullData | None) -> tuple[Callable[[], AuditResult], str]:
@@ -100,9 +108,10 @@ def rows_seen(planned: PlannedAudit, context: AuditContext, full: FullData | Non
 
         return fitted_then_every_row, (f"fitted on a seeded sample ({_describe(cut, population)}), applied to every row "
                                        f"({len(context.reference):,} reference, {len(context.current):,} current)")
-    if full is not None or cut is not context:
+    if full is not None or any(len(cut.dataset(s)) < population[s] for s in population):
         return (lambda: audit.compute(cut)), f"a seeded sample: {_describe(cut, population)} (sample_rows {planned.sample_rows:,})"
-    return (lambda: audit.compute(context)), f"every row ({len(context.reference):,} reference, {len(context.current):,} current)"
+    strata = "".join(f"; {s}: {cut.dataset(s).strata.describe()}" for s in population if cut.dataset(s).strata is not None)
+    return (lambda: audit.compute(cut)), f"every row ({len(context.reference):,} reference, {len(context.current):,} current){strata}"
 
 
 def run_planned(planned: PlannedAudit, context: AuditContext, full: FullData | None = None) -> AuditResult:

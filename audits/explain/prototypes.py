@@ -40,6 +40,7 @@ from pydantic import Field
 
 from audits.core import Artifact, Audit, AuditConfig, AuditContext, AuditResult, Requirements, Threshold
 from audits.core.feature_space import FeatureSpace
+from audits.core.strata import stratified_positions
 from audits.explain.selection import informative_rows
 
 _LOG_FLOOR = 1e-300  # log-det gain of a candidate (numerically) spanned by the chosen ones: log(0) -> about -690
@@ -232,6 +233,7 @@ class PrototypesAudit(Audit):
     Config = PrototypesConfig
     requires = Requirements(probabilities=True)
     description = "MMD-critic prototypes and criticisms of the reference data; fidelity of explaining rows by prototypes."
+    stratified = True  # prototypes of every predicted class of a stratified sample; current-row figures weighted
     # A prototype surrogate below 0.7 agreement (classifiers) or R^2 (regressors) disagrees with the
     # model on more than 3 rows in 10 (or misses 30% of its variance): its explanations are then more
     # the prototypes' than the model's. A warning, not a failure: the model itself may be fine.
@@ -241,8 +243,15 @@ class PrototypesAudit(Audit):
         cfg: PrototypesConfig = self.config
         classification = context.task == "classification"
         reference, current = context.reference, context.current
-        space = FeatureSpace.fit(reference.X, context.categorical)
-        positions = reference_sample(len(reference), cfg.max_reference_rows, context.random_state("prototypes.reference_rows"))
+        if reference.strata is None:
+            space = FeatureSpace.fit(reference.X, context.categorical)
+            positions = reference_sample(len(reference), cfg.max_reference_rows, context.random_state("prototypes.reference_rows"))
+        else:  # a stratified sample: every group has rows; the scaling is fitted on rows drawn in proportion to the weights
+            space = FeatureSpace.fit(reference.X.sample(n=len(reference), replace=True, weights=reference.strata.weights,
+                                                        random_state=context.random_state("prototypes.space")), context.categorical)
+            positions, drawn = stratified_positions(reference.strata, cfg.max_reference_rows, context.rng("prototypes.reference_rows"))
+        # each current row's share of the population (a stratified sample's rows stand for different numbers of rows)
+        row_weight = None if current.strata is None else current.strata.weights
         Z = space.transform(reference.X.iloc[positions])
         groups, labels, grouped_by = reference_groups(context, positions, cfg.bins)
         critic = mmd_critic(Z, groups, cfg.prototypes_per_group, cfg.criticisms, cfg.gamma, cfg.regularizer, labels)
@@ -264,24 +273,25 @@ class PrototypesAudit(Audit):
 
             classes = np.asarray(context.model.classes)
             surrogate_out: np.ndarray = classes[surrogate.argmax(axis=1)]
-            metrics["fidelity"] = float(accuracy_score(model_out, surrogate_out))
+            metrics["fidelity"] = float(accuracy_score(model_out, surrogate_out, sample_weight=row_weight))
             if current.labelled:
-                metrics["accuracy"] = float(accuracy_score(current.y.to_numpy(), surrogate_out))
-            baseline = float(pd.Series(model_out).value_counts(normalize=True).iloc[0])
+                metrics["accuracy"] = float(accuracy_score(current.y.to_numpy(), surrogate_out, sample_weight=row_weight))
+            shares = pd.Series(row_weight if row_weight is not None else np.ones(len(model_out))).groupby(model_out).sum()
+            baseline = float(shares.max() / shares.sum())
             baseline_text = f"{baseline:.4g} (share of the model's most frequent predicted class)"
         else:
             from sklearn.metrics import r2_score
 
             surrogate_out = surrogate[:, 0]
-            metrics["fidelity"] = float(r2_score(model_out.astype(float), surrogate_out))
+            metrics["fidelity"] = float(r2_score(model_out.astype(float), surrogate_out, sample_weight=row_weight))
             if current.labelled:
-                metrics["accuracy"] = float(r2_score(current.y.to_numpy(dtype=float), surrogate_out))
+                metrics["accuracy"] = float(r2_score(current.y.to_numpy(dtype=float), surrogate_out, sample_weight=row_weight))
             baseline_text = "0 (R^2 of a constant surrogate at the mean prediction)"
         metrics.update(
             prototypes=float(len(critic.prototypes)),
             criticisms=float(len(critic.criticisms)),
             mmd2=critic.mmd2,
-            mean_max_attention=float(weights.max(axis=1).mean()),
+            mean_max_attention=float(np.average(weights.max(axis=1), weights=row_weight)),
         )
 
         proto_ids = [str(i) for i in reference.X.index[proto_rows]]
@@ -302,7 +312,9 @@ class PrototypesAudit(Audit):
                 "gamma_source": "configured" if cfg.gamma is not None else "median heuristic (1 / median squared pairwise distance)",
                 "temperature": repr(float(tau)),
                 "temperature_source": "configured" if cfg.temperature is not None else "median squared distance from current rows to their nearest prototype",
-                "reference_rows_used": f"{len(positions)} of {len(reference)}",
+                "reference_rows_used": f"{len(positions)} of {len(reference)}" + (
+                    "" if reference.strata is None else f", {reference.strata.take(positions, drawn).describe()}; the current "
+                                                        "rows' figures are weighted by the population rows each stands for"),
                 "criticism_selection": "|witness| + log-det diversity gain (greedy)" if cfg.regularizer == "logdet" else "top |witness|",
                 "fidelity": "share of current rows where the surrogate's most probable class is the model's label" if classification
                 else "R^2 of the surrogate against the model's predictions",

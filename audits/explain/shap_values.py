@@ -28,6 +28,7 @@ from matplotlib.figure import Figure
 
 from audits.core import Artifact, Audit, AuditConfig, AuditContext, AuditResult, ModelUnderAudit, Threshold
 from audits.core.result import key_part
+from audits.core.strata import Strata, stratified_positions, weighted_mean_interval
 from audits.explain.exact_shapley import interventional_values
 from audits.explain.frames import FrameFunction
 from audits.explain.model_structure import FeatureMap, dense, is_linear_model, probe_feature_map, split_pipeline, transformed_names
@@ -217,6 +218,7 @@ class ShapAudit(Audit):
     name = "shap"
     Config = ShapConfig
     description = "SHAP values with the explainer chosen by model, summed back to original columns."
+    stratified = True  # explains every stratum of a stratified sample; importances weighted back to the population
     default_thresholds = (Threshold(metric="shap.additivity_relative_error", max=1e-3, severity="fail"),)
 
     def skip_reason(self, context: AuditContext) -> str | None:
@@ -227,21 +229,32 @@ class ShapAudit(Audit):
         source = context.dataset(cfg.dataset).X
         agnostic = choose_explainer(context.model.estimator, cfg.explainer, len(context.features), cfg.exact_max_features)
         budget = cfg.permutation_rows if agnostic in ("permutation", "exact") else cfg.rows
-        X = source.sample(n=min(budget, len(source)), random_state=context.random_state("shap.rows"))
+        strata = context.dataset(cfg.dataset).strata
+        if strata is None:
+            X = source.sample(n=min(budget, len(source)), random_state=context.random_state("shap.rows"))
+        else:  # a stratified sample: every stratum explained, each row weighted by the population rows it stands for
+            positions, weights = stratified_positions(strata, budget, context.rng("shap.rows"))
+            X, strata = source.iloc[positions], strata.take(positions, weights)
         reference = context.reference.X
-        background = reference.sample(
-            n=min(cfg.background_rows, len(reference)), random_state=context.random_state("shap.background")
+        background = reference.sample(  # the background stands for the data: drawn in proportion to the weights
+            n=min(cfg.background_rows, len(reference)), random_state=context.random_state("shap.background"),
+            weights=None if context.reference.strata is None else context.reference.strata.weights,
         )
         attr = explain(context, X, background, cfg.explainer, exact_max_features=cfg.exact_max_features)
 
         residual = attr.values.sum(axis=1) + attr.base[None, :] - attr.outputs
         max_abs = float(np.abs(residual).max())
         scale = float(np.ptp(attr.outputs)) or 1.0
-        mean_abs = np.abs(attr.values).mean(axis=0)  # (features, outputs)
-        importance = mean_abs.sum(axis=1)
-        # the explained rows are a sample: a 95 % normal interval on each mean |SHAP| (its rows' spread / sqrt(rows))
         per_row = np.abs(attr.values).sum(axis=2)  # (rows, features)
-        halfwidth = 1.96 * per_row.std(axis=0, ddof=1) / np.sqrt(len(X)) if len(X) > 1 else np.full(len(importance), np.nan)
+        if strata is None:
+            mean_abs = np.abs(attr.values).mean(axis=0)  # (features, outputs)
+            importance = mean_abs.sum(axis=1)
+            # the explained rows are a sample: a 95 % normal interval on each mean |SHAP| (its rows' spread / sqrt(rows))
+            halfwidth = 1.96 * per_row.std(axis=0, ddof=1) / np.sqrt(len(X)) if len(X) > 1 else np.full(len(importance), np.nan)
+        else:  # the population's mean |SHAP| from the strata's means, weighted by their sizes, and its interval
+            n_features, n_outputs = attr.values.shape[1:]
+            mean_abs = weighted_mean_interval(np.abs(attr.values).reshape(len(X), -1), strata)[0].reshape(n_features, n_outputs)
+            importance, halfwidth = weighted_mean_interval(per_row, strata)
 
         metrics: dict[str, float] = {
             "additivity_max_abs_error": max_abs,
@@ -267,7 +280,8 @@ class ShapAudit(Audit):
 
         artifacts = [
             Artifact.table("importance", importance_table, "Global importance: mean |SHAP| per original column"),
-            Artifact.table("values", _values_table(attr, X), "Per-row SHAP values (original columns), base value, model output"),
+            Artifact.table("values", _values_table(attr, X, strata), "Per-row SHAP values (original columns), base value, model output"
+                           + ("" if strata is None else ", and the population rows each row stands for (weight)")),
             *_figures(attr, X, cfg, context.random_state("shap.plots")),
         ]
         if attr.feature_map is not None:
@@ -286,14 +300,19 @@ class ShapAudit(Audit):
                 "top_features": ", ".join(top),
                 "importance_interval": f"95 % normal intervals on each mean |SHAP| over the {len(X)} explained rows "
                                        f"(importance table); more rows (config rows) narrow them as 1/sqrt(rows)",
+                **({} if strata is None else {"explained_rows": f"{strata.describe()}; importances are the population's: each "
+                                                               f"stratum's mean weighted by its rows"}),
             },
         )
 
 
-def _values_table(attr: Attribution, X: pd.DataFrame) -> pd.DataFrame:
+def _values_table(attr: Attribution, X: pd.DataFrame, strata: Strata | None = None) -> pd.DataFrame:
     frames = []
     for k, name in enumerate(attr.output_names):
         frame = pd.DataFrame(attr.values[:, :, k], columns=attr.features)
+        if strata is not None:
+            frame.insert(0, "weight", strata.weights)
+            frame.insert(0, f"stratum ({strata.by})", strata.labels)
         frame.insert(0, "model_output", attr.outputs[:, k])
         frame.insert(0, "base_value", attr.base[k])
         frame.insert(0, "explained_output", name)

@@ -9,13 +9,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from audits.core.context import Dataset, ModelUnderAudit, infer_categorical
+from audits.core.context import AuditContext, Dataset, ModelUnderAudit, infer_categorical
 from audits.core.partial import FullData, audit_mode
 from audits.core.runner import sample_for
 from tasks.adapters.datasets import check_columns, frame_sha256
-from tasks.adapters.errors import DataError
-from tasks.adapters.full_pass import (KEY, PassPlan, Reducer, Survey, integer_columns, labels_follow_proba, open_engine,
-                                      score, segment_frame, survey)
+from tasks.adapters.errors import ConfigError, DataError
+from tasks.adapters.full_pass import (KEY, STRATUM, PassPlan, Reducer, Survey, integer_columns, labels_follow_proba,
+                                      open_engine, score, segment_frame, survey)
 from tasks.adapters.models import ModelRef
 from tasks.adapters.settings import LoadedSettings
 from tasks.adapters.sources import Source
@@ -126,7 +126,7 @@ def assemble_every_row(ref: ModelRef, loaded: LoadedSettings, model: ModelUnderA
 
 
 def _assemble(ref, loaded, model, baseline, baseline_note, features, sources, modality, engine, timings):
-    from tasks.adapters.inputs import AuditInputs, context_or_error
+    from tasks.adapters.inputs import AuditInputs, context_or_error, stratified
 
     settings = loaded.settings
     data, execution = settings.data, settings.execution
@@ -140,7 +140,11 @@ def _assemble(ref, loaded, model, baseline, baseline_note, features, sources, mo
     plan = PassPlan(features=tuple(features), target=data.target, segments=tuple(data.segments),
                     numeric=numeric_columns(sources["reference"], features, data.encoding), encoding=data.encoding,
                     seed=settings.seed, chunk_rows=execution.partition_rows,
-                    prediction_label=label_column, prediction_proba=proba_columns)
+                    prediction_label=label_column, prediction_proba=proba_columns,
+                    stratify_by=settings.sampling.stratify_by, stratum_floor=settings.sampling.min_rows_per_stratum)
+    if plan.stratify_by == "prediction" and model.task != "classification":
+        raise ConfigError(f"sampling.stratify_by is 'prediction', but {model.label} is a regressor (its predictions have no "
+                          "classes to stratify by)", "set sampling.stratify_by to a segment column, or remove it")
     budgets = {role: loaded.sample_rows(role) for role in ("reference", "current")}
     timings = timings if timings is not None else {}
     clock = time.perf_counter()
@@ -151,22 +155,26 @@ def _assemble(ref, loaded, model, baseline, baseline_note, features, sources, mo
     if data.segments:
         plan = dataclasses.replace(plan, integer_segments=integer_columns(
             sources["reference"], tuple(data.segments), surveys["reference"].sample))
-    frames = {}
-    for role, result in surveys.items():
-        sample = result.sample.drop(columns=[KEY])
-        frames[role] = (sample[features], sample[data.target] if labelled[role] else None,
-                        segment_frame(sample, plan) if data.segments else None)
+    def frames_of(samples: dict[str, pd.DataFrame]) -> dict[str, tuple]:
+        """(features, target when labelled, segments) of each side's sampled rows."""
+        return {role: (sample[features], sample[data.target] if labelled[role] else None,
+                       segment_frame(sample, plan) if data.segments else None) for role, sample in samples.items()}
+
+    frames = frames_of({role: result.sample.drop(columns=[KEY]) for role, result in surveys.items()})
     categorical = tuple(data.categorical) if data.categorical is not None else infer_categorical(frames["reference"][0])
     unknown = [c for c in categorical if c not in features]
     if unknown:
         raise DataError(f"data.categorical names {unknown}, which are not features ({features[:20]})",
                         "list only feature columns under data.categorical")
-    context = context_or_error(
-        ref, model, frames["reference"][:2], frames["current"][:2],
-        categorical=categorical, target=data.target, seed=settings.seed,
-        sources=(sources["reference"].spec, sources["current"].spec), baseline=baseline, baseline_note=baseline_note,
-        segments=(frames["reference"][2], frames["current"][2]), modality=modality,
-    )
+    def context_of(frames: dict[str, tuple]) -> AuditContext:
+        return context_or_error(
+            ref, model, frames["reference"][:2], frames["current"][:2],
+            categorical=categorical, target=data.target, seed=settings.seed,
+            sources=(sources["reference"].spec, sources["current"].spec), baseline=baseline, baseline_note=baseline_note,
+            segments=(frames["reference"][2], frames["current"][2]), modality=modality,
+        )
+
+    context = context_of(frames)
     predictions = {role: f"{model.label}, on every row" for role in sources}
     if label_column:  # a side without the columns (the training data, often) is scored by the model
         for role, result in surveys.items():
@@ -190,8 +198,18 @@ def _assemble(ref, loaded, model, baseline, baseline_note, features, sources, mo
             continue
         partials.append(Reducer(planned.id, planned.audit, fitted[planned.id], own))
     clock = time.perf_counter()
-    states, score_errors, _ = score(engine, sources, plan, model, partials, execution.partition_rows) if partials else ({}, {}, {})
+    states, score_errors, strata = ({}, {}, {})
+    if partials or plan.stratify_by:
+        states, score_errors, _, strata = score(engine, sources, plan, model, partials, execution.partition_rows)
     timings["score_s"] = time.perf_counter() - clock
+    if plan.stratify_by:
+        # the uniform sample's rows, and each stratum's rows with the smallest keys beyond them: the same keys, so a
+        # stratum's rows are its first rows by key, a uniform sample of the stratum, however many there are
+        union = {role: pd.concat([surveys[role].sample, strata[role].rows.drop(columns=[STRATUM])], ignore_index=True)
+                 .drop_duplicates(KEY).sort_values(KEY, kind="stable").drop(columns=[KEY]).reset_index(drop=True)
+                 for role in sources}
+        context = stratified(context, settings.sampling, {role: strata[role].counts for role in sources},
+                             sample=context_of(frames_of(union)))
     engine_name, workers = engine.name, engine.workers
     errors.update(score_errors)
     full = FullData(

@@ -26,12 +26,15 @@ import pandas as pd
 
 from audits.core.context import AuditContext, Dataset, InvalidPredictions, ModelUnderAudit, checked_predictions
 from audits.core.partial import PartialAudit, State, decode_state, encode_state
+from audits.core.strata import stratum_labels
 from tasks.adapters.datasets import check_finite, check_numeric
 from tasks.adapters.errors import AuditlensError, DataError, ModelOutputError
 from tasks.adapters.sources import Fragment, Source, read_fragment
 
 ROLE_CODE = {"reference": 0, "current": 1}
 KEY = "__auditlens_key"
+STRATUM = "__auditlens_stratum"
+MAX_STRATA = 1000  # strata a side may have: each keeps stratum_floor rows in the auditing process
 
 
 class EngineError(AuditlensError):
@@ -57,6 +60,10 @@ class PassPlan:
     # segment columns that hold whole numbers: read as nullable integers in every chunk, so that a value is named "3"
     # whether or not its chunk has a missing value (pandas reads an integer column with a gap as floats: "3.0")
     integer_segments: tuple[str, ...] = ()
+    # sampling.stratify_by: the scoring pass keeps, per stratum, the rows with the smallest keys (the keys the survey
+    # drew), so that the stratified sample has stratum_floor rows of every stratum the population has
+    stratify_by: str | None = None
+    stratum_floor: int = 0
 
     def columns(self, source_columns: tuple[str, ...]) -> list[str]:
         wanted = [*self.features, *([self.target] if self.target else []), *self.segments,
@@ -148,6 +155,10 @@ def score_fragment(fragment: Fragment, plan: PassPlan, columns: list[str], model
     states = {r.id: r.audit.init(r.context, r.fitted) for r in partials}
     errors: dict[str, str] = {}
     rows = 0
+    # the survey's keys, drawn again in the same order (same seed, fragment and chunks): a stratum's smallest keys here
+    # extend the uniform sample's rows of that stratum, they never replace them
+    keys = np.random.default_rng([plan.seed, ROLE_CODE[fragment.role], fragment.index]) if plan.stratify_by else None
+    strata = StratumRows()
     for chunk in read_fragment(fragment, columns, plan.encoding, plan.chunk_rows):
         X = chunk[list(plan.features)]
         if plan.prediction_label and plan.prediction_label in chunk.columns:
@@ -156,6 +167,9 @@ def score_fragment(fragment: Fragment, plan: PassPlan, columns: list[str], model
             predictions = _predict(X, plan, model, fragment, rows)
         y = chunk[plan.target] if labelled and plan.target in chunk.columns else None
         segments = segment_frame(chunk, plan) if plan.segments else None
+        if keys is not None:
+            by = predictions.labels if plan.stratify_by == "prediction" else segments[plan.stratify_by]
+            strata.add(chunk.assign(**{KEY: keys.random(len(chunk)), STRATUM: stratum_labels(by)}), plan, fragment.label)
         partition = Dataset(fragment.role, X, y, predictions, fragment.path, segments)
         for r in partials:
             if r.id in errors:
@@ -173,7 +187,36 @@ def score_fragment(fragment: Fragment, plan: PassPlan, columns: list[str], model
             encoded[audit_id] = encode_state(state)
         except TypeError as exc:
             errors[audit_id] = f"its state cannot be sent without pickle: {exc}"
-    return {"rows": rows, "states": encoded, "errors": errors}
+    return {"rows": rows, "states": encoded, "errors": errors, "strata": strata}
+
+
+@dataclass
+class StratumRows:
+    """Rows per stratum, and each stratum's ``stratum_floor`` rows with the smallest keys (all columns read)."""
+
+    counts: dict[str, int] = field(default_factory=dict)
+    rows: pd.DataFrame | None = None
+
+    def add(self, keyed: pd.DataFrame, plan: PassPlan, where: str) -> None:
+        """A chunk's rows, with their keys and strata."""
+        self._count(keyed[STRATUM].value_counts().items(), plan, where)
+        self._keep(keyed, plan)
+
+    def merge(self, other: StratumRows, plan: PassPlan, where: str) -> None:
+        self._count(other.counts.items(), plan, where)
+        if other.rows is not None:
+            self._keep(other.rows, plan)
+
+    def _count(self, counts: Any, plan: PassPlan, where: str) -> None:
+        for name, count in counts:
+            self.counts[str(name)] = self.counts.get(str(name), 0) + int(count)
+        if len(self.counts) > MAX_STRATA:
+            raise DataError(f"sampling.stratify_by: {plan.stratify_by!r} has more than {MAX_STRATA:,} values (in {where})",
+                            "stratify by a column with fewer values (a region, a product line), or remove sampling.stratify_by")
+
+    def _keep(self, keyed: pd.DataFrame, plan: PassPlan) -> None:
+        both = keyed if self.rows is None else pd.concat([self.rows, keyed], ignore_index=True)
+        self.rows = both.sort_values(KEY, kind="stable").groupby(STRATUM, sort=False).head(plan.stratum_floor)
 
 
 def segment_frame(frame: pd.DataFrame, plan: PassPlan) -> pd.DataFrame:
@@ -381,8 +424,9 @@ def survey(engine: Any, source: Source, plan: PassPlan, sample_rows: int, partit
 
 
 def score(engine: Any, sources: dict[str, Source], plan: PassPlan, model: ModelUnderAudit, partials: list[Reducer],
-          partition_rows: int) -> tuple[dict[str, State], dict[str, str], dict[str, int]]:
-    """The merged state of each partial audit over every row of both sides; errors by audit id; rows scored per side."""
+          partition_rows: int) -> tuple[dict[str, State], dict[str, str], dict[str, int], dict[str, StratumRows]]:
+    """The merged state of each partial audit over every row of both sides; errors by audit id; rows scored per side;
+    per side, the rows per stratum and each stratum's rows with the smallest keys (plan.stratify_by)."""
     merged: dict[str, State] = {r.id: r.audit.init(r.context, r.fitted) for r in partials}
     labelled = {role: partials[0].context.dataset(role).labelled for role in sources} if partials else {}
     if plan.prediction_label and all(plan.prediction_label in s.columns for s in sources.values()):
@@ -393,12 +437,14 @@ def score(engine: Any, sources: dict[str, Source], plan: PassPlan, model: ModelU
         partials = [replace(r, context=replace(r.context, model=model, baseline=None)) for r in partials]
     errors: dict[str, str] = {}
     rows = {role: 0 for role in sources}
+    strata = {role: StratumRows() for role in sources}
     by_id = {r.id: r.audit for r in partials}
     for role, source in sources.items():
         columns = plan.columns(source.columns)
         for part in engine.map(score_fragment, source.fragments(partition_rows), plan=plan, columns=columns,
                                model=model, partials=partials, labelled=labelled[role]):
             rows[role] += part["rows"]
+            strata[role].merge(part["strata"], plan, source.spec)
             for audit_id, message in part["errors"].items():
                 errors.setdefault(audit_id, message)
             for audit_id, data in part["states"].items():
@@ -407,4 +453,4 @@ def score(engine: Any, sources: dict[str, Source], plan: PassPlan, model: ModelU
                         merged[audit_id] = by_id[audit_id].merge(merged[audit_id], decode_state(data))
                     except Exception as exc:
                         errors[audit_id] = f"{type(exc).__name__} while merging: {exc}"
-    return {k: v for k, v in merged.items() if k not in errors}, errors, rows
+    return {k: v for k, v in merged.items() if k not in errors}, errors, rows, strata

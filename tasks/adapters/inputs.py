@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import pandas as pd
 
-from audits.core.context import AuditContext, InvalidPredictions, ModelUnderAudit, build_context, infer_categorical
+from audits.core.context import AuditContext, InvalidPredictions, ModelUnderAudit, build_context, infer_categorical, stratify
 from audits.core.partial import FullData
 from tasks.adapters.datasets import check_columns, image_shape, prepare, read_columns, resolve_features
 from tasks.adapters.sources import Source, open_source
 from audits.core.runner import TimeLimitExceeded, call_with_time_limit
-from tasks.adapters.errors import DataError, ModelOutputError, ModelTimeoutError
+from tasks.adapters.errors import ConfigError, DataError, ModelOutputError, ModelTimeoutError
 from tasks.adapters.models import ModelRef, load_baseline, load_model
 from tasks.adapters.settings import LoadedSettings
 
@@ -113,6 +113,19 @@ def context_or_error(ref: ModelRef, model: ModelUnderAudit, reference, current, 
         ) from None
 
 
+def stratified(context: AuditContext, sampling: Any, population: dict[str, dict[str, int]] | None = None,
+               sample: AuditContext | None = None) -> AuditContext:
+    """``context`` with its stratified sample (``sampling.stratify_by``): ``sample``'s rows (default: the context's own,
+    every row when the context holds all of them) in strata, weighted by ``population``'s rows per stratum."""
+    if sampling.stratify_by is None:
+        return context
+    try:
+        strata = stratify(sample if sample is not None else context, sampling.stratify_by, sampling.min_rows_per_stratum, population)
+    except ValueError as exc:
+        raise ConfigError(f"sampling.{exc}", "set sampling.stratify_by to a segment column, or remove it") from None
+    return replace(context, stratified=strata)
+
+
 def assemble_in_time(ref: ModelRef, loaded: LoadedSettings, client) -> AuditInputs:
     """``assemble`` within ``limits.inputs_s``: a model that never answers stops the audit with an error, not forever."""
     limit = loaded.settings.limits.inputs_s
@@ -179,6 +192,7 @@ def assemble(ref: ModelRef, loaded: LoadedSettings, client) -> AuditInputs:
         modality=modality,
         input_shape=input_shape,
     )
+    context = stratified(context, settings.sampling)
     fingerprints = {"reference": reference.fingerprint, "current": current.fingerprint}
     full = None
     if any(fp["rows_used"] < fp["rows"] for fp in fingerprints.values()):  # sampled in memory (image archives)

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from audits.core.plan import AuditPlan, AuditSpec, PlanError, PlannedAudit, format_location, plan_sample_rows, pydantic_problems
 from tasks.adapters.errors import ConfigError
@@ -89,6 +89,11 @@ class Sampling(StrictModel):
 
     reference_rows: int | None = Field(None, ge=1, le=1_000_000_000)
     current_rows: int | None = Field(None, ge=1, le=1_000_000_000)
+    # 'prediction' (a classifier's predicted class) or a column of data.segments: the audits that honour row weights
+    # (shap, prototypes) then see a sample where every stratum has at least min_rows_per_stratum rows (all it has when
+    # fewer), each row weighted by the population rows it stands for; the others keep the uniform sample
+    stratify_by: str | None = Field(None, min_length=1)
+    min_rows_per_stratum: int = Field(200, ge=1, le=100_000)
 
 
 class Limits(StrictModel):
@@ -141,6 +146,14 @@ class AuditSettings(StrictModel):
     limits: Limits = Limits()
     execution: Execution = Execution()
     audits: list[AuditSpec] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _strata_exist(self) -> AuditSettings:
+        by = self.sampling.stratify_by
+        if by is not None and by != "prediction" and by not in self.data.segments:
+            raise ValueError(f"sampling.stratify_by is {by!r}, which is neither 'prediction' nor a column of data.segments "
+                             f"({list(self.data.segments)}); name the column under data.segments too")
+        return self
 
     def resolved_artifact_location(self, tracking_uri: str) -> str | None:
         """Where new experiments keep artifacts. MLflow's own default for a SQLite store is ./mlruns in

@@ -165,6 +165,7 @@ CASES = {
     "wrong-type-audits": Case(lambda w: config(w, "audits-str", audits="shap"), "audits: Input should be a valid list"),
     "negative-rows": Case(lambda w: config(w, "negative", sampling={"reference_rows": -5}), "sampling.reference_rows: Input should be greater than or equal to 1"),
     "astronomical-rows": Case(lambda w: config(w, "astronomical", sampling={"current_rows": 10**30}), "sampling.current_rows: Input should be less than or equal to 1000000000"),
+    "stratify-by-an-unknown-column": Case(lambda w: config(w, "strata", sampling={"stratify_by": "regoin"}), "sampling.stratify_by is 'regoin', which is neither 'prediction' nor a column of data.segments"),
     "negative-time-limit": Case(lambda w: config(w, "limit", audits=[{"audit": "performance", "time_limit_s": -1}]), "audits[0].time_limit_s: Input should be greater than 0"),
     "unknown-encoding": Case(lambda w: config(w, "encoding", data={"reference": "reference.csv", "current": "current.csv", "encoding": "klingon"}), "unknown text encoding 'klingon'"),
     # data

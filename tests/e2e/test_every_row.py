@@ -247,3 +247,42 @@ def test_predictions_scored_elsewhere_are_read_from_the_data_and_must_be_the_mod
     assert "disagree with e2e-model v1" in refused.stderr and "not made by this model version" in refused.stderr
     after = client.search_runs([client.get_experiment_by_name("auditlens/e2e-model").experiment_id], max_results=1000)
     assert len(after) == len(before)
+
+
+def test_a_sample_stratified_by_a_rare_segment_explains_it_with_the_population_counts(world, cli_env):
+    """100,000 current rows in four files; region 'r0' holds 0.4 % of them. A uniform 20,000-row sample holds about 80
+    of its 400 rows and SHAP's 100 explained rows fewer than one. With sampling.stratify_by: region, the scoring pass
+    keeps each region's first rows by key beyond the uniform sample's: SHAP explains 50 rows of r0, weighted by r0's
+    count on every row, and a two-worker cluster draws the very same sample."""
+    X, y = make_tabular(100_000, seed=17)
+    data = pd.concat([X, y], axis=1)
+    data["region"] = np.where(np.random.default_rng(4).random(len(data)) < 0.004, "r0", "r1")
+    folder = world.folder / "strata"
+    folder.mkdir()
+    for i in range(4):
+        data.iloc[i * 25_000:(i + 1) * 25_000].to_parquet(folder / f"part-{i}.parquet", index=False)
+    X, y = make_tabular(25_000, seed=7)
+    reference = pd.concat([X, y], axis=1).assign(region=np.where(np.random.default_rng(5).random(len(X)) < 0.004, "r0", "r1"))
+    reference.to_parquet(world.folder / "strata-reference.parquet", index=False)
+    plan = [{"audit": "shap", "config": {"rows": 100}}, {"audit": "performance"}]
+    outcomes = []
+    for engine in ({"engine": "local"}, {"engine": "dask", "workers": 2}):
+        name = f"strata-{engine['engine']}"
+        config = write_config(world.folder, world.tracking_uri, name=f"{name}.yaml", execution=engine, audits=plan,
+                              data={"reference": "strata-reference.parquet", "current": "strata", "target": "label",
+                                    "segments": ["region"]},
+                              sampling={"stratify_by": "region", "min_rows_per_stratum": 50})
+        outcomes.append(audit_with_config(world, cli_env, config, name))
+    r0 = int((data["region"] == "r0").sum())
+    rows = {r["id"]: r for r in outcomes[0]["manifest"]["audits"]}
+    assert f"current: stratified by region (2 strata, at least 50 rows each: 'r0' " in rows["shap"]["rows"]
+    assert rows["performance"]["rows"] == "every row (25,000 reference, 100,000 current)"
+    with tempfile.TemporaryDirectory() as tmp:
+        values = json.loads(Path(make_client(world.tracking_uri).download_artifacts(
+            outcomes[0]["run"].info.run_id, "shap/values.json", tmp)).read_text())
+    frame = pd.DataFrame(values["data"], columns=values["columns"])
+    explained = frame[frame["stratum (region)"] == "r0"]
+    assert len(explained) == 50 and explained["weight"].sum() == pytest.approx(r0)  # r0's rows, counted on every row
+    assert frame["weight"].sum() == pytest.approx(len(data))
+    a, b = (o["run"].data.metrics for o in outcomes)
+    assert a.keys() == b.keys() and all(b[k] == pytest.approx(a[k], rel=1e-12, abs=1e-12) for k in a)

@@ -158,7 +158,7 @@ def test_predictions_read_from_the_data_need_no_model_code(classifier_context, t
     from dataclasses import replace
 
     poisoned = replace(context.model, predict=boom, predict_proba=boom)
-    states, errors, rows = score(LocalEngine(), sources, plan, poisoned,
+    states, errors, rows, _ = score(LocalEngine(), sources, plan, poisoned,
                                  [Reducer("performance", audit, None, replace(context, model=poisoned))], 1000)
     assert errors == {} and rows == {"reference": len(context.reference), "current": len(context.current)}
     expected = reduce_partitions(audit, context, None, (context.reference, context.current))
