@@ -297,7 +297,10 @@ def domain_classifier(reference: pd.DataFrame, current: pd.DataFrame, categorica
     y = np.r_[np.zeros(len(reference), dtype=int), np.ones(len(current), dtype=int)]
     model = HistGradientBoostingClassifier(
         categorical_features=np.array([c in categorical for c in reference.columns])[usable],
-        max_iter=100, max_leaf_nodes=15, early_stopping=False, random_state=seed,
+        # early stopping on a tenth of each fold's training rows: where the sides do not differ, the trees after the
+        # first few fit noise, and every one of them is paid again on every row the classifier scores
+        max_iter=100, max_leaf_nodes=15, early_stopping=True, validation_fraction=0.1, n_iter_no_change=10,
+        random_state=seed,
     )
     cv = StratifiedKFold(folds, shuffle=True, random_state=seed)
     importances = []
@@ -333,12 +336,38 @@ def domain_scores(domain: dict, X: pd.DataFrame, categorical: tuple[str, ...]) -
 # ------------------------------------------------------------------------------------ every row, in bins
 
 
+def bin_cells(values: np.ndarray, edges: np.ndarray, dense: int = 8) -> np.ndarray:
+    """``np.searchsorted(edges, values, side='left')`` (how many edges lie below each value), about twice as fast on
+    2,000 edges: a uniform grid of 4 cells per edge over the edges' range says, for each value, how many edges lie in
+    the cells before its own (the same float arithmetic maps edges and values to cells, and it is monotone, so an edge
+    in an earlier cell is below the value); the few edges in its own cell are then compared one step at a time. Values
+    in a cell with more than ``dense`` edges (a heavy tail squeezes most edges into a few cells) are searched."""
+    m = len(edges)
+    if m < 64 or not edges[-1] > edges[0] or len(values) < 10 * m:
+        return np.searchsorted(edges, values, side="left")
+    cells = 4 * m
+    start, scale = edges[0], cells / (edges[-1] - edges[0])
+    before = np.searchsorted(np.clip((edges - start) * scale, 0, cells - 1).astype(np.intp), np.arange(cells + 1), side="left")
+    inside = np.diff(before)  # edges in each cell
+    cell = np.clip((values - start) * scale, 0, cells - 1).astype(np.intp)
+    index = before[cell]
+    crowded = inside[cell] > dense
+    if crowded.any():
+        index[crowded] = np.searchsorted(edges, values[crowded], side="left")
+    pending = np.flatnonzero(~crowded & (inside[cell] > 0))
+    bounded = np.append(edges, np.inf)
+    while len(pending):  # at most `dense` steps: past each edge of its own cell that lies below the value
+        pending = pending[bounded[index[pending]] < values[pending]]
+        index[pending] += 1
+    return index
+
+
 def numeric_part(values: np.ndarray, edges: np.ndarray) -> dict:
     """The additive summary of some values of a numeric column: rows per fine bin and the sum of their values, missing
     values, and count, mean, sum of squared deviations, min and max of the values present."""
     values = np.asarray(values, dtype=float)
     present = values[~np.isnan(values)]
-    cells = np.searchsorted(edges, present, side="left")  # right-closed bins, as binned_counts
+    cells = bin_cells(present, edges)  # right-closed bins, as binned_counts
     n = len(present)
     mean = float(present.mean()) if n else 0.0
     return {

@@ -253,3 +253,18 @@ def test_empty_and_constant_columns_are_reported_not_fatal():
     assert np.isnan(result.metrics["drift.feature.empty.pvalue_corrected"]) and result.metrics["drift.feature.empty.drifted"] == 0
     assert result.metrics["drift.feature.constant.effect"] == 0 and result.metrics["drift.feature.constant.pvalue_corrected"] == 1
     assert table(result).set_index("feature").loc["empty", "domain_importance"] == 0
+
+
+@pytest.mark.parametrize("kind", ["normal", "lognormal", "ties", "integers"])
+def test_the_grid_lookup_counts_edges_below_each_value_exactly_as_searchsorted(kind):
+    """bin_cells replaces np.searchsorted(edges, v, 'left') on every row: the same cell for every value, the edges
+    themselves, their nearest floats on both sides, values beyond both ends, and a heavy tail that crowds the grid."""
+    from audits.uncertainty.drift import bin_cells
+
+    rng = np.random.default_rng(7)
+    draw = {"normal": lambda n: rng.normal(size=n), "lognormal": lambda n: rng.lognormal(0, 3, size=n),
+            "ties": lambda n: np.round(rng.normal(size=n), 1), "integers": lambda n: rng.integers(0, 3000, n).astype(float)}[kind]
+    edges = np.unique(np.quantile(draw(20_000), np.linspace(0, 1, 2001)[1:-1]))
+    values = np.concatenate([draw(100_000), edges, np.nextafter(edges, np.inf), np.nextafter(edges, -np.inf),
+                             [-1e300, 1e300, edges[0] - 1, edges[-1] + 1]])
+    assert np.array_equal(bin_cells(values, edges), np.searchsorted(edges, values, side="left"))
