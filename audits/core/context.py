@@ -103,6 +103,9 @@ class AuditContext:
     # sampling.stratify_by: the same audit on a sample stratified by predicted class or segment (every stratum has
     # rows; each row carries its weight), seen only by the audits that honour the weights (Audit.stratified)
     stratified: AuditContext | None = None
+    # data read by partition: current rows that every-row audits flagged (PartialAudit.flagged_rows), with their
+    # features, 'row' (file and row) and 'flagged_by', so that explanations can look at them beside the sample
+    flagged: pd.DataFrame | None = None
 
     @property
     def task(self) -> Task:

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
 import numpy as np
+import pandas as pd
 
 from audits.core.audit import Audit
 from audits.core.context import AuditContext, Dataset
@@ -55,6 +56,11 @@ class PartialAudit(Audit):
     @abstractmethod
     def finalize(self, state: State, context: AuditContext, fitted: Any, population: dict[str, int]) -> AuditResult:
         """The result; ``population`` is the number of rows each side had (every one of them went through update)."""
+
+    def flagged_rows(self, state: State, fitted: Any, features: tuple[str, ...]) -> pd.DataFrame | None:
+        """Rows of the population this audit flags on every row (the least familiar rows an OOD scorer flags), for
+        the sample audits to look at too: the features, 'row' (where it is) and 'flagged_by'. None: it flags none."""
+        return None
 
     def compute(self, context: AuditContext) -> AuditResult:
         fitted = self.fit(context)

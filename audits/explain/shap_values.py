@@ -47,6 +47,7 @@ class ShapConfig(AuditConfig):
     rows: int = Field(200, ge=1)  # rows explained by the tree and linear explainers (sampled with the seed)
     permutation_rows: int = Field(50, ge=1)  # rows explained by the costlier model-agnostic explainers
     background_rows: int = Field(50, ge=1)  # background sample for linear and permutation explainers
+    flagged_rows: int = Field(50, ge=0)  # data read by partition: current rows other audits flagged, explained too
     max_display: int = Field(15, ge=1)  # features shown in plots
     max_class_plots: int = Field(4, ge=1)  # multiclass: beeswarm plots for the first N classes
 
@@ -286,6 +287,15 @@ class ShapAudit(Audit):
         ]
         if attr.feature_map is not None:
             artifacts.append(Artifact.table("feature_map", attr.feature_map.table(), "Transformed features and their original columns"))
+        flagged = context.flagged.head(cfg.flagged_rows) if context.flagged is not None and cfg.flagged_rows else None
+        if flagged is not None and len(flagged):
+            X_flagged = flagged[list(context.features)].set_axis(flagged["row"].astype(str).tolist())
+            table = _values_table(explain(context, X_flagged, background, cfg.explainer, exact_max_features=cfg.exact_max_features),
+                                  X_flagged)
+            table.insert(1, "flagged_by", np.tile(flagged["flagged_by"].astype(str).to_numpy(), len(attr.output_names)))
+            artifacts.append(Artifact.table("flagged_values", table, "SHAP values of the current rows other audits flagged on "
+                                            "every row (not part of the importances, which estimate the whole data's)"))
+            metrics["flagged_rows_explained"] = float(len(X_flagged))
         top = importance_table.head(5)["feature"].tolist()
         return AuditResult(
             audit=self.name,

@@ -132,6 +132,14 @@ class OODAudit(PartialAudit):
                 "score_sum": {s: a["score_sum"][s] + b["score_sum"][s] for s in a["score_sum"]},
                 "top": {"ratio": ratio[keep], "rows": [rows[i] for i in keep]}}
 
+    def flagged_rows(self, state: dict, fitted: dict, features: tuple[str, ...]) -> pd.DataFrame | None:
+        """The least familiar current rows that a scorer flags (of the ``rows`` kept, across every row)."""
+        rows = [r for r in state["top"]["rows"] if r["flagged_by"]]
+        if not rows:
+            return None
+        return pd.DataFrame({"row": [r["row"] for r in rows], "flagged_by": [f"ood ({r['flagged_by']})" for r in rows],
+                             **{c: [r.get(f"feature: {c}") for r in rows] for c in features}})
+
     def finalize(self, state: dict, context: AuditContext, fitted: dict, population: dict[str, int]) -> AuditResult:
         cfg: OODConfig = self.config
         model, n, m = fitted["model"], state["rows"], fitted["m"]

@@ -114,6 +114,23 @@ def _checked_survey(result: Survey, source: Source, features: list[str], target:
     return True
 
 
+def with_flagged_rows(context: AuditContext, partials: list[Reducer], states: dict[str, Any]) -> AuditContext:
+    """``context`` (and its stratified sample) with the current rows that every-row audits flagged, typed as the
+    sample's features, for the explanations to look at beside the sample."""
+    found = [r.audit.flagged_rows(states[r.id], r.fitted, context.features) for r in partials if r.id in states]
+    found = [frame for frame in found if frame is not None and len(frame)]
+    if not found:
+        return context
+    rows = pd.concat(found, ignore_index=True)
+    for column in context.features:
+        try:
+            rows[column] = rows[column].astype(context.current.X[column].dtype)
+        except (TypeError, ValueError):  # e.g. a missing value in a whole-number column: the model gets it as read
+            pass
+    stratified = None if context.stratified is None else dataclasses.replace(context.stratified, flagged=rows)
+    return dataclasses.replace(context, flagged=rows, stratified=stratified)
+
+
 def assemble_every_row(ref: ModelRef, loaded: LoadedSettings, model: ModelUnderAudit, baseline: ModelUnderAudit | None,
                        baseline_note: str, features: list[str], sources: dict[str, Source], modality: str, engine: Any = None,
                        timings: dict[str, float] | None = None):
@@ -210,6 +227,7 @@ def _assemble(ref, loaded, model, baseline, baseline_note, features, sources, mo
                  for role in sources}
         context = stratified(context, settings.sampling, {role: strata[role].counts for role in sources},
                              sample=context_of(frames_of(union)))
+    context = with_flagged_rows(context, partials, states)
     engine_name, workers = engine.name, engine.workers
     errors.update(score_errors)
     full = FullData(

@@ -188,7 +188,8 @@ def test_a_shift_in_one_segment_of_2_percent_of_the_rows_is_found(world, cli_env
         data.iloc[i * 50_000:(i + 1) * 50_000].to_parquet(folder / f"part-{i}.parquet", index=False)
     outcome = audit(world, cli_env, "segment-shift", {"engine": "local"},
                     [{"audit": "ood", "config": {"scorers": ["knn", "pca"], "rows": 50, "percentile": 99, "max_rows": 8000}},
-                     {"audit": "drift", "config": {"domain_classifier": False}}], current="segment-shift")
+                     {"audit": "drift", "config": {"domain_classifier": False}}, {"audit": "shap", "config": {"rows": 200}}],
+                    current="segment-shift")
     metrics = outcome["run"].data.metrics
     assert metrics["ood.rows"] == 100_000
     assert metrics["ood.flagged_share_any"] > 0.02 + 0.015 and metrics["ood.max_excess_z"] > 5
@@ -205,6 +206,18 @@ def test_a_shift_in_one_segment_of_2_percent_of_the_rows_is_found(world, cli_env
     frame = pd.DataFrame(table["data"], columns=table["columns"])
     assert len(frame) == 50 and (frame["feature: x1"] > 3).mean() > 0.9  # the planted rows, found among all 100,000
     assert frame["row"].str.startswith("part-").all()
+    # SHAP explains its sample and, beside it, the rows OOD flagged on every row: the planted rows, moved up on x1
+    # (which raises the odds of 'yes') and on x2 (which lowers them), and their values add up to the model's output
+    with tempfile.TemporaryDirectory() as tmp:
+        client = make_client(world.tracking_uri)
+        table = json.loads(Path(client.download_artifacts(outcome["run"].info.run_id, "shap/flagged_values.json", tmp)).read_text())
+    flagged = pd.DataFrame(table["data"], columns=table["columns"])
+    flagged_rows = frame.loc[frame["flagged_by"] != "", "row"]
+    assert metrics["shap.flagged_rows_explained"] == len(flagged_rows) >= 45
+    assert set(flagged["row"]) == set(flagged_rows) and flagged["flagged_by"].str.startswith("ood (").all()
+    assert (flagged["x1"] > 0).all() and (flagged["x2"] < 0).all()
+    features = ["x1", "x2", "x3", "noise", "colour"]
+    assert np.allclose(flagged[features].sum(axis=1) + flagged["base_value"], flagged["model_output"], atol=1e-6)
 
 
 def test_predictions_scored_elsewhere_are_read_from_the_data_and_must_be_the_models(world, cli_env, local_and_dask):
