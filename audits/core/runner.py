@@ -84,10 +84,13 @@ def sample_for(planned: PlannedAudit, context: AuditContext) -> AuditContext:
     return subsample(context, planned.sample_rows)
 
 
+def _strata(cut: AuditContext, population: dict[str, int]) -> str:
+    """"; current: stratified by ..." for each side of a stratified sample; "" for a uniform one."""
+    return "".join(f"; {s}: {cut.dataset(s).strata.describe()}" for s in population if cut.dataset(s).strata is not None)
+
+
 def _describe(cut: AuditContext, population: dict[str, int]) -> str:
-    text = ", ".join(f"{len(cut.dataset(s)):,} of {population[s]:,} {s} rows" for s in population)
-    strata = [f"{s}: {cut.dataset(s).strata.describe()}" for s in population if cut.dataset(s).strata is not None]
-    return text + "".join(f"; {line}" for line in strata)
+    return ", ".join(f"{len(cut.dataset(s)):,} of {population[s]:,} {s} rows" for s in population) + _strata(cut, population)
 
 
 def rows_seen(planned: PlannedAudit, context: AuditContext, full: FullData | None) -> tuple[Callable[[], AuditResult], str]:
@@ -110,8 +113,8 @@ def rows_seen(planned: PlannedAudit, context: AuditContext, full: FullData | Non
                                        f"({len(context.reference):,} reference, {len(context.current):,} current)")
     if full is not None or any(len(cut.dataset(s)) < population[s] for s in population):
         return (lambda: audit.compute(cut)), f"a seeded sample: {_describe(cut, population)} (sample_rows {planned.sample_rows:,})"
-    strata = "".join(f"; {s}: {cut.dataset(s).strata.describe()}" for s in population if cut.dataset(s).strata is not None)
-    return (lambda: audit.compute(cut)), f"every row ({len(context.reference):,} reference, {len(context.current):,} current){strata}"
+    return (lambda: audit.compute(cut)), (f"every row ({len(context.reference):,} reference, {len(context.current):,} current)"
+                                          f"{_strata(cut, population)}")
 
 
 def run_planned(planned: PlannedAudit, context: AuditContext, full: FullData | None = None) -> AuditResult:

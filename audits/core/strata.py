@@ -43,7 +43,7 @@ class Strata:
         return totals.iloc[np.lexsort((totals.index.to_numpy(dtype=str), -totals.to_numpy()))]
 
     def describe(self, shown: int = 4) -> str:
-        """One line for the report: the strata with the largest weights' spread, e.g. "class 'c' 200 rows for 214"."""
+        """One line for the report, the smallest strata first (where the floor acts): e.g. "'c' 200 rows for 214"."""
         counts = pd.Series(self.labels).value_counts()
         population = self.population()
         parts = [f"'{name}' {int(counts.get(name, 0)):,} rows for {population[name]:,.0f}"

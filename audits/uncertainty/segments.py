@@ -51,9 +51,9 @@ from audits.core import Artifact, AuditConfig, AuditContext, AuditResult, Requir
 from audits.core.context import Dataset
 from audits.core.partial import PartialAudit, State
 from audits.core.result import key_part
+from audits.core.strata import stratum_labels
 
 OTHER = "(other)"
-MISSING = "(missing)"
 
 
 class SegmentsConfig(AuditConfig):
@@ -69,8 +69,8 @@ class SegmentsConfig(AuditConfig):
 
 
 def labels_of(values: pd.Series) -> pd.Series:
-    """Each value as a segment label: its string, '(missing)' for a missing value."""
-    return values.astype(object).where(values.notna(), MISSING).astype(str)
+    """Each value as a segment label: its string, '(missing)' for a missing value (the names strata have too)."""
+    return pd.Series(stratum_labels(values), index=values.index, name=values.name)
 
 
 def grouped(values: pd.Series, max_values: int) -> pd.Series:

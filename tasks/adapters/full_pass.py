@@ -75,9 +75,15 @@ class PassPlan:
 # Pass 1: checks on every row, and the sample
 
 
+def fragment_keys(plan: PassPlan, fragment: Fragment) -> np.random.Generator:
+    """The generator of a fragment's sampling keys, one uniform key per row in reading order: the survey draws the
+    sample with them and the scoring pass draws them again for the strata, so both must come from here."""
+    return np.random.default_rng([plan.seed, ROLE_CODE[fragment.role], fragment.index])
+
+
 def survey_fragment(fragment: Fragment, plan: PassPlan, columns: list[str], sample_rows: int) -> dict[str, Any]:
     """Counts for the checks, and the fragment's ``sample_rows`` rows with the smallest keys (with their keys)."""
-    rng = np.random.default_rng([plan.seed, ROLE_CODE[fragment.role], fragment.index])
+    rng = fragment_keys(plan, fragment)
     rows, offset = 0, 0
     nonnull = dict.fromkeys(plan.features, 0)
     target_nulls = 0
@@ -157,7 +163,7 @@ def score_fragment(fragment: Fragment, plan: PassPlan, columns: list[str], model
     rows = 0
     # the survey's keys, drawn again in the same order (same seed, fragment and chunks): a stratum's smallest keys here
     # extend the uniform sample's rows of that stratum, they never replace them
-    keys = np.random.default_rng([plan.seed, ROLE_CODE[fragment.role], fragment.index]) if plan.stratify_by else None
+    keys = fragment_keys(plan, fragment) if plan.stratify_by else None
     strata = StratumRows()
     for chunk in read_fragment(fragment, columns, plan.encoding, plan.chunk_rows):
         X = chunk[list(plan.features)]
