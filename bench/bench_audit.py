@@ -421,8 +421,8 @@ def main() -> int:
     import shap  # noqa: F401
     from prefect import flow
 
-    import audits.data_quality  # noqa: F401
-    import audits.explain.shap_values  # noqa: F401
+    import audits.data.data_quality  # noqa: F401
+    import audits.methods.shap_values  # noqa: F401
     import flows.audit_model  # noqa: F401
     from tasks.adapters.provenance import code_version
     from tasks.adapters.tracking import make_client

@@ -204,7 +204,7 @@ def plain(model_uri: str, config_path: Path, lean_exit: bool) -> None:
 
         atexit.register(lambda: (gc.disable(), gc.freeze()))
     from audits.core.runner import overall_verdict, run_planned
-    from audits.report import markdown_summary, render_report
+    from audits.rendering.html import markdown_summary, render_report
     from tasks.adapters import provenance
     from tasks.adapters.inputs import assemble, preflight_data
     from tasks.adapters.mlflow_sink import MlflowSink

@@ -55,7 +55,7 @@ def shap_deep_vs_kernel(context, rows: int, seed: int) -> dict:
     import shap
     import torch
 
-    from audits.deep.network import module_tensor
+    from audits.methods.network import module_tensor
 
     model = context.model.estimator
     rng = np.random.default_rng(seed)

@@ -45,7 +45,8 @@ def workload(rows: int, seed: int):
 
 
 def ours(X, seed: int):
-    from audits.uncertainty.projections import ProjectionsConfig, settings_from, tsne_embed
+    from audits.methods.tsne import tsne_embed
+    from audits.projections.projections import ProjectionsConfig, settings_from
 
     settings = settings_from(ProjectionsConfig(), len(X))
     started = time.perf_counter()
@@ -74,10 +75,9 @@ def main() -> int:
     import numpy as np
     import openTSNE
     import sklearn
-    from sklearn.manifold import trustworthiness
-
     from openTSNE.affinity import PerplexityBasedNN
     from openTSNE.kl_divergence import kl_divergence_approx_bh
+    from sklearn.manifold import trustworthiness
 
     X = workload(args.rows, args.seed)
     P = PerplexityBasedNN(X, perplexity=30, method="exact", random_state=args.seed).P

@@ -4,11 +4,11 @@
 
 Issue 7 asks that MC-dropout spread separate scikit-learn's digits from inverted, noisy and rotated (90°) copies
 with AUROC above 0.9. The demo's CNN reaches it for inverted and noisy digits but not for rotated ones. This
-study trains several variants of the same small CNN (audits.deep.architectures.SmallCNN), each with several
+study trains several variants of the same small CNN (audits.methods.architectures.SmallCNN), each with several
 training seeds, on 1,200 digits, and scores the other 597 clean digits against their corrupted copies:
 
 - ``mi`` and ``std``: MC dropout's mutual information and the std of the predicted class's probability over
-  ``--passes`` passes (audits.deep.mc_dropout.score_images, the audit's own code);
+  ``--passes`` passes (audits.methods.dropout.score_images, the audit's own code);
 - ``softmax``: 1 - the deterministic network's top probability (dropout off), the baseline MC dropout must beat.
 
 AUROC is scikit-learn's ``roc_auc_score``. One run writes bench/out/mc_dropout_study.json and prints a table with
@@ -47,7 +47,7 @@ def shifted_copies(images: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, 
 
 def variants() -> dict[str, dict]:
     """name -> how to build and train it. ``epochs`` counts passes over the (possibly augmented) training set."""
-    from audits.deep.architectures import SmallCNN
+    from audits.methods.architectures import SmallCNN
 
     return {
         "zero-padded (the demo's CNN)": {"module": lambda: SmallCNN(), "epochs": 15, "augment": False},
@@ -65,9 +65,9 @@ def auroc(clean: np.ndarray, shifted: np.ndarray) -> float:
 
 
 def one_network(spec: dict, seed: int, X: np.ndarray, y: np.ndarray, passes: int) -> dict:
-    from audits.deep.mc_dropout import score_images
-    from audits.deep.network import TorchClassifier
-    from audits.deep.synthetic import corrupt
+    from audits.methods.dropout import score_images
+    from audits.methods.network import TorchClassifier
+    from audits.methods.synthetic import corrupt
 
     train_X, train_y = X[:TRAIN_ROWS], y[:TRAIN_ROWS]
     if spec["augment"]:
@@ -98,7 +98,7 @@ def main() -> None:
 
     import torch
 
-    from audits.deep.synthetic import digits
+    from audits.methods.synthetic import digits
 
     torch.set_num_threads(min(2, torch.get_num_threads()))  # the same arithmetic on every machine this runs on
     X, y = digits()

@@ -21,7 +21,7 @@ from audits.core.partial import FullData
 from audits.core.plan import PlannedAudit
 from audits.core.result import AuditResult
 from audits.core.runner import overall_verdict, run_planned
-from audits.report import markdown_summary, render_report
+from audits.rendering.html import markdown_summary, render_report
 from tasks.adapters import provenance
 from tasks.adapters.errors import AuditlensError
 from tasks.adapters.full_pass import EngineError, cluster_address

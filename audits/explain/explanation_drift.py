@@ -16,8 +16,8 @@ from pydantic import Field
 
 from audits.core import Artifact, Audit, AuditConfig, AuditContext, AuditResult, Requirements
 from audits.core.result import key_part
-from audits.explain.compare import spearman
-from audits.explain.shap_values import Attribution, explain
+from audits.methods.compare import spearman
+from audits.methods.shap_values import Attribution, explain
 
 
 class ExplanationDriftConfig(AuditConfig):

@@ -17,10 +17,19 @@ import pandas as pd
 from matplotlib.figure import Figure
 from pydantic import Field
 
-from audits.core import Artifact, Audit, AuditConfig, AuditContext, AuditResult, ModelUnderAudit, Requirements, Threshold
+from audits.core import (
+    Artifact,
+    Audit,
+    AuditConfig,
+    AuditContext,
+    AuditResult,
+    ModelUnderAudit,
+    Requirements,
+    Threshold,
+)
 from audits.core.result import key_part
-from audits.explain.compare import spearman
-from audits.explain.shap_values import explain
+from audits.methods.compare import spearman
+from audits.methods.shap_values import explain
 
 
 class ImportanceConfig(AuditConfig):

@@ -63,14 +63,13 @@ import pandas as pd
 from matplotlib.figure import Figure
 from pydantic import Field
 from sklearn import metrics as skm
-from sklearn.base import BaseEstimator, ClassifierMixin
 
 from audits.core import Artifact, AuditConfig, AuditContext, AuditResult, Requirements, Threshold
 from audits.core.context import Dataset
 from audits.core.partial import PartialAudit, State
-from audits.uncertainty.scores import confidence as top_confidence
+from audits.methods.probabilities import ProbabilityPassthrough, Strategy, assign_bins, bin_edges, class_indices
+from audits.methods.scores import confidence as top_confidence
 
-Strategy = Literal["uniform", "quantile"]  # equal width, equal mass (scikit-learn's names)
 RECALIBRATIONS = ("temperature", "isotonic")
 SIDES = ("reference", "current")
 CELL_FIELDS = ("rows", "confidence", "correct", "abs_gap")  # the columns of binned_sums
@@ -91,21 +90,6 @@ class CalibrationConfig(AuditConfig):
 
 # ---------------------------------------------------------------------------------------------
 # Pure calibration maths
-
-
-def bin_edges(confidence: np.ndarray, bins: int, strategy: Strategy = "uniform") -> np.ndarray:
-    """Upper edges of the bins, the last one 1.0; a value v falls in the first bin whose edge >= v."""
-    if strategy == "uniform":
-        return np.arange(1, bins + 1) / bins
-    ordered = np.sort(np.asarray(confidence, dtype=float))
-    parts = np.array_split(ordered, min(bins, len(ordered)))
-    cuts = [(left[-1] + right[0]) / 2.0 for left, right in zip(parts[:-1], parts[1:], strict=True)]
-    return np.array(sorted(set(cuts + [1.0])))
-
-
-def assign_bins(confidence: np.ndarray, edges: np.ndarray) -> np.ndarray:
-    """Bin index of each value: bins are (lower, upper], values beyond 1 (rounding) go to the last."""
-    return np.minimum(np.searchsorted(edges, confidence, side="left"), len(edges) - 1)
 
 
 def calibration_from_sums(edges: np.ndarray, counts: np.ndarray, confidence_sums: np.ndarray, correct_sums: np.ndarray
@@ -176,11 +160,6 @@ def consistency_ece(confidence: np.ndarray, bins: int, strategy: Strategy, rng: 
         eces[chunk] = np.abs(conf_sum - hits).sum(axis=1) / len(confidence)
         accuracy[np.ix_(chunk, filled)] = hits / counts[filled]
     return eces, accuracy
-
-
-def class_indices(y: pd.Series, classes: tuple) -> np.ndarray:
-    """Position of each label in the model's classes; -1 for a missing label or a class the model never saw."""
-    return pd.Index(list(classes)).get_indexer(pd.Series(y).to_numpy())
 
 
 def brier_score(index: np.ndarray, proba: np.ndarray) -> float:
@@ -339,28 +318,6 @@ def binned_consistency_ece(cells: np.ndarray, bins: int, rng: np.random.Generato
 
 # ---------------------------------------------------------------------------------------------
 # Recalibration with scikit-learn's CalibratedClassifierCV, on probabilities already computed
-
-
-class ProbabilityPassthrough(ClassifierMixin, BaseEstimator):
-    """A 'classifier' whose input is a probability matrix and whose predict_proba returns it.
-
-    Lets scikit-learn's and MAPIE's calibrators work on the probabilities the context computed once,
-    for any model flavour (native or pyfunc), without calling the model again. Classes are 0..k-1:
-    callers pass class indices as labels. Always fitted.
-    """
-
-    def __init__(self, n_classes: int = 2) -> None:
-        self.n_classes = n_classes
-        self.classes_ = np.arange(n_classes)
-
-    def fit(self, X: Any = None, y: Any = None) -> ProbabilityPassthrough:
-        return self
-
-    def predict_proba(self, X: Any) -> np.ndarray:
-        return np.asarray(X, dtype=float)
-
-    def predict(self, X: Any) -> np.ndarray:
-        return self.classes_[np.asarray(X, dtype=float).argmax(axis=1)]
 
 
 def fit_recalibration(method: str, proba: np.ndarray, index: np.ndarray) -> Any:

@@ -25,12 +25,10 @@ from pydantic import Field
 from scipy.stats import rankdata
 
 from audits.core import Artifact, Audit, AuditConfig, AuditContext, AuditResult
-from audits.explain.compare import spearman
-from audits.uncertainty.disagreement import member_predictions, regressor_uncertainty
-from audits.uncertainty.ensemble import bootstrap_members
-from audits.uncertainty.ood import fit_ood
-from audits.uncertainty.ood_audit import Scorers
-from audits.uncertainty.scores import entropy
+from audits.methods.compare import spearman
+from audits.methods.ensemble import bootstrap_members, member_predictions, regressor_uncertainty
+from audits.methods.ood import Scorers, fit_ood
+from audits.methods.scores import entropy
 
 PLOT_POINTS = 5000  # scatter plots draw at most this many rows (sampled with the seed)
 

@@ -19,15 +19,13 @@ regressors: member variance) / the same mean on held-out reference rows; about 1
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 from pydantic import Field
 
 from audits.core import Artifact, Audit, AuditConfig, AuditContext, AuditResult, Requirements, Threshold
-from audits.uncertainty.ensemble import bootstrap_members, decompose, member_probabilities
+from audits.methods.ensemble import fit_ensemble, row_uncertainty
 
 PLOT_POINTS = 5000  # scatter plots draw at most this many rows (sampled with the seed)
 
@@ -37,54 +35,6 @@ class DisagreementConfig(AuditConfig):
     max_rows: int = Field(5000, ge=10)  # rows per member's resample; also caps the held-out reference rows scored
     holdout: float = Field(0.25, ge=0.05, le=0.5)  # share of the reference kept from the members, scored for comparison
     rows: int = Field(200, ge=1)  # current rows in the per-row table (the most uncertain ones)
-
-
-@dataclass(frozen=True)
-class Ensemble:
-    members: list
-    fit_positions: np.ndarray  # reference rows the members were resampled from
-    holdout_positions: np.ndarray  # reference rows no member saw (at most max_rows of them), scored for comparison
-
-
-def fit_ensemble(context: AuditContext, n_members: int, max_rows: int, holdout: float, purpose: str) -> Ensemble:
-    """Members fitted on resamples of the reference rows outside a seeded held-out share."""
-    reference = context.reference
-    order = context.rng(f"{purpose}.holdout").permutation(len(reference))
-    n_holdout = min(max(1, int(round(holdout * len(reference)))), len(reference) - 2)
-    fit_positions = np.sort(order[n_holdout:])
-    holdout_positions = np.sort(order[:n_holdout][:max_rows])
-    members = bootstrap_members(context.model.estimator, reference.X.iloc[fit_positions], reference.y.iloc[fit_positions],
-                                n_members, max_rows, context.rng(f"{purpose}.members"))
-    return Ensemble(members, fit_positions, holdout_positions)
-
-
-def member_predictions(members: list, X: pd.DataFrame) -> np.ndarray:
-    """(members, rows): each regressor member's predictions."""
-    return np.stack([np.asarray(member.predict(X), dtype=float) for member in members])
-
-
-def classifier_uncertainty(probabilities: np.ndarray, predicted: np.ndarray) -> pd.DataFrame:
-    """Per row from (members, rows, classes) probabilities and the column of the model's predicted class."""
-    split = decompose(probabilities)
-    p_predicted = probabilities[:, np.arange(probabilities.shape[1]), predicted]  # (members, rows)
-    return pd.DataFrame({
-        "total": split.total, "aleatoric": split.aleatoric, "epistemic": split.epistemic,
-        "p_predicted": p_predicted.mean(axis=0), "variance": p_predicted.var(axis=0, ddof=1),
-    })
-
-
-def regressor_uncertainty(predictions: np.ndarray) -> pd.DataFrame:
-    """Per row from (members, rows) predictions: the members' mean, variance and standard deviation."""
-    variance = predictions.var(axis=0, ddof=1)
-    return pd.DataFrame({"ensemble_mean": predictions.mean(axis=0), "std": np.sqrt(variance), "variance": variance})
-
-
-def row_uncertainty(context: AuditContext, members: list, X: pd.DataFrame, predicted_labels: np.ndarray) -> pd.DataFrame:
-    if context.task == "regression":
-        return regressor_uncertainty(member_predictions(members, X))
-    column = {label: j for j, label in enumerate(context.model.classes)}
-    predicted = np.array([column[label] for label in predicted_labels.tolist()], dtype=int)
-    return classifier_uncertainty(member_probabilities(members, X, context.model.classes), predicted)
 
 
 def summary(frame: pd.DataFrame, task: str) -> dict[str, float]:

@@ -106,8 +106,8 @@ def read_header(path: Path, fmt: str, encoding: str = "utf-8") -> list[str]:
 
 def read_table(path: Path, encoding: str = "utf-8") -> pd.DataFrame:
     fmt = _format(path)
-    if fmt == "npz":  # one column per image element, p{c}_{h}_{w} (audits.deep.network.image_columns)
-        from audits.deep.network import image_columns
+    if fmt == "npz":  # one column per image element, p{c}_{h}_{w} (audits.methods.network.image_columns)
+        from audits.methods.network import image_columns
 
         images, columns = _npz(path)
         frame = pd.DataFrame(images.reshape(len(images), -1).astype(np.float32), columns=image_columns(images.shape[1:]))

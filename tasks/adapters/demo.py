@@ -120,9 +120,9 @@ def digits(seed: int, share: float) -> DemoData:
     """Images: scikit-learn's 8x8 handwritten digits (10 classes), one column per pixel (p0_row_col, values 0-1);
     written as .npz (images N x 1 x 8 x 8, label). In the current data 15 % of the digits are inverted and 10 %
     replaced by noise: images the network has never seen, which the uncertainty audits must single out."""
-    from audits.deep.network import image_columns
-    from audits.deep.synthetic import corrupt
-    from audits.deep.synthetic import digits as load
+    from audits.methods.network import image_columns
+    from audits.methods.synthetic import corrupt
+    from audits.methods.synthetic import digits as load
 
     rng = np.random.default_rng(seed)
     images, labels = load()
@@ -141,7 +141,7 @@ def digits(seed: int, share: float) -> DemoData:
 def job_adverts(seed: int, share: float) -> DemoData:
     """Text: generated job adverts whose salary class ("high"/"low") depends only on a planted word (senior,
     principal, director / junior, trainee, intern), so the truth of every text explanation is known."""
-    from audits.deep.synthetic import job_adverts as generate
+    from audits.methods.synthetic import job_adverts as generate
 
     rng = np.random.default_rng(seed)
     frame = generate(800, seed=seed, noise=0.03)
@@ -173,8 +173,8 @@ def make_estimator(kind: str, X: pd.DataFrame, task: str, seed: int) -> Any:
         return Pipeline([("tfidf", ColumnTransformer([("words", TfidfVectorizer(), column)])),
                          ("model", LogisticRegression(C=10.0, max_iter=2000))])  # fmt: skip
     if kind == "cnn":  # images flattened to one column per pixel, as auditlens reads them
-        from audits.deep.architectures import SmallCNN
-        from audits.deep.network import TorchClassifier
+        from audits.methods.architectures import SmallCNN
+        from audits.methods.network import TorchClassifier
 
         return TorchClassifier(SmallCNN(), (1, 8, 8), epochs=20, lr=3e-3, random_state=seed)
     categorical = [c for c in X.columns if not pd.api.types.is_numeric_dtype(X[c])]

@@ -7,14 +7,21 @@ from typing import Any
 
 import pandas as pd
 
-from audits.core.context import AuditContext, InvalidPredictions, ModelUnderAudit, build_context, infer_categorical, stratify
+from audits.core.context import (
+    AuditContext,
+    InvalidPredictions,
+    ModelUnderAudit,
+    build_context,
+    infer_categorical,
+    stratify,
+)
 from audits.core.partial import FullData
-from tasks.adapters.datasets import check_columns, image_shape, prepare, read_columns, resolve_features
-from tasks.adapters.sources import Source, open_source
 from audits.core.runner import TimeLimitExceeded, call_with_time_limit
+from tasks.adapters.datasets import check_columns, image_shape, prepare, read_columns, resolve_features
 from tasks.adapters.errors import ConfigError, DataError, ModelOutputError, ModelTimeoutError
 from tasks.adapters.models import ModelRef, load_baseline, load_model
 from tasks.adapters.settings import LoadedSettings
+from tasks.adapters.sources import Source, open_source
 
 
 @dataclass(frozen=True)
@@ -34,7 +41,7 @@ def _as_network(model: ModelUnderAudit, input_shape: tuple[int, ...]) -> ModelUn
     the network audits (gradients, occlusion, embeddings, sanity checks) apply; anything else unchanged."""
     from dataclasses import replace
 
-    from audits.deep.network import is_sklearn_mlp, network_from_sklearn_mlp
+    from audits.methods.network import is_sklearn_mlp, network_from_sklearn_mlp
 
     if not is_sklearn_mlp(model.estimator):
         return model

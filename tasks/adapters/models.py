@@ -189,7 +189,7 @@ def _load_pytorch(local: str, ref: ModelRef, task: str, identity: dict, device: 
     import mlflow.pytorch
     import numpy as np
 
-    from audits.deep.network import TorchClassifier
+    from audits.methods.network import TorchClassifier
 
     if task == "regression":
         raise ModelLoadError(f"{ref.label} is a PyTorch model and the config says model.task is 'regression'",

@@ -75,7 +75,7 @@ USER_SCRIPT = textwrap.dedent('''
     mlflow.register_model(f"runs:/{run.info.run_id}/model", "registered-later")
 
     import torch
-    from audits.deep.architectures import SmallCNN   # the network's class, importable where audits run
+    from audits.methods.architectures import SmallCNN   # the network's class, importable where audits run
     images = np.load(f"{store}/digits-reference.npz")
     torch.manual_seed(0)
     net = SmallCNN()
@@ -101,7 +101,7 @@ NETWORKS = ["torch-pickle", "torch-default"]
 @pytest.fixture(scope="module")
 def store(tmp_path_factory) -> Path:
     """A store in a folder of its own, filled by the user's script run from that folder."""
-    from audits.deep.synthetic import digits
+    from audits.methods.synthetic import digits
     from tests.conftest import make_tabular
 
     folder = tmp_path_factory.mktemp("users-store")

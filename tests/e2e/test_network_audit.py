@@ -30,8 +30,8 @@ def write(folder, name, audits, data, tracking_uri):
 
 @pytest.fixture(scope="module")
 def image_world(tmp_path_factory):
-    from audits.deep.architectures import SmallCNN
-    from audits.deep.synthetic import digits
+    from audits.methods.architectures import SmallCNN
+    from audits.methods.synthetic import digits
 
     folder = tmp_path_factory.mktemp("image-world")
     uri = f"sqlite:///{folder / 'mlflow.db'}"
@@ -90,7 +90,7 @@ def test_a_text_pipeline_is_audited_on_its_raw_text_column(tmp_path):
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import Pipeline
 
-    from audits.deep.synthetic import job_adverts
+    from audits.methods.synthetic import job_adverts
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     data = job_adverts(400, seed=3)

@@ -129,3 +129,92 @@ def test_audits_load_without_torch():
             "print(sorted(m for m in ('torch', 'captum', 'shap', 'skimage') if m in sys.modules))")  # fmt: skip
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
     assert out.stdout.strip() == "[]", out.stdout + out.stderr
+
+
+# ------------------------------------------------------------------ the audits' floor plan: one audit, one file
+GROUPS = ("data", "performance", "explain", "uncertainty", "projections")  # by the question an audit answers
+# what each part of audits/ may import from audits/ (its own part included)
+MAY_IMPORT = {
+    "core": {"core"},
+    "methods": {"core", "methods"},  # shared logic: sampling, tests, SHAP and LIME helpers, MMD, networks...
+    "rendering": {"core", "methods", "rendering"},  # figures and HTML shared by audits, the report
+    **{group: {"core", "methods", "rendering"} for group in GROUPS},  # an audit never imports another audit
+}
+
+
+def audits_parts_imported(path: Path) -> set[str]:
+    """The parts of audits/ a module imports (audits.<part>...), anywhere in the file."""
+    parts = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+            [node.module] if isinstance(node, ast.ImportFrom) and node.module and node.level == 0 else []
+        parts.update(n.split(".")[1] for n in names if n.startswith("audits.") and n.count(".") >= 1)
+    return parts
+
+
+def audit_classes(path: Path) -> list[str]:
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    return [node.name for node in tree.body if isinstance(node, ast.ClassDef)
+            and any(ast.unparse(base) in ("Audit", "PartialAudit") for base in node.bases)]
+
+
+def test_each_builtin_audit_lives_in_a_file_named_after_it_in_its_question_folder():
+    from audits.core.registry import BUILTIN_AUDITS
+
+    misplaced = {}
+    for name, target in BUILTIN_AUDITS.items():
+        module, _, cls = target.partition(":")
+        parts = module.split(".")
+        path = ROOT.joinpath(*parts).with_suffix(".py")
+        if not (len(parts) == 3 and parts[1] in GROUPS and parts[2] == name and audit_classes(path) == [cls]):
+            misplaced[name] = target
+    assert misplaced == {}
+
+
+def test_question_folders_hold_one_audit_per_file_and_nothing_else():
+    from audits.core.registry import BUILTIN_AUDITS
+
+    registered = {target.partition(":")[0] for target in BUILTIN_AUDITS.values()}
+    found = {}
+    for group in GROUPS:
+        for path in sorted((ROOT / "audits" / group).glob("*.py")):
+            if path.name != "__init__.py":
+                found[f"audits.{group}.{path.stem}"] = len(audit_classes(path))
+    assert set(found) == registered
+    assert {m: n for m, n in found.items() if n != 1} == {}
+    assert sorted(p.name for p in (ROOT / "audits").iterdir() if p.is_dir() and p.name != "__pycache__") == \
+        sorted(["core", "methods", "rendering", *GROUPS])
+
+
+def test_audits_import_only_core_methods_and_rendering():
+    offenders = {}
+    for path in python_files("audits"):
+        part = path.relative_to(ROOT / "audits").parts[0]
+        if part not in MAY_IMPORT:
+            continue  # audits/__init__.py and audits/testing.py (the public checks, which run every audit)
+        banned = audits_parts_imported(path) - MAY_IMPORT[part]
+        if banned:
+            offenders[str(path.relative_to(ROOT))] = sorted(banned)
+    assert offenders == {}
+
+
+def test_the_import_rules_see_an_audit_importing_another():
+    probe = ROOT / "audits" / "explain" / "__probe_not_a_module__.py"
+    try:
+        probe.write_text("from audits.uncertainty.ood import OODAudit\nfrom audits.methods import sampling\n")
+        assert audits_parts_imported(probe) - MAY_IMPORT["explain"] == {"uncertainty"}
+    finally:
+        probe.unlink()
+
+
+def test_methods_draw_nothing_and_only_rendering_writes_html():
+    drawing = {"matplotlib", "jinja2", "html"}
+    offenders = {}
+    for path in python_files("audits"):
+        part = path.relative_to(ROOT / "audits").parts[0]
+        imported = imported_modules(path)
+        # core encodes a finished figure to PNG (Artifact.figure) but draws none
+        banned = drawing if part == "methods" else {"jinja2", "html"} if part in (*GROUPS, "core") else set()
+        if imported & banned:
+            offenders[str(path.relative_to(ROOT))] = sorted(imported & banned)
+    assert offenders == {}

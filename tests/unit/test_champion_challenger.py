@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 from sklearn import metrics as skm
 
-from audits.champion_challenger import ChampionChallengerAudit
 from audits.core.plan import AuditPlan
 from audits.core.result import Verdict
 from audits.core.runner import run_planned
+from audits.performance.champion_challenger import ChampionChallengerAudit
 from tests.conftest import context_for, make_pipeline_model
 from tests.unit.test_contract import check_audit_contract
 

@@ -16,7 +16,8 @@ from audits.core.context import ModelUnderAudit, build_context
 from audits.core.plan import PlannedAudit
 from audits.core.result import Verdict
 from audits.core.runner import run_planned
-from audits.uncertainty.conformal import ConformalAudit, ConformalConfig, conformal_intervals, conformal_sets, coverage_se
+from audits.methods.conformal_sets import conformal_intervals, conformal_sets, coverage_se
+from audits.uncertainty.conformal import ConformalAudit, ConformalConfig
 from tests.conftest import make_tabular
 from tests.unit.test_contract import check_audit_contract
 

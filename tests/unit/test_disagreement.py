@@ -18,13 +18,8 @@ from audits.core.context import ModelUnderAudit, build_context
 from audits.core.plan import PlannedAudit
 from audits.core.result import Verdict
 from audits.core.runner import run_planned
-from audits.uncertainty.disagreement import (
-    DisagreementAudit,
-    DisagreementConfig,
-    classifier_uncertainty,
-    fit_ensemble,
-    row_uncertainty,
-)
+from audits.methods.ensemble import classifier_uncertainty, fit_ensemble, row_uncertainty
+from audits.uncertainty.disagreement import DisagreementAudit, DisagreementConfig
 from tests.unit.test_contract import check_audit_contract
 
 

@@ -14,7 +14,7 @@ from sklearn import metrics as skm
 from audits.core.context import Dataset, ModelUnderAudit, Predictions, build_context
 from audits.core.partial import decode_state, encode_state
 from audits.core.result import key_part
-from audits.uncertainty.segments import OTHER, SegmentsAudit, SegmentsConfig
+from audits.performance.segments import OTHER, SegmentsAudit, SegmentsConfig
 from tests.unit.test_partial import assert_merges_to_one_frame, merged_result
 from tests.unit.test_segments import world
 

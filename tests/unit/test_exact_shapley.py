@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from audits.explain.exact_shapley import coalitions, interventional_values, shapley_from_values, shapley_values
+from audits.methods.exact_shapley import coalitions, interventional_values, shapley_from_values, shapley_values
 
 
 def test_glove_game():

@@ -9,7 +9,7 @@ from sklearn.impute import SimpleImputer
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import OneHotEncoder, PolynomialFeatures, StandardScaler
 
-from audits.explain.model_structure import FeatureMap, dense, probe_feature_map, transformed_names
+from audits.methods.model_structure import FeatureMap, dense, probe_feature_map, transformed_names
 
 
 def frame(n=120, seed=0):

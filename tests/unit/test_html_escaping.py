@@ -23,8 +23,8 @@ from audits.core.plan import PlannedAudit
 from audits.core.registry import available_audits, get_audit_class
 from audits.core.result import Verdict
 from audits.core.runner import overall_verdict, run_planned
-from audits.report import render_report
-from audits.uncertainty.projections import Colouring, html_view
+from audits.rendering.figures import Colouring
+from audits.rendering.html import html_view, render_report
 from tests.conftest import make_pipeline_model, make_tabular
 
 SCRIPT = "<script>alert(1)</script>"
@@ -128,7 +128,7 @@ def hostile_text_context():
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import Pipeline
 
-    from audits.deep.synthetic import job_adverts
+    from audits.methods.synthetic import job_adverts
 
     data = job_adverts(160, seed=0)
     texts = [f"{text} {PAYLOADS[i % len(PAYLOADS)]}" for i, text in enumerate(data["text"])]
@@ -193,7 +193,7 @@ def test_the_report_over_hostile_results_is_inert(hostile_results, hostile_tabul
 
 
 def test_json_in_a_script_cannot_end_the_script_or_the_line():
-    from audits.report import script_json
+    from audits.rendering.html import script_json
 
     value = f"{BREAKOUT}<!--<script>&amp;\u2028\u2029 {ATTRIBUTE}"
     text = script_json({"k": value, BREAKOUT: [1, None]})

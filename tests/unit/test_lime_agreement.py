@@ -13,11 +13,18 @@ from audits.core.context import ModelUnderAudit, build_context
 from audits.core.plan import PlannedAudit
 from audits.core.result import Verdict
 from audits.core.runner import run_planned
-from audits.explain.agreement import AgreementAudit, AgreementConfig, agreement_metrics, aligned_shap, compare_rows, compared_k
-from audits.explain.lime_audit import LIME_SEED, LimeAudit, LimeConfig
-from audits.explain.lime_values import LimeAttribution, lime_attributions
-from audits.explain.selection import informative_rows
-from audits.explain.shap_values import Attribution, explain
+from audits.explain.explanation_agreement import (
+    AgreementAudit,
+    AgreementConfig,
+    agreement_metrics,
+    aligned_shap,
+    compare_rows,
+    compared_k,
+)
+from audits.explain.lime import LimeAudit
+from audits.methods.lime_values import LIME_SEED, LimeAttribution, LimeConfig, lime_attributions
+from audits.methods.sampling import informative_rows
+from audits.methods.shap_values import Attribution, explain
 from tests.conftest import context_for
 from tests.unit.test_contract import check_audit_contract
 

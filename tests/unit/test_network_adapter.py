@@ -42,7 +42,7 @@ def test_audits_share_the_network_safely_across_threads(image_context):
     at the same time must each give what they give alone (a hook or a dropout switch on the shared module would not)."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from audits.deep.mc_dropout import mc_dropout_probabilities
+    from audits.methods.dropout import mc_dropout_probabilities
 
     model = image_context.model.estimator
     X = image_context.current.X
@@ -68,8 +68,8 @@ def test_an_sklearn_mlp_becomes_the_same_network(kind):
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    from audits.deep.network import is_sklearn_mlp, network_from_sklearn_mlp
-    from audits.deep.synthetic import digits
+    from audits.methods.network import is_sklearn_mlp, network_from_sklearn_mlp
+    from audits.methods.synthetic import digits
 
     X, y = digits()
     flat = X.reshape(len(X), -1)

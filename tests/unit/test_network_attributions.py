@@ -20,17 +20,16 @@ import pytest
 from audits.core.plan import PlannedAudit
 from audits.core.result import Verdict
 from audits.core.runner import run_planned
-from audits.deep.attribution_audit import (
+from audits.explain.network_attributions import (
     ADDITIVITY_TOLERANCE,
     NetworkAttributionAudit,
     NetworkAttributionConfig,
-    mass_share,
     shap_values,
-    top_share,
 )
-from audits.deep.gradients import attribute
-from audits.deep.occlusion import OcclusionAudit, OcclusionConfig, occlusion_drops
-from audits.deep.synthetic import quadrant_mask
+from audits.explain.occlusion import OcclusionAudit, OcclusionConfig, occlusion_drops
+from audits.methods.gradients import attribute
+from audits.methods.image_maps import mass_share, top_share
+from audits.methods.synthetic import quadrant_mask
 from tests.conftest import image_context_for
 from tests.unit.test_contract import check_audit_contract
 

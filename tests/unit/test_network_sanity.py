@@ -20,7 +20,14 @@ from audits.core.plan import PlannedAudit
 from audits.core.result import Verdict, is_valid_key
 from audits.core.runner import run_planned, verdict_from_checks
 from audits.core.thresholds import Threshold
-from audits.deep.network_sanity import NetworkSanityAudit, NetworkSanityConfig, layers_top_down, rank_similarities, ssim, unit_map
+from audits.explain.network_sanity import (
+    NetworkSanityAudit,
+    NetworkSanityConfig,
+    layers_top_down,
+    rank_similarities,
+    ssim,
+    unit_map,
+)
 from tests.unit.test_contract import fingerprint
 
 LAYERS = ("head", "hidden.0", "features.2", "features.0")  # SmallCNN's parameterised layers, output first
@@ -158,7 +165,7 @@ def test_layers_follow_the_forward_pass_not_the_registration_order():
 def test_an_exported_program_is_randomised_in_registration_order():
     import torch
 
-    from audits.deep.architectures import SmallCNN
+    from audits.methods.architectures import SmallCNN
 
     # MLflow's pt2 format loads a torch.export program: it reads parameters without calling their modules
     exported = torch.export.export(SmallCNN().eval(), (torch.zeros(2, 1, 8, 8),),

@@ -1,5 +1,5 @@
 """Network uncertainty audits (MC dropout, autoencoder OOD, embedding t-SNE, embedding prototypes) and the
-calibration audit on a network, against truths we did not write: corrupted digits (audits.deep.synthetic),
+calibration audit on a network, against truths we did not write: corrupted digits (audits.methods.synthetic),
 scikit-learn's trustworthiness and ROC AUC.
 
 Measured on the fixture CNN (trained on 1,200 digits), 597 held-out digits against their corrupted copies
@@ -21,11 +21,17 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 from audits.core import Verdict
-from audits.deep.autoencoder_ood import AutoencoderOODAudit, AutoencoderOODConfig, fit_autoencoder
-from audits.deep.embedding_projections import EmbeddingProjectionsAudit
-from audits.deep.embedding_prototypes import EmbeddingPrototypesAudit, attention, attention_scores, surrogate_fidelity
-from audits.deep.mc_dropout import MCDropoutAudit, dropout_layers, score_images
-from audits.deep.synthetic import corrupt
+from audits.explain.embedding_prototypes import (
+    EmbeddingPrototypesAudit,
+    attention,
+    attention_scores,
+    surrogate_fidelity,
+)
+from audits.methods.dropout import dropout_layers, score_images
+from audits.methods.synthetic import corrupt
+from audits.projections.embedding_projections import EmbeddingProjectionsAudit
+from audits.uncertainty.autoencoder_ood import AutoencoderOODAudit, AutoencoderOODConfig, fit_autoencoder
+from audits.uncertainty.mc_dropout import MCDropoutAudit
 from tests.conftest import image_context_for, train_network
 
 KINDS = ("inverted", "noise", "rotated")
@@ -83,7 +89,7 @@ def test_mc_dropout_spread_separates_inverted_and_noisy_digits_but_not_rotated_o
 def test_valid_convolutions_let_mc_dropout_see_rotated_digits(digits_network):
     """The study's finding on one seed: zero padding hides rotated digits from MC dropout, valid convolutions
     do not (bench/study_mc_dropout.py: 0.48-0.71 against 0.85-0.90 over 5 seeds)."""
-    from audits.deep.architectures import SmallCNN
+    from audits.methods.architectures import SmallCNN
 
     padded, X, y = digits_network
     valid = train_network(SmallCNN(padding=0), X[:1200], y[:1200])
@@ -195,7 +201,7 @@ def test_each_audit_skips_a_tabular_context(audit, classifier_context):
 def test_mc_dropout_skips_a_network_without_dropout(digits_network):
     import torch
 
-    from audits.deep.network import TorchClassifier
+    from audits.methods.network import TorchClassifier
 
     _, X, y = digits_network
     plain = TorchClassifier.from_trained(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10)), range(10), (1, 8, 8))
@@ -221,9 +227,9 @@ def test_calibration_audit_runs_on_the_image_context(image_context):
 def test_temperature_scaling_lowers_the_ece_of_an_overconfident_network(digits_network):
     import torch
 
+    from audits.methods.architectures import SmallCNN
     from audits.uncertainty.calibration import CalibrationAudit
     from tests.conftest import train_network
-    from audits.deep.architectures import SmallCNN
 
     _, X, y = digits_network
     # Overconfident by construction: trained on 100 rows for 60 epochs, then its logits multiplied by 3 (the same

@@ -91,7 +91,7 @@ def test_state_codec_round_trips_and_refuses_what_needs_pickle():
 
 def test_performance_beyond_exact_rows_uses_histograms_within_their_bound(classifier_context):
     """Past exact_auc_rows, ROC-AUC comes from score histograms; scikit-learn's exact figure lies within the bound."""
-    from audits.performance import PerformanceAudit, PerformanceConfig
+    from audits.performance.performance import PerformanceAudit, PerformanceConfig
 
     exact = PerformanceAudit().compute(classifier_context).metrics
     for bins in (16, 4096):
@@ -107,7 +107,7 @@ def test_performance_beyond_exact_rows_uses_histograms_within_their_bound(classi
 
 def test_performance_counts_labels_the_model_never_saw_as_sklearn_does(classifier_context):
     """A label outside the model's classes is a class it always gets wrong: accuracy, balanced accuracy and F1 as sklearn."""
-    from audits.performance import PerformanceAudit
+    from audits.performance.performance import PerformanceAudit
 
     ds = classifier_context.current
     y = ds.y.copy()

@@ -9,7 +9,7 @@ from sklearn import metrics as skm
 from audits.core.plan import PlannedAudit
 from audits.core.result import Verdict
 from audits.core.runner import run_planned
-from audits.performance import PerformanceAudit
+from audits.performance.performance import PerformanceAudit
 from tests.conftest import context_for, make_pipeline_model
 
 

@@ -20,19 +20,12 @@ from audits.core.feature_space import FeatureSpace
 from audits.core.plan import PlannedAudit
 from audits.core.result import Verdict
 from audits.core.runner import run_planned
-from audits.explain.prototypes import reference_sample
-from audits.explain.shap_values import explain
-from audits.uncertainty.projections import (
-    Colouring,
-    ProjectionsAudit,
-    ProjectionsConfig,
-    flat_shap,
-    html_view,
-    settings_from,
-    trustworthiness,
-    tsne_embed,
-    tsne_settings,
-)
+from audits.methods.sampling import reference_sample
+from audits.methods.shap_values import explain
+from audits.methods.tsne import trustworthiness, tsne_embed, tsne_settings
+from audits.projections.projections import ProjectionsAudit, ProjectionsConfig, flat_shap, settings_from
+from audits.rendering.figures import Colouring
+from audits.rendering.html import html_view
 from tests.conftest import context_for, make_pipeline_model
 from tests.unit.test_contract import check_audit_contract
 

@@ -17,16 +17,9 @@ from audits.core.feature_space import FeatureSpace
 from audits.core.plan import PlannedAudit
 from audits.core.result import Verdict
 from audits.core.runner import run_planned
-from audits.explain.prototypes import (
-    PrototypesAudit,
-    PrototypesConfig,
-    attention,
-    greedy_criticisms,
-    greedy_prototypes,
-    mmd_critic,
-    reference_sample,
-    squared_distances,
-)
+from audits.explain.prototypes import PrototypesAudit, PrototypesConfig, attention
+from audits.methods.mmd import greedy_criticisms, greedy_prototypes, mmd_critic, squared_distances
+from audits.methods.sampling import reference_sample
 from tests.conftest import context_for, make_pipeline_model
 from tests.unit.test_contract import check_audit_contract
 

@@ -7,8 +7,8 @@ import re
 from audits.core.plan import PlannedAudit
 from audits.core.result import AuditResult, Verdict
 from audits.core.runner import overall_verdict, run_planned
-from audits.performance import PerformanceAudit
-from audits.report import markdown_summary, render_report
+from audits.performance.performance import PerformanceAudit
+from audits.rendering.html import markdown_summary, render_report
 
 
 def test_report_is_self_contained_and_complete(classifier_context):

@@ -16,11 +16,11 @@ from audits.core.context import ModelUnderAudit, build_context
 from audits.core.plan import PlannedAudit
 from audits.core.result import Verdict
 from audits.core.runner import run_planned
-from audits.explain.exact_shapley import interventional_values
-from audits.explain.randomize import UnsupportedModel, cascade
-from audits.explain.sanity import SanityChecksAudit, SanityChecksConfig, run_checks
-from audits.explain.shap_values import explain
-from audits.explain.stability import ExplanationStabilityAudit, lime_runs, shap_runs, stability
+from audits.explain.explanation_stability import ExplanationStabilityAudit, lime_runs, shap_runs, stability
+from audits.explain.sanity_checks import SanityChecksAudit, SanityChecksConfig, run_checks
+from audits.methods.exact_shapley import interventional_values
+from audits.methods.randomize import UnsupportedModel, cascade
+from audits.methods.shap_values import explain
 from tests.conftest import context_for, make_pipeline_model
 from tests.unit.test_contract import check_audit_contract, fingerprint
 
@@ -287,7 +287,7 @@ def test_explanation_stability_contract(context_name, request):
 def test_a_high_correlation_fails_only_when_chance_cannot_explain_it():
     from scipy.stats import spearmanr
 
-    from audits.explain.sanity import chance, passes
+    from audits.explain.sanity_checks import chance, passes
 
     # 5 features: an unrelated ranking reaches 0.5 in 27 of 120 orderings, 1.0 in 1 of 120
     assert chance(0.5, 5) == pytest.approx(27 / 120) and chance(1.0, 5) == pytest.approx(1 / 120)

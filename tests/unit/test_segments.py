@@ -12,7 +12,7 @@ from audits.core.context import ModelUnderAudit, build_context
 from audits.core.plan import PlannedAudit
 from audits.core.result import Verdict
 from audits.core.runner import run_planned
-from audits.uncertainty.segments import SegmentsAudit, SegmentsConfig, grouped
+from audits.performance.segments import SegmentsAudit, SegmentsConfig, grouped
 from tests.unit.test_contract import check_audit_contract
 
 
@@ -75,7 +75,7 @@ def test_the_failing_segment_is_the_worst_and_the_gap_is_large():
 def test_coverage_per_segment_is_the_mean_over_evaluated_rows():
     context = world()
     result = run(context)
-    from audits.uncertainty.conformal import coverage_indicator
+    from audits.methods.conformal_sets import coverage_indicator
 
     covered = coverage_indicator(context, 0.9, context.rng("segments.coverage"))
     for group in ("a", "b", "c"):

@@ -14,7 +14,8 @@ from audits.core.context import ModelUnderAudit, build_context
 from audits.core.plan import PlannedAudit
 from audits.core.result import Verdict
 from audits.core.runner import run_planned
-from audits.explain.shap_values import ShapAudit, ShapConfig, choose_explainer, explain
+from audits.explain.shap import ShapAudit, ShapConfig
+from audits.methods.shap_values import choose_explainer, explain
 from tests.conftest import context_for, make_pipeline_model
 
 

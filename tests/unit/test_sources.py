@@ -137,7 +137,7 @@ def test_predictions_read_from_the_data_need_no_model_code(classifier_context, t
     the partitions has no code (a call would raise); the merged state equals the one of the model's own predictions.
     Invalid columns are refused with the row they start at."""
     from audits.core.partial import reduce_partitions
-    from audits.performance import PerformanceAudit
+    from audits.performance.performance import PerformanceAudit
     from tasks.adapters.full_pass import Reducer, score
 
     context = classifier_context

@@ -15,7 +15,7 @@ from audits.core.plan import PlannedAudit
 from audits.core.runner import run_planned
 from audits.core.strata import Strata, allocate, stratified_positions, weighted_mean_interval
 from audits.explain.prototypes import PrototypesAudit
-from audits.explain.shap_values import ShapAudit, ShapConfig
+from audits.explain.shap import ShapAudit, ShapConfig
 
 
 def test_each_stratum_gets_its_floor_and_the_rest_is_shared_by_size():

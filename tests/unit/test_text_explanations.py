@@ -14,8 +14,8 @@ from audits.core import ModelUnderAudit, Verdict
 from audits.core.context import build_context
 from audits.core.plan import PlannedAudit
 from audits.core.runner import run_planned
-from audits.deep.synthetic import HIGH_WORDS, LOW_WORDS
-from audits.deep.text_explanations import TextExplanationAudit, TextExplanationConfig
+from audits.explain.text_explanations import TextExplanationAudit, TextExplanationConfig
+from audits.methods.synthetic import HIGH_WORDS, LOW_WORDS
 from tests.unit.test_contract import check_audit_contract
 
 PLANTED = set(HIGH_WORDS) | set(LOW_WORDS)
