@@ -7,9 +7,7 @@ from __future__ import annotations
 from audits.core.plan import PlannedAudit
 from audits.core.registry import get_audit_class
 from audits.core.runner import run_planned
-from audits.testing import check_audit_contract, check_audit_on, parametrize_audits
-
-__all__ = ["check_audit_contract"]  # the audits' own tests call it on their own contexts and configurations
+from audits.testing import check_audit_on, parametrize_audits
 
 
 def run(name, context):

@@ -28,7 +28,7 @@ from audits.explain.network_sanity import (
     ssim,
     unit_map,
 )
-from tests.unit.test_contract import fingerprint
+from audits.testing import fingerprint
 
 LAYERS = ("head", "hidden.0", "features.2", "features.0")  # SmallCNN's parameterised layers, output first
 K = "network_sanity"

@@ -21,8 +21,8 @@ from audits.explain.sanity_checks import SanityChecksAudit, SanityChecksConfig, 
 from audits.methods.exact_shapley import interventional_values
 from audits.methods.randomize import UnsupportedModel, cascade
 from audits.methods.shap_values import explain
+from audits.testing import check_audit_contract, fingerprint
 from tests.conftest import context_for, make_pipeline_model
-from tests.unit.test_contract import check_audit_contract, fingerprint
 
 SMALL_SANITY = {"rows": 20, "background_rows": 20, "lime_rows": 2, "lime_samples": 200, "steps": 2}
 SMALL_STABILITY = {"rows": 20, "background_rows": 20, "resamples": 3, "lime_rows": 2, "lime_seeds": 2, "lime_samples": 200}
