@@ -235,6 +235,12 @@ def check_audit_contract(audit_cls: type[Audit], context: AuditContext, config: 
             assert a.content == b.content, f"{a.name} differs between two runs with the same seed"
 
     assert first.metrics, f"{name} ran and reported no metrics"
+    assert audit_cls.metric_keys, f"{name} does not declare the metric keys it reports (metric_keys)"
+    undeclared = [k for k in first.metrics if not audit_cls.declares(k.removeprefix(f"{name}."))]
+    assert not undeclared, f"{name} reports keys its metric_keys do not declare: {undeclared[:5]}"
+    for threshold in audit_cls.thresholds_for(cls_config):
+        for key in filter(None, (threshold.metric, threshold.compare_to)):
+            assert audit_cls.declares(key.removeprefix(f"{name}.")), f"{name}'s default threshold names {key!r}, which it does not declare"
     bad = [key for key in first.metrics if not (key.startswith(f"{name}.") and is_valid_key(key))]
     assert not bad, f"{name}: metric keys outside its namespace or invalid for MLflow: {bad[:5]}"
     assert len({a.name for a in first.artifacts}) == len(first.artifacts), f"{name} names two artifacts alike"

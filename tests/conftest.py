@@ -16,6 +16,8 @@ os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="auditlens-prefect
 os.environ["AUDITLENS_STATE_DIR"] = tempfile.mkdtemp(prefix="auditlens-state-")
 os.environ.pop("MLFLOW_TRACKING_URI", None)
 os.environ["MPLBACKEND"] = "Agg"
+# an audit that reports a metric key it does not declare (Audit.metric_keys) is ERROR in every test, not a note
+os.environ["AUDITLENS_STRICT_METRIC_KEYS"] = "1"
 # One thread per math library: the tests' networks and matrices are tiny, and on a shared 2-core machine torch's
 # intra-op threads fight every other process (a 4 s training took 55 s at load 7 with two threads).
 for _threads in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import difflib
+import fnmatch
+import functools
+import re
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import ClassVar, Literal
@@ -68,6 +72,10 @@ class Audit(ABC):
     requires: ClassVar[Requirements] = Requirements()
     default_thresholds: ClassVar[tuple[Threshold, ...]] = ()
     description: ClassVar[str] = ""
+    # the metric keys it can report, local to it (the runner prefixes the audit's id): '*' stands for a name that
+    # comes from the data (a column, class, segment, layer or step), '{a,b}' for either. check-config refuses a
+    # threshold on a key no pattern matches, naming the nearest one; the contract checks every key reported is here.
+    metric_keys: ClassVar[tuple[str, ...]] = ()
     # on data larger than the sample: 'sample' (computes on the seeded sample), or, for a PartialAudit (audits.core.partial),
     # 'partial' (every row) or 'hybrid' (fitted on the sample, applied to every row)
     mode: ClassVar[Literal["sample", "partial", "hybrid"]] = "sample"
@@ -89,9 +97,33 @@ class Audit(ABC):
         """The default thresholds of an audit so configured (one that turns a part off drops the checks of its metrics)."""
         return cls.default_thresholds
 
+    @classmethod
+    def declares(cls, key: str) -> bool:
+        """Whether ``key`` (local to the audit) is one this audit can report."""
+        return any(fnmatch.fnmatchcase(key, pattern) for pattern in key_patterns(cls.metric_keys))
+
+    @classmethod
+    def nearest_keys(cls, key: str, n: int = 1) -> list[str]:
+        """The declared keys (patterns spelt out, '*' kept) closest to a key it cannot report."""
+        return difflib.get_close_matches(key, key_patterns(cls.metric_keys), n=n, cutoff=0.0)
+
     def skip_reason(self, context: AuditContext) -> str | None:
         return self.requires.unmet(context)
 
     @abstractmethod
     def compute(self, context: AuditContext) -> AuditResult:
         """Return metrics with keys local to this audit (the runner namespaces them)."""
+
+
+@functools.cache
+def key_patterns(declared: tuple[str, ...]) -> list[str]:
+    """Each declared key with its '{a,b}' alternatives spelt out (fnmatch patterns, '*' kept)."""
+    out: list[str] = []
+    for pattern in declared:
+        match = re.search(r"\{([^{}]*)\}", pattern)
+        if match is None:
+            out.append(pattern)
+            continue
+        for option in match.group(1).split(","):
+            out.extend(key_patterns((pattern[: match.start()] + option + pattern[match.end():],)))
+    return out

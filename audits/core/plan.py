@@ -80,9 +80,12 @@ def pydantic_problems(error: ValidationError, prefix: tuple[Any, ...] = ()) -> l
 class PlannedAudit:
     id: str
     audit: Audit
-    thresholds: tuple[Threshold, ...]
+    thresholds: tuple[Threshold, ...]  # on local keys (an audit's defaults) or full ones; kept on full keys
     time_limit_s: float | None = None  # None: no limit
     sample_rows: int = 20_000  # rows a side of the seeded sample a sample or hybrid audit sees (a partial one sees every row)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "thresholds", tuple(t.namespaced(self.id) for t in self.thresholds))
 
 
 class AuditPlan(BaseModel):
@@ -110,10 +113,11 @@ class AuditPlan(BaseModel):
             except ValidationError as exc:
                 problems.extend(pydantic_problems(exc, (*here, "config")))
                 continue
-            if spec.thresholds is None:  # the audit's defaults, renamed to this audit's id
-                thresholds = tuple(t.for_audit_id(cls.name, spec.audit_id) for t in cls.thresholds_for(config))
+            if spec.thresholds is None:  # the audit's defaults, on its local keys: PlannedAudit puts this id before them
+                thresholds = cls.thresholds_for(config)
             else:
                 thresholds = tuple(spec.thresholds)
+                problems.extend(threshold_problems(cls, spec.audit_id, thresholds, (*here, "thresholds")))
             time_limit_s = spec.time_limit_s if spec.time_limit_s is not None else default_time_limit_s
             sample_rows = spec.sample_rows if spec.sample_rows is not None else cls.default_sample_rows
             planned.append(PlannedAudit(spec.audit_id, cls(config), tuple(thresholds), time_limit_s, sample_rows))
@@ -126,3 +130,24 @@ def plan_sample_rows(planned: list[PlannedAudit]) -> int:
     """Rows a side of the one seeded sample an audit of this plan draws: the most any of its audits uses (each is then
     cut to its own; a partial audit's figure only sizes the sample its context is built on)."""
     return max((p.sample_rows for p in planned), default=20_000)
+
+
+def threshold_problems(cls: type[Audit], audit_id: str, thresholds: tuple[Threshold, ...],
+                       location: tuple[Any, ...]) -> list[tuple[tuple[Any, ...], str]]:
+    """A threshold on a metric the audit can never report would only show up as ERROR after the audit ran: each is
+    refused here, with the nearest key the audit does report."""
+    problems = []
+    for index, threshold in enumerate(thresholds):
+        for field in ("metric", "compare_to"):
+            key = getattr(threshold, field)
+            if key is None:
+                continue
+            if not key.startswith(f"{audit_id}."):
+                problems.append(((*location, index, field), f"{key!r} is not a metric of this audit: a threshold names "
+                                 f"one of its own metrics by its full key, '{audit_id}.<metric>'"))
+            elif cls.metric_keys and not cls.declares(key[len(audit_id) + 1:]):
+                nearest = ", ".join(f"{audit_id}.{k}" for k in cls.nearest_keys(key[len(audit_id) + 1:], n=2))
+                problems.append(((*location, index, field), f"{cls.name} never reports {key!r}; the nearest keys it "
+                                 f"reports: {nearest} ('*' is a column, class or segment name; "
+                                 f"`auditlens audits -v` lists them all)"))
+    return problems

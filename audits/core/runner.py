@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 import traceback
@@ -146,12 +147,26 @@ def run_planned(planned: PlannedAudit, context: AuditContext, full: FullData | N
         )
     if result.verdict in (Verdict.SKIPPED, Verdict.ERROR):
         return finish(result)
+    undeclared = undeclared_keys(planned, result)
+    if undeclared:  # a key check-config would refuse a threshold on: the declaration is wrong, not the data
+        if os.environ.get("AUDITLENS_STRICT_METRIC_KEYS") == "1":  # the test suite: every undeclared key fails loudly
+            return finish(AuditResult(audit=planned.id, verdict=Verdict.ERROR,
+                                      reason=f"reported metric keys it does not declare: {', '.join(undeclared[:5])}"))
+        result = result.with_(info={**result.info, "undeclared_metrics": ", ".join(undeclared)})
     checks = [threshold.evaluate(result.metrics) for threshold in planned.thresholds]
     verdict, check_reason = verdict_from_checks(checks)
     # An audit may itself report WARN or FAIL (with its reason); checks can only make it worse.
     if result.verdict.severity > verdict.severity:
         verdict, check_reason = result.verdict, result.reason or check_reason
     return finish(result.with_(verdict=verdict, reason=check_reason, checks=tuple(checks)))
+
+
+def undeclared_keys(planned: PlannedAudit, result: AuditResult) -> list[str]:
+    """The result's metric keys (full) that its audit does not declare in ``metric_keys`` (none if it declares none)."""
+    cls, prefix = type(planned.audit), f"{planned.id}."
+    if not cls.metric_keys:
+        return []
+    return [key for key in result.metrics if not cls.declares(key.removeprefix(prefix))]
 
 
 def overall_verdict(results: list[AuditResult]) -> Verdict:

@@ -42,12 +42,13 @@ class Threshold(BaseModel):
             raise ValueError("'relative: true' needs 'compare_to' (the baseline metric)")
         return self
 
-    def for_audit_id(self, name: str, audit_id: str) -> Threshold:
-        """The same threshold for an audit run under another id: metric keys are namespaced by the id."""
-        def rename(key: str | None) -> str | None:
-            return f"{audit_id}.{key[len(name) + 1:]}" if key and key.startswith(f"{name}.") else key
+    def namespaced(self, audit_id: str) -> Threshold:
+        """The threshold on the audit's full keys: an audit's defaults name its metrics locally ('current.ece'), a
+        plan's thresholds in full ('calibration.current.ece', the key in MLflow); a key already full is kept."""
+        def full(key: str | None) -> str | None:
+            return key if key is None or key.startswith(f"{audit_id}.") else f"{audit_id}.{key}"
 
-        return self.model_copy(update={"metric": rename(self.metric), "compare_to": rename(self.compare_to)})
+        return self.model_copy(update={"metric": full(self.metric), "compare_to": full(self.compare_to)})
 
     @property
     def quantity(self) -> str:

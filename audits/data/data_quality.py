@@ -353,13 +353,16 @@ class DataQualityAudit(PartialAudit):
     that add up over partitions on every row, the others on the sample."""
 
     name = "data_quality"
+    metric_keys = (
+        "{user,baseline}.{evaluated,failed,success_rate}", "failed_expectations", "{reference,current}.null_rate",
+    )
     mode = "hybrid"  # the baseline suite is inferred from the reference sample, then validated on every current row
     requires = Requirements(modalities=("tabular", "image", "text"))
     Config = DataQualityConfig
     description = "Great Expectations: a user suite and a baseline suite inferred from reference data."
     default_thresholds = (
-        Threshold(metric="data_quality.user.failed", max=0, severity="fail"),
-        Threshold(metric="data_quality.baseline.failed", max=0, severity="warn"),
+        Threshold(metric="user.failed", max=0, severity="fail"),
+        Threshold(metric="baseline.failed", max=0, severity="warn"),
     )
 
     def fit(self, context: AuditContext) -> dict:

@@ -511,6 +511,11 @@ class DriftAudit(PartialAudit):
     the tests are scipy's on them, as on one frame."""
 
     name = "drift"
+    metric_keys = (
+        "drifted_features", "drifted_share", "domain_auc", "domain_auc_bound", "effect_bound_max", "ks_bound_max",
+        "feature.*.{drifted,effect,pvalue_corrected}", "*.{chi2_pvalue,ks_pvalue,ks_statistic,psi,wasserstein}",
+        "{prediction,label}.drifted", "rows.{reference,current}",
+    )
     mode = "hybrid"
     requires = Requirements(modalities=("tabular", "image"))
     Config = DriftConfig
@@ -522,16 +527,16 @@ class DriftAudit(PartialAudit):
     # scored. Chance alone stays below: with no drift the AUC's standard deviation is ~0.006 at 5,000 rows
     # a side, and ~0.04 at 150 (measured: 0.6 is then 2.6 sd, about one false warning in 200 runs).
     default_thresholds = (
-        Threshold(metric="drift.drifted_features", max=0, severity="warn"),
-        Threshold(metric="drift.domain_auc", max=0.6, severity="warn"),
-        Threshold(metric="drift.domain_auc", max=0.8, severity="fail"),
+        Threshold(metric="drifted_features", max=0, severity="warn"),
+        Threshold(metric="domain_auc", max=0.6, severity="warn"),
+        Threshold(metric="domain_auc", max=0.8, severity="fail"),
     )
 
     @classmethod
     def thresholds_for(cls, config: DriftConfig) -> tuple[Threshold, ...]:
         if config.domain_classifier:
             return cls.default_thresholds
-        return tuple(t for t in cls.default_thresholds if not t.metric.startswith("drift.domain_"))
+        return tuple(t for t in cls.default_thresholds if not t.metric.startswith("domain_"))
 
     def skip_reason(self, context: AuditContext) -> str | None:
         reason = super().skip_reason(context)

@@ -76,11 +76,15 @@ class EmbeddingPrototypesAudit(Audit):
     """MMD-critic prototypes of the network's embeddings and the fidelity of an inner-product attention surrogate."""
 
     name = "embedding_prototypes"
+    metric_keys = (
+        "prototypes", "criticisms", "mmd2", "fidelity", "fidelity_baseline", "accuracy", "mean_max_attention",
+        "temperature", "total_variation",
+    )
     Config = EmbeddingPrototypesConfig
     requires = Requirements(modalities=("image",), network=True, tasks=("classification",), probabilities=True)
     description = "Prototypes chosen in the network's embedding space; fidelity of explaining current rows by attention on them."
     # As the tabular prototypes audit: below 0.7 agreement the prototypes explain more of their own than of the network.
-    default_thresholds = (Threshold(metric="embedding_prototypes.fidelity", min=0.7, severity="warn"),)
+    default_thresholds = (Threshold(metric="fidelity", min=0.7, severity="warn"),)
 
     def compute(self, context: AuditContext) -> AuditResult:
         cfg: EmbeddingPrototypesConfig = self.config

@@ -108,6 +108,10 @@ class AgreementAudit(Audit):
     """SHAP against LIME on the same informative rows: rank correlation, top-k overlap, sign agreement."""
 
     name = "explanation_agreement"
+    metric_keys = (
+        "global_spearman", "rows_compared", "sign_agreement_topk", "spearman_{mean,min}",
+        "topk_overlap_{above_chance,chance,mean}",
+    )
     Config = AgreementConfig
     requires = Requirements(probabilities=True)
     description = "Agreement of SHAP and LIME on the same rows: Spearman of |attributions|, top-k overlap, signs."
@@ -117,7 +121,7 @@ class AgreementAudit(Audit):
     # features (chance is 0.6 for 3 of 5 features, 0.1 for 3 of 30); a Spearman bound over all features
     # drops on healthy wide models, where irrelevant features rank at random under both methods.
     # Disagreement is not evidence against the model, so it only warns.
-    default_thresholds = (Threshold(metric="explanation_agreement.topk_overlap_above_chance", min=0.25, severity="warn"),)
+    default_thresholds = (Threshold(metric="topk_overlap_above_chance", min=0.25, severity="warn"),)
 
     def compute(self, context: AuditContext) -> AuditResult:
         cfg: AgreementConfig = self.config

@@ -39,6 +39,10 @@ class ExplanationDriftAudit(Audit):
     """Global importance and per-feature SHAP distributions of this version against the deployed one."""
 
     name = "explanation_drift"
+    metric_keys = (
+        "importance_spearman", "share_change.*", "max_share_change", "distribution_distance.*",
+        "max_distribution_distance", "rows",
+    )
     Config = ExplanationDriftConfig
     requires = Requirements(baseline="other version")
     description = "How the features' roles changed from the deployed version (baseline alias) to this one."

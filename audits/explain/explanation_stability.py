@@ -117,13 +117,16 @@ class ExplanationStabilityAudit(Audit):
     """Variance of SHAP across background resamples and of LIME across seeds."""
 
     name = "explanation_stability"
+    metric_keys = (
+        "{shap,lime}.{relative_std,rows,topk_overlap_mean}", "shap.background_free",
+    )
     Config = StabilityConfig
     description = "How much SHAP moves with its background sample and LIME with its seed."
     # Below 0.7 (k=3: fewer than about 2 of a row's top 3 features agree between two seeds), the
     # features a LIME explanation lists first depend on the seed about as much as on the model, so a
     # single LIME explanation should not be read on its own. (With 5 features, two random top-3 sets
     # share 0.6 on average: the bar is just above chance there, and meaningful with more features.)
-    default_thresholds = (Threshold(metric="explanation_stability.lime.topk_overlap_mean", min=0.7, severity="warn"),)
+    default_thresholds = (Threshold(metric="lime.topk_overlap_mean", min=0.7, severity="warn"),)
 
     def skip_reason(self, context: AuditContext) -> str | None:
         return super().skip_reason(context) or unexplainable(context)

@@ -98,10 +98,14 @@ class ImportanceAudit(Audit):
     """Occlusion and permutation importance, compared with SHAP global importance."""
 
     name = "importance"
+    metric_keys = (
+        "{occlusion,permutation}.*", "spearman.{occlusion_vs_permutation,occlusion_vs_shap,permutation_vs_shap}",
+        "rows",
+    )
     Config = ImportanceConfig
     requires = Requirements(labels="any", probabilities=True)
     description = "Occlusion and permutation importance beside SHAP, with their rank correlations."
-    default_thresholds = (Threshold(metric="importance.spearman.occlusion_vs_shap", min=0.5, severity="warn"),)
+    default_thresholds = (Threshold(metric="spearman.occlusion_vs_shap", min=0.5, severity="warn"),)
 
     def compute(self, context: AuditContext) -> AuditResult:
         from sklearn.inspection import permutation_importance

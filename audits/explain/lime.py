@@ -37,6 +37,9 @@ class LimeAudit(Audit):
     """LIME surrogates for informative rows: per-row weights and fidelity, global mean |weight|."""
 
     name = "lime"
+    metric_keys = (
+        "fidelity_mean", "fidelity_min", "importance.*", "rows_explained",
+    )
     Config = LimeConfig
     requires = Requirements(probabilities=True)
     description = "LIME local surrogates for informative rows, with each surrogate's local fidelity (weighted R^2)."
@@ -44,7 +47,7 @@ class LimeAudit(Audit):
     # around the rows: their weights say little about the model. That is a reason to distrust the explanations,
     # not evidence against the model, hence a warning. Measured means: 0.25 to 0.59 on the test fixtures,
     # 0.14 to 0.21 on 20,000-row, 30-feature make_classification data with gradient boosting.
-    default_thresholds = (Threshold(metric="lime.fidelity_mean", min=0.1, severity="warn"),)
+    default_thresholds = (Threshold(metric="fidelity_mean", min=0.1, severity="warn"),)
 
     def compute(self, context: AuditContext) -> AuditResult:
         cfg: LimeConfig = self.config

@@ -188,12 +188,16 @@ class NetworkAttributionAudit(Audit):
     """SHAP (DeepExplainer), gradients, SmoothGrad and integrated gradients of a network, with their agreement."""
 
     name = "network_attributions"
+    metric_keys = (
+        "agreement.*", "{gradients,smoothgrad,integrated_gradients,shap}.concentration",
+        "integrated_gradients.relative_delta_max", "shap.additivity_max_error", "rows",
+    )
     requires = Requirements(modalities=("image",), network=True, tasks=("classification",), probabilities=True)
     Config = NetworkAttributionConfig
     description = "Pixel attributions of an image classifier four ways, how concentrated they are and how much they agree."
     default_thresholds = (
-        Threshold(metric="network_attributions.shap.additivity_max_error", max=ADDITIVITY_TOLERANCE),
-        Threshold(metric="network_attributions.integrated_gradients.relative_delta_max", max=IG_RELATIVE_DELTA, severity="warn"),
+        Threshold(metric="shap.additivity_max_error", max=ADDITIVITY_TOLERANCE),
+        Threshold(metric="integrated_gradients.relative_delta_max", max=IG_RELATIVE_DELTA, severity="warn"),
     )
 
     def compute(self, context: AuditContext) -> AuditResult:

@@ -62,6 +62,9 @@ class OcclusionAudit(Audit):
     """The drop in the true class's probability when a grey patch hides each part of the image (Captum)."""
 
     name = "occlusion"
+    metric_keys = (
+        "mean_max_drop", "mean_true_probability", "pooled_top10_share", "top10_share", "rows",
+    )
     requires = Requirements(labels="current", modalities=("image",), network=True, tasks=("classification",), probabilities=True)
     Config = OcclusionConfig
     description = "How much the true class's probability drops when a patch of the image is hidden, per position."

@@ -87,6 +87,9 @@ class PrototypesAudit(Audit):
     """MMD-critic prototypes and criticisms per group, and the fidelity of a prototype-attention surrogate."""
 
     name = "prototypes"
+    metric_keys = (
+        "prototypes", "criticisms", "mmd2", "fidelity", "accuracy", "mean_max_attention",
+    )
     Config = PrototypesConfig
     requires = Requirements(probabilities=True)
     description = "MMD-critic prototypes and criticisms of the reference data; fidelity of explaining rows by prototypes."
@@ -94,7 +97,7 @@ class PrototypesAudit(Audit):
     # A prototype surrogate below 0.7 agreement (classifiers) or R^2 (regressors) disagrees with the
     # model on more than 3 rows in 10 (or misses 30% of its variance): its explanations are then more
     # the prototypes' than the model's. A warning, not a failure: the model itself may be fine.
-    default_thresholds = (Threshold(metric="prototypes.fidelity", min=0.7, severity="warn"),)
+    default_thresholds = (Threshold(metric="fidelity", min=0.7, severity="warn"),)
 
     def compute(self, context: AuditContext) -> AuditResult:
         cfg: PrototypesConfig = self.config

@@ -260,13 +260,20 @@ class SanityChecksAudit(Audit):
     """Do the explanations change when the model's labels or parameters are randomised?"""
 
     name = "sanity_checks"
+    metric_keys = (
+        "rows_explained", "{label,model}_randomisation.changed_predictions",
+        "model_randomisation.step_*.share_randomised",
+        "{shap,lime,feature_variance}.{label,model}_randomisation.{global,local}_spearman",
+        "{shap,lime,feature_variance}.model_randomisation.step_*.{global,local}_spearman",
+        "{shap,lime,feature_variance}.passed",
+    )
     Config = SanityChecksConfig
     requires = Requirements(estimator=True)  # cloning, refitting and randomising need the native model
     description = "Adebayo et al. sanity checks: explanations of label- and parameter-randomised models against the real one."
     default_thresholds = (
         # the audit's main explanation does not depend on what the model learned: FAIL
-        Threshold(metric="sanity_checks.shap.passed", min=1.0, severity="fail"),
-        Threshold(metric="sanity_checks.lime.passed", min=1.0, severity="warn"),
+        Threshold(metric="shap.passed", min=1.0, severity="fail"),
+        Threshold(metric="lime.passed", min=1.0, severity="warn"),
     )
 
     def compute(self, context: AuditContext) -> AuditResult:

@@ -40,10 +40,14 @@ class ShapAudit(Audit):
     """SHAP attributions: importance, per-row values, beeswarm and bar plots, additivity error."""
 
     name = "shap"
+    metric_keys = (
+        "importance.*", "importance_ci95_relative_halfwidth", "additivity_max_abs_error", "additivity_relative_error",
+        "base_value", "base_value.*", "rows_explained", "flagged_rows_explained",
+    )
     Config = ShapConfig
     description = "SHAP values with the explainer chosen by model, summed back to original columns."
     stratified = True  # explains every stratum of a stratified sample; importances weighted back to the population
-    default_thresholds = (Threshold(metric="shap.additivity_relative_error", max=1e-3, severity="fail"),)
+    default_thresholds = (Threshold(metric="additivity_relative_error", max=1e-3, severity="fail"),)
 
     def skip_reason(self, context: AuditContext) -> str | None:
         return super().skip_reason(context) or unexplainable(context)

@@ -198,6 +198,11 @@ class TextExplanationAudit(Audit):
     """Word drop and LIME for a text classifier: highlighted rows, per-word aggregates, agreement of the methods."""
 
     name = "text_explanations"
+    metric_keys = (
+        "agreement.{global_top_k_overlap,spearman_mean,spearman_min,top1_match,top_k_overlap}",
+        "global.{rank_*.mean_abs_effect,rows,top_k_share,vocabulary}", "lime.fidelity_{mean,min}", "rows_explained",
+        "stability.split_half_top_k_jaccard", "word_drop.{max_abs_effect_mean,top_word_share_mean}",
+    )
     Config = TextExplanationConfig
     requires = Requirements(modalities=("text",), probabilities=True, tasks=("classification",))
     description = ("Which words a text classifier relies on: leave-one-word-out and LIME for informative rows, "
@@ -205,7 +210,7 @@ class TextExplanationAudit(Audit):
     # Two honest methods that rank a row's words very differently mean at least one of them misdescribes the model
     # there (LIME's surrogate misses interactions, or one word alone changes nothing while groups of words do).
     # A warning, not a failure: it is a reason to distrust the explanations, not evidence against the model.
-    default_thresholds = (Threshold(metric="text_explanations.agreement.top1_match", min=0.5, severity="warn"),)
+    default_thresholds = (Threshold(metric="agreement.top1_match", min=0.5, severity="warn"),)
 
     def compute(self, context: AuditContext) -> AuditResult:
         cfg: TextExplanationConfig = self.config

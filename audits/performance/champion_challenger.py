@@ -34,13 +34,17 @@ class ChampionChallengerAudit(Audit):
     """Both versions on the same labelled current rows: every performance metric, and the deltas."""
 
     name = "champion_challenger"
+    metric_keys = (
+        "{champion,challenger,delta}.{accuracy,balanced_accuracy,f1,roc_auc,log_loss,rmse,mae,r2}",
+        "{champion,challenger}.primary", "rows",
+    )
     Config = ChampionChallengerConfig
     requires = Requirements(labels="current", modalities=("tabular", "image", "text"), baseline="champion")
     description = "The audited version against the deployed one (baseline alias) on the same current data."
     default_sample_rows = 200_000  # one prediction per row and version: the metrics' sampling error shrinks as 1/sqrt(rows)
     # A challenger may not lose more than 0.02 of the primary score to the deployed champion.
     default_thresholds = (
-        Threshold(metric="champion_challenger.challenger.primary", compare_to="champion_challenger.champion.primary",
+        Threshold(metric="challenger.primary", compare_to="champion.primary",
                   min=-0.02, severity="fail"),
     )
 

@@ -46,6 +46,10 @@ class PerformanceAudit(PartialAudit):
     """Accuracy, F1, ROC-AUC, log loss (classifiers) or RMSE, MAE, R2 (regressors), on every labelled row."""
 
     name = "performance"
+    metric_keys = (
+        "{reference,current,delta}.{accuracy,balanced_accuracy,f1,roc_auc,log_loss,rmse,mae,r2}",
+        "{reference,current}.roc_auc_bound", "{reference,current}.rows",
+    )
     mode = "partial"
     Config = PerformanceConfig
     requires = Requirements(labels="current", modalities=("tabular", "image", "text"))

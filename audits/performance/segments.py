@@ -183,6 +183,11 @@ class SegmentsAudit(PartialAudit):
     """
 
     name = "segments"
+    metric_keys = (
+        "*.*.{accuracy,coverage,ece,fpr,tpr,mae,mean_residual,rmse,rows,selection_rate}",
+        "max_gap.{accuracy,coverage,ece,fpr,tpr,mae,mean_residual,rmse,selection_rate}",
+        "fairness.*.{demographic_parity_difference,demographic_parity_ratio,equalized_odds_difference}",
+    )
     mode = "hybrid"
     Config = SegmentsConfig
     requires = Requirements(labels="current", modalities=("tabular", "image", "text"))

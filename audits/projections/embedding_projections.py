@@ -59,11 +59,14 @@ class EmbeddingProjectionsAudit(Audit):
     """openTSNE map of the network's embeddings (fitted on reference rows, current rows placed), with its trustworthiness."""
 
     name = "embedding_projections"
+    metric_keys = (
+        "current.{error_rate,neighbour_agreement}", "rows_{reference,current}", "trustworthiness_{reference,current}",
+    )
     Config = EmbeddingProjectionsConfig
     requires = Requirements(modalities=("image",), network=True, tasks=("classification",), probabilities=True)
     description = "t-SNE of the network's penultimate-layer embeddings: reference map, current rows placed, coloured by class, error and uncertainty."
     # As the projections audit: below 0.8 the map's neighbourhoods are as much the projection's as the data's.
-    default_thresholds = (Threshold(metric="embedding_projections.trustworthiness_reference", min=0.8, severity="warn"),)
+    default_thresholds = (Threshold(metric="trustworthiness_reference", min=0.8, severity="warn"),)
 
     def skip_reason(self, context: AuditContext) -> str | None:
         reason = super().skip_reason(context)

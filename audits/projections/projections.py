@@ -259,6 +259,10 @@ class ProjectionsAudit(Audit):
     """PCA, t-SNE and SHAP t-SNE maps of the reference with the current rows placed in, and how far to trust them."""
 
     name = "projections"
+    metric_keys = (
+        "{pca,tsne,shap_tsne}.trustworthiness_{reference,current}", "pca.explained_variance", "shap_tsne.rows",
+        "rows_{reference,current}", "current_in_new_region", "current_ood_share",
+    )
     Config = ProjectionsConfig
     description = "2-D maps (PCA, t-SNE, t-SNE of SHAP values) fitted on reference rows with the current rows placed in; trustworthiness."
     # Trustworthiness is 1 when every row's 10 nearest neighbours on the map are among its 10 nearest in
@@ -267,7 +271,7 @@ class ProjectionsAudit(Audit):
     # "where current data lands" read off such a map are as much the projection's as the data's.
     # Well-separated data scores about 0.98 (make_blobs), the fixtures about 0.94, 30 columns of which
     # 20 are noise about 0.85 at 2,000 rows. A warning, not a failure: the map is doubtful, not the model.
-    default_thresholds = (Threshold(metric="projections.tsne.trustworthiness_reference", min=0.8, severity="warn"),)
+    default_thresholds = (Threshold(metric="tsne.trustworthiness_reference", min=0.8, severity="warn"),)
 
     def skip_reason(self, context: AuditContext) -> str | None:
         reason = super().skip_reason(context)

@@ -138,11 +138,15 @@ class AutoencoderOODAudit(Audit):
     """Reconstruction error of a convolutional autoencoder trained on reference images, thresholded on held-out ones."""
 
     name = "autoencoder_ood"
+    metric_keys = (
+        "{reference,current}.mean_error", "error_ratio", "excess_z", "expected_share", "flagged_share", "threshold",
+        "train_loss", "training_rows", "calibration_rows", "rows",
+    )
     Config = AutoencoderOODConfig
     requires = Requirements(modalities=("image",), network=True, tasks=("classification",))
     description = "Share of current images an autoencoder trained on the reference reconstructs worse than most held-out reference images."
     # As the ood audit: z > 3 is a flagged count an unshifted batch reaches with probability 0.13 % or less.
-    default_thresholds = (Threshold(metric="autoencoder_ood.excess_z", max=3.0, severity="warn"),)
+    default_thresholds = (Threshold(metric="excess_z", max=3.0, severity="warn"),)
 
     def compute(self, context: AuditContext) -> AuditResult:
         cfg: AutoencoderOODConfig = self.config

@@ -377,6 +377,10 @@ class CalibrationAudit(PartialAudit):
     """
 
     name = "calibration"
+    metric_keys = (
+        "{reference,current}.{accuracy,brier,classwise_ece,ece,ece_equal_mass,ece_equal_mass_bound,ece_excess,ece_null_quantile,log_loss,mce,mean_confidence,rows}",
+        "recalibrated.{none,temperature,isotonic}.{brier,ece,log_loss}", "temperature",
+    )
     mode = "partial"
     Config = CalibrationConfig
     requires = Requirements(labels="current", probabilities=True, tasks=("classification",), modalities=("tabular", "image", "text"))
@@ -384,8 +388,8 @@ class CalibrationAudit(PartialAudit):
     # WARN at 2 points beyond the noise (stated probabilities measurably off); FAIL at 10 points
     # beyond it (a stated 80 % means 70 % or less: probabilities unfit for decisions as they are).
     default_thresholds = (
-        Threshold(metric="calibration.current.ece_excess", max=0.02, severity="warn"),
-        Threshold(metric="calibration.current.ece_excess", max=0.10, severity="fail"),
+        Threshold(metric="current.ece_excess", max=0.02, severity="warn"),
+        Threshold(metric="current.ece_excess", max=0.10, severity="fail"),
     )
     description = "Calibration of predicted probabilities, reliability diagrams and a suggested recalibration."
 

@@ -108,6 +108,9 @@ class ConcordanceAudit(Audit):
     """Rank agreement between per-row uncertainty, OOD scores and errors on the current rows."""
 
     name = "concordance"
+    metric_keys = (
+        "auroc.*_detects_errors", "spearman.*_vs_*", "error_rate", "mean_abs_error", "rows",
+    )
     Config = ConcordanceConfig
     description = "Do uncertain rows coincide with out-of-distribution rows and with errors? Spearman correlations, error-detection AUROC."
     # its scorers fit on at most max_rows reference rows; then each current row costs a score (bench/bench_sample_sizes.py:

@@ -101,12 +101,17 @@ class ConformalAudit(PartialAudit):
     Hybrid: conformalized on the sample, every labelled current row's set or interval tallied (see the module)."""
 
     name = "conformal"
+    metric_keys = (
+        "coverage", "coverage_gap", "coverage_lower_tolerance", "coverage_shortfall_z", "calibration_rows",
+        "evaluation_rows", "mean_set_size", "singleton_rate", "empty_set_rate", "mean_width", "median_width",
+        "segment.*.*.{coverage,mean_set_size,mean_width,rows}",
+    )
     mode = "hybrid"
     Config = ConformalConfig
     requires = Requirements(labels="current", probabilities=True, modalities=("tabular", "image", "text"))
     # Undercoverage beyond 3 standard errors of sampling noise: evidence that current rows are not
     # exchangeable with the calibration rows (shift, or a reference that trained the model).
-    default_thresholds = (Threshold(metric="conformal.coverage_shortfall_z", min=-3.0, severity="warn"),)
+    default_thresholds = (Threshold(metric="coverage_shortfall_z", min=-3.0, severity="warn"),)
     description = "Coverage and size of MAPIE split-conformal prediction sets or intervals, overall and per segment."
 
     def skip_reason(self, context: AuditContext) -> str | None:

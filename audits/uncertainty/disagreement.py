@@ -61,6 +61,11 @@ class DisagreementAudit(Audit):
     """Bootstrap-ensemble uncertainty of the model class: aleatoric vs epistemic, current vs held-out reference."""
 
     name = "disagreement"
+    metric_keys = (
+        "epistemic_ratio",
+        "{,reference.}{epistemic_share,mean_aleatoric,mean_epistemic,mean_std,mean_total,mean_variance}", "members",
+        "{,reference.}rows",
+    )
     Config = DisagreementConfig
     requires = Requirements(labels="reference", estimator=True, probabilities=True, modalities=("tabular", "image"))
     description = "Epistemic uncertainty from a bootstrap ensemble of clones of the model, current vs held-out reference rows."
@@ -70,7 +75,7 @@ class DisagreementAudit(Audit):
     # Held-out reference rows are exchangeable with an unshifted current batch: the ratio is about 1
     # (up to sampling noise, tens of percent on small batches); twice the reference's epistemic
     # uncertainty means the model class is markedly less sure about the current data.
-    default_thresholds = (Threshold(metric="disagreement.epistemic_ratio", max=2.0, severity="warn"),)
+    default_thresholds = (Threshold(metric="epistemic_ratio", max=2.0, severity="warn"),)
 
     def compute(self, context: AuditContext) -> AuditResult:
         cfg: DisagreementConfig = self.config

@@ -47,11 +47,17 @@ class MCDropoutAudit(Audit):
     """Spread of a network's answers with dropout kept on, reference rows against current rows."""
 
     name = "mc_dropout"
+    metric_keys = (
+        "{reference,current}.{mean_mutual_information,mean_predictive_entropy,mean_probability,mean_std}",
+        "current.agreement_with_deterministic",
+        "{std,mutual_information,predictive_entropy}.{excess_z,flagged_share,threshold}", "expected_share",
+        "max_excess_z", "passes", "reference_rows", "rows",
+    )
     Config = MCDropoutConfig
     requires = Requirements(modalities=("image",), network=True, tasks=("classification",))
     description = "MC-dropout uncertainty (std, predictive entropy, mutual information) of current rows against the reference."
     # As the ood audit: z > 3 is a flagged count an unshifted batch reaches with probability 0.13 % or less.
-    default_thresholds = (Threshold(metric="mc_dropout.max_excess_z", max=3.0, severity="warn"),)
+    default_thresholds = (Threshold(metric="max_excess_z", max=3.0, severity="warn"),)
 
     def skip_reason(self, context: AuditContext) -> str | None:
         reason = super().skip_reason(context)

@@ -61,12 +61,16 @@ class OODAudit(PartialAudit):
     """
 
     name = "ood"
+    metric_keys = (
+        "{knn,pca,autoencoder}.{excess_z,flagged_share,mean_score,threshold}", "flagged_share_any", "max_excess_z",
+        "expected_share", "calibration_rows", "rows",
+    )
     mode = "hybrid"
     requires = Requirements(modalities=("tabular", "image"))
     Config = OODConfig
     description = "Share of current rows that are out of distribution for the reference data, per scorer."
     # z > 3: a flagged count that an unshifted batch reaches with probability 0.13 % or less, per scorer.
-    default_thresholds = (Threshold(metric="ood.max_excess_z", max=3.0, severity="warn"),)
+    default_thresholds = (Threshold(metric="max_excess_z", max=3.0, severity="warn"),)
 
     def fit(self, context: AuditContext) -> dict:
         cfg: OODConfig = self.config

@@ -21,6 +21,7 @@ from audits.core.context import ModelUnderAudit, build_context
 from audits.core.plan import PlannedAudit
 from audits.core.result import Verdict
 from audits.core.runner import run_planned
+from audits.testing import check_audit_contract
 from audits.uncertainty.calibration import (
     CalibrationAudit,
     CalibrationConfig,
@@ -28,7 +29,6 @@ from audits.uncertainty.calibration import (
     expected_calibration_error,
 )
 from tests.conftest import context_for, make_pipeline_model, make_tabular
-from tests.unit.test_contract import check_audit_contract
 
 
 def run(context, thresholds=CalibrationAudit.default_thresholds, **config):

@@ -9,8 +9,8 @@ from audits.core.plan import AuditPlan
 from audits.core.result import Verdict
 from audits.core.runner import run_planned
 from audits.performance.champion_challenger import ChampionChallengerAudit
+from audits.testing import check_audit_contract
 from tests.conftest import context_for, make_pipeline_model
-from tests.unit.test_contract import check_audit_contract
 
 
 def run(context, thresholds=None):

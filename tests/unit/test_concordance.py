@@ -16,8 +16,8 @@ from sklearn.linear_model import LinearRegression
 from sklearn.metrics import roc_auc_score
 
 from audits.core.context import ModelUnderAudit, build_context
+from audits.testing import check_audit_contract
 from audits.uncertainty.concordance import ConcordanceAudit, ConcordanceConfig, signals
-from tests.unit.test_contract import check_audit_contract
 
 
 def draw(n: int, rng: np.random.Generator, shift: float = 0.0) -> pd.DataFrame:

@@ -17,9 +17,9 @@ from audits.core.plan import PlannedAudit
 from audits.core.result import Verdict
 from audits.core.runner import run_planned
 from audits.methods.conformal_sets import conformal_intervals, conformal_sets, coverage_se
+from audits.testing import check_audit_contract
 from audits.uncertainty.conformal import ConformalAudit, ConformalConfig
 from tests.conftest import make_tabular
-from tests.unit.test_contract import check_audit_contract
 
 
 def run(context, thresholds=ConformalAudit.default_thresholds, **config):

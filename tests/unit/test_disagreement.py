@@ -19,8 +19,8 @@ from audits.core.plan import PlannedAudit
 from audits.core.result import Verdict
 from audits.core.runner import run_planned
 from audits.methods.ensemble import classifier_uncertainty, fit_ensemble, row_uncertainty
+from audits.testing import check_audit_contract
 from audits.uncertainty.disagreement import DisagreementAudit, DisagreementConfig
-from tests.unit.test_contract import check_audit_contract
 
 
 def run(context, **config):

@@ -18,7 +18,7 @@ from audits.core.plan import PlannedAudit
 from audits.core.result import Verdict
 from audits.core.runner import run_planned
 from audits.data.drift import DriftAudit, DriftConfig, correct, numeric_psi
-from tests.unit.test_contract import check_audit_contract
+from audits.testing import check_audit_contract
 
 NUMERIC = [f"n{i}" for i in range(8)]
 CATEGORICAL = ["c0", "c1"]

@@ -12,7 +12,7 @@ from audits.core.plan import PlannedAudit
 from audits.core.result import Verdict
 from audits.core.runner import run_planned
 from audits.explain.explanation_drift import ExplanationDriftAudit
-from tests.unit.test_contract import check_audit_contract
+from audits.testing import check_audit_contract
 
 
 def world(audited, baseline, n=400, seed=0):

@@ -12,7 +12,7 @@ from audits.core.plan import PlannedAudit
 from audits.core.result import Verdict
 from audits.core.runner import run_planned
 from audits.explain.importance import ImportanceAudit, ImportanceConfig, occlusion_importance, scorer_for
-from tests.unit.test_contract import check_audit_contract
+from audits.testing import check_audit_contract
 
 
 def two_feature_world(seed=0, n=600):

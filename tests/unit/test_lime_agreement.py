@@ -25,8 +25,8 @@ from audits.explain.lime import LimeAudit
 from audits.methods.lime_values import LIME_SEED, LimeAttribution, LimeConfig, lime_attributions
 from audits.methods.sampling import informative_rows
 from audits.methods.shap_values import Attribution, explain
+from audits.testing import check_audit_contract
 from tests.conftest import context_for
-from tests.unit.test_contract import check_audit_contract
 
 FAST = {"rows": 4, "num_samples": 500}
 

@@ -30,8 +30,8 @@ from audits.explain.occlusion import OcclusionAudit, OcclusionConfig, occlusion_
 from audits.methods.gradients import attribute
 from audits.methods.image_maps import mass_share, top_share
 from audits.methods.synthetic import quadrant_mask
+from audits.testing import check_audit_contract
 from tests.conftest import image_context_for
-from tests.unit.test_contract import check_audit_contract
 
 SMALL = {"rows": 8, "background_rows": 20}  # keeps the digits runs (10 classes in the SHAP grid) quick
 

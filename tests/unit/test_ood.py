@@ -17,8 +17,8 @@ from audits.core.plan import PlannedAudit
 from audits.core.result import Verdict
 from audits.core.runner import run_planned
 from audits.methods.ood import SCORERS, calibration_rows, excess_z
+from audits.testing import check_audit_contract
 from audits.uncertainty.ood import OODAudit, OODConfig
-from tests.unit.test_contract import check_audit_contract
 
 LOADINGS = np.random.default_rng(42).normal(size=(3, 8))  # 8 correlated features driven by 3 latent factors
 

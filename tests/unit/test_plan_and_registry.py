@@ -52,8 +52,45 @@ def test_default_thresholds_follow_a_renamed_audit(classifier_context):
 
 def test_thresholds_default_when_omitted_and_none_when_empty():
     default, none = AuditPlan.model_validate({"audits": [{"audit": "shap"}, {"audit": "shap", "id": "bare", "thresholds": []}]}).build()
-    assert default.thresholds == get_audit_class("shap").default_thresholds and len(default.thresholds) == 1
+    assert default.thresholds == tuple(t.namespaced("shap") for t in get_audit_class("shap").default_thresholds)
+    assert [t.metric for t in default.thresholds] == ["shap.additivity_relative_error"]  # declared locally
     assert none.thresholds == ()
+
+
+def test_a_threshold_on_a_metric_the_audit_never_reports_is_refused_naming_the_nearest():
+    def problems(audit, *thresholds, id=None):
+        spec = {"audit": audit, "thresholds": list(thresholds), **({"id": id} if id else {})}
+        with pytest.raises(PlanError) as error:
+            AuditPlan.model_validate({"audits": [spec]}).build()
+        return error.value.problems
+
+    [(where, message)] = problems("calibration", {"metric": "calibration.current.ecee", "max": 0.05})
+    assert where == ("audits", 0, "thresholds", 0, "metric") and "calibration.current.ece," in message
+    [(where, message)] = problems("performance", {"metric": "performance.current.roc_auc",
+                                                  "compare_to": "performance.refrence.roc_auc", "min": -0.05})
+    assert where[-1] == "compare_to" and "performance.reference.roc_auc" in message
+    [(_, message)] = problems("shap", {"metric": "shap.importanse.x1", "max": 1}, id="shap_small")
+    assert "'shap.importanse.x1' is not a metric of this audit" in message and "'shap_small.<metric>'" in message
+    [(_, message)] = problems("shap", {"metric": "shap_small.importanse.x1", "max": 1}, id="shap_small")
+    assert "shap_small.importance.*" in message
+    # keys with a name from the data match their pattern; both spellings of one audit's keys build
+    planned = AuditPlan.model_validate({"audits": [
+        {"audit": "shap", "thresholds": [{"metric": "shap.importance.x1", "max": 1}]},
+        {"audit": "segments", "thresholds": [{"metric": "segments.colour.red.accuracy", "min": 0.5}]},
+        {"audit": "calibration", "thresholds": [{"metric": "calibration.recalibrated.isotonic.ece", "max": 0.1}]}]}).build()
+    assert [t.metric for p in planned for t in p.thresholds] == [
+        "shap.importance.x1", "segments.colour.red.accuracy", "calibration.recalibrated.isotonic.ece"]
+
+
+def test_every_builtin_declares_its_keys_and_its_default_thresholds_name_declared_keys():
+    from audits.core.registry import BUILTIN_AUDITS
+
+    for name in BUILTIN_AUDITS:
+        cls = get_audit_class(name)
+        assert cls.metric_keys, name
+        for threshold in cls.default_thresholds:
+            assert not threshold.metric.startswith(f"{name}."), f"{name}: default thresholds use local keys"
+            assert all(cls.declares(k) for k in filter(None, (threshold.metric, threshold.compare_to))), (name, threshold)
 
 
 PLUGIN = '''

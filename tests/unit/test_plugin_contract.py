@@ -9,7 +9,14 @@ import numpy as np
 import pytest
 
 from audits.core.registry import available_audits, get_audit_class
-from audits.testing import check_audit, check_audit_contract, classifier_context, context_for, make_pipeline_model, make_tabular
+from audits.testing import (
+    check_audit,
+    check_audit_contract,
+    classifier_context,
+    context_for,
+    make_pipeline_model,
+    make_tabular,
+)
 from tests.conftest import ROOT
 
 SITE = ROOT / "tests" / "plugin" / "site"

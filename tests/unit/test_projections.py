@@ -26,8 +26,8 @@ from audits.methods.tsne import trustworthiness, tsne_embed, tsne_settings
 from audits.projections.projections import ProjectionsAudit, ProjectionsConfig, flat_shap, settings_from
 from audits.rendering.figures import Colouring
 from audits.rendering.html import html_view
+from audits.testing import check_audit_contract
 from tests.conftest import context_for, make_pipeline_model
-from tests.unit.test_contract import check_audit_contract
 
 SMALL = {"reference_rows": 150, "current_rows": 100, "shap_rows": 60}
 COLUMNS = [f"f{i}" for i in range(10)]

@@ -20,8 +20,8 @@ from audits.core.runner import run_planned
 from audits.explain.prototypes import PrototypesAudit, PrototypesConfig, attention
 from audits.methods.mmd import greedy_criticisms, greedy_prototypes, mmd_critic, squared_distances
 from audits.methods.sampling import reference_sample
+from audits.testing import check_audit_contract
 from tests.conftest import context_for, make_pipeline_model
-from tests.unit.test_contract import check_audit_contract
 
 CENTRES = np.array([[0.0, 0.0], [10.0, 0.0], [5.0, 10 * np.sqrt(3) / 2]])  # an equilateral triangle, side 10
 

@@ -13,7 +13,7 @@ from audits.core.plan import PlannedAudit
 from audits.core.result import Verdict
 from audits.core.runner import run_planned
 from audits.performance.segments import SegmentsAudit, SegmentsConfig, grouped
-from tests.unit.test_contract import check_audit_contract
+from audits.testing import check_audit_contract
 
 
 class FailsOnGroupB:

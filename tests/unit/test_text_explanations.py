@@ -16,7 +16,7 @@ from audits.core.plan import PlannedAudit
 from audits.core.runner import run_planned
 from audits.explain.text_explanations import TextExplanationAudit, TextExplanationConfig
 from audits.methods.synthetic import HIGH_WORDS, LOW_WORDS
-from tests.unit.test_contract import check_audit_contract
+from audits.testing import check_audit_contract
 
 PLANTED = set(HIGH_WORDS) | set(LOW_WORDS)
 

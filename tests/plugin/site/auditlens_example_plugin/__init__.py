@@ -11,7 +11,8 @@ class MissingCellsAudit(Audit):
     """The share of missing cells per side, and the worst column's, on the current data."""
 
     name = "missing_cells"
-    default_thresholds = (Threshold(metric="missing_cells.current.share", max=0.05),)
+    metric_keys = ("{reference,current}.{share,worst_column_share}",)
+    default_thresholds = (Threshold(metric="current.share", max=0.05),)
 
     def compute(self, context: AuditContext) -> AuditResult:
         metrics = {}
@@ -27,6 +28,7 @@ class ShufflingAudit(Audit):
     """A broken plugin: it sorts the caller's frame in place (check_audit must catch it)."""
 
     name = "shuffling"
+    metric_keys = ("rows",)
 
     def compute(self, context: AuditContext) -> AuditResult:
         context.current.X.sort_values(list(context.current.X.columns)[:1], inplace=True)
@@ -37,6 +39,7 @@ class UnseededAudit(Audit):
     """A broken plugin: its metric depends on an unseeded random draw (check_audit must catch it)."""
 
     name = "unseeded"
+    metric_keys = ("draw",)
 
     def compute(self, context: AuditContext) -> AuditResult:
         return AuditResult(self.name, metrics={"draw": float(np.random.default_rng().random())})
