@@ -187,6 +187,40 @@ def text_context() -> AuditContext:
                          target="salary", seed=0, baseline_note="no baseline in this test", modality="text")  # fmt: skip
 
 
+@functools.cache
+def degenerate_context(kind: str) -> AuditContext:
+    """Data too poor for most statistics, each with a known truth:
+
+    - ``one_feature``: one feature, two classes, 150 rows a side; the model learnt the labels backwards (confidently
+      wrong) and the current rows are shifted by 3 standard deviations;
+    - ``ten_rows``: ten rows a side of four features, a boosted model fitted on flipped labels, the current rows shifted;
+    - ``tiny``: one feature, two classes, ten rows a side, an honest model, no shift.
+    """
+    from sklearn.ensemble import GradientBoostingClassifier
+    from sklearn.linear_model import LogisticRegression
+
+    rng = np.random.default_rng({"one_feature": 0, "ten_rows": 1, "tiny": 2}[kind])
+    if kind == "one_feature":
+        X = pd.DataFrame({"x1": rng.normal(size=300)})
+        y = pd.Series(np.where(X["x1"] + 0.3 * rng.normal(size=300) > 0, "yes", "no"), name="label")
+        model = LogisticRegression().fit(X.iloc[:150], y.iloc[:150].map({"yes": "no", "no": "yes"}))
+        X.iloc[150:, 0] += 3.0
+        return context_for(model, X, y, split=150, segments=())
+    if kind == "ten_rows":
+        X = pd.DataFrame({f"x{i}": rng.normal(size=20) for i in range(4)})
+        y = pd.Series(np.where(X["x0"] > 0, "yes", "no"), name="label")
+        model = GradientBoostingClassifier(n_estimators=10, random_state=0).fit(X, y.map({"yes": "no", "no": "yes"}))
+        X.iloc[10:] += 3.0
+        return context_for(model, X, y, split=10, segments=())
+    if kind == "tiny":
+        X = pd.DataFrame({"x1": rng.normal(size=20)})
+        y = pd.Series(np.where(X["x1"] > 0, "yes", "no"), name="label")
+        return context_for(LogisticRegression().fit(X.iloc[:10], y.iloc[:10]), X, y, split=10, segments=())
+    raise ValueError(f"unknown degenerate context {kind!r}; one of {DEGENERATE}")
+
+
+DEGENERATE = ("one_feature", "ten_rows", "tiny")
+
 BUILDERS: dict[str, Callable[[], AuditContext]] = {
     "classifier_context": classifier_context,
     "regressor_context": regressor_context,
@@ -262,6 +296,27 @@ def check_audit_on(audit_cls: type[Audit], context_name: str, config: dict | Non
             f"{audit_cls.name} does not apply to {context_name} ({reason}) but was not SKIPPED with that reason"
         return result
     return check_audit_contract(audit_cls, context, config)
+
+
+def check_degenerate(audit_cls: type[Audit], kind: str, config: dict | None = None) -> AuditResult:
+    """An audit on data too poor for it (degenerate_context): SKIPPED with its reason, or a result whose verdict claims
+    no more than the data allows. Never ERROR (no crash, no check left undecided), every key declared, and a PASS only
+    from checks that were decided on finite values that could have failed (a check that cannot tell makes it SKIPPED)."""
+    context = degenerate_context(kind)
+    audit = audit_cls(audit_cls.Config.model_validate(config or {}))
+    before = fingerprint(context)
+    result = run_planned(PlannedAudit(audit_cls.name, audit, audit_cls.thresholds_for(audit.config)), context)
+    assert fingerprint(context) == before, f"{audit_cls.name} mutated its inputs"
+    assert result.verdict is not Verdict.ERROR, f"{audit_cls.name} on {kind} data: ERROR ({result.reason}); say SKIPPED with the reason"
+    if result.verdict is Verdict.SKIPPED:
+        assert result.reason, f"{audit_cls.name} on {kind} data: SKIPPED without a reason"
+    else:
+        undeclared = [k for k in result.metrics if not audit_cls.declares(k.removeprefix(f"{audit_cls.name}."))]
+        assert not undeclared, f"{audit_cls.name} reports keys its metric_keys do not declare: {undeclared[:5]}"
+    if result.verdict is Verdict.PASS:
+        assert all(c.passed is True and c.value is not None and np.isfinite(c.value) for c in result.checks), \
+            f"{audit_cls.name} on {kind} data: PASS from checks that were not all decided: {result.checks}"
+    return result
 
 
 def check_audit(audit_cls: type[Audit], config: dict | None = None,

@@ -126,6 +126,9 @@ class CheckResult:
     value: float | None
     passed: bool | None
     message: str
+    # True: the data cannot support the check (its metric is undefined, or could never cross the bound on this data);
+    # such a check neither passes nor fails, and an audit whose checks cannot tell is SKIPPED with the reason
+    cannot_tell: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -135,6 +138,7 @@ class CheckResult:
             "value": _finite_or_none(self.value),
             "passed": self.passed,
             "message": self.message,
+            "cannot_tell": self.cannot_tell,
         }
 
 
@@ -150,6 +154,12 @@ class AuditResult:
     checks: tuple[CheckResult, ...] = ()
     info: dict[str, str] = field(default_factory=dict)
     duration_s: float = 0.0
+    # the values a metric could take on this data, where that is narrower than its definition (e.g. an excess z on
+    # few held-out rows): a threshold whose bound lies beyond it could never fail, and says it cannot tell
+    ranges: dict[str, tuple[float, float]] = field(default_factory=dict)
+    # the values a metric reaches by chance alone on this data (with probability at least the audit's alpha): a bound
+    # crossed inside this band is no evidence, and the check says it cannot tell instead of failing
+    chance: dict[str, tuple[float, float]] = field(default_factory=dict)
 
     @classmethod
     def skipped(cls, audit: str, reason: str) -> AuditResult:

@@ -53,7 +53,12 @@ def call_with_time_limit(function: Callable[[], T], seconds: float | None, name:
 
 
 def verdict_from_checks(checks: list[CheckResult]) -> tuple[Verdict, str]:
-    unevaluated = [c for c in checks if c.passed is None]
+    """FAIL, then ERROR (a check that could not be evaluated: a metric never produced), then WARN; a check whose
+    metric is undefined on this data (NaN: too few features, rows, classes or labels to measure it), or could never
+    cross its bound here, cannot tell, and an audit that cannot tell is SKIPPED with the reason, never PASS; PASS when
+    every check passed."""
+    undefined = [c for c in checks if c.cannot_tell]
+    unevaluated = [c for c in checks if c.passed is None and not c.cannot_tell]
     failed = [c for c in checks if c.passed is False and c.severity == "fail"]
     warned = [c for c in checks if c.passed is False and c.severity == "warn"]
     if failed:
@@ -62,6 +67,8 @@ def verdict_from_checks(checks: list[CheckResult]) -> tuple[Verdict, str]:
         return Verdict.ERROR, "; ".join(f"{c.metric}: {c.message}" for c in unevaluated)
     if warned:
         return Verdict.WARN, "; ".join(c.message for c in warned)
+    if undefined:
+        return Verdict.SKIPPED, "cannot tell: " + "; ".join(f"{c.metric}: {c.message}" for c in undefined)
     return Verdict.PASS, f"{len(checks)} check(s) passed" if checks else "no thresholds configured"
 
 
@@ -70,7 +77,9 @@ def namespaced(result: AuditResult, audit_id: str) -> AuditResult:
     bad = [key for key in metrics if not is_valid_key(key)]
     if bad:
         raise ValueError(f"audit produced metric keys MLflow rejects: {bad[:5]}")
-    return result.with_(audit=audit_id, metrics=metrics)
+    ranges = {f"{audit_id}.{key}": span for key, span in result.ranges.items()}
+    chance = {f"{audit_id}.{key}": band for key, band in result.chance.items()}
+    return result.with_(audit=audit_id, metrics=metrics, ranges=ranges, chance=chance)
 
 
 def sample_for(planned: PlannedAudit, context: AuditContext) -> AuditContext:
@@ -153,10 +162,10 @@ def run_planned(planned: PlannedAudit, context: AuditContext, full: FullData | N
             return finish(AuditResult(audit=planned.id, verdict=Verdict.ERROR,
                                       reason=f"reported metric keys it does not declare: {', '.join(undeclared[:5])}"))
         result = result.with_(info={**result.info, "undeclared_metrics": ", ".join(undeclared)})
-    checks = [threshold.evaluate(result.metrics) for threshold in planned.thresholds]
+    checks = [threshold.evaluate(result.metrics, result.ranges, result.chance) for threshold in planned.thresholds]
     verdict, check_reason = verdict_from_checks(checks)
     # An audit may itself report WARN or FAIL (with its reason); checks can only make it worse.
-    if result.verdict.severity > verdict.severity:
+    if result.verdict is not Verdict.PASS and result.verdict.severity > verdict.severity:
         verdict, check_reason = result.verdict, result.reason or check_reason
     return finish(result.with_(verdict=verdict, reason=check_reason, checks=tuple(checks)))
 

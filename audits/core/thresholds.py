@@ -22,6 +22,8 @@ from pydantic import BaseModel, ConfigDict, model_validator
 from audits.core.result import CheckResult
 
 
+
+
 class Threshold(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -67,9 +69,12 @@ class Threshold(BaseModel):
     def rule(self) -> str:
         return f"{self.quantity} {self.bound}"
 
-    def evaluate(self, metrics: dict[str, float]) -> CheckResult:
-        def unevaluated(message: str) -> CheckResult:
-            return CheckResult(self.metric, self.rule, self.severity, None, None, message)
+    def evaluate(self, metrics: dict[str, float], ranges: dict[str, tuple[float, float]] | None = None,
+                 chance: dict[str, tuple[float, float]] | None = None) -> CheckResult:
+        """The check on these metrics; ``ranges`` are the values a metric could take on this data, ``chance`` those it
+        reaches by chance alone (AuditResult.ranges and .chance)."""
+        def unevaluated(message: str, cannot_tell: bool = False) -> CheckResult:
+            return CheckResult(self.metric, self.rule, self.severity, None, None, message, cannot_tell)
 
         missing = [k for k in (self.metric, self.compare_to) if k is not None and k not in metrics]
         if missing:
@@ -80,10 +85,19 @@ class Threshold(BaseModel):
             value = value - baseline
             if self.relative:
                 if baseline == 0:
-                    return unevaluated(f"baseline {self.compare_to!r} is 0: a relative change is undefined")
+                    return unevaluated(f"baseline {self.compare_to!r} is 0: a relative change is undefined", True)
                 value = value / abs(baseline)
         if not math.isfinite(value):
-            return unevaluated(f"value is {value}: the metric is undefined on this data")
+            return unevaluated(f"undefined on this data ({self.quantity} = {value})" if self.compare_to else
+                               f"undefined on this data ({value})", True)
+        low, high = (ranges or {}).get(self.metric, (-math.inf, math.inf)) if self.compare_to is None else (-math.inf, math.inf)
+        if (self.max is None or high <= self.max) and (self.min is None or low >= self.min):
+            return unevaluated(f"{value:.4g}, but on this data it can only lie in [{low:.4g}, {high:.4g}], where "
+                               f"{self.bound} always holds: the check could never fail", True)
         passed = (self.min is None or value >= self.min) and (self.max is None or value <= self.max)
+        band = (chance or {}).get(self.metric) if self.compare_to is None else None
+        if not passed and band is not None and band[0] <= value <= band[1]:
+            return unevaluated(f"{value:.4g} is beyond {self.bound}, but on this data chance alone reaches "
+                               f"[{band[0]:.4g}, {band[1]:.4g}]: no evidence either way", True)
         message = f"{self.quantity} = {value:.4g}" + ("" if passed else f", must be {self.bound}")
         return CheckResult(self.metric, self.rule, self.severity, value, passed, message)

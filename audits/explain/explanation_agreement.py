@@ -123,6 +123,12 @@ class AgreementAudit(Audit):
     # Disagreement is not evidence against the model, so it only warns.
     default_thresholds = (Threshold(metric="topk_overlap_above_chance", min=0.25, severity="warn"),)
 
+    def skip_reason(self, context: AuditContext) -> str | None:
+        reason = super().skip_reason(context)
+        if reason is None and len(context.features) < 2:
+            return f"cannot tell with {len(context.features)} feature: SHAP and LIME have no ranking to agree or disagree on"
+        return reason
+
     def compute(self, context: AuditContext) -> AuditResult:
         cfg: AgreementConfig = self.config
         explained = explain_informative_rows(context, cfg.rows, "current", cfg.num_samples, LimeConfig().training_rows)

@@ -58,6 +58,8 @@ def stability(runs: np.ndarray, k: int) -> tuple[float, float]:
     runs = np.asarray(runs, dtype=float).reshape(*np.shape(runs)[:3], -1)
     relative_std = float(runs.std(axis=0, ddof=1).mean() / (np.abs(runs).mean() + EPS))
     magnitude = np.abs(runs).sum(axis=3)
+    if k >= magnitude.shape[2]:  # the top k are all the features in every resample: the overlap is 1 whatever they say
+        return relative_std, float("nan")
     pairs = itertools.combinations(range(len(runs)), 2)
     overlap = float(np.mean([rowwise(topk_overlap, magnitude[a], magnitude[b], k=k).mean() for a, b in pairs]))
     return relative_std, overlap

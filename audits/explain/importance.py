@@ -32,6 +32,9 @@ from audits.methods.compare import spearman
 from audits.methods.shap_values import explain
 
 
+MIN_RANKED = 3  # features a rank correlation needs to say anything
+
+
 class ImportanceConfig(AuditConfig):
     rows: int = Field(200, ge=1)  # rows for occlusion and SHAP
     draws: int = Field(20, ge=1)  # reference values substituted per row and feature (occlusion)
@@ -140,10 +143,13 @@ class ImportanceAudit(Audit):
             table[f"rank_{method}"] = table[method].rank(ascending=False, method="min").astype(int)
         table = table.sort_values("shap", ascending=False, kind="stable")
 
+        def ranked(a: np.ndarray, b: np.ndarray) -> float:  # 2 features agree (+1) or not (-1) by a coin's toss
+            return spearman(a, b) if len(a) >= MIN_RANKED else float("nan")
+
         metrics: dict[str, float] = {
-            "spearman.occlusion_vs_shap": spearman(occlusion, shap_importance),
-            "spearman.permutation_vs_shap": spearman(permuted.importances_mean, shap_importance),
-            "spearman.occlusion_vs_permutation": spearman(occlusion, permuted.importances_mean),
+            "spearman.occlusion_vs_shap": ranked(occlusion, shap_importance),
+            "spearman.permutation_vs_shap": ranked(permuted.importances_mean, shap_importance),
+            "spearman.occlusion_vs_permutation": ranked(occlusion, permuted.importances_mean),
             "rows": float(len(X)),
         }
         for row in table.itertuples():

@@ -19,13 +19,24 @@ from audits.methods.scores import entropy
 
 def bootstrap_members(estimator, X: pd.DataFrame, y: pd.Series, n_members: int, max_rows: int,
                       rng: np.random.Generator) -> list:
-    """``n_members`` clones of ``estimator``, each fitted on a bootstrap resample (with replacement)."""
-    from sklearn.base import clone
+    """``n_members`` clones of ``estimator``, each fitted on a bootstrap resample (with replacement). A classifier's
+    resample holds every class (one without a class is drawn again: on a few rows it happens, and a member that
+    never saw a class cannot be compared with the others); after 100 draws, one row of each class is put in."""
+    from sklearn.base import clone, is_classifier
 
     members = []
     size = min(max_rows, len(X))
+    labels = np.asarray(y)
+    classes = np.unique(labels) if is_classifier(estimator) else None
     for _ in range(n_members):
         rows = rng.choice(len(X), size=size, replace=True)
+        for _retry in range(100):
+            if classes is None or len(np.unique(labels[rows])) == len(classes):
+                break
+            rows = rng.choice(len(X), size=size, replace=True)
+        else:
+            firsts = [int(rng.choice(np.flatnonzero(labels == c))) for c in classes]
+            rows = np.concatenate([firsts, rows[len(firsts):]])
         member = clone(estimator)
         _seed_unseeded(member, int(rng.integers(2**31 - 1)))
         members.append(member.fit(X.iloc[rows], y.iloc[rows]))

@@ -19,6 +19,7 @@ from pydantic import AfterValidator, Field
 from audits.core.feature_space import FeatureSpace
 
 SCORERS = ("knn", "pca", "autoencoder")
+EARLY_STOPPING_ROWS = 50  # fewer and the autoencoder trains on every row (its held-out tenth would be a handful)
 
 
 @dataclass(frozen=True)
@@ -77,7 +78,8 @@ def fit_ood(
         fitted["pca"] = PCA(n_components=pca_variance, svd_solver="full", random_state=seed).fit(Z)
     if "autoencoder" in scorers:
         width = hidden or max(2, Z.shape[1] // 2)
-        fitted["autoencoder"] = MLPRegressor(hidden_layer_sizes=(width,), alpha=1e-3, max_iter=400, early_stopping=True,
+        fitted["autoencoder"] = MLPRegressor(hidden_layer_sizes=(width,), alpha=1e-3, max_iter=400,
+                                             early_stopping=len(Z) >= EARLY_STOPPING_ROWS,
                                              random_state=int(rng.integers(2**31 - 1))).fit(Z, Z)
     model = OODModel(space, fitted, {}, percentile, min(k, len(Z)))
     held_out = model.scores(holdout_rows)
@@ -98,6 +100,11 @@ Scorers = Annotated[tuple[Literal["knn", "pca", "autoencoder"], ...], Field(min_
 def calibration_rows(n_rows: int, max_rows: int, holdout: float) -> int:
     """How many held-out rows fit_ood calibrates its thresholds on."""
     return max(1, int(round(holdout * min(max_rows, n_rows))))
+
+
+def excess_z_range(n: int, m: int, percentile: float) -> tuple[float, float]:
+    """The excess z from none to all of ``n`` rows flagged: on few held-out rows even all flagged may be unremarkable."""
+    return excess_z(0, n, m, percentile), excess_z(n, n, m, percentile)
 
 
 def excess_z(flagged: int, n: int, m: int, percentile: float) -> float:

@@ -279,6 +279,8 @@ class ProjectionsAudit(Audit):
             return reason
         if len(context.reference) < MIN_ROWS:
             return f"needs at least {MIN_ROWS} reference rows for a map; there are {len(context.reference)}"
+        if len(context.features) < 2:
+            return f"a 2-D map needs at least 2 features; the model has {len(context.features)}: look at drift's distribution plot"
         if len(context.current) < 1:
             return "no current rows to place on the map"
         return None

@@ -27,7 +27,7 @@ from pydantic import Field
 
 from audits.core import Artifact, Audit, AuditConfig, AuditContext, AuditResult, Requirements, Threshold
 from audits.methods.network import module_device, module_tensor, network_of, seeded
-from audits.methods.ood import excess_z
+from audits.methods.ood import excess_z, excess_z_range
 from audits.rendering.figures import show_image_scaled
 
 BATCH = 2048
@@ -179,6 +179,7 @@ class AutoencoderOODAudit(Audit):
         }
         worst = np.argsort(-errors, kind="stable")
         return AuditResult(
+            ranges={"excess_z": excess_z_range(n, m, cfg.percentile)},
             audit=self.name,
             metrics=metrics,
             artifacts=(

@@ -29,7 +29,7 @@ from pydantic import Field
 from audits.core import Artifact, Audit, AuditConfig, AuditContext, AuditResult, Requirements, Threshold
 from audits.methods.dropout import MCScores, dropout_layers, score_images
 from audits.methods.network import network_of
-from audits.methods.ood import excess_z
+from audits.methods.ood import excess_z, excess_z_range
 from audits.methods.sampling import reference_sample
 
 SCORES = ("std", "mutual_information", "predictive_entropy")
@@ -96,9 +96,12 @@ class MCDropoutAudit(Audit):
         deterministic = context.current.predictions.proba[positions["current"]].argmax(axis=1)
         metrics["current.agreement_with_deterministic"] = float(np.mean(cur.predicted == deterministic))
         metrics["max_excess_z"] = max(metrics[f"{s}.excess_z"] for s in SCORES)
+        span = excess_z_range(n, m, cfg.percentile)
+        ranges = {"max_excess_z": span, **{f"{s}.excess_z": span for s in SCORES}}
 
         table = _uncertain_table(context, positions["current"], cur, flags, cfg.rows)
         return AuditResult(
+            ranges=ranges,
             audit=self.name,
             metrics=metrics,
             artifacts=(

@@ -31,7 +31,7 @@ from pydantic import Field
 
 from audits.core import Artifact, AuditConfig, AuditContext, AuditResult, Requirements, Threshold
 from audits.core.partial import PartialAudit
-from audits.methods.ood import SCORERS, Scorers, calibration_rows, excess_z, fit_ood
+from audits.methods.ood import SCORERS, Scorers, calibration_rows, excess_z, excess_z_range, fit_ood
 
 DISPLAY_ROWS = 1000  # reference rows kept out of fit_ood for the histograms
 
@@ -134,11 +134,14 @@ class OODAudit(PartialAudit):
             metrics[f"{name}.excess_z"] = excess_z(state["flagged"][name], n, m, cfg.percentile)
         metrics["flagged_share_any"] = state["any_flagged"] / n
         metrics["max_excess_z"] = max(metrics[f"{name}.excess_z"] for name in cfg.scorers)
+        span = excess_z_range(n, m, cfg.percentile)
+        ranges = {"max_excess_z": span, **{f"{name}.excess_z": span for name in cfg.scorers}}
         sample_scores = model.scores(context.current.X)
         everything = n == len(context.current)
         return AuditResult(
             audit=self.name,
             metrics=metrics,
+            ranges=ranges,
             artifacts=(
                 _histograms(sample_scores, fitted["display"], model.thresholds, cfg.percentile,
                             "current" if everything else f"current (sample of {len(context.current):,})"),

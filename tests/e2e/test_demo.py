@@ -112,7 +112,7 @@ def test_the_network_and_the_text_model_are_audited_with_every_part(demo):
     assert m["calibration.recalibrated.temperature.ece"] < m["calibration.recalibrated.none.ece"] - 0.03
     # the planted unfamiliar digits (25 % of current rows) are found by the network's own uncertainty tools
     assert m["autoencoder_ood.flagged_share"] > 0.2 and m["mc_dropout.max_excess_z"] > 3
-    assert m["network_sanity.gradients.passes"] == 1 and m["network_sanity.smoothgrad.passes"] == 1
+    assert m["network_sanity.gradients.max_spearman"] < 0.5 and m["network_sanity.smoothgrad.max_spearman"] < 0.5
     assert version.tags["audit.status"] == "done" and version.tags["audit.verdict"] == digits.data.tags["audit.verdict"]
     assert adverts.data.tags["audit.text_explanations.verdict"] == "PASS"
     assert adverts.data.metrics["text_explanations.agreement.top1_match"] == 1.0

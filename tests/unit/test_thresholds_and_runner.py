@@ -212,3 +212,23 @@ def test_the_plan_draws_the_largest_sample_its_audits_afford_and_a_plan_entry_ov
     grown = AuditPlan.model_validate({"audits": [{"audit": "shap"}, {"audit": "disagreement"},
                                                  {"audit": "concordance", "sample_rows": 50_000}]}).build()
     assert [p.sample_rows for p in grown] == [20_000, 200_000, 50_000] and plan_sample_rows(grown) == 200_000
+
+
+def test_a_check_that_cannot_tell_neither_passes_nor_fails_and_the_audit_says_so():
+    from audits.core.runner import verdict_from_checks
+
+    bound = Threshold(metric="a.z", max=3.0)
+    undefined = bound.evaluate({"a.z": float("nan")})
+    assert undefined.cannot_tell and undefined.passed is None and "undefined on this data" in undefined.message
+    # on this data the z could only reach 2.1: a bound of 3 could never fail, whatever the data said
+    unreachable = bound.evaluate({"a.z": 2.1}, {"a.z": (-8.2, 2.1)})
+    assert unreachable.cannot_tell and "could never fail" in unreachable.message
+    reachable = bound.evaluate({"a.z": 2.1}, {"a.z": (-8.2, 37.0)})
+    assert reachable.passed is True and not reachable.cannot_tell
+    assert Threshold(metric="a.z", min=-9).evaluate({"a.z": 0.0}, {"a.z": (-8.2, 2.1)}).cannot_tell
+    verdict, reason = verdict_from_checks([reachable, unreachable])
+    assert verdict.value == "SKIPPED" and reason.startswith("cannot tell: a.z")
+    failed = Threshold(metric="a.y", min=1.0).evaluate({"a.y": 0.0})
+    assert verdict_from_checks([failed, unreachable])[0].value == "FAIL"  # what can be told is still told
+    missing = Threshold(metric="a.w", min=1.0).evaluate({})
+    assert verdict_from_checks([missing, unreachable])[0].value == "ERROR" and not missing.cannot_tell
