@@ -24,6 +24,7 @@ pyplot's global state.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 from collections.abc import Callable
@@ -302,7 +303,7 @@ def check_degenerate(audit_cls: type[Audit], kind: str, config: dict | None = No
     """An audit on data too poor for it (degenerate_context): SKIPPED with its reason, or a result whose verdict claims
     no more than the data allows. Never ERROR (no crash, no check left undecided), every key declared, and a PASS only
     from checks that were decided on finite values that could have failed (a check that cannot tell makes it SKIPPED)."""
-    context = degenerate_context(kind)
+    context = dataclasses.replace(degenerate_context(kind), with_figures=False)  # verdicts and values only
     audit = audit_cls(audit_cls.Config.model_validate(config or {}))
     before = fingerprint(context)
     result = run_planned(PlannedAudit(audit_cls.name, audit, audit_cls.thresholds_for(audit.config)), context)

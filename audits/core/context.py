@@ -106,6 +106,9 @@ class AuditContext:
     # data read by partition: current rows that every-row audits flagged (PartialAudit.flagged_rows), with their
     # features, 'row' (file and row) and 'flagged_by', so that explanations can look at them beside the sample
     flagged: pd.DataFrame | None = None
+    # False: an audit's figures are left out of its result, never rasterised (tests of values; figures stay lazy
+    # otherwise, rendered only when recorded or reported). Audits may also skip drawing when it is False.
+    with_figures: bool = True
 
     @property
     def task(self) -> Task:

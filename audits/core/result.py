@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import base64
+import html
 import io
 import json
 import math
 import posixpath
 import re
+import threading
 from dataclasses import dataclass, field, replace
 from enum import Enum
 from typing import Any, Literal
@@ -57,6 +59,18 @@ def key_part(name: Any) -> str:
     return text.strip(".") or "_"
 
 
+_RENDERING = threading.Lock()  # one figure is rasterised once, whichever thread reads it first
+
+
+def _png(fig: Any) -> bytes:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    canvas = FigureCanvasAgg(fig)
+    buffer = io.BytesIO()
+    canvas.print_png(buffer, metadata={"Software": None})  # no version string: byte-stable output
+    return buffer.getvalue()
+
+
 def metric_key(*parts: Any) -> str:
     return ".".join(key_part(p) for p in parts)
 
@@ -69,26 +83,50 @@ _SUFFIX = {"figure": ".png", "table": ".json", "html": ".html", "fragment": ".ht
 
 @dataclass(frozen=True)
 class Artifact:
-    """One typed output of an audit. ``name`` is a file name inside the audit's folder."""
+    """One typed output of an audit. ``name`` is a file name inside the audit's folder.
+
+    A figure keeps its matplotlib ``Figure`` until its PNG is first read (``content``, ``encoded()``, pickling): an
+    audit draws it, and only a result that is recorded or reported pays for rasterising it (about a quarter of an
+    audit's time on small data)."""
 
     name: str
     kind: ArtifactKind
-    content: Any  # figure: PNG bytes; table: DataFrame; html: str; json: JSON-ready dict/list
+    payload: Any  # figure: a matplotlib Figure, or its PNG bytes once rendered; table: DataFrame; html: str; json: JSON-ready
     title: str = ""
 
     def __post_init__(self) -> None:
         if not self.name.endswith(_SUFFIX[self.kind]):
             raise ValueError(f"artifact {self.name!r} of kind {self.kind} must end with {_SUFFIX[self.kind]}")
 
-    @classmethod
-    def figure(cls, name: str, fig: Any, title: str = "", dpi: int = 110) -> Artifact:
-        """Render a matplotlib ``Figure`` (object API, no pyplot state) to PNG bytes."""
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
+    @property
+    def content(self) -> Any:
+        """figure: PNG bytes (rendered on first read); table: DataFrame; html: str; json: JSON-ready dict/list."""
+        if self.kind == "figure" and not isinstance(self.payload, bytes):
+            with _RENDERING:
+                if not isinstance(self.payload, bytes):
+                    object.__setattr__(self, "payload", _png(self.payload))
+        return self.payload
 
-        canvas = FigureCanvasAgg(fig)
-        buffer = io.BytesIO()
-        canvas.print_png(buffer, metadata={"Software": None})  # no version string: byte-stable output
-        return cls(f"{name}.png", "figure", buffer.getvalue(), title)
+    def encoded(self) -> bytes:
+        """The artifact's file, as written to the run's artifacts: each kind encodes itself."""
+        if self.kind == "figure":
+            return self.content
+        if self.kind == "table":
+            return self.content.to_json(orient="split", index=False, date_format="iso").encode("utf-8")
+        if self.kind == "html":
+            return self.content.encode("utf-8")
+        if self.kind == "fragment":  # a snippet: wrapped so that it opens as a page of its own too
+            return (f'<!doctype html><meta charset="utf-8"><title>{html.escape(self.title or self.name)}</title>'
+                    f"{self.content}").encode("utf-8")
+        return json.dumps(self.content, indent=2, default=str).encode("utf-8")
+
+    def __reduce__(self) -> tuple:  # a result sent to another process carries PNG bytes, not a live Figure
+        return (type(self), (self.name, self.kind, self.content, self.title))
+
+    @classmethod
+    def figure(cls, name: str, fig: Any, title: str = "") -> Artifact:
+        """A matplotlib ``Figure`` (object API, no pyplot state), rendered to PNG at its own dpi when first read."""
+        return cls(f"{name}.png", "figure", fig, title)
 
     @classmethod
     def table(cls, name: str, frame: pd.DataFrame, title: str = "") -> Artifact:

@@ -142,6 +142,8 @@ def run_planned(planned: PlannedAudit, context: AuditContext, full: FullData | N
     try:
         result = namespaced(call_with_time_limit(compute, planned.time_limit_s, f"audit-{planned.id}"), planned.id)
         result = result.with_(info={**result.info, "rows": rows})
+        if not context.with_figures:
+            result = result.with_(artifacts=tuple(a for a in result.artifacts if a.kind != "figure"))
     except TimeLimitExceeded as exc:
         return finish(AuditResult(audit=planned.id, verdict=Verdict.ERROR,
                                   reason=f"{exc} (time_limit_s; the model or the audit may hang on this data)"))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 
 import pytest
@@ -232,3 +233,36 @@ def test_a_check_that_cannot_tell_neither_passes_nor_fails_and_the_audit_says_so
     assert verdict_from_checks([failed, unreachable])[0].value == "FAIL"  # what can be told is still told
     missing = Threshold(metric="a.w", min=1.0).evaluate({})
     assert verdict_from_checks([missing, unreachable])[0].value == "ERROR" and not missing.cannot_tell
+
+
+def test_a_figure_is_rasterised_once_when_first_read_and_travels_as_png():
+    import io
+    import pickle
+
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    from audits.core.result import Artifact
+
+    fig = Figure(figsize=(2, 2))
+    fig.add_subplot().plot([0, 1], [1, 0])
+    artifact = Artifact.figure("line", fig)
+    assert artifact.payload is fig  # drawn, not rasterised
+    expected = io.BytesIO()
+    FigureCanvasAgg(fig).print_png(expected, metadata={"Software": None})
+    assert artifact.content == expected.getvalue() == artifact.encoded() and artifact.content[:4] == b"\x89PNG"
+    assert isinstance(artifact.payload, bytes)  # once
+    sent = pickle.loads(pickle.dumps(Artifact.figure("again", fig)))
+    assert isinstance(sent.payload, bytes) and sent.content == expected.getvalue()
+    table = Artifact.table("t", __import__("pandas").DataFrame({"a": [1, 2]}))
+    assert json.loads(table.encoded()) == {"columns": ["a"], "data": [[1], [2]]}
+
+
+def test_without_figures_an_audit_returns_its_values_and_no_figure(classifier_context):
+    from audits.core.registry import get_audit_class
+
+    cls = get_audit_class("calibration")
+    drawn = run_planned(PlannedAudit("calibration", cls(), ()), classifier_context)
+    bare = run_planned(PlannedAudit("calibration", cls(), ()), dataclasses.replace(classifier_context, with_figures=False))
+    assert "figure" in {a.kind for a in drawn.artifacts} and "figure" not in {a.kind for a in bare.artifacts}
+    assert bare.metrics == drawn.metrics and [a.name for a in bare.artifacts] == [a.name for a in drawn.artifacts if a.kind != "figure"]
