@@ -195,12 +195,13 @@ def degenerate_context(kind: str) -> AuditContext:
     - ``one_feature``: one feature, two classes, 150 rows a side; the model learnt the labels backwards (confidently
       wrong) and the current rows are shifted by 3 standard deviations;
     - ``ten_rows``: ten rows a side of four features, a boosted model fitted on flipped labels, the current rows shifted;
-    - ``tiny``: one feature, two classes, ten rows a side, an honest model, no shift.
+    - ``tiny``: one feature, two classes, ten rows a side, an honest model, no shift;
+    - ``image_ten_rows``, ``text_ten_rows``: ten rows a side of image_context's digits and text_context's adverts.
     """
     from sklearn.ensemble import GradientBoostingClassifier
     from sklearn.linear_model import LogisticRegression
 
-    rng = np.random.default_rng({"one_feature": 0, "ten_rows": 1, "tiny": 2}[kind])
+    rng = np.random.default_rng({"one_feature": 0, "ten_rows": 1, "tiny": 2}.get(kind, 3))
     if kind == "one_feature":
         X = pd.DataFrame({"x1": rng.normal(size=300)})
         y = pd.Series(np.where(X["x1"] + 0.3 * rng.normal(size=300) > 0, "yes", "no"), name="label")
@@ -217,10 +218,21 @@ def degenerate_context(kind: str) -> AuditContext:
         X = pd.DataFrame({"x1": rng.normal(size=20)})
         y = pd.Series(np.where(X["x1"] > 0, "yes", "no"), name="label")
         return context_for(LogisticRegression().fit(X.iloc[:10], y.iloc[:10]), X, y, split=10, segments=())
+    if kind in ("image_ten_rows", "text_ten_rows"):
+        full = image_context() if kind == "image_ten_rows" else text_context()
+        X = pd.concat([full.reference.X.iloc[:10], full.current.X.iloc[:10]], ignore_index=True)
+        y = pd.concat([full.reference.y.iloc[:10], full.current.y.iloc[:10]], ignore_index=True)
+        return build_context(full.model, (X.iloc[:10], y.iloc[:10]), (X.iloc[10:].reset_index(drop=True), y.iloc[10:].reset_index(drop=True)),
+                             target=full.target, seed=0, baseline_note="no baseline in this test", modality=full.modality,
+                             input_shape=full.input_shape)  # fmt: skip
     raise ValueError(f"unknown degenerate context {kind!r}; one of {DEGENERATE}")
 
 
-DEGENERATE = ("one_feature", "ten_rows", "tiny")
+DEGENERATE = ("one_feature", "ten_rows", "tiny", "image_ten_rows", "text_ten_rows")
+
+
+def degenerate_modality(kind: str) -> str:
+    return {"image_ten_rows": "image", "text_ten_rows": "text"}.get(kind, "tabular")
 
 BUILDERS: dict[str, Callable[[], AuditContext]] = {
     "classifier_context": classifier_context,
