@@ -166,7 +166,7 @@ def measure_plain(folder: Path, reference: Path, model_path: Path) -> dict:
     """What a user does today without auditlens: one frame, a GX suite on it, mlflow.models.evaluate."""
     import mlflow
 
-    from audits.data.data_quality import BaselineSuite, _validate, infer_baseline
+    from audits.methods.expectations import BaselineSuite, _validate, infer_baseline
 
     model = load_model(model_path).estimator
     out: dict = {}

@@ -21,13 +21,9 @@ from audits.core.context import ModelUnderAudit, build_context
 from audits.core.plan import PlannedAudit
 from audits.core.result import Verdict
 from audits.core.runner import run_planned
+from audits.methods.reliability import consistency_ece, expected_calibration_error
 from audits.testing import check_audit_contract
-from audits.uncertainty.calibration import (
-    CalibrationAudit,
-    CalibrationConfig,
-    consistency_ece,
-    expected_calibration_error,
-)
+from audits.uncertainty.calibration import CalibrationAudit, CalibrationConfig
 from tests.conftest import context_for, make_pipeline_model, make_tabular
 
 

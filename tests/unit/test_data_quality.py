@@ -13,7 +13,8 @@ import pytest
 from audits.core.plan import PlannedAudit
 from audits.core.result import Verdict
 from audits.core.runner import run_planned
-from audits.data.data_quality import BaselineSuite, DataQualityAudit, DataQualityConfig, infer_baseline
+from audits.data.data_quality import DataQualityAudit, DataQualityConfig
+from audits.methods.expectations import BaselineSuite, infer_baseline
 from tests.conftest import context_for, make_pipeline_model, make_tabular
 
 
@@ -186,7 +187,7 @@ def test_a_wider_spread_on_a_large_reference_is_caught():
 def test_every_row_outcomes_equal_great_expectations_on_the_whole_frame(tabular):
     """Validated partition by partition and merged, each row-wise expectation has the counts and the verdict GX gives on
     the whole frame; an expectation that does not add up (a mean) is judged on the sample and says so."""
-    from audits.data.data_quality import _indexed, _validate, native_outcome, scope
+    from audits.methods.expectations import _indexed, _validate, native_outcome, scope
     from tests.unit.test_partial import merged_result
 
     X, y = tabular

@@ -17,7 +17,8 @@ from audits.core.context import ModelUnderAudit, build_context
 from audits.core.plan import PlannedAudit
 from audits.core.result import Verdict
 from audits.core.runner import run_planned
-from audits.data.drift import DriftAudit, DriftConfig, correct, numeric_psi
+from audits.data.drift import DriftAudit, DriftConfig
+from audits.methods.shift import correct, numeric_psi
 from audits.testing import check_audit_contract
 
 NUMERIC = [f"n{i}" for i in range(8)]
@@ -259,7 +260,7 @@ def test_empty_and_constant_columns_are_reported_not_fatal():
 def test_the_grid_lookup_counts_edges_below_each_value_exactly_as_searchsorted(kind):
     """bin_cells replaces np.searchsorted(edges, v, 'left') on every row: the same cell for every value, the edges
     themselves, their nearest floats on both sides, values beyond both ends, and a heavy tail that crowds the grid."""
-    from audits.data.drift import bin_cells
+    from audits.methods.shift import bin_cells
 
     rng = np.random.default_rng(7)
     draw = {"normal": lambda n: rng.normal(size=n), "lognormal": lambda n: rng.lognormal(0, 3, size=n),

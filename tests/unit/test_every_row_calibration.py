@@ -19,9 +19,7 @@ from sklearn import metrics as skm
 
 from audits.core.context import AuditContext, Dataset, ModelUnderAudit, Predictions
 from audits.core.partial import decode_state, encode_state
-from audits.uncertainty.calibration import (
-    CalibrationAudit,
-    CalibrationConfig,
+from audits.methods.reliability import (
     add_summaries,
     calibration_from_sums,
     consistency_ece,
@@ -30,6 +28,7 @@ from audits.uncertainty.calibration import (
     grid_cells,
     summarise,
 )
+from audits.uncertainty.calibration import CalibrationAudit, CalibrationConfig
 from tests.unit.test_partial import assert_same_metrics
 
 CLASSES = (0, 1, 2)
