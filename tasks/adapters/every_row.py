@@ -12,6 +12,7 @@ import pandas as pd
 from audits.core.context import AuditContext, Dataset, ModelUnderAudit, infer_categorical
 from audits.core.partial import FullData, audit_mode
 from audits.core.runner import sample_for
+from tasks.adapters.context import AuditInputs, context_or_error, stratified
 from tasks.adapters.datasets import check_columns, frame_sha256
 from tasks.adapters.errors import ConfigError, DataError
 from tasks.adapters.full_pass import (KEY, STRATUM, PassPlan, Reducer, Survey, integer_columns, labels_follow_proba,
@@ -143,8 +144,6 @@ def assemble_every_row(ref: ModelRef, loaded: LoadedSettings, model: ModelUnderA
 
 
 def _assemble(ref, loaded, model, baseline, baseline_note, features, sources, modality, engine, timings):
-    from tasks.adapters.inputs import AuditInputs, context_or_error, stratified
-
     settings = loaded.settings
     data, execution = settings.data, settings.execution
     for role, source in sources.items():

@@ -2,33 +2,17 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
-from typing import Any
-
 import pandas as pd
 
-from audits.core.context import (
-    AuditContext,
-    InvalidPredictions,
-    ModelUnderAudit,
-    build_context,
-    infer_categorical,
-    stratify,
-)
+from audits.core.context import ModelUnderAudit, infer_categorical
 from audits.core.partial import FullData
 from audits.core.runner import TimeLimitExceeded, call_with_time_limit
+from tasks.adapters.context import AuditInputs, context_or_error, stratified
 from tasks.adapters.datasets import check_columns, image_shape, prepare, read_columns, resolve_features
-from tasks.adapters.errors import ConfigError, DataError, ModelOutputError, ModelTimeoutError
+from tasks.adapters.errors import DataError, ModelTimeoutError
 from tasks.adapters.models import ModelRef, load_baseline, load_model
 from tasks.adapters.settings import LoadedSettings
 from tasks.adapters.sources import Source, open_source
-
-
-@dataclass(frozen=True)
-class AuditInputs:
-    context: AuditContext
-    fingerprints: dict[str, dict[str, Any]]
-    full: FullData | None = None  # the pass over every row, when the data was larger than the sample budgets
 
 
 def _model_features(model: ModelUnderAudit) -> list[str] | None:
@@ -103,34 +87,6 @@ def _needs_every_row_pass(sources: dict[str, Source], loaded: LoadedSettings) ->
     if settings.data.prediction_columns is not None:  # read with the data, on the every-row path whatever the size
         return True
     return any(s.estimated_rows() > loaded.sample_rows(role) for role, s in sources.items())
-
-
-def context_or_error(ref: ModelRef, model: ModelUnderAudit, reference, current, **kwargs: Any) -> AuditContext:
-    """The audits' context (the model predicts on both datasets), or the error a user can act on."""
-    try:
-        return build_context(model, reference, current, **kwargs)
-    except InvalidPredictions as exc:
-        raise ModelOutputError(f"{ref.label} answered, but not with one valid prediction per row: {exc}",
-                               "fix the model (or the rows that make it answer so); every audit would compute on these predictions") from None
-    except Exception as exc:
-        raise DataError(
-            f"{ref.label} cannot predict on the data ({type(exc).__name__}: {exc})",
-            "check that the columns and their types match what the model was trained on; if they do, the model itself "
-            "fails on them (its own message is in the brackets)",
-        ) from None
-
-
-def stratified(context: AuditContext, sampling: Any, population: dict[str, dict[str, int]] | None = None,
-               sample: AuditContext | None = None) -> AuditContext:
-    """``context`` with its stratified sample (``sampling.stratify_by``): ``sample``'s rows (default: the context's own,
-    every row when the context holds all of them) in strata, weighted by ``population``'s rows per stratum."""
-    if sampling.stratify_by is None:
-        return context
-    try:
-        strata = stratify(sample if sample is not None else context, sampling.stratify_by, sampling.min_rows_per_stratum, population)
-    except ValueError as exc:
-        raise ConfigError(f"sampling.{exc}", "set sampling.stratify_by to a segment column, or remove it") from None
-    return replace(context, stratified=strata)
 
 
 def assemble_in_time(ref: ModelRef, loaded: LoadedSettings, client) -> AuditInputs:

@@ -46,6 +46,103 @@ def test_imports_only_run_downwards():
     assert offenders == []
 
 
+ORCHESTRATION = ("flows", "tasks")  # the packages whose modules must not import one another in a circle
+
+
+def module_graph(root: Path, packages: tuple[str, ...]) -> dict[str, set[str]]:
+    """Each module of ``packages`` under ``root`` (dotted name) -> the modules of ``packages`` it imports, anywhere in
+    the file: an import deferred into a function is still a dependency (deferring hides a cycle, it does not remove it).
+    ``from a.b import c`` depends on the module a.b.c if there is one, else on a.b; a package's parents, which Python
+    imports on the way, are not counted."""
+    paths = {}
+    for package in packages:
+        for path in sorted((root / package).rglob("*.py")):
+            parts = path.relative_to(root).with_suffix("").parts
+            paths[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+
+    def known(name: str) -> str | None:  # the longest prefix of ``name`` that is one of our modules
+        while name and name not in paths:
+            name = name.rpartition(".")[0]
+        return name or None
+
+    graph = {}
+    for module, path in paths.items():
+        package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+        found = set()
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                found.update(known(alias.name) for alias in node.names)
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:  # relative: from the module's own package, one level up per extra dot
+                    anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
+                    base = ".".join([*anchor, *([base] if base else [])])
+                for alias in node.names:
+                    found.add(known(f"{base}.{alias.name}") if f"{base}.{alias.name}" in paths else known(base))
+        graph[module] = {name for name in found if name is not None}
+    return graph
+
+
+def import_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The import cycles of ``graph``: each set of modules that reach one another (Tarjan's strongly connected
+    components of two or more modules, or one module importing itself), sorted."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    cycles = []
+
+    def visit(module: str) -> None:
+        index[module] = low[module] = len(index)
+        stack.append(module)
+        for imported in sorted(graph.get(module, ())):
+            if imported not in index:
+                visit(imported)
+                low[module] = min(low[module], low[imported])
+            elif imported in stack:
+                low[module] = min(low[module], index[imported])
+        if low[module] == index[module]:
+            component = []
+            while True:
+                member = stack.pop()
+                component.append(member)
+                if member == module:
+                    break
+            if len(component) > 1 or module in graph.get(module, ()):
+                cycles.append(sorted(component))
+
+    for module in sorted(graph):
+        if module not in index:
+            visit(module)
+    return sorted(cycles)
+
+
+def test_import_cycles_are_found_on_a_small_graph():
+    graph = {"a": {"b"}, "b": {"c"}, "c": {"a", "d"}, "d": set(), "e": {"a"}, "f": {"f"}, "g": {"h"}, "h": {"g"}}
+    assert import_cycles(graph) == [["a", "b", "c"], ["f"], ["g", "h"]]
+    assert import_cycles({"a": {"b"}, "b": {"c"}, "c": set()}) == []
+
+
+def test_the_module_graph_sees_deferred_relative_and_from_package_imports(tmp_path):
+    package = tmp_path / "pkg"
+    (package / "sub").mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    (package / "sub" / "__init__.py").write_text("")
+    (package / "x.py").write_text("from pkg.y import f\nimport json\n")
+    (package / "y.py").write_text("def f():\n    from pkg import x\n    return x\n")  # deferred: still a cycle
+    (package / "sub" / "z.py").write_text("from ..y import f\nfrom . import w\n")
+    (package / "sub" / "w.py").write_text("import pkg.sub.z as z\n")
+    graph = module_graph(tmp_path, ("pkg",))
+    assert graph["pkg.x"] == {"pkg.y"} and graph["pkg.y"] == {"pkg.x"}
+    assert graph["pkg.sub.z"] == {"pkg.y", "pkg.sub.w"} and graph["pkg.sub.w"] == {"pkg.sub.z"}
+    assert import_cycles(graph) == [["pkg.sub.w", "pkg.sub.z"], ["pkg.x", "pkg.y"]]
+
+
+def test_no_import_cycles_among_our_modules():
+    graph = module_graph(ROOT, ORCHESTRATION)
+    assert {"tasks.audit_tasks", "tasks.adapters.tracking"} <= graph["flows.audit_model"]  # it sees our imports
+    assert import_cycles(graph) == []
+
+
 def test_adapters_never_import_prefect_and_flows_never_import_mlflow():
     adapters = [str(p.relative_to(ROOT)) for p in (ROOT / "tasks" / "adapters").rglob("*.py") if "prefect" in imported_modules(p)]
     flows = [str(p.relative_to(ROOT)) for p in python_files("flows") if "mlflow" in imported_modules(p)]

@@ -118,7 +118,7 @@ def test_prototypes_of_the_rare_class_need_a_stratified_sample(rare_world):
 
 def test_stratifying_a_regressor_by_prediction_is_refused_with_the_fix(regressor_context):
     from tasks.adapters.errors import ConfigError
-    from tasks.adapters.inputs import stratified
+    from tasks.adapters.context import stratified
     from tasks.adapters.settings import Sampling
 
     with pytest.raises(ConfigError, match="stratify_by: prediction needs a classifier") as caught:
