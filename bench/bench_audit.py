@@ -4,7 +4,8 @@
 
 Workload: make_classification, 40,000 x 30, split into reference (20,000 rows, the training data) and
 current (20,000 rows, two features shifted); a HistGradientBoostingClassifier registered once through
-our MlflowSink as models:/bench-gbm/1, which both sides audit from a local SQLite MLflow store.
+tasks/adapters/demo.py's register_sklearn_model as models:/bench-gbm/1, which both sides audit from a local
+SQLite MLflow store.
 
 - ours:  flows.audit_model.audit_model (a real Prefect flow, ephemeral API): data_quality, performance,
          shap on 2,000 rows; and the same steps without Prefect (task functions called directly),
@@ -102,6 +103,7 @@ def build_workload(workdir: Path, seed: int, tracking_uri: str) -> dict:
     from sklearn.datasets import make_classification
     from sklearn.ensemble import HistGradientBoostingClassifier
 
+    from tasks.adapters.demo import register_sklearn_model
     from tasks.adapters.mlflow_sink import MlflowSink
 
     X, y = make_classification(n_samples=2 * N_ROWS, n_features=N_FEATURES, n_informative=10, random_state=seed)
@@ -119,7 +121,8 @@ def build_workload(workdir: Path, seed: int, tracking_uri: str) -> dict:
     estimator = HistGradientBoostingClassifier(max_iter=100, random_state=seed).fit(reference[features], reference["label"])
     train_s = time.perf_counter() - started
     started = time.perf_counter()
-    version = MlflowSink(tracking_uri).register_sklearn_model(
+    version = register_sklearn_model(
+        MlflowSink(tracking_uri),
         estimator,
         name=MODEL_NAME,
         experiment="bench/training",

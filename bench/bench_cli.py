@@ -77,6 +77,7 @@ def build_world(workdir: Path, seed: int) -> tuple[str, Path]:
     from sklearn.datasets import make_classification
     from sklearn.linear_model import LogisticRegression
 
+    from tasks.adapters.demo import register_sklearn_model
     from tasks.adapters.mlflow_sink import MlflowSink
 
     world = workdir / "world"
@@ -90,9 +91,9 @@ def build_world(workdir: Path, seed: int) -> tuple[str, Path]:
     frame.iloc[300:].to_csv(world / "current.csv", index=False)
     features = frame.columns[:-1]
     model = LogisticRegression(max_iter=1000).fit(frame.iloc[:300][features], frame.iloc[:300]["label"])
-    version = MlflowSink(tracking_uri).register_sklearn_model(model, name=MODEL, experiment="bench/training",
-                                                             input_example=frame[features].head(2), params={"seed": seed},
-                                                             artifact_location=(world / "mlartifacts").as_uri())
+    version = register_sklearn_model(MlflowSink(tracking_uri), model, name=MODEL, experiment="bench/training",
+                                     input_example=frame[features].head(2), params={"seed": seed},
+                                     artifact_location=(world / "mlartifacts").as_uri())
     config = world / "audit.yaml"
     config.write_text(yaml.safe_dump({
         "kind": "audit", "seed": seed,
@@ -234,7 +235,10 @@ def plain(model_uri: str, config_path: Path, lean_exit: bool) -> None:
                            provenance={"model URI": ref.uri, "config hash": loaded.config_hash, "seed": loaded.settings.seed})
     sink.log_params(run, provenance.input_params(inputs))
     sink.record(run, results, report, manifest)
-    sink.close(run, verdict, markdown_summary(ref.label, verdict, results), loaded.settings.mlflow.promote_alias_on_pass)
+    sink.close(run, verdict, markdown_summary(ref.label, verdict, results))
+    alias = loaded.settings.mlflow.promote_alias_on_pass
+    if alias and verdict.value == "PASS" and ref.name and ref.version:  # the flow's promote-on-pass step
+        sink.versions.promote(ref.name, ref.version, alias)
     assert "prefect" not in sys.modules, "the plain side must not import Prefect"
     print(f"Verdict: {verdict.value}   MLflow run {run.run_id}")
 

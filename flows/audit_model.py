@@ -17,8 +17,8 @@ from tasks.audit_tasks import (audit_cluster, fail_audit_run, input_failed, load
                                resolve, run_audits)
 from tasks.adapters.deployments import resolve_pattern
 from tasks.adapters.errors import AuditlensError, TrackingServerError
-from tasks.adapters.mlflow_sink import Heartbeat, redact
-from tasks.adapters.tracking import quiet_environment
+from tasks.adapters.mlflow_sink import Heartbeat
+from tasks.adapters.tracking import quiet_environment, redact
 from tasks.logs import quiet_user_errors
 
 quiet_user_errors()

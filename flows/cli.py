@@ -84,7 +84,7 @@ def ui_hint(tracking_uri: str, summary: dict | None = None) -> str:
         mlflow = venv_bin / "mlflow" if (venv_bin / "mlflow").exists() else "mlflow"
         return (f"{mlflow} ui --backend-store-uri {tracking_uri} --host 127.0.0.1 --port 5000\n"
                 "  then open http://127.0.0.1:5000")
-    from tasks.adapters.mlflow_sink import redact
+    from tasks.adapters.tracking import redact
 
     path = f"/#/experiments/{summary['experiment_id']}/runs/{summary['run_id']}" if summary else ""
     return f"open {redact(tracking_uri).rstrip('/')}{path}"
@@ -350,7 +350,7 @@ def up(
     from tasks.adapters.deployments import load_deployments
     from tasks.adapters.errors import AuditlensError, ConfigError
     from tasks.adapters.local_servers import LocalStack
-    from tasks.adapters.mlflow_sink import MlflowSink
+    from tasks.adapters.webhook import ensure_webhook
 
     stack = LocalStack(store.resolve(), state.resolve(), mlflow_port, prefect_port)
     try:
@@ -361,8 +361,8 @@ def up(
         console.print("Starting the MLflow and Prefect servers (about 20 s)...")
         stack.start_servers(env)
         hook = loaded.settings.webhook
-        MlflowSink(stack.mlflow_url).ensure_webhook("auditlens", f"http://{hook.host}:{hook.port}{hook.path}",
-                                                    env[hook.secret_env], ["model_version.created"])
+        ensure_webhook(stack.mlflow_url, "auditlens", f"http://{hook.host}:{hook.port}{hook.path}", env[hook.secret_env],
+                       ["model_version.created"])
         stack.start_serve(env, loaded.path)
     except AuditlensError as exc:
         stack.stop()

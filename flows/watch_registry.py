@@ -9,9 +9,9 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from tasks.adapters.deployments import load_deployments
-from tasks.adapters.mlflow_sink import MlflowSink, redact
+from tasks.adapters.mlflow_sink import MlflowSink
 from tasks.adapters.repair import RunFacts
-from tasks.adapters.tracking import make_client, quiet_environment
+from tasks.adapters.tracking import make_client, quiet_environment, redact
 from tasks.adapters.watching import DeadAudit, dead_audits, lagging_audits, pending_audits, registry_versions
 from tasks.triggers import trigger_audit
 
@@ -35,7 +35,8 @@ def _flow_state(flow_run_id: str) -> tuple[bool, bool, str]:
 def settle_audits(client, sink: MlflowSink, name: str, stale_after_s: float, flow_state=_flow_state,
                   logger: logging.Logger | logging.LoggerAdapter | None = None) -> list[DeadAudit]:
     """One pass over ``name``'s versions: audits that died are marked failed (a run still RUNNING is ended, KILLED
-    when its heartbeat stopped), and versions whose run FINISHED take the run's state. Returns the dead."""
+    when its heartbeat stopped, before its version, which then says what the run says), and versions whose run FINISHED
+    take the run's state. Returns the dead."""
     logger = logger or logging.getLogger(__name__)
     versions = registry_versions(client, name)
     seen: dict[str, RunFacts | None] = {}
@@ -51,10 +52,12 @@ def settle_audits(client, sink: MlflowSink, name: str, stale_after_s: float, flo
     dead = dead_audits(versions, name, run_facts, flow_state, stale_after_s)
     for audit in dead:
         logger.warning("%s v%s: audit dead (%s); marking it failed", audit.name, audit.version, audit.reason)
-        sink.mark_dead(audit.name, audit.version, audit.run_id, audit.reason, audit.end_run_as, audit.attempt)
+        if audit.run_id:
+            sink.end_dead_run(audit.run_id, audit.reason, audit.end_run_as)
+        sink.versions.mark_dead(audit.name, audit.version, audit.run_id, audit.reason, audit.attempt)
     for audit in lagging_audits(versions, name, run_facts):
         logger.info("%s v%s: its audit's run finished; the version follows it", audit.name, audit.version)
-        sink.sync_version(audit.name, audit.version, audit.run_id)
+        sink.versions.sync_version(audit.name, audit.version, audit.run_id)
     return dead
 
 

@@ -19,17 +19,19 @@ from prefect.tasks import exponential_backoff
 from audits.core.context import AuditContext
 from audits.core.partial import FullData
 from audits.core.plan import PlannedAudit
-from audits.core.result import AuditResult
+from audits.core.result import AuditResult, Verdict
 from audits.core.runner import overall_verdict, run_planned
 from audits.rendering.html import markdown_summary, render_report
 from tasks.adapters import provenance
 from tasks.adapters.errors import AuditlensError
 from tasks.adapters.full_pass import EngineError, cluster_address
-from tasks.adapters.inputs import AuditInputs, assemble_in_time
-from tasks.adapters.mlflow_sink import AuditRun, MlflowSink, redact
+from tasks.adapters.context import AuditInputs
+from tasks.adapters.inputs import assemble_in_time
+from tasks.adapters.mlflow_sink import AuditRun, MlflowSink
 from tasks.adapters.models import ModelRef, resolve_model
 from tasks.adapters.settings import LoadedSettings, load_settings
-from tasks.adapters.tracking import configure_http, make_client
+from tasks.adapters.tracking import configure_http, make_client, redact
+from tasks.adapters.version_state import VersionStates
 
 
 def _retry_unless_user_error(task, task_run, state) -> bool:
@@ -151,7 +153,10 @@ def record_audit(run: AuditRun, ref: ModelRef, loaded: LoadedSettings, inputs: A
     sink.log_params(run, provenance.input_params(inputs))
     sink.link_inputs(run, _dataset_inputs(inputs), ref.model_id)
     sink.record(run, results, report, manifest)
-    sink.close(run, verdict, markdown_summary(ref.label, verdict, results), loaded.settings.mlflow.promote_alias_on_pass)
+    sink.close(run, verdict, markdown_summary(ref.label, verdict, results))
+    alias = loaded.settings.mlflow.promote_alias_on_pass
+    if alias and verdict is Verdict.PASS and run.model_name and run.model_version:
+        sink.versions.promote(run.model_name, run.model_version, alias)
     return {
         "run_id": run.run_id,
         "experiment_id": run.experiment_id,
@@ -189,7 +194,7 @@ def input_failed(ref: ModelRef, tracking_uri: str, flow_run_id: str, reason: str
     """The audit's input was refused before any run opened: a version whose audit this flow run is says 'failed'."""
     if not ref.registered:
         return False
-    return MlflowSink(tracking_uri).mark_input_failed(ref.name, ref.version, flow_run_id, reason)
+    return VersionStates.connect(tracking_uri).mark_input_failed(ref.name, ref.version, flow_run_id, reason)
 
 
 @task(name="fail-audit-run", **{**MLFLOW_IO, "retry_condition_fn": None})

@@ -6,7 +6,7 @@ of the same audit get the same flow run. Trigger first, tag second: if tagging f
 re-sends the same key and finds the same run.
 
 Tagging ("queued") may land after the audit has moved on (a second trigger that got the same, already running
-or finished, flow run): ``MlflowSink.mark_queued`` then re-reads the audit's run and re-applies its state, so the
+or finished, flow run): ``VersionStates.mark_queued`` then re-reads the audit's run and re-applies its state, so the
 version never ends behind its audit.
 """
 
@@ -15,7 +15,7 @@ from __future__ import annotations
 from prefect.deployments import run_deployment
 
 from tasks.adapters.deployments import AUDIT_DEPLOYMENT, LoadedDeployments, WatchedModel
-from tasks.adapters.mlflow_sink import MlflowSink
+from tasks.adapters.version_state import VersionStates
 
 
 def idempotency_key(name: str, version: str, config_hash: str, attempt: int) -> str:
@@ -38,5 +38,5 @@ def trigger_audit(loaded: LoadedDeployments, model: WatchedModel, version: str, 
         idempotency_key=idempotency_key(model.name, version, config_hash, attempt),
         as_subflow=False,
     )
-    MlflowSink(tracking_uri).mark_queued(model.name, version, attempt, str(flow_run.id), config_hash)
+    VersionStates.connect(tracking_uri).mark_queued(model.name, version, attempt, str(flow_run.id), config_hash)
     return str(flow_run.id)

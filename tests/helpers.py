@@ -10,6 +10,7 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
+from tasks.adapters.demo import register_sklearn_model
 from tasks.adapters.mlflow_sink import MlflowSink
 from tests.conftest import make_pipeline_model, make_tabular
 
@@ -56,10 +57,10 @@ def build_world(folder: Path, tracking_uri: str | None = None, versions: int = 1
     artifacts = (folder / "mlartifacts").as_uri() if tracking_uri.startswith("sqlite") else None
     for number in range(versions):
         model = make_pipeline_model(X.iloc[:300], y.iloc[:300], "gbm" if number == 0 else "logistic")
-        version = sink.register_sklearn_model(model, name=MODEL, experiment="e2e/training", input_example=X.head(2),
-                                              params={"n": number}, artifact_location=artifacts)
+        version = register_sklearn_model(sink, model, name=MODEL, experiment="e2e/training", input_example=X.head(2),
+                                         params={"n": number}, artifact_location=artifacts)
         if number == 0:
-            sink.set_alias(MODEL, "champion", version)
+            sink.versions.set_alias(MODEL, "champion", version)
     config = write_config(folder, tracking_uri)
     return World(tracking_uri, folder, config, folder / "reference.csv", folder / "current.csv")
 

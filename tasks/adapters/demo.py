@@ -2,7 +2,10 @@
 local SQLite-backed MLflow store, a current dataset with drift and data-quality faults, and one
 audit configuration per model written next to them.
 
-Nothing is downloaded: breast cancer and diabetes ship inside scikit-learn.
+Nothing is downloaded: breast cancer and diabetes ship inside scikit-learn. Registering a model (a training run,
+an MLflow 3 logged model and a new version) is written here, the only place besides the audit's own writers
+(``mlflow_sink``, ``version_state``) that writes to MLflow; the tests and the benchmarks register their models
+with it too.
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -20,6 +23,9 @@ from pydantic import Field
 
 from audits.core.plan import AuditPlan, AuditSpec, PlanError
 from tasks.adapters.settings import StrictModel, config_error, read_yaml, validated
+
+if TYPE_CHECKING:
+    from tasks.adapters.mlflow_sink import MlflowSink
 
 
 class DemoModel(StrictModel):
@@ -213,17 +219,94 @@ def _read(path: Path) -> pd.DataFrame:
     return read_table(path)
 
 
-def _register(sink: Any, estimator: Any, X: pd.DataFrame, *, name: str, kind: str, dataset: str, params: dict,
+# --- registering models: the demo's, and those of the tests and benchmarks -------------------------
+def register_sklearn_model(sink: MlflowSink, estimator: Any, *, name: str, experiment: str, input_example: Any,
+                           params: dict[str, Any], description: str = "", artifact_location: str | None = None) -> str:
+    """Save a scikit-learn model (cloudpickle: skops would need every tree type listed as trusted;
+    loading handles both formats) and register it as a new version of ``name``."""
+    import tempfile
+    from importlib.metadata import version as installed
+
+    import mlflow.sklearn
+
+    with tempfile.TemporaryDirectory(prefix="auditlens-model-") as tmp:
+        path = Path(tmp) / "model"
+        mlflow.sklearn.save_model(
+            estimator,
+            str(path),
+            serialization_format=mlflow.sklearn.SERIALIZATION_FORMAT_CLOUDPICKLE,
+            input_example=input_example,
+            # stated, not inferred: inference imports the model in a subprocess, for seconds
+            pip_requirements=[f"{p}=={installed(p)}" for p in ("scikit-learn", "pandas", "numpy", "cloudpickle")],
+        )
+        return register_model_files(sink, path, name=name, experiment=experiment, params=params,
+                                    description=description, artifact_location=artifact_location)
+
+
+def register_pytorch_model(sink: MlflowSink, module: Any, *, name: str, experiment: str, input_example: Any, classes: list,
+                           params: dict[str, Any], description: str = "", artifact_location: str | None = None) -> str:
+    """Save a PyTorch classifier and register it as a new version of ``name``.
+
+    Pickle format (the module's class must be importable where it is loaded, as ours are from the installed
+    package): MLflow's default, pt2 (torch.export), freezes eval mode and cannot switch dropout on again,
+    which MC dropout and the gradient explainers need. ``metadata.auditlens`` records the classes and the
+    input shape (C, H, W) for the loader."""
+    import tempfile
+    from importlib.metadata import version as installed
+
+    import mlflow.pytorch
+
+    module = module.eval()
+    with tempfile.TemporaryDirectory(prefix="auditlens-model-") as tmp:
+        path = Path(tmp) / "model"
+        mlflow.pytorch.save_model(
+            module, str(path), serialization_format="pickle", input_example=input_example,
+            metadata={"auditlens": {"classes": list(classes), "input_shape": list(input_example.shape[1:])}},
+            pip_requirements=[f"torch=={installed('torch').split('+')[0]}", f"numpy=={installed('numpy')}"],
+        )
+        return register_model_files(sink, path, name=name, experiment=experiment, params=params,
+                                    description=description, artifact_location=artifact_location)
+
+
+def register_model_files(sink: MlflowSink, path: Path, *, name: str, experiment: str, params: dict[str, Any],
+                         description: str = "", artifact_location: str | None = None) -> str:
+    """Register a saved MLflow model folder as a new version of ``name``, through a training run and an
+    MLflow 3 logged model. Client calls only: the fluent API would set process-wide tracking URIs (and
+    MLFLOW_TRACKING_URI in the environment, which child processes then inherit)."""
+    from tasks.adapters.mlflow_sink import origin_tags
+
+    client = sink.client
+    experiment_id = sink.experiment_id(experiment, artifact_location)
+    run_id = client.create_run(experiment_id, run_name=f"train {name}", tags=origin_tags("LOCAL")).info.run_id
+    try:
+        sink.log_batch(run_id, params=params)
+        logged = client.create_logged_model(experiment_id, name="model", source_run_id=run_id)
+        client.log_model_artifacts(logged.model_id, str(path))
+        client.finalize_logged_model(logged.model_id, "READY")
+        if not client.search_registered_models(filter_string=f"name = '{name}'"):
+            client.create_registered_model(name)
+        # the storage URI, not models:/m-...: a SQL registry would resolve that through the global tracking URI
+        version = client.create_model_version(
+            name, source=logged.artifact_location, run_id=run_id, model_id=logged.model_id, description=description
+        ).version
+    except BaseException:
+        client.set_terminated(run_id, "FAILED")
+        raise
+    client.set_terminated(run_id, "FINISHED")
+    return str(version)
+
+
+def _register(sink: MlflowSink, estimator: Any, X: pd.DataFrame, *, name: str, kind: str, dataset: str, params: dict,
               description: str, artifact_location: str | None = None) -> str:
     if kind == "cnn":
-        return sink.register_pytorch_model(
-            estimator.network(), name=name, experiment=f"auditlens-demo/training/{name}", artifact_location=artifact_location,
+        return register_pytorch_model(
+            sink, estimator.network(), name=name, experiment=f"auditlens-demo/training/{name}", artifact_location=artifact_location,
             input_example=estimator.as_tensor(X.head(3)).numpy(), classes=estimator.classes_.tolist(), params=params,
             description=description,
         )
-    return sink.register_sklearn_model(estimator, name=name, experiment=f"auditlens-demo/training/{name}",
-                                       artifact_location=artifact_location, input_example=X.head(3), params=params,
-                                       description=description)
+    return register_sklearn_model(sink, estimator, name=name, experiment=f"auditlens-demo/training/{name}",
+                                  artifact_location=artifact_location, input_example=X.head(3), params=params,
+                                  description=description)
 
 
 def register_new_version(settings: DemoSettings, model_name: str, kind: str, tracking_uri: str) -> str:
@@ -259,7 +342,7 @@ class PreparedAudit:
     label: str
 
 
-def prepare_demo(settings: DemoSettings, sink_factory: Callable[[str], Any], log: Callable[[str], None] = print) -> tuple[str, list[PreparedAudit]]:
+def prepare_demo(settings: DemoSettings, sink_factory: Callable[[str], MlflowSink], log: Callable[[str], None] = print) -> tuple[str, list[PreparedAudit]]:
     """Build the demo world from scratch; return the tracking URI and the audits to run."""
     workdir = Path(settings.workdir).resolve()
     if workdir.exists():
@@ -284,7 +367,7 @@ def prepare_demo(settings: DemoSettings, sink_factory: Callable[[str], Any], log
                                 description=f"{kind} on {spec.dataset} (demo)")
             log(f"registered {spec.name} v{version}: {kind}")
             if number == spec.champion:
-                sink.set_alias(spec.name, "champion", version)
+                sink.versions.set_alias(spec.name, "champion", version)
         config = {
             "kind": "audit",
             "seed": settings.seed,

@@ -183,7 +183,7 @@ def _load_pytorch(local: str, ref: ModelRef, task: str, identity: dict, device: 
     """A PyTorch classifier, loaded natively (gradients, layers, dropout) and wrapped as a scikit-learn one.
 
     Its classes and input shape come from the model's metadata (``auditlens``: ``classes``, ``input_shape``, as
-    ``MlflowSink.register_pytorch_model`` writes them), else from its signature (a tensor input) and its output width.
+    ``demo.register_pytorch_model`` writes them), else from its signature (a tensor input) and its output width.
     """
     import mlflow
     import mlflow.pytorch

@@ -8,7 +8,7 @@ from functools import cache
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
-from tasks.adapters.mlflow_sink import redact
+from tasks.adapters.tracking import redact
 
 PACKAGES = ("auditlens", "mlflow", "prefect", "great-expectations", "shap", "lime", "scikit-learn",
             "pandas", "numpy", "scipy", "matplotlib", "pydantic", "torch", "captum")  # fmt: skip

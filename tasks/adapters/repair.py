@@ -1,5 +1,5 @@
 """Audits whose process died, and model versions that disagree with their audit's run: found, and repaired
-through the sink (the only MLflow writer).
+through the writers (the sink ends a dead run, then ``version_state`` brings its version in line).
 
 One rule for a dead audit, shared by the watcher (``watching.dead_audits``) and ``auditlens doctor``: its run is
 RUNNING but its heartbeat (``audit.heartbeat_at``, written every ``audit.heartbeat_s`` seconds by the audit's own
@@ -18,8 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from tasks.adapters.errors import ConfigError, TrackingServerError
-from tasks.adapters.mlflow_sink import ATTEMPT, AUDIT_KEY, HEARTBEAT_AT, HEARTBEAT_S, STATUS, MlflowSink, attempt_of, run_state
+from tasks.adapters.mlflow_sink import HEARTBEAT_AT, HEARTBEAT_S, MlflowSink
 from tasks.adapters.tracking import redact
+from tasks.adapters.version_state import ATTEMPT, AUDIT_KEY, STATUS, attempt_of, experiment_ids, run_state
 
 DEFAULT_HEARTBEAT_S = 30.0  # MlflowSettings.heartbeat_s's default: for a beat whose interval was never recorded
 # Missed beats before a RUNNING run is dead: one late beat (a busy SQLite file, a short outage) is not a death.
@@ -116,7 +117,7 @@ def open_store(tracking_uri: str) -> MlflowSink:
 def running_audit_runs(sink: MlflowSink) -> list:
     """Every RUNNING run that records an audit (it carries auditlens.audit_key), in every active experiment."""
     runs = []
-    ids = sink.experiment_ids()
+    ids = experiment_ids(sink.client)
     for start in range(0, len(ids), 100):
         token = None
         while True:
@@ -167,7 +168,7 @@ def examine(sink: MlflowSink, *, stale_after_s: float, repair: bool, now: float 
         except MlflowException:
             reason = f"its audit's run {run_id} no longer exists"
             if repair:
-                sink.mark_dead(name, version, None, reason, flow_run_id=tags.get(ATTEMPT))
+                sink.versions.mark_dead(name, version, None, reason, flow_run_id=tags.get(ATTEMPT))
             findings.append(Finding(subject, f"says {status}, but {reason}", "mark it failed with that reason", repair))
             continue
         state = run_state(run)
@@ -182,6 +183,6 @@ def examine(sink: MlflowSink, *, stale_after_s: float, repair: bool, now: float 
             continue
         problem = f"says {status}, but its run {run_id} ended {run.info.status}"
         if repair:
-            sink.sync_version(name, version, run_id)
+            sink.versions.sync_version(name, version, run_id)
         findings.append(Finding(subject, problem, f"mark it {state.status}, as its run says", repair))
     return findings

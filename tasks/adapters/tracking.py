@@ -10,20 +10,26 @@ A tracking URI comes from a user (--tracking-uri, the config, $MLFLOW_TRACKING_U
   ``check_reachable`` both use it, so what is checked is what MLflow is given;
 - ``check_reachable`` refuses, with one message and its fix, every URI MLflow 3.17 cannot use, before anything
   is opened.
+
+Once connected, every writer's client is a ``ResilientClient``: it waits out a server that went away, up to a bound,
+and then names the server (redacted), the outage and the fix.
 """
 
 from __future__ import annotations
 
 import base64
+import logging
 import os
 import re
 import socket
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote, unquote
 
 from tasks.adapters.errors import ConfigError, TrackingServerError
 
+logger = logging.getLogger(__name__)
 HEALTH_TIMEOUT_S = 5.0
 DATABASE_ENGINES = ("postgresql", "mysql", "sqlite", "mssql")  # mlflow.store.db.db_types.DATABASE_ENGINES
 # The schemes MLflow 3.17.2 registers for tracking (mlflow/tracking/_tracking_service/utils.py; a unit test
@@ -539,3 +545,61 @@ def make_client(tracking_uri: str):
 
     uri = validate_tracking_uri(tracking_uri).uri
     return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def clipped(value: object, limit: int = 5000) -> str:
+    """``value`` as text MLflow accepts as a tag (or, with ``limit=6000``, a param) value: longer text is cut, with "..."."""
+    text = str(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def is_outage(exc: BaseException) -> bool:
+    """A failure to reach the tracking server (as opposed to a request the server refused)."""
+    import requests
+
+    if isinstance(exc, (requests.ConnectionError, requests.Timeout, ConnectionError, TimeoutError)):
+        return True
+    text = str(exc)
+    return any(marker in text for marker in ("Max retries exceeded", "Connection refused", "Failed to establish",
+                                             "RemoteDisconnected", "Connection aborted", "TEMPORARILY_UNAVAILABLE"))
+
+
+class ResilientClient:
+    """MlflowClient whose calls wait out a tracking-server outage, with exponential backoff, up to a bound."""
+
+    def __init__(self, client: object, outage_timeout_s: float, first_delay_s: float = 0.5, max_delay_s: float = 10.0) -> None:
+        self._client, self._bound, self._first, self._max = client, outage_timeout_s, first_delay_s, max_delay_s
+
+    @classmethod
+    def connect(cls, tracking_uri: str, outage_timeout_s: float = 120.0) -> ResilientClient:
+        return cls(make_client(tracking_uri), outage_timeout_s)
+
+    @property
+    def outage_timeout_s(self) -> float:
+        return self._bound
+
+    def __getattr__(self, name: str) -> object:
+        attribute = getattr(self._client, name)
+        if not callable(attribute):
+            return attribute
+
+        def call(*args: object, **kwargs: object) -> object:
+            deadline, delay = time.monotonic() + self._bound, self._first
+            while True:
+                try:
+                    return attribute(*args, **kwargs)
+                except Exception as exc:
+                    if not is_outage(exc):
+                        raise
+                    if time.monotonic() + delay > deadline:
+                        raise TrackingServerError(
+                            f"MLflow tracking server {redact(str(self._client.tracking_uri))} unreachable for "
+                            f"{self._bound:g} s while calling {name} ({type(exc).__name__})",
+                            "bring the server back (the audit's run is ended FAILED or reaped by the watcher once it "
+                            "answers again), or raise mlflow.outage_timeout_s",
+                        ) from None
+                    logger.warning("MLflow unreachable during %s; retrying in %.1f s", name, delay)
+                    time.sleep(delay)
+                    delay = min(delay * 2, self._max)
+
+        return call

@@ -3,7 +3,7 @@
 State lives in each version's own tags, where reviewers see it too:
 ``audit.status`` (queued / running / done / failed), ``audit.attempts``, ``audit.config_hash`` (what the
 trigger asked for), ``audit.run_id``, ``audit.prefect_flow_run_id``, ``audit.queued_at`` (epoch seconds).
-Every write goes through the protocol in ``tasks.adapters.mlflow_sink``.
+Every write goes through the protocol in ``tasks.adapters.version_state``.
 """
 
 from __future__ import annotations

@@ -17,6 +17,9 @@ The receiver faces whoever can reach its port, so before any signature is checke
 - accepted delivery ids are kept in a SQLite file (``ReplayStore``), so a replay is refused across restarts and
   across receivers sharing the file.
 Every answer is JSON ``{"message": ...}`` and closes the connection.
+
+``ensure_webhook`` registers the webhook with MLflow (``auditlens up``, the compose stack's deploy step): the only
+write to MLflow's webhooks.
 """
 
 from __future__ import annotations
@@ -50,6 +53,21 @@ MAX_BODY = 1 << 20
 CHUNK = 64 << 10
 # ASCII digits only: int() would also take "+10", "1_0", " 10 " and other scripts' digits
 _DIGITS = re.compile(r"[0-9]+")
+
+
+def ensure_webhook(tracking_uri: str, name: str, url: str, secret: str, events: list[str],
+                   outage_timeout_s: float = 120.0) -> str:
+    """One webhook named ``name`` delivering ``events`` to ``url`` (replaced if it pointed elsewhere); its id."""
+    from tasks.adapters.tracking import ResilientClient
+
+    client = ResilientClient.connect(tracking_uri, outage_timeout_s)
+    for hook in client.list_webhooks():
+        if hook.name == name:
+            if hook.url == url:
+                return hook.webhook_id
+            client.delete_webhook(hook.webhook_id)
+    return client.create_webhook(name, url, events=events, secret=secret,
+                                 description="auditlens: audit every new model version").webhook_id
 
 
 def signature(secret: str, delivery_id: str, timestamp: str, body: bytes) -> str:

@@ -169,6 +169,7 @@ class LinearFormula(mlflow.pyfunc.PythonModel):
 
 
 def test_a_pyfunc_model_is_audited_by_its_predictions(world, tmp_path):
+    from tasks.adapters.demo import register_model_files
     from tasks.adapters.mlflow_sink import MlflowSink
     from tests.conftest import make_tabular
 
@@ -177,8 +178,8 @@ def test_a_pyfunc_model_is_audited_by_its_predictions(world, tmp_path):
     data.iloc[:200].to_csv(world.folder / "formula_reference.csv", index=False)
     data.iloc[200:].to_csv(world.folder / "formula_current.csv", index=False)
     mlflow.pyfunc.save_model(str(tmp_path / "formula"), python_model=LinearFormula())
-    MlflowSink(world.tracking_uri).register_model_files(tmp_path / "formula", name="formula", experiment="e2e/training",
-                                                        params={}, artifact_location=(world.folder / "mlartifacts").as_uri())
+    register_model_files(MlflowSink(world.tracking_uri), tmp_path / "formula", name="formula", experiment="e2e/training",
+                         params={}, artifact_location=(world.folder / "mlartifacts").as_uri())
     data_spec = {"reference": "formula_reference.csv", "current": "formula_current.csv", "target": "y"}
     auto = write_config(world.folder, world.tracking_uri, name="formula_auto.yaml", data=data_spec)
     with pytest.raises(ModelLoadError, match="set model.task to 'classification' or 'regression'"):

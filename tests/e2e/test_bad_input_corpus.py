@@ -22,6 +22,7 @@ import pandas as pd
 import pytest
 import yaml
 
+from tasks.adapters.demo import register_sklearn_model
 from tasks.adapters.mlflow_sink import MlflowSink
 from tasks.adapters.tracking import make_client
 from tests.conftest import make_pipeline_model, make_tabular
@@ -46,9 +47,9 @@ def world(tmp_path_factory):
     cloudpickle.register_pickle_by_value(faulty_models)  # the class travels in the file, as a user's would
     try:
         for fault in FAULTS:
-            sink.register_sklearn_model(faulty_models.fitted(inner, fault), name=f"faulty-{fault}", experiment="e2e/training",
-                                        input_example=None, params={"fault": fault},
-                                        artifact_location=(world.folder / "mlartifacts").as_uri())
+            register_sklearn_model(sink, faulty_models.fitted(inner, fault), name=f"faulty-{fault}", experiment="e2e/training",
+                                   input_example=None, params={"fault": fault},
+                                   artifact_location=(world.folder / "mlartifacts").as_uri())
     finally:
         cloudpickle.unregister_pickle_by_value(faulty_models)
     return world

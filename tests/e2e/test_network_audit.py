@@ -12,6 +12,7 @@ from sklearn import metrics as skm
 
 from flows.audit_model import audit_model
 from tasks.adapters.datasets import read_table
+from tasks.adapters.demo import register_pytorch_model, register_sklearn_model
 from tasks.adapters.errors import DataError
 from tasks.adapters.mlflow_sink import MlflowSink
 from tasks.adapters.models import load_model, resolve_model
@@ -37,8 +38,8 @@ def image_world(tmp_path_factory):
     uri = f"sqlite:///{folder / 'mlflow.db'}"
     X, y = digits()
     model = train_network(SmallCNN(), X[:900], y[:900], epochs=10)
-    version = MlflowSink(uri).register_pytorch_model(model.network(), name="digits", experiment="e2e/training",
-                                                     input_example=X[:3], classes=list(range(10)), params={})  # fmt: skip
+    version = register_pytorch_model(MlflowSink(uri), model.network(), name="digits", experiment="e2e/training",
+                                     input_example=X[:3], classes=list(range(10)), params={})  # fmt: skip
     np.savez(folder / "reference.npz", images=X[:600], label=y[:600])
     np.savez(folder / "current.npz", images=X[1500:], label=y[1500:])
     return folder, uri, version, model, X, y
@@ -98,8 +99,8 @@ def test_a_text_pipeline_is_audited_on_its_raw_text_column(tmp_path):
     data.iloc[250:].to_csv(tmp_path / "current.csv", index=False)
     model = Pipeline([("tfidf", ColumnTransformer([("words", TfidfVectorizer(), "text")])),
                       ("model", LogisticRegression(max_iter=1000))]).fit(data.iloc[:250][["text"]], data.iloc[:250]["salary"])  # fmt: skip
-    version = MlflowSink(uri).register_sklearn_model(model, name="adverts", experiment="e2e/training",
-                                                     input_example=data[["text"]].head(2), params={})  # fmt: skip
+    version = register_sklearn_model(MlflowSink(uri), model, name="adverts", experiment="e2e/training",
+                                     input_example=data[["text"]].head(2), params={})  # fmt: skip
     config = write(tmp_path, "text.yaml", [{"audit": "performance"}, {"audit": "text_explanations"}, {"audit": "drift"}],
                    {"reference": "reference.csv", "current": "current.csv", "target": "salary", "modality": "text"}, uri)
     summary = audit_model(model_uri=f"models:/adverts/{version}", config_path=str(config), tracking_uri=uri)
@@ -126,8 +127,8 @@ def test_an_sklearn_mlp_on_images_gets_the_network_audits(image_world):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         mlp = MLPClassifier((32,), max_iter=200, random_state=0).fit(pixels, frame["label"])
-    version = MlflowSink(uri).register_sklearn_model(mlp, name="digits-mlp", experiment="e2e/training",
-                                                     input_example=pixels.head(2), params={})  # fmt: skip
+    version = register_sklearn_model(MlflowSink(uri), mlp, name="digits-mlp", experiment="e2e/training",
+                                     input_example=pixels.head(2), params={})  # fmt: skip
     config = write(folder, "mlp.yaml", [{"audit": "performance"}, {"audit": "network_attributions", "config": {"rows": 8}},
                                         {"audit": "occlusion", "config": {"rows": 8}}, {"audit": "embedding_projections"}],
                    {"reference": "reference.npz", "current": "current.npz", "target": "label", "modality": "image"}, uri)

@@ -20,8 +20,10 @@ import yaml
 from sklearn import metrics as skm
 
 from tasks.adapters.deployments import LoadedDeployments, load_deployments
+from tasks.adapters.demo import register_sklearn_model
 from tasks.adapters.mlflow_sink import MlflowSink
 from tasks.adapters.tracking import make_client
+from tasks.adapters.webhook import ensure_webhook
 from tasks.triggers import trigger_audit
 from tests.conftest import make_pipeline_model, make_tabular
 from tests.helpers import build_world, runs_with_status, write_config
@@ -129,9 +131,9 @@ def register(env: Env, name: str, final: str = "logistic", champion: bool = Fals
     sink.client.create_model_version = timed  # an instance attribute: ResilientClient proxies everything else
     X, y = env.train
     model = make_pipeline_model(X, y, final)
-    version = sink.register_sklearn_model(model, name=name, experiment="e2e/training", input_example=X.head(2), params={"final": final})
+    version = register_sklearn_model(sink, model, name=name, experiment="e2e/training", input_example=X.head(2), params={"final": final})
     if champion:
-        sink.set_alias(name, "champion", version)
+        sink.versions.set_alias(name, "champion", version)
     return version, model, returned["t"]
 
 
@@ -202,7 +204,7 @@ def set_webhook(env: Env, enabled: bool) -> None:
         if hook.name == HOOK and not enabled:
             client.delete_webhook(hook.webhook_id)
     if enabled:
-        MlflowSink(env.url).ensure_webhook(HOOK, env.hook_url, env.stack.webhook_secret, ["model_version.created"])
+        ensure_webhook(env.url, HOOK, env.hook_url, env.stack.webhook_secret, ["model_version.created"])
 
 
 def load(env: Env, name: str, version: str):

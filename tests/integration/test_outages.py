@@ -22,8 +22,10 @@ import tasks.audit_tasks as audit_tasks
 from flows.audit_model import audit_model
 from tasks.adapters.deployments import load_deployments
 from tasks.adapters.errors import TrackingServerError
+from tasks.adapters.demo import register_sklearn_model
 from tasks.adapters.mlflow_sink import MlflowSink
 from tasks.adapters.tracking import make_client
+from tasks.adapters.version_state import VersionStates
 from tests.conftest import make_pipeline_model, make_tabular
 from tests.helpers import build_world, runs_with_status, sha256, write_config
 from tests.integration.servers import MlflowServer, record_timing
@@ -97,7 +99,7 @@ def test_audit_waits_out_an_outage_and_completes(server, world, monkeypatch, cap
     restarter = threading.Thread(target=restart, daemon=True)
     restarter.start()
     began = time.monotonic()
-    with caplog.at_level(logging.WARNING, logger="tasks.adapters.mlflow_sink"):
+    with caplog.at_level(logging.WARNING, logger="tasks.adapters.tracking"):  # the sink's ResilientClient
         summary = audit_model(model_uri="models:/e2e-model/2", config_path=str(config), tracking_uri=server.url, reason="outage test")
     took = time.monotonic() - began
     restarter.join(timeout=130)
@@ -135,8 +137,8 @@ def test_outage_beyond_the_bound_fails_clearly_and_the_watcher_settles_it(server
     bound = 8
     # a model of its own: the watcher below sees only the version audited here
     X, y = make_tabular(300, seed=11)
-    version = MlflowSink(server.url).register_sklearn_model(make_pipeline_model(X, y, "gbm"), name="outage-model",
-                                                           experiment="e2e/training", input_example=X.head(2), params={})
+    version = register_sklearn_model(MlflowSink(server.url), make_pipeline_model(X, y, "gbm"), name="outage-model",
+                                     experiment="e2e/training", input_example=X.head(2), params={})
     config = write_config(world.folder, server.url, name="short.yaml", audits=PLAN,
                           mlflow={"tracking_uri": server.url, "outage_timeout_s": bound, "request_max_retries": 0})
     deployments = world.folder / "deployments.yaml"
@@ -149,7 +151,7 @@ def test_outage_beyond_the_bound_fails_clearly_and_the_watcher_settles_it(server
     # as tasks.triggers.trigger_audit does: the flow run first, then the version says queued with its id
     with get_client(sync_client=True) as prefect:
         flow_run = prefect.create_flow_run(audit_model, parameters=parameters)
-    MlflowSink(server.url).mark_queued("outage-model", version, 1, str(flow_run.id), loaded.config_hash(loaded.model("outage-model")))
+    VersionStates.connect(server.url).mark_queued("outage-model", version, 1, str(flow_run.id), loaded.config_hash(loaded.model("outage-model")))
 
     seen = outage_during_compute(monkeypatch, server, version)
     with pytest.raises(TrackingServerError) as raised:

@@ -13,7 +13,6 @@ from urllib.parse import unquote
 import pytest
 
 from tasks.adapters.errors import AuditlensError, ConfigError, TrackingServerError
-from tasks.adapters.mlflow_sink import redact as sink_redact
 from tasks.adapters.tracking import (
     TRACKING_SCHEMES,
     check_reachable,
@@ -79,8 +78,20 @@ def test_redact_removes_userinfo_and_query_values(uri, shown, secrets):
     assert redact(redact(uri)) == shown  # printing a redacted URI again changes nothing
 
 
-def test_the_sinks_redact_is_the_same_function():
-    assert sink_redact is redact
+def test_redaction_is_defined_once_in_tracking():
+    """One redaction: every module that prints or records a URI imports tracking's (a copy could drift, and leak)."""
+    import ast
+
+    from tests.conftest import ROOT
+
+    defined = sorted(
+        str(path.relative_to(ROOT))
+        for package in ("auditlens", "flows", "tasks")
+        for path in (ROOT / package).rglob("*.py")
+        if any(isinstance(node, ast.FunctionDef) and node.name in ("redact", "redact_text")
+               for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))))
+    )
+    assert defined == ["tasks/adapters/tracking.py"]
 
 
 @pytest.mark.parametrize("value", [None, 42, b"http://a:b@c", "\x00://@@@", "://", "@", "a://b@"])

@@ -2,7 +2,7 @@
 deliberately.
 
 Two actors run in threads, one call at a time, and switch only where a schedule says: the "world" (the trigger that
-won, then the audit flow's writes through the sink) and a late second trigger that got the same flow run from
+won, then the audit flow's writes through the sink and its version states) and a late second trigger that got the same flow run from
 ``run_deployment`` and read the version before the first trigger wrote (the defect: its "queued" landed after "done").
 Each actor's client is a real ``MlflowClient`` wrapped so that it parks before chosen calls. The late trigger moves in
 phases (its read, its queued write, its re-check reads, its re-applying writes); each phase runs at a chosen point of
@@ -25,8 +25,8 @@ from pathlib import Path
 import pytest
 
 from audits.core.result import Verdict
-from tasks.adapters.mlflow_sink import MlflowSink, ResilientClient
-from tasks.adapters.tracking import make_client
+from tasks.adapters.mlflow_sink import MlflowSink
+from tasks.adapters.tracking import ResilientClient, make_client
 
 WRITES = {"set_model_version_tag", "delete_model_version_tag", "log_batch", "set_terminated", "create_run",
           "update_run", "set_tag", "create_experiment"}  # fmt: skip
@@ -165,13 +165,13 @@ def new_version(store) -> str:
 
 def sink_for(uri: str, turns: Turns, actor: str) -> MlflowSink:
     sink = MlflowSink(uri)
-    sink.client = ParkingClient(ResilientClient(make_client(uri), 0), turns, actor)
+    sink.client = ParkingClient(ResilientClient(make_client(uri), 0), turns, actor)  # sink.versions shares it
     return sink
 
 
 # --- the world's stories: the first trigger, then what the audit flow writes ---------------------------------
 def audit_done(sink: MlflowSink, version: str, flow: str, out: dict) -> None:
-    sink.mark_queued(MODEL, version, 1, flow, "h1")
+    sink.versions.mark_queued(MODEL, version, 1, flow, "h1")
     run = sink.open_run(experiment=EXPERIMENT, run_name="audit", audit_key=f"prefect:{flow}", tags={}, params={"p": 1},
                         model_name=MODEL, model_version=version)
     out["run_id"] = run.run_id
@@ -179,17 +179,18 @@ def audit_done(sink: MlflowSink, version: str, flow: str, out: dict) -> None:
 
 
 def input_refused(sink: MlflowSink, version: str, flow: str, out: dict) -> None:
-    sink.mark_queued(MODEL, version, 1, flow, "h1")
-    assert sink.mark_input_failed(MODEL, version, flow, "DataError: current data lacks x1")
+    sink.versions.mark_queued(MODEL, version, 1, flow, "h1")
+    assert sink.versions.mark_input_failed(MODEL, version, flow, "DataError: current data lacks x1")
 
 
 def audit_killed(sink: MlflowSink, version: str, flow: str, out: dict) -> None:
-    """The audit process dies after opening its run; the watcher ends the run KILLED and marks the version."""
-    sink.mark_queued(MODEL, version, 1, flow, "h1")
+    """The audit process dies after opening its run; the watcher ends the run KILLED, then marks the version."""
+    sink.versions.mark_queued(MODEL, version, 1, flow, "h1")
     run = sink.open_run(experiment=EXPERIMENT, run_name="audit", audit_key=f"prefect:{flow}", tags={}, params={"p": 1},
                         model_name=MODEL, model_version=version)
     out["run_id"] = run.run_id
-    sink.mark_dead(MODEL, version, run.run_id, "the audit process stopped", "KILLED", flow)
+    sink.end_dead_run(run.run_id, "the audit process stopped", "KILLED")
+    sink.versions.mark_dead(MODEL, version, run.run_id, "the audit process stopped", flow)
 
 
 def expected(story, out: dict, old_run: str, flow: str) -> dict:
@@ -240,7 +241,7 @@ def play(store, story, schedule: tuple[int, int, int], flow: str, late: bool = T
 
     threads = [threading.Thread(target=actor, args=("world", lambda: story(world, version, flow, out)), daemon=True)]
     if late:
-        threads.append(threading.Thread(target=actor, args=("late", lambda: second.mark_queued(MODEL, version, 1, flow, "h1")),
+        threads.append(threading.Thread(target=actor, args=("late", lambda: second.versions.mark_queued(MODEL, version, 1, flow, "h1")),
                                         daemon=True))
     turns.actors = {"world", "late"} if late else {"world"}
     for thread in threads:
@@ -331,10 +332,10 @@ def test_a_trigger_for_an_attempt_already_further_along_writes_nothing(store):
     uri, client, _ = store
     version = new_version(store)
     sink = MlflowSink(uri)
-    sink.mark_queued(MODEL, version, 1, "flow-x", "h1")
+    sink.versions.mark_queued(MODEL, version, 1, "flow-x", "h1")
     run = sink.open_run(experiment=EXPERIMENT, run_name="audit", audit_key="prefect:flow-x", tags={}, params={},
                         model_name=MODEL, model_version=version)
     before = dict(client.get_model_version(MODEL, version).tags)
-    assert sink.mark_queued(MODEL, version, 1, "flow-x", "h1") == "running"
+    assert sink.versions.mark_queued(MODEL, version, 1, "flow-x", "h1") == "running"
     assert dict(client.get_model_version(MODEL, version).tags) == before
     sink.close(run, Verdict.PASS, "note")
