@@ -1,4 +1,5 @@
-"""audit_model: resolve the model -> load model and data -> open the run -> run the audits -> record -> tag the version.
+"""audit_model: resolve the model -> load model and data -> open the run -> run the audits -> record -> tag the version
+-> promote it on PASS (when ``mlflow.promote_alias_on_pass`` names an alias).
 
 Everything an audit reads (the model, both datasets, the predictions) is loaded and checked before the MLflow run is
 opened: bad input (a missing column, strings where numbers belong, a model that cannot predict) ends the flow with one
@@ -13,8 +14,8 @@ from datetime import datetime, timezone
 from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 
-from tasks.audit_tasks import (audit_cluster, fail_audit_run, input_failed, load_config, load_inputs, open_audit_run, record_audit,
-                               resolve, run_audits)
+from tasks.audit_tasks import (audit_cluster, fail_audit_run, input_failed, load_config, load_inputs, open_audit_run,
+                               promote_on_pass, record_audit, resolve, run_audits)
 from tasks.adapters.deployments import resolve_pattern
 from tasks.adapters.errors import AuditlensError, TrackingServerError
 from tasks.adapters.mlflow_sink import Heartbeat
@@ -62,6 +63,13 @@ def _audit(ref, loaded, store: str, inputs, address: str | None, reason: str) ->
         for result in results:
             logger.info("%-14s %-7s %.1fs  %s", result.audit, result.verdict.value, result.duration_s, result.reason[:160])
         summary = record_audit(run, ref, loaded, inputs, results)
+        alias = loaded.settings.mlflow.promote_alias_on_pass
+        if alias and summary["verdict"] == "PASS":
+            promoted = promote_on_pass(run, alias)
+            if promoted:
+                logger.info("Promoted %s: %s now points at it (verdict PASS)", ref.label, promoted)
+            else:
+                logger.info("Not promoted: %s is not a registered model version, so it has no alias %r", ref.label, alias)
     except BaseException as exc:
         heartbeat.stop()  # before the run is ended: no beat after its end
         server_down = isinstance(exc, TrackingServerError)

@@ -19,7 +19,7 @@ from prefect.tasks import exponential_backoff
 from audits.core.context import AuditContext
 from audits.core.partial import FullData
 from audits.core.plan import PlannedAudit
-from audits.core.result import AuditResult, Verdict
+from audits.core.result import AuditResult
 from audits.core.runner import overall_verdict, run_planned
 from audits.rendering.html import markdown_summary, render_report
 from tasks.adapters import provenance
@@ -154,9 +154,6 @@ def record_audit(run: AuditRun, ref: ModelRef, loaded: LoadedSettings, inputs: A
     sink.link_inputs(run, _dataset_inputs(inputs), ref.model_id)
     sink.record(run, results, report, manifest)
     sink.close(run, verdict, markdown_summary(ref.label, verdict, results))
-    alias = loaded.settings.mlflow.promote_alias_on_pass
-    if alias and verdict is Verdict.PASS and run.model_name and run.model_version:
-        sink.versions.promote(run.model_name, run.model_version, alias)
     return {
         "run_id": run.run_id,
         "experiment_id": run.experiment_id,
@@ -187,6 +184,17 @@ def _dataset_inputs(inputs: AuditInputs) -> list[dict]:
                       "target": context.target if ds.y is not None else None,
                       "digest": fingerprint["sample_sha256"], "context": ds.name})
     return items
+
+
+@task(name="promote-on-pass", **MLFLOW_IO)
+def promote_on_pass(run: AuditRun, alias: str) -> str | None:
+    """The audit PASSed and its run is closed: point ``alias`` at the audited version (``mlflow.promote_alias_on_pass``)
+    and tag the version ``audit.promoted_to``. Returns the model URI now behind the alias; None when the audited model
+    is not a registered version (a runs:/ URI), which has no alias to move."""
+    if not (run.model_name and run.model_version):
+        return None
+    VersionStates.connect(run.tracking_uri, run.outage_timeout_s).promote(run.model_name, run.model_version, alias)
+    return f"models:/{run.model_name}@{alias}"
 
 
 @task(name="input-failed", **{**MLFLOW_IO, "retry_condition_fn": None})

@@ -4,6 +4,7 @@ Everything is read back from MLflow and checked by value."""
 from __future__ import annotations
 
 import json
+import logging
 import tempfile
 from pathlib import Path
 
@@ -116,6 +117,32 @@ def test_versions_audited_with_one_plan_share_metric_keys(world, audited):
     assert first_keys == second_keys  # what makes side-by-side comparison in the MLflow UI work
     shap_info = json.loads(Path(client.download_artifacts(second["run_id"], "shap/result.json", tempfile.mkdtemp())).read_text())
     assert shap_info["info"]["explainer"] == "linear"
+
+
+def test_a_passing_audit_promotes_its_version_in_a_step_of_its_own(world, caplog):
+    """mlflow.promote_alias_on_pass: once the run is closed, the flow's promote-on-pass step points the alias at a
+    version whose audit PASSed and tags it audit.promoted_to; an audit that does not pass moves nothing."""
+    client = make_client(world.tracking_uri)
+    settings = {"tracking_uri": world.tracking_uri, "promote_alias_on_pass": "audited"}
+    strict = write_config(world.folder, world.tracking_uri, name="promote_strict.yaml", mlflow=settings, audits=[
+        {"audit": "performance", "thresholds": [{"metric": "performance.current.accuracy", "min": 0.999}]}])
+    failed = audit_model(model_uri="models:/e2e-model/2", config_path=str(strict), tracking_uri=world.tracking_uri)
+    assert failed["verdict"] != "PASS"
+    assert "audited" not in client.get_registered_model("e2e-model").aliases
+    assert "audit.promoted_to" not in client.get_model_version("e2e-model", "2").tags
+
+    lenient = write_config(world.folder, world.tracking_uri, name="promote.yaml", mlflow=settings, audits=[
+        {"audit": "performance", "thresholds": [{"metric": "performance.current.accuracy", "min": 0.5}]}])
+    with caplog.at_level(logging.INFO):
+        passed = audit_model(model_uri="models:/e2e-model/2", config_path=str(lenient), tracking_uri=world.tracking_uri)
+    assert passed["verdict"] == "PASS"
+    assert str(client.get_registered_model("e2e-model").aliases["audited"]) == "2"
+    tags = client.get_model_version("e2e-model", "2").tags
+    assert tags["audit.promoted_to"] == "audited" and tags["audit.status"] == "done" and tags["audit.verdict"] == "PASS"
+    assert client.get_run(passed["run_id"]).info.status == "FINISHED"
+    assert any("now points at it (verdict PASS)" in r.getMessage() and "models:/e2e-model@audited" in r.getMessage()
+               for r in caplog.records)
+    assert "audited" not in client.get_model_version("e2e-model", "1").aliases
 
 
 def test_a_crashing_audit_is_an_error_and_the_others_still_record(world):

@@ -27,6 +27,7 @@ import pytest
 from audits.core.result import Verdict
 from tasks.adapters.mlflow_sink import MlflowSink
 from tasks.adapters.tracking import ResilientClient, make_client
+from tasks.adapters.version_state import VersionStates
 
 WRITES = {"set_model_version_tag", "delete_model_version_tag", "log_batch", "set_terminated", "create_run",
           "update_run", "set_tag", "create_experiment"}  # fmt: skip
@@ -339,3 +340,13 @@ def test_a_trigger_for_an_attempt_already_further_along_writes_nothing(store):
     assert sink.versions.mark_queued(MODEL, version, 1, "flow-x", "h1") == "running"
     assert dict(client.get_model_version(MODEL, version).tags) == before
     sink.close(run, Verdict.PASS, "note")
+
+
+def test_promotion_points_the_alias_and_says_so_on_the_version_only(store):
+    uri, client, _ = store
+    version = new_version(store)
+    before = dict(client.get_model_version(MODEL, version).tags)
+    VersionStates.connect(uri, 0).promote(MODEL, version, "audited")
+    assert str(client.get_registered_model(MODEL).aliases["audited"]) == version
+    after = dict(client.get_model_version(MODEL, version).tags)
+    assert after == {**before, "audit.promoted_to": "audited"}  # the audit's state is the run's to say, not promotion's
