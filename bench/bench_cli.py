@@ -13,7 +13,7 @@ Every side is a fresh process timed from outside (start to exit, imports include
 - plain:         this script's `plain` command: the same steps in one Python process without the CLI and
                  without Prefect (settings, model, inputs, the audit, the MLflow record), the plain path
 - plain-lean:    the same, skipping the garbage collections of Python's teardown as `auditlens audit` does
-                 (flows/cli.py, _no_collection_at_exit): CLI minus plain-lean is what Prefect itself costs
+                 (auditlens/cli.py, _no_collection_at_exit): CLI minus plain-lean is what Prefect itself costs
 
 `overhead` runs the three in turn, rotating which goes first, `--runs` rounds after one warm-up round; it reports
 each side's median and the median of the paired differences CLI - plain (the overhead; goal: under 2 s with the

@@ -13,7 +13,7 @@ def test_an_orphaned_watcher_slot_is_freed_and_a_live_one_is_kept(tmp_path):
     from prefect.client.schemas.actions import GlobalConcurrencyLimitUpdate
     from prefect.states import Running
 
-    from flows.serve_audits import release_orphaned_watcher_slot
+    from auditlens.serving import release_orphaned_watcher_slot
     from flows.watch_registry import watch_registry
 
     name = "watch-registry/reconcile-test"
@@ -48,7 +48,7 @@ def test_a_watcher_run_left_running_by_a_dead_process_is_crashed_and_its_slot_fr
     from prefect.client.orchestration import get_client
     from prefect.states import Pending, Running
 
-    from flows.serve_audits import release_orphaned_watcher_slot
+    from auditlens.serving import release_orphaned_watcher_slot
     from flows.watch_registry import watch_registry
 
     name = "watch-registry/zombie-test"

@@ -1,5 +1,5 @@
-"""The shape of the house: imports run flows -> tasks -> audits; audits stay pure; one MLflow writer;
-our generic package names belong to this repository alone."""
+"""The shape of the house: imports run auditlens -> flows -> tasks -> audits, never in a circle; flows/ holds flows;
+audits stay pure; each part of MLflow has one writer; our generic package names belong to this repository alone."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 
 from tests.conftest import ROOT
 
-PACKAGES = ("flows", "tasks", "audits")
+PACKAGES = ("auditlens", "flows", "tasks", "audits")  # in import order: each imports only those after it
 
 
 def imported_modules(path: Path) -> set[str]:
@@ -36,7 +36,10 @@ def test_audits_never_import_prefect_or_mlflow():
 
 
 def test_imports_only_run_downwards():
-    upward = {"audits": {"tasks", "flows"}, "tasks": {"flows"}}
+    """auditlens (the command) -> flows -> tasks -> audits: nothing imports a package before it in PACKAGES, so only
+    the tests (and the benchmarks that time the command) import auditlens."""
+    upward = {package: set(PACKAGES[: PACKAGES.index(package)]) for package in PACKAGES}
+    assert upward["audits"] == {"auditlens", "flows", "tasks"} and upward["auditlens"] == set()
     offenders = [
         (str(p.relative_to(ROOT)), sorted(imported_modules(p) & banned))
         for package, banned in upward.items()
@@ -46,7 +49,7 @@ def test_imports_only_run_downwards():
     assert offenders == []
 
 
-ORCHESTRATION = ("flows", "tasks")  # the packages whose modules must not import one another in a circle
+ORCHESTRATION = ("auditlens", "flows", "tasks")  # the packages whose modules must not import one another in a circle
 
 
 def module_graph(root: Path, packages: tuple[str, ...]) -> dict[str, set[str]]:
@@ -140,13 +143,31 @@ def test_the_module_graph_sees_deferred_relative_and_from_package_imports(tmp_pa
 def test_no_import_cycles_among_our_modules():
     graph = module_graph(ROOT, ORCHESTRATION)
     assert {"tasks.audit_tasks", "tasks.adapters.tracking"} <= graph["flows.audit_model"]  # it sees our imports
+    assert {"auditlens.console", "auditlens.serving", "flows.audit_model"} <= graph["auditlens.cli"]
     assert import_cycles(graph) == []
 
 
 def test_adapters_never_import_prefect_and_flows_never_import_mlflow():
     adapters = [str(p.relative_to(ROOT)) for p in (ROOT / "tasks" / "adapters").rglob("*.py") if "prefect" in imported_modules(p)]
-    flows = [str(p.relative_to(ROOT)) for p in python_files("flows") if "mlflow" in imported_modules(p)]
-    assert adapters == [] and flows == []
+    above = [str(p.relative_to(ROOT)) for package in ("auditlens", "flows") for p in python_files(package)
+             if "mlflow" in imported_modules(p)]
+    assert adapters == [] and above == []
+
+
+def flows_defined(path: Path) -> list[str]:
+    """The functions of a module decorated with Prefect's ``@flow`` (bare or called)."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    return [node.name for node in tree.body if isinstance(node, ast.FunctionDef)
+            and any(ast.unparse(d.func if isinstance(d, ast.Call) else d) in ("flow", "prefect.flow") for d in node.decorator_list)]
+
+
+def test_flows_holds_flows_only():
+    """Every module of flows/ defines a Prefect flow; the command, its printing and the deployments live in
+    auditlens/. (The detector sees both spellings of the decorator, and nothing else.)"""
+    assert flows_defined(ROOT / "flows" / "watch_registry.py") == ["watch_registry"]
+    assert flows_defined(ROOT / "auditlens" / "serving.py") == []
+    not_flows = [str(p.relative_to(ROOT)) for p in python_files("flows") if p.name != "__init__.py" and not flows_defined(p)]
+    assert not_flows == []
 
 
 # The calls that change an MLflow store, by the part of it they change.

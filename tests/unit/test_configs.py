@@ -85,7 +85,7 @@ def test_relative_paths_start_at_the_config_file(tmp_path, monkeypatch):
 
 
 def test_prefect_yaml_is_rendered_from_the_deployments_configuration():
-    from flows.serve_audits import render_prefect_yaml
+    from auditlens.serving import render_prefect_yaml
     from tasks.adapters.deployments import load_deployments
 
     rendered = render_prefect_yaml(load_deployments(ROOT / "config" / "deployments.yaml", check_files=False), ROOT)

@@ -429,4 +429,4 @@ def test_the_image_starts_a_worker_offline_and_keeps_the_auditlens_command():
     pull = yaml.safe_load((ROOT / "prefect.yaml").read_text())["pull"]
     assert pull == [{"prefect.deployments.steps.set_working_directory": {"directory": "{{ $AUDITLENS_HOME }}"}}]
     assert ("COPY", "prefect.yaml ./") in instructions
-    assert (ROOT / "pyproject.toml").read_text().count('auditlens = "flows.cli:app"') == 1
+    assert (ROOT / "pyproject.toml").read_text().count('auditlens = "auditlens.cli:app"') == 1

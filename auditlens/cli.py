@@ -17,15 +17,11 @@ from enum import Enum
 from pathlib import Path
 
 import typer
-from rich.console import Console
 from rich.markup import escape
-from rich.table import Table
+
+from auditlens.console import console, errors, print_local_server, print_summary, ui_hint
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="auditlens: versioned model audits in MLflow, orchestrated by Prefect.")
-console = Console(stderr=False)
-errors = Console(stderr=True)
-
-COLOURS = {"PASS": "green", "WARN": "yellow", "FAIL": "red", "ERROR": "magenta", "SKIPPED": "grey50"}
 
 
 class FailOn(str, Enum):
@@ -77,33 +73,6 @@ def _fail(exc: Exception) -> None:
     raise typer.Exit(getattr(exc, "exit_code", 1))
 
 
-def ui_hint(tracking_uri: str, summary: dict | None = None) -> str:
-    if tracking_uri.startswith("sqlite:///"):
-        tracking_uri = f"sqlite:///{Path(tracking_uri.removeprefix('sqlite:///')).resolve()}"  # works from any folder
-        venv_bin = Path(sys.executable).parent
-        mlflow = venv_bin / "mlflow" if (venv_bin / "mlflow").exists() else "mlflow"
-        return (f"{mlflow} ui --backend-store-uri {tracking_uri} --host 127.0.0.1 --port 5000\n"
-                "  then open http://127.0.0.1:5000")
-    from tasks.adapters.tracking import redact
-
-    path = f"/#/experiments/{summary['experiment_id']}/runs/{summary['run_id']}" if summary else ""
-    return f"open {redact(tracking_uri).rstrip('/')}{path}"
-
-
-def _print_summary(summary: dict) -> None:
-    table = Table(title=f"Audit of {summary['model']}", title_justify="left")
-    table.add_column("audit")
-    table.add_column("verdict")
-    table.add_column("reason", overflow="fold")
-    for audit_id, outcome in summary["audits"].items():
-        colour = COLOURS[outcome["verdict"]]
-        table.add_row(escape(audit_id), f"[{colour}]{outcome['verdict']}[/]", escape(outcome["reason"][:300]))
-    console.print(table)
-    colour = COLOURS[summary["verdict"]]
-    console.print(f"Verdict: [bold {colour}]{summary['verdict']}[/]   MLflow run {summary['run_id']} "
-                  f"in experiment '{summary['experiment']}'", soft_wrap=True)
-
-
 @app.command()
 def audit(
     model: str = typer.Option(..., "--model", "-m", help="models:/NAME/VERSION, models:/NAME@ALIAS or runs:/RUN_ID/PATH"),
@@ -147,7 +116,7 @@ def audit(
         where = f"\n(the MLflow run {run_id} was ended FAILED with this reason)" if run_id else "\n(no MLflow run was opened)"
         errors.print(f"[bold red]audit failed:[/] {type(exc).__name__}: {escape(redact_text(str(exc), uri))}{where}", highlight=False, markup=True, soft_wrap=True)
         raise typer.Exit(1) from None
-    _print_summary(summary)
+    print_summary(summary)
     console.print(f"Open the MLflow UI: {ui_hint(uri, summary)}", soft_wrap=True, highlight=False)
     gate = {"FAIL": {"FAIL", "ERROR"}, "WARN": {"WARN", "FAIL", "ERROR"}, "never": set()}[fail_on.value]
     if summary["verdict"] in gate:
@@ -174,7 +143,7 @@ def demo(config: Path = typer.Option(Path("config/demo.yaml"), "--config", "-c",
     with _in_process_flow_settings():
         result = run_demo(config_path=str(config.resolve()))
     for summary in result["audits"]:
-        _print_summary(summary)
+        print_summary(summary)
     console.print("\n[bold]Every audit is recorded in MLflow.[/] Open the UI to compare the versions side by side:")
     console.print(f"  {ui_hint(result['tracking_uri'])}", soft_wrap=True, highlight=False)
     experiments = ", ".join(dict.fromkeys(f"'{s['experiment']}'" for s in result["audits"] if s.get("experiment")))
@@ -252,7 +221,7 @@ def serve(
         _fail(exc)
     from prefect import serve as prefect_serve
 
-    from flows.serve_audits import build_deployments, release_orphaned_watcher_slot
+    from auditlens.serving import build_deployments, release_orphaned_watcher_slot
 
     if release_orphaned_watcher_slot(dead_after_s=max(300, 10 * loaded.settings.watcher.interval_seconds)):
         console.print("Freed the watcher's concurrency slot, held by a run that died with an earlier server")
@@ -415,7 +384,7 @@ def render(deployments: Path = typer.Option(Path("config/deployments.yaml"), "--
            output: Path = typer.Option(Path("prefect.yaml"), "--output", "-o")) -> None:
     """Write prefect.yaml (work-pool deployments) from the deployments configuration."""
     _setup()
-    from flows.serve_audits import render_prefect_yaml
+    from auditlens.serving import render_prefect_yaml
     from tasks.adapters.deployments import load_deployments
     from tasks.adapters.errors import AuditlensError
 
@@ -462,18 +431,6 @@ prefect_server_app = typer.Typer(help="The local Prefect server that `audit` and
 app.add_typer(prefect_server_app, name="prefect-server")
 
 
-def _ago(timestamp: float | None) -> str:
-    return "never" if timestamp is None else f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(timestamp))} ({time.time() - timestamp:.0f} s ago)"
-
-
-def _print_local_server(server, state) -> None:
-    idle = "never" if not state.idle_timeout_s else f"after {state.idle_timeout_s:g} s without use"
-    console.print(f"API: {state.api_url}    UI: {state.ui_url}\n"
-                  f"pid {state.pid} (supervisor; uvicorn {state.server_pid}), {state.version}\n"
-                  f"started {_ago(state.started_at)}, last used {_ago(server.last_use())}, stops itself {idle}\n"
-                  f"PREFECT_HOME {state.prefect_home}\nlog {server.log_file}", soft_wrap=True, highlight=False)
-
-
 def _configured_elsewhere() -> None:
     if url := _prefect_api_url():
         console.print(f"note: PREFECT_API_URL is set ({url}): auditlens commands use that server, not this one", soft_wrap=True, highlight=False)
@@ -493,7 +450,7 @@ def prefect_server_status() -> None:
         _configured_elsewhere()
         raise typer.Exit(1)
     console.print("The local Prefect server is running.")
-    _print_local_server(server, state)
+    print_local_server(server, state)
     _configured_elsewhere()
 
 
@@ -509,7 +466,7 @@ def prefect_server_start(idle_timeout: float | None = typer.Option(None, min=0, 
         state = server.ensure(idle_s=idle_timeout, announce=lambda line: console.print(line, highlight=False, markup=False, soft_wrap=True))
     except AuditlensError as exc:
         _fail(exc)
-    _print_local_server(server, state)
+    print_local_server(server, state)
     _configured_elsewhere()
 
 
