@@ -176,8 +176,10 @@ def list_audits(verbose: bool = typer.Option(False, "--verbose", "-v", help="als
         console.print(f"    rows: {rows[audit_mode(cls)]}", highlight=False, soft_wrap=True)
         for key, field in cls.Config.model_fields.items():
             console.print(f"    config.{key}: {field.get_default(call_default_factory=True)!r}", highlight=False, soft_wrap=True)
-        for threshold in cls.default_thresholds:
-            console.print(f"    threshold: {threshold.rule} ({threshold.severity})", highlight=False, soft_wrap=True)
+        for threshold in cls.default_thresholds:  # declared on local keys: shown as a plan names them
+            console.print(f"    threshold: {threshold.namespaced(name).rule} ({threshold.severity})", highlight=False, soft_wrap=True)
+        if cls.metric_keys:  # what a threshold may name ('*' a column, class or segment name; {a,b} either)
+            console.print(f"    metrics: {', '.join(f'{name}.{key}' for key in cls.metric_keys)}", highlight=False, soft_wrap=True)
 
 
 @app.command("check-config")

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import getpass
 import hashlib
-import html
 import json
 import logging
 import tempfile
@@ -263,18 +262,9 @@ class MlflowSink:
                 (folder / "result.json").write_text(json.dumps(result.to_dict(with_content=False), indent=2, default=str))
                 for artifact in result.artifacts:
                     path = folder / artifact.name
-                    if artifact.kind == "figure":
-                        path.write_bytes(artifact.content)
-                    elif artifact.kind == "table":
-                        artifact.content.to_json(path, orient="split", index=False, date_format="iso")
+                    path.write_bytes(artifact.encoded())  # each kind encodes itself (audits.core.result)
+                    if artifact.kind == "table":
                         tables.append({"path": f"{result.audit}/{artifact.name}", "type": "table"})
-                    elif artifact.kind == "html":
-                        path.write_text(artifact.content, encoding="utf-8")
-                    elif artifact.kind == "fragment":  # a snippet: wrapped so that it opens as a page too
-                        path.write_text(f'<!doctype html><meta charset="utf-8"><title>{html.escape(artifact.title or artifact.name)}</title>'
-                                        f"{artifact.content}", encoding="utf-8")
-                    else:
-                        path.write_text(json.dumps(artifact.content, indent=2, default=str), encoding="utf-8")
             (root / "audit_report.html").write_text(report_html, encoding="utf-8")
             for path in sorted(p for p in root.rglob("*") if p.is_file()):
                 data = path.read_bytes()

@@ -88,3 +88,11 @@ def test_audits_verbose_says_how_many_rows_each_audit_sees(invoke):
     assert rows["shap"] == "a seeded sample of 20,000 rows a side (plan key sample_rows)"
     assert rows["drift"] == "fitted on a seeded sample of 20,000 rows a side (plan key sample_rows), applied to every row"
     assert rows["performance"] == "every row"
+
+
+def test_audits_verbose_lists_the_keys_a_threshold_may_name_and_the_defaults_in_full(invoke):
+    result = invoke("audits", "-v")
+    assert result.exit_code == 0, result.output
+    assert "    threshold: calibration.current.ece_excess <= 0.1 (fail)" in result.output  # declared locally, shown in full
+    metrics = dict(re.findall(r"^(\w+) +audits\.[\w.]+:\w+\n(?:(?!\w+ +audits\.).*\n)*?    metrics: (.*)$", result.output, re.M))
+    assert len(metrics) == 27 and metrics["shap"].startswith("shap.importance.*, ")
