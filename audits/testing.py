@@ -232,7 +232,12 @@ DEGENERATE = ("one_feature", "ten_rows", "tiny", "image_ten_rows", "text_ten_row
 
 
 def degenerate_modality(kind: str) -> str:
-    return {"image_ten_rows": "image", "text_ten_rows": "text"}.get(kind, "tabular")
+    return MODALITY.get(kind, "tabular")
+
+
+MODALITY = {"classifier_context": "tabular", "regressor_context": "tabular", "image_context": "image",
+            "text_context": "text", "image_ten_rows": "image", "text_ten_rows": "text"}  # the inputs of each dataset
+
 
 BUILDERS: dict[str, Callable[[], AuditContext]] = {
     "classifier_context": classifier_context,
@@ -283,7 +288,7 @@ def check_audit_contract(audit_cls: type[Audit], context: AuditContext, config: 
 
     assert first.metrics, f"{name} ran and reported no metrics"
     assert audit_cls.metric_keys, f"{name} does not declare the metric keys it reports (metric_keys)"
-    undeclared = [k for k in first.metrics if not audit_cls.declares(k.removeprefix(f"{name}."))]
+    undeclared = audit_cls.undeclared(first.metrics, name)
     assert not undeclared, f"{name} reports keys its metric_keys do not declare: {undeclared[:5]}"
     for threshold in audit_cls.thresholds_for(cls_config):
         for key in filter(None, (threshold.metric, threshold.compare_to)):
@@ -324,7 +329,7 @@ def check_degenerate(audit_cls: type[Audit], kind: str, config: dict | None = No
     if result.verdict is Verdict.SKIPPED:
         assert result.reason, f"{audit_cls.name} on {kind} data: SKIPPED without a reason"
     else:
-        undeclared = [k for k in result.metrics if not audit_cls.declares(k.removeprefix(f"{audit_cls.name}."))]
+        undeclared = audit_cls.undeclared(result.metrics, audit_cls.name)
         assert not undeclared, f"{audit_cls.name} reports keys its metric_keys do not declare: {undeclared[:5]}"
     if result.verdict is Verdict.PASS:
         assert all(c.passed is True and c.value is not None and np.isfinite(c.value) for c in result.checks), \
@@ -339,8 +344,7 @@ def check_audit(audit_cls: type[Audit], config: dict | None = None,
     if not (isinstance(audit_cls, type) and issubclass(audit_cls, Audit)):
         raise TypeError(f"check_audit takes an audits.core.Audit subclass, not {audit_cls!r}")
     if contexts is None:
-        wanted = set(audit_cls.requires.modalities)
-        contexts = tuple(c for c in CONTEXTS if c.split("_")[0] in wanted or (c in ("classifier_context", "regressor_context") and "tabular" in wanted))
+        contexts = tuple(c for c in CONTEXTS if MODALITY[c] in audit_cls.requires.modalities)
     return {name: check_audit_on(audit_cls, name, config) for name in contexts}
 
 

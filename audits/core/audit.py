@@ -7,6 +7,7 @@ import fnmatch
 import functools
 import re
 from abc import ABC, abstractmethod
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import ClassVar, Literal
 
@@ -101,6 +102,13 @@ class Audit(ABC):
     def declares(cls, key: str) -> bool:
         """Whether ``key`` (local to the audit) is one this audit can report."""
         return any(fnmatch.fnmatchcase(key, pattern) for pattern in key_patterns(cls.metric_keys))
+
+    @classmethod
+    def undeclared(cls, keys: Iterable[str], audit_id: str) -> list[str]:
+        """Those of ``keys`` (full: '<audit_id>.<key>') that this audit does not declare; none if it declares none."""
+        if not cls.metric_keys:
+            return []
+        return [key for key in keys if not cls.declares(key.removeprefix(f"{audit_id}."))]
 
     @classmethod
     def nearest_keys(cls, key: str, n: int = 1) -> list[str]:

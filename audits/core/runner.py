@@ -158,7 +158,7 @@ def run_planned(planned: PlannedAudit, context: AuditContext, full: FullData | N
         )
     if result.verdict in (Verdict.SKIPPED, Verdict.ERROR):
         return finish(result)
-    undeclared = undeclared_keys(planned, result)
+    undeclared = type(planned.audit).undeclared(result.metrics, planned.id)
     if undeclared:  # a key check-config would refuse a threshold on: the declaration is wrong, not the data
         if os.environ.get("AUDITLENS_STRICT_METRIC_KEYS") == "1":  # the test suite: every undeclared key fails loudly
             return finish(AuditResult(audit=planned.id, verdict=Verdict.ERROR,
@@ -170,14 +170,6 @@ def run_planned(planned: PlannedAudit, context: AuditContext, full: FullData | N
     if result.verdict is not Verdict.PASS and result.verdict.severity > verdict.severity:
         verdict, check_reason = result.verdict, result.reason or check_reason
     return finish(result.with_(verdict=verdict, reason=check_reason, checks=tuple(checks)))
-
-
-def undeclared_keys(planned: PlannedAudit, result: AuditResult) -> list[str]:
-    """The result's metric keys (full) that its audit does not declare in ``metric_keys`` (none if it declares none)."""
-    cls, prefix = type(planned.audit), f"{planned.id}."
-    if not cls.metric_keys:
-        return []
-    return [key for key in result.metrics if not cls.declares(key.removeprefix(prefix))]
 
 
 def overall_verdict(results: list[AuditResult]) -> Verdict:

@@ -22,8 +22,6 @@ from pydantic import BaseModel, ConfigDict, model_validator
 from audits.core.result import CheckResult
 
 
-
-
 class Threshold(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 

@@ -31,6 +31,7 @@ chance, and the audit is SKIPPED.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 import warnings
@@ -305,13 +306,18 @@ def chance(rho: float, n_features: int) -> float:
     if n_features < 3:
         return 1.0  # too coarse to test anything
     if n_features <= 8:  # exact: every permutation of the ranks
-        ranks = np.array(list(itertools.permutations(range(n_features))))
-        null = 1 - 6 * ((ranks - np.arange(n_features)) ** 2).sum(axis=1) / (n_features * (n_features**2 - 1))
-        return float((null >= rho - 1e-12).mean())
+        return float((_exact_null(n_features) >= rho - 1e-12).mean())
     from scipy.stats import t  # scipy's t approximation of Spearman's null distribution
 
     r = min(rho, 1 - 1e-12)
     return float(t.sf(r * np.sqrt((n_features - 2) / (1 - r * r)), n_features - 2))
+
+
+@functools.cache
+def _exact_null(n_features: int) -> np.ndarray:
+    """Spearman's correlation of every permutation of ``n_features`` ranks with the identity (8! = 40,320 at most)."""
+    ranks = np.array(list(itertools.permutations(range(n_features))))
+    return 1 - 6 * ((ranks - np.arange(n_features)) ** 2).sum(axis=1) / (n_features * (n_features**2 - 1))
 
 
 def chance_band(n_features: int, alpha: float) -> float:
@@ -320,9 +326,7 @@ def chance_band(n_features: int, alpha: float) -> float:
     if n_features < 3:
         return 1.0
     if n_features <= 8:  # the exact null's values; chance() steps at each of them
-        ranks = np.array(list(itertools.permutations(range(n_features))))
-        values = np.unique(1 - 6 * ((ranks - np.arange(n_features)) ** 2).sum(axis=1) / (n_features * (n_features**2 - 1)))
-        return float(max(v for v in values if chance(v, n_features) >= alpha))
+        return float(max(v for v in np.unique(_exact_null(n_features)) if chance(v, n_features) >= alpha))
     from scipy.optimize import brentq
 
     return float(brentq(lambda r: chance(r, n_features) - alpha, -0.999999, 0.999999))
