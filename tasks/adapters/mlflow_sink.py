@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from audits.core.result import AuditResult, Verdict
+from tasks.adapters import signing
 from tasks.adapters.tracking import ResilientClient, clipped, make_client
 from tasks.adapters.version_state import AUDIT_KEY, STATUS, VersionState, VersionStates, attempt_of
 
@@ -249,9 +250,13 @@ class MlflowSink:
 
     # --- the record -----------------------------------------------------------------------------
     def record(self, run: AuditRun, results: list[AuditResult], report_html: str, manifest: dict[str, Any]) -> dict[str, Any]:
-        """Log metrics, tags and every artifact; the manifest (with each file's sha256) goes last."""
+        """Log metrics, tags and every artifact; the manifest goes last: each file's sha256 and size, every metric value
+        logged, signed with the key in the environment when there is one (``signing``), so that ``auditlens verify``
+        can tell a changed file, tag or metric, and a rewritten manifest."""
+        key = signing.signing_key()  # first: a key that cannot sign is refused before anything is written
         metrics = {k: v for r in results for k, v in r.metrics.items()}
         tags = {f"audit.{r.audit}.verdict": r.verdict.value for r in results}
+        tags[signing.SIGNED_TAG] = "true" if key is not None else "false"
         tables: list[dict[str, str]] = []
         files: dict[str, dict[str, Any]] = {}
         with tempfile.TemporaryDirectory(prefix="auditlens-record-") as tmp:
@@ -273,8 +278,10 @@ class MlflowSink:
         if tables:
             tags[TABLE_TAG] = json.dumps(tables)
         self.log_batch(run.run_id, metrics=metrics, tags=tags, timestamp_ms=run.start_ms or None)
-        complete = {**manifest, "artifacts": files, "complete": True}
-        self.client.log_dict(run.run_id, complete, "manifest.json")
+        complete = signing.as_stored({**manifest, "metrics": {k: signing.metric_entry(v) for k, v in sorted(metrics.items())},
+                                      "artifacts": files, "complete": True})
+        complete = key.sign(complete) if key is not None else {**complete, "signature": None}
+        self.client.log_dict(run.run_id, complete, signing.MANIFEST)
         return complete
 
     def close(self, run: AuditRun, verdict: Verdict, note: str) -> None:

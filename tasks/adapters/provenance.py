@@ -8,6 +8,7 @@ from functools import cache
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
+from tasks.adapters.signing import signing_key
 from tasks.adapters.tracking import redact
 
 PACKAGES = ("auditlens", "mlflow", "prefect", "great-expectations", "shap", "lime", "scikit-learn",
@@ -38,8 +39,10 @@ def code_version() -> str:
 
 
 def model_params(ref, loaded, tracking_uri: str) -> dict[str, str]:
-    """Params known before the data is read (logged when the run opens)."""
+    """Params known before the data is read (logged when the run opens). The signing key is read here, so that a key
+    that cannot sign is refused before the run is opened; the run names it by its fingerprint only."""
     settings = loaded.settings
+    key = signing_key()
     return {
         "model.uri": ref.uri,
         "model.load_uri": ref.load_uri,
@@ -51,6 +54,7 @@ def model_params(ref, loaded, tracking_uri: str) -> dict[str, str]:
         "seed": str(settings.seed),
         "audits": ",".join(p.id for p in loaded.plan),
         "code.version": code_version(),
+        "signing.key_id": key.key_id if key is not None else "unsigned",
         **{f"pkg.{name}": v for name, v in package_versions().items()},
     }
 
