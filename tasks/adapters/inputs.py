@@ -103,8 +103,9 @@ def assemble_in_time(ref: ModelRef, loaded: LoadedSettings, client) -> AuditInpu
 
 def assemble(ref: ModelRef, loaded: LoadedSettings, client) -> AuditInputs:
     settings = loaded.settings
-    model = load_model(ref, client, settings.model.task, settings.model.device)
-    baseline, baseline_note = load_baseline(ref, settings.model.baseline_alias, client, settings.model.task, settings.model.device)
+    model = load_model(ref, client, settings.model.task, settings.model.device, settings.security)
+    baseline, baseline_note = load_baseline(ref, settings.model.baseline_alias, client, settings.model.task, settings.model.device,
+                                            settings.security)
     ref_path, cur_path = loaded.data_path("reference"), loaded.data_path("current")
     features = resolve_features(_header(loaded, "reference"), settings.data.target, settings.data.features,
                                 _model_features(model), settings.data.prediction_column_names())

@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 import tempfile
 from dataclasses import dataclass
+from typing import Any
 
 from audits.core.context import ModelUnderAudit
 from tasks.adapters.errors import ModelLoadError, ModelNotFoundError, TrackingServerError
@@ -132,29 +133,42 @@ def storage_location(ref: ModelRef, client) -> str:
     return source
 
 
-def load_model(ref: ModelRef, client, task: str = "auto", device: str = "cpu") -> ModelUnderAudit:
-    import mlflow
+def load_model(ref: ModelRef, client, task: str = "auto", device: str = "cpu", security: Any = None) -> ModelUnderAudit:
+    """The model's files, downloaded and passed through the loading gate (``model_gate``) before anything of them is
+    deserialised. ``security``: the config's ``security`` section (strict, no extra trusted types, by default)."""
     from mlflow.artifacts import download_artifacts
+
+    from tasks.adapters.model_gate import read_model_folder
 
     identity = {"uri": ref.load_uri, "name": ref.name, "version": ref.version}
     with tempfile.TemporaryDirectory(prefix="auditlens-model-") as folder:
         try:
             local = download_artifacts(artifact_uri=storage_location(ref, client), tracking_uri=client.tracking_uri, dst_path=folder)
-            # Model.load reads the MLmodel file alone. mlflow.models.get_model_info(local) would also look the logged
-            # model up by its id in MLflow's *global* store (./mlflow.db unless set), which is not the configured one
-            flavors = mlflow.models.Model.load(local).flavors
         except Exception as exc:
             raise ModelLoadError(f"cannot fetch the model files of {ref.label} ({ref.source}): {exc}",
                                  "check that the version's source still exists in the artifact store") from None
-        return _load_local(local, flavors, ref, task, identity, device)
+        # MLmodel is read by us (never mlflow.models.get_model_info, which would also look the logged model up in
+        # MLflow's *global* store, ./mlflow.db unless set)
+        files = read_model_folder(local, ref.label)
+        return _load_local(files, ref, task, identity, device, _security(security))
 
 
-def _load_local(local: str, flavors: dict, ref: ModelRef, task: str, identity: dict, device: str = "cpu") -> ModelUnderAudit:
-    import mlflow
+def _security(security: Any) -> tuple[bool, tuple[str, ...]]:
+    if security is None:
+        return False, ()
+    return security.model_loading == "trusted", tuple(security.trusted_types)
 
+
+def _load_local(files, ref: ModelRef, task: str, identity: dict, device: str = "cpu",
+                security: tuple[bool, tuple[str, ...]] = (False, ())) -> ModelUnderAudit:
+    from tasks.adapters.model_gate import TRUST_FIX, ModelRefusedError, load_sklearn
+
+    trusted, trusted_types = security
+    flavors = files.flavors
     try:
         if "sklearn" in flavors:
-            model = ModelUnderAudit.from_estimator(mlflow.sklearn.load_model(local), flavor="sklearn", **identity)
+            estimator = load_sklearn(files, trusted_types, trusted)
+            model = ModelUnderAudit.from_estimator(estimator, flavor="sklearn", **identity)
             if task != "auto" and task != model.task:
                 raise ModelLoadError(
                     f"the config says model.task is {task!r}, but {ref.label} is a scikit-learn {model.task} model",
@@ -162,39 +176,46 @@ def _load_local(local: str, flavors: dict, ref: ModelRef, task: str, identity: d
                 )
             return model
         if "pytorch" in flavors:
-            return _load_pytorch(local, ref, task, identity, device)
+            return _load_pytorch(files, ref, task, identity, device, security)
+        if not trusted:
+            raise ModelRefusedError(f"{ref.label}: refused before loading: it has {files.describe()}; auditlens loads "
+                                    "scikit-learn and PyTorch models through its allowlist, and anything else runs the "
+                                    "model's own code", TRUST_FIX)
         if task == "auto":
             raise ModelLoadError(
                 f"{ref.label} has flavors {sorted(flavors)}; only scikit-learn models reveal their task",
                 "set model.task to 'classification' or 'regression' in the config",
             )
-        pyfunc = mlflow.pyfunc.load_model(local)
+        import mlflow
+
+        pyfunc = mlflow.pyfunc.load_model(str(files.root))
         return ModelUnderAudit(task=task, predict=pyfunc.predict, flavor="pyfunc", **identity)
     except ModelLoadError:
         raise
     except Exception as exc:
         raise ModelLoadError(
             f"cannot load {ref.label} ({type(exc).__name__}: {exc})",
-            "load it once with mlflow.pyfunc.load_model to see why; skops-format models need their trusted types",
+            "load it once with mlflow.pyfunc.load_model to see why",
         ) from None
 
 
-def _load_pytorch(local: str, ref: ModelRef, task: str, identity: dict, device: str = "cpu") -> ModelUnderAudit:
+def _load_pytorch(files, ref: ModelRef, task: str, identity: dict, device: str = "cpu",
+                  security: tuple[bool, tuple[str, ...]] = (False, ())) -> ModelUnderAudit:
     """A PyTorch classifier, loaded natively (gradients, layers, dropout) and wrapped as a scikit-learn one.
 
     Its classes and input shape come from the model's metadata (``auditlens``: ``classes``, ``input_shape``, as
     ``demo.register_pytorch_model`` writes them), else from its signature (a tensor input) and its output width.
     """
     import mlflow
-    import mlflow.pytorch
     import numpy as np
 
     from audits.methods.network import TorchClassifier
+    from tasks.adapters.model_gate import load_torch_module
 
     if task == "regression":
         raise ModelLoadError(f"{ref.label} is a PyTorch model and the config says model.task is 'regression'",
                              "auditlens audits PyTorch classifiers: set model.task to 'classification' or 'auto'")
-    info = mlflow.models.Model.load(local)
+    info = mlflow.models.Model.load(str(files.root))
     meta = (info.metadata or {}).get("auditlens", {})
     shape = meta.get("input_shape")
     if shape is None and info.signature is not None:
@@ -210,7 +231,8 @@ def _load_pytorch(local: str, ref: ModelRef, task: str, identity: dict, device: 
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ModelLoadError(f"model.device is {device!r}, but this machine has no CUDA device",
                              "set model.device to 'cpu' or 'auto'")
-    module = mlflow.pytorch.load_model(local, map_location="cpu")
+    trusted, trusted_types = security
+    module = load_torch_module(files, trusted_types, trusted)
     classes = meta.get("classes")
     if classes is None:
         with torch.no_grad():
@@ -221,7 +243,8 @@ def _load_pytorch(local: str, ref: ModelRef, task: str, identity: dict, device: 
                            classes=tuple(np.asarray(classes).tolist()), estimator=estimator, flavor="pytorch", **identity)
 
 
-def load_baseline(ref: ModelRef, alias: str | None, client, task: str = "auto", device: str = "cpu") -> tuple[ModelUnderAudit | None, str]:
+def load_baseline(ref: ModelRef, alias: str | None, client, task: str = "auto", device: str = "cpu",
+                  security: Any = None) -> tuple[ModelUnderAudit | None, str]:
     """The version behind ``alias`` of the audited model, when it is another version; else None and why."""
     from mlflow.exceptions import MlflowException
 
@@ -238,6 +261,6 @@ def load_baseline(ref: ModelRef, alias: str | None, client, task: str = "auto", 
     baseline = ModelRef(f"models:/{ref.name}@{alias}", f"models:/{ref.name}/{mv.version}", ref.name, str(mv.version), alias,
                         mv.run_id, _logged_model_id(mv, client), mv.source)
     try:
-        return load_model(baseline, client, task, device), ""
+        return load_model(baseline, client, task, device, security), ""
     except ModelLoadError as exc:
         return None, f"the @{alias} version {mv.version} could not be loaded: {exc.problem}"
