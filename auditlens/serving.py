@@ -39,6 +39,7 @@ def scheduled_parameters(loaded: LoadedDeployments, model: WatchedModel, trackin
         "tracking_uri": tracking_uri,
         "reason": "schedule",
         "current_data": path(loaded.current_pattern(model)),
+        "model_loading": model.model_loading,
     }
 
 

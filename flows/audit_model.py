@@ -18,6 +18,7 @@ from tasks.audit_tasks import (audit_cluster, fail_audit_run, input_failed, load
                                promote_on_pass, record_audit, resolve, run_audits)
 from tasks.adapters.deployments import resolve_pattern
 from tasks.adapters.errors import AuditlensError, TrackingServerError
+from tasks.adapters.model_gate import ModelRefusedError
 from tasks.adapters.mlflow_sink import Heartbeat
 from tasks.adapters.tracking import quiet_environment, redact
 from tasks.logs import quiet_user_errors
@@ -28,15 +29,17 @@ quiet_environment()  # also when a worker runs the flow without our CLI: no cred
 
 @flow(name="audit-model", log_prints=True)
 def audit_model(model_uri: str, config_path: str, tracking_uri: str | None = None, reason: str = "manual",
-                current_data: str | None = None) -> dict:
+                current_data: str | None = None, model_loading: str | None = None) -> dict:
     """Audit one model version against the plan in ``config_path``; return the verdict and the MLflow run.
 
     ``current_data`` replaces the config's current data; a ``{date:FORMAT}`` in it is the run's scheduled time.
+    ``model_loading`` (strict or trusted) replaces the config's ``security.model_loading``: automatic audits pass their
+    deployment's, so a config that trusts a model's code for hand-run audits does not trust every version registered.
     """
     logger = get_run_logger()
     if current_data:
         current_data = resolve_pattern(current_data, flow_run.scheduled_start_time or datetime.now(timezone.utc))
-    loaded = load_config(config_path, current_data)
+    loaded = load_config(config_path, current_data, model_loading)
     store = loaded.tracking_uri(tracking_uri)
     ref = resolve(model_uri, store)
     logger.info("Auditing %s (%s) with %s; recording to %s", ref.label, ref.load_uri, loaded.path.name, redact(store))
@@ -44,6 +47,13 @@ def audit_model(model_uri: str, config_path: str, tracking_uri: str | None = Non
         try:
             pinned, address = cluster.enter_context(audit_cluster(loaded))
             inputs = load_inputs(ref, pinned, store)
+        except ModelRefusedError as exc:
+            # the gate refused the model's files: nothing of it ran. That is an audit's finding, so it has a run,
+            # ended FAILED with the reason in audit.error, and the version says 'failed' with it
+            run = open_audit_run(ref, loaded, store, audit_key=f"prefect:{flow_run.id}", reason=reason)
+            fail_audit_run(run, f"{type(exc).__name__}: {exc}")
+            exc.audit_run_id = run.run_id
+            raise
         except AuditlensError as exc:
             # no run: the input is wrong, nothing was audited. A version whose state the watcher or the webhook keeps
             # (it names this flow run) says 'failed' with the reason, so that the attempt counts.

@@ -49,8 +49,10 @@ MLFLOW_IO = {  # outages are waited out inside the sink; these retries cover oth
 
 
 @task(name="load-config", cache_policy=NO_CACHE)
-def load_config(config_path: str, current_data: str | None = None) -> LoadedSettings:
+def load_config(config_path: str, current_data: str | None = None, model_loading: str | None = None) -> LoadedSettings:
     loaded = load_settings(config_path, current_data)
+    if model_loading is not None:  # the deployment's say, for automatic audits
+        loaded = loaded.with_model_loading(model_loading)
     mlflow_settings = loaded.settings.mlflow
     configure_http(mlflow_settings.request_timeout_s, mlflow_settings.request_max_retries)
     return loaded

@@ -48,6 +48,9 @@ class WatchedModel(StrictModel):
     current_data: str | None = None
     schedule: Schedule | None = None
     on_new_version: bool = True
+    # how far this model's files are trusted in its automatic audits (watcher, webhook, schedule), whatever its audit
+    # config says: strict loads only through auditlens's allowlist; trusted runs the model's own code
+    model_loading: Literal["strict", "trusted"] = "strict"
 
 
 class Watcher(StrictModel):

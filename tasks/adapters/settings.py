@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -136,6 +137,29 @@ class MlflowSettings(StrictModel):
     promote_alias_on_pass: str | None = None  # opt-in: point this alias (e.g. 'audited') at a version whose audit PASSes
 
 
+class Security(StrictModel):
+    """How far a model's files are trusted (the README's "Security model").
+
+    strict (the default): a model loads only through auditlens's allowlist (scikit-learn, numpy and scipy classes;
+    torch.nn modules and auditlens's networks) and nothing of its own code runs. trusted: a model the allowlist refuses
+    (a custom pyfunc, a pickle holding functions or classes of its own) is loaded as MLflow loads it, which runs its code.
+    Automatic audits (watcher, webhook, schedules) stay strict unless their deployment entry also says trusted."""
+
+    model_loading: Literal["strict", "trusted"] = "strict"
+    # exact module.Class names a strict load also accepts: a user's own estimator or network class, installed where
+    # the audit runs (a prefix or a wildcard is refused: each class is a decision)
+    trusted_types: list[str] = Field(default_factory=list)
+
+    @field_validator("trusted_types")
+    @classmethod
+    def _exact_names(cls, names: list[str]) -> list[str]:
+        for name in names:
+            if not re.fullmatch(r"[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)+", name):
+                raise ValueError(f"security.trusted_types entry {name!r} is not an exact module.Class name "
+                                 "(e.g. mypackage.models.MyEstimator; no wildcards)")
+        return names
+
+
 class AuditSettings(StrictModel):
     kind: Literal["audit"] = "audit"
     seed: int = 0
@@ -145,6 +169,7 @@ class AuditSettings(StrictModel):
     mlflow: MlflowSettings = MlflowSettings()
     limits: Limits = Limits()
     execution: Execution = Execution()
+    security: Security = Security()
     audits: list[AuditSpec] = Field(min_length=1)
 
     @model_validator(mode="after")
@@ -189,6 +214,15 @@ class LoadedSettings:
                 return f"sqlite:///{(self.path.parent / database).resolve()}"
             return configured
         return os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+
+    def with_model_loading(self, model_loading: str) -> LoadedSettings:
+        """These settings with ``security.model_loading`` replaced (an automatic audit's deployment decides it)."""
+        from dataclasses import replace
+
+        if model_loading not in ("strict", "trusted"):
+            raise ConfigError(f"model_loading is {model_loading!r}", "use 'strict' or 'trusted'")
+        security = self.settings.security.model_copy(update={"model_loading": model_loading})
+        return replace(self, settings=self.settings.model_copy(update={"security": security}))
 
     def sample_rows(self, which: Literal["reference", "current"]) -> int:
         """Rows of ``which`` side in the one seeded sample: the configured cap, else the most any planned audit uses."""
