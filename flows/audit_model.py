@@ -1,6 +1,9 @@
 """audit_model: resolve the model -> load model and data -> open the run -> run the audits -> record -> tag the version
 -> promote it on PASS (when ``mlflow.promote_alias_on_pass`` names an alias).
 
+The model's files are downloaded here and loaded through the gate in the model's own process (``model_worker``), which
+holds no credentials; every audit that calls the model runs there, and only this process records, tags and promotes.
+
 Everything an audit reads (the model, both datasets, the predictions) is loaded and checked before the MLflow run is
 opened: bad input (a missing column, strings where numbers belong, a model that cannot predict) ends the flow with one
 clear error and leaves no run behind. A run exists only for an audit that ran.
@@ -8,13 +11,12 @@ clear error and leaves no run behind. A run exists only for an audit that ran.
 
 from __future__ import annotations
 
-import contextlib
 from datetime import datetime, timezone
 
 from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 
-from tasks.audit_tasks import (audit_cluster, fail_audit_run, input_failed, load_config, load_inputs, open_audit_run,
+from tasks.audit_tasks import (fail_audit_run, input_failed, load_config, load_inputs, model_process, open_audit_run,
                                promote_on_pass, record_audit, resolve, run_audits)
 from tasks.adapters.deployments import resolve_pattern
 from tasks.adapters.errors import AuditlensError, TrackingServerError
@@ -43,10 +45,9 @@ def audit_model(model_uri: str, config_path: str, tracking_uri: str | None = Non
     store = loaded.tracking_uri(tracking_uri)
     ref = resolve(model_uri, store)
     logger.info("Auditing %s (%s) with %s; recording to %s", ref.label, ref.load_uri, loaded.path.name, redact(store))
-    with contextlib.ExitStack() as cluster:  # execution.engine dask: one cluster for the partitions and the audits
+    with model_process() as worker:  # the model is loaded, scored and explained there, with no credentials
         try:
-            pinned, address = cluster.enter_context(audit_cluster(loaded))
-            inputs = load_inputs(ref, pinned, store)
+            inputs = load_inputs(ref, loaded, store, worker)
         except ModelRefusedError as exc:
             # the gate refused the model's files: nothing of it ran. That is an audit's finding, so it has a run,
             # ended FAILED with the reason in audit.error, and the version says 'failed' with it
@@ -59,17 +60,17 @@ def audit_model(model_uri: str, config_path: str, tracking_uri: str | None = Non
             # (it names this flow run) says 'failed' with the reason, so that the attempt counts.
             input_failed(ref, store, str(flow_run.id), f"{type(exc).__name__}: {exc}")
             raise
-        return _audit(ref, loaded, store, inputs, address, reason)
+        return _audit(ref, loaded, store, inputs, worker, reason)
 
 
-def _audit(ref, loaded, store: str, inputs, address: str | None, reason: str) -> dict:
+def _audit(ref, loaded, store: str, inputs, worker, reason: str) -> dict:
     logger = get_run_logger()
     run = open_audit_run(ref, loaded, store, audit_key=f"prefect:{flow_run.id}", reason=reason)
     # proof of life on the run until it is ended: a process killed outright (SIGKILL, OOM) cannot end its run, and
     # the watcher and `auditlens doctor` tell it from a slow one by the heartbeat alone
     heartbeat = Heartbeat(run.tracking_uri, run.run_id, loaded.settings.mlflow.heartbeat_s).start()
     try:
-        results = run_audits(loaded.plan, inputs.context, inputs.full, address)
+        results = run_audits(loaded.plan, worker)
         for result in results:
             logger.info("%-14s %-7s %.1fs  %s", result.audit, result.verdict.value, result.duration_s, result.reason[:160])
         summary = record_audit(run, ref, loaded, inputs, results)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import tempfile
 from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
@@ -16,19 +17,15 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 from prefect.tasks import exponential_backoff
 
-from audits.core.context import AuditContext
-from audits.core.partial import FullData
 from audits.core.plan import PlannedAudit
 from audits.core.result import AuditResult
-from audits.core.runner import overall_verdict, run_planned
+from audits.core.runner import overall_verdict
 from audits.rendering.html import markdown_summary, render_report
 from tasks.adapters import provenance
-from tasks.adapters.errors import AuditlensError
-from tasks.adapters.full_pass import EngineError, cluster_address
-from tasks.adapters.context import AuditInputs
-from tasks.adapters.inputs import assemble_in_time
+from tasks.adapters.errors import AuditlensError, ModelLoadError, ModelTimeoutError
 from tasks.adapters.mlflow_sink import AuditRun, MlflowSink
-from tasks.adapters.models import ModelRef, resolve_model
+from tasks.adapters.model_worker import ModelWorker, RecordedInputs
+from tasks.adapters.models import ModelRef, baseline_ref, fetch_model_files, resolve_model
 from tasks.adapters.settings import LoadedSettings, load_settings
 from tasks.adapters.tracking import configure_http, make_client, redact
 from tasks.adapters.version_state import VersionStates
@@ -83,53 +80,65 @@ def open_audit_run(ref: ModelRef, loaded: LoadedSettings, tracking_uri: str, aud
     )
 
 
+@contextlib.contextmanager
+def model_process() -> Iterator[ModelWorker]:
+    """The model's own process (``model_worker``), started with no credentials and stopped when the audit ends."""
+    worker = ModelWorker()
+    try:
+        yield worker
+    finally:
+        worker.close()
+
+
 @task(name="load-inputs", cache_policy=NO_CACHE)
-def load_inputs(ref: ModelRef, loaded: LoadedSettings, tracking_uri: str) -> AuditInputs:
-    return assemble_in_time(ref, loaded, make_client(tracking_uri))
+def load_inputs(ref: ModelRef, loaded: LoadedSettings, tracking_uri: str, worker: ModelWorker) -> RecordedInputs:
+    """Download the model's files (and the baseline's) here, where the credentials are; load them through the gate and
+    assemble the inputs in the model's process, within ``limits.inputs_s``."""
+    from concurrent.futures import TimeoutError as FutureTimeout
+
+    client = make_client(tracking_uri)
+    settings = loaded.settings
+    with tempfile.TemporaryDirectory(prefix="auditlens-model-files-") as folder:
+        model_dir = fetch_model_files(ref, client, f"{folder}/model")
+        base, note = baseline_ref(ref, settings.model.baseline_alias, client)
+        baseline = None
+        if base is not None:
+            try:
+                baseline = (base, fetch_model_files(base, client, f"{folder}/baseline"))
+            except ModelLoadError as exc:
+                note = f"the @{base.alias} version {base.version} could not be fetched: {exc.problem}"
+        limit = settings.limits.inputs_s
+        try:
+            return worker.prepare(ref, without_tracking(loaded), model_dir, baseline, note, timeout_s=limit)
+        except FutureTimeout:
+            raise ModelTimeoutError(
+                f"loading {ref.label} and its predictions on the reference and current data did not finish within {limit:g} s",
+                "check that the model answers (call its predict on a few rows by hand), or raise limits.inputs_s in the config",
+            ) from None
+
+
+def without_tracking(loaded: LoadedSettings) -> LoadedSettings:
+    """The settings the model's process gets: the tracking store's section left at its defaults (no URI)."""
+    from tasks.adapters.settings import MlflowSettings
+
+    return dataclasses.replace(loaded, settings=loaded.settings.model_copy(update={"mlflow": MlflowSettings()}))
 
 
 @task(name="audit", cache_policy=NO_CACHE)
-def run_one(planned: PlannedAudit, context: AuditContext, full: FullData | None = None) -> AuditResult:
-    return run_planned(planned, context, full)
+def run_one(planned: PlannedAudit, worker: ModelWorker) -> AuditResult:
+    return worker.audit(planned)
 
 
-@contextlib.contextmanager
-def audit_cluster(loaded: LoadedSettings) -> Iterator[tuple[LoadedSettings, str | None]]:
-    """The settings the inputs are loaded with and the Dask scheduler's address: with ``execution.engine: dask``, one
-    cluster (the configured one, or a LocalCluster started here and stopped when the audit ends) reads and scores the
-    partitions and runs the audits; with the local engine, (loaded, None)."""
-    if loaded.settings.execution.engine == "dask":
-        try:
-            import prefect_dask  # noqa: F401  (the audits run through its DaskTaskRunner: refused before any run opens)
-        except ImportError:
-            raise EngineError("execution.engine is dask, but prefect-dask is not installed",
-                              "pip install 'auditlens[dask]' (or set execution.engine: local)") from None
-    with cluster_address(loaded.settings.execution) as address:
-        if address is None:
-            yield loaded, None
-            return
-        settings = loaded.settings
-        pinned = settings.model_copy(update={"execution": settings.execution.model_copy(update={"address": address})})
-        yield dataclasses.replace(loaded, settings=pinned), address
-
-
-def run_audits(plan: list[PlannedAudit], context: AuditContext, full: FullData | None, address: str | None) -> list[AuditResult]:
-    """Every audit of the plan, one Prefect task each: in threads of this process, or, given a Dask scheduler's address,
-    in the cluster's worker processes through prefect-dask's DaskTaskRunner (one task per audit, never one per
-    partition). Their results come back here, where the only writer to MLflow runs."""
-    if address is None:
-        futures = [run_one.with_options(task_run_name=f"audit-{p.id}").submit(p, context, full) for p in plan]
-        return [future.result() for future in futures]
-    from prefect_dask import DaskTaskRunner
-
-    with DaskTaskRunner(address=address) as runner:
-        futures = [runner.submit(run_one.with_options(task_run_name=f"audit-{p.id}"),
-                                 parameters={"planned": p, "context": context, "full": full}) for p in plan]
-        return [future.result() for future in futures]
+def run_audits(plan: list[PlannedAudit], worker: ModelWorker) -> list[AuditResult]:
+    """Every audit of the plan, one Prefect task each here; each runs in the model's process (in its threads, or on the
+    Dask cluster it started), and its result comes back as data, judged again here, where the only writer to MLflow
+    runs."""
+    futures = [run_one.with_options(task_run_name=f"audit-{p.id}").submit(p, worker) for p in plan]
+    return [future.result() for future in futures]
 
 
 @task(name="record-audit", **MLFLOW_IO)
-def record_audit(run: AuditRun, ref: ModelRef, loaded: LoadedSettings, inputs: AuditInputs,
+def record_audit(run: AuditRun, ref: ModelRef, loaded: LoadedSettings, inputs: RecordedInputs,
                  results: list[AuditResult]) -> dict:
     verdict = overall_verdict(results)
     manifest = provenance.build_manifest(ref, loaded, inputs, results, verdict, run.tracking_uri, run.run_id)
@@ -142,18 +151,18 @@ def record_audit(run: AuditRun, ref: ModelRef, loaded: LoadedSettings, inputs: A
             "model URI": ref.uri,
             "loaded": ref.load_uri,
             "audited at": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC"),
-            **{f"{role} data": _data_line(fp, inputs.full) for role, fp in inputs.fingerprints.items()},
-            **({"engine": f"{inputs.full.engine} ({inputs.full.workers} worker(s)); every-row audits read all rows, "
-                          f"the others a seeded sample"} if inputs.full is not None and inputs.full.states else {}),
-            "compared with": inputs.context.baseline.label if inputs.context.baseline is not None else inputs.context.baseline_note,
+            **{f"{role} data": _data_line(fp, inputs.every_row) for role, fp in inputs.fingerprints.items()},
+            **({"engine": f"{inputs.every_row['engine']} ({inputs.every_row['workers']} worker(s)); every-row audits read "
+                          f"all rows, the others a seeded sample"} if inputs.every_row and inputs.every_row["audits"] else {}),
+            "compared with": inputs.baseline_label or inputs.baseline_note,
             "config hash": loaded.config_hash,
             "seed": loaded.settings.seed,
             "code version": provenance.code_version(),
         },
     )
     sink = MlflowSink(run.tracking_uri, run.outage_timeout_s)
-    sink.log_params(run, provenance.input_params(inputs))
-    sink.link_inputs(run, _dataset_inputs(inputs), ref.model_id)
+    sink.log_params(run, inputs.params)
+    sink.link_inputs(run, inputs.datasets, ref.model_id)
     sink.record(run, results, report, manifest)
     sink.close(run, verdict, markdown_summary(ref.label, verdict, results))
     return {
@@ -167,25 +176,14 @@ def record_audit(run: AuditRun, ref: ModelRef, loaded: LoadedSettings, inputs: A
     }
 
 
-def _data_line(fp: dict, full: FullData | None) -> str:
+def _data_line(fp: dict, every_row: dict | None) -> str:
     where = f"{fp['path']}" + (f" ({fp['files']} file(s), {fp['partitions']} partition(s))" if "partitions" in fp else "")
     if str(fp.get("predictions", "")).startswith("read from"):
         where += f"; predictions {fp['predictions']}"
     if fp["rows_used"] == fp["rows"]:
         return f"{where}: all {fp['rows']:,} rows; sha256 {fp['sha256'][:16]}…"
-    every = "every-row audits read all of them, " if full is not None and full.states else ""
+    every = "every-row audits read all of them, " if every_row and every_row["audits"] else ""
     return f"{where}: {fp['rows']:,} rows; {every}sample audits a seeded sample of {fp['rows_used']:,}; sha256 {fp['sha256'][:16]}…"
-
-
-def _dataset_inputs(inputs: AuditInputs) -> list[dict]:
-    context, items = inputs.context, []
-    for ds in (context.reference, context.current):
-        frame = ds.X if ds.y is None else ds.X.assign(**{context.target: ds.y})
-        fingerprint = inputs.fingerprints[ds.name]
-        items.append({"name": f"{ds.name}:{Path(ds.source).name}", "frame": frame, "source": ds.source,
-                      "target": context.target if ds.y is not None else None,
-                      "digest": fingerprint["sample_sha256"], "context": ds.name})
-    return items
 
 
 @task(name="promote-on-pass", **MLFLOW_IO)

@@ -156,20 +156,27 @@ def run_planned(planned: PlannedAudit, context: AuditContext, full: FullData | N
                 info={"traceback": "".join(traceback.format_exception(exc))[-4000:]},
             )
         )
+    return finish(judge(planned, result))
+
+
+def judge(planned: PlannedAudit, result: AuditResult) -> AuditResult:
+    """``result`` with its checks evaluated from its own metrics and the plan's thresholds, and its verdict the worse of
+    what the audit reported and what the checks say. The auditor applies it again to each result that comes back from
+    the model's process: a result cannot carry a verdict its figures do not support."""
     if result.verdict in (Verdict.SKIPPED, Verdict.ERROR):
-        return finish(result)
+        return result
     undeclared = type(planned.audit).undeclared(result.metrics, planned.id)
     if undeclared:  # a key check-config would refuse a threshold on: the declaration is wrong, not the data
         if os.environ.get("AUDITLENS_STRICT_METRIC_KEYS") == "1":  # the test suite: every undeclared key fails loudly
-            return finish(AuditResult(audit=planned.id, verdict=Verdict.ERROR,
-                                      reason=f"reported metric keys it does not declare: {', '.join(undeclared[:5])}"))
+            return AuditResult(audit=planned.id, verdict=Verdict.ERROR, duration_s=result.duration_s,
+                               reason=f"reported metric keys it does not declare: {', '.join(undeclared[:5])}")
         result = result.with_(info={**result.info, "undeclared_metrics": ", ".join(undeclared)})
     checks = [threshold.evaluate(result.metrics, result.ranges, result.chance) for threshold in planned.thresholds]
     verdict, check_reason = verdict_from_checks(checks)
     # An audit may itself report WARN or FAIL (with its reason); checks can only make it worse.
     if result.verdict is not Verdict.PASS and result.verdict.severity > verdict.severity:
         verdict, check_reason = result.verdict, result.reason or check_reason
-    return finish(result.with_(verdict=verdict, reason=check_reason, checks=tuple(checks)))
+    return result.with_(verdict=verdict, reason=check_reason, checks=tuple(checks))
 
 
 def overall_verdict(results: list[AuditResult]) -> Verdict:

@@ -102,10 +102,18 @@ def assemble_in_time(ref: ModelRef, loaded: LoadedSettings, client) -> AuditInpu
 
 
 def assemble(ref: ModelRef, loaded: LoadedSettings, client) -> AuditInputs:
+    """The inputs with the model loaded in this process (tests, benchmarks; the flow loads it in the model's process)."""
     settings = loaded.settings
     model = load_model(ref, client, settings.model.task, settings.model.device, settings.security)
     baseline, baseline_note = load_baseline(ref, settings.model.baseline_alias, client, settings.model.task, settings.model.device,
                                             settings.security)
+    return assemble_loaded(ref, loaded, model, baseline, baseline_note)
+
+
+def assemble_loaded(ref: ModelRef, loaded: LoadedSettings, model: ModelUnderAudit, baseline: ModelUnderAudit | None,
+                    baseline_note: str) -> AuditInputs:
+    """Both datasets read, checked and sampled, the model's predictions on them, and the audits' context."""
+    settings = loaded.settings
     ref_path, cur_path = loaded.data_path("reference"), loaded.data_path("current")
     features = resolve_features(_header(loaded, "reference"), settings.data.target, settings.data.features,
                                 _model_features(model), settings.data.prediction_column_names())

@@ -61,8 +61,13 @@ def _chunks(items: list, size: int) -> Iterable[list]:
 
 
 def _colspec_type(dtype: Any) -> str:
+    """MLflow's column type of a pandas dtype (or its name: 'int64', 'bool', 'str')."""
     import pandas as pd
 
+    try:
+        dtype = pd.api.types.pandas_dtype(dtype)
+    except TypeError:
+        return "string"
     if pd.api.types.is_bool_dtype(dtype):
         return "boolean"
     if pd.api.types.is_integer_dtype(dtype):
@@ -226,23 +231,23 @@ class MlflowSink:
     def link_inputs(self, run: AuditRun, datasets: list[dict[str, Any]], model_id: str | None) -> None:
         """Show the audited data and model as the run's inputs (the UI's Datasets and Models columns).
 
-        Each dataset: {"name", "frame", "source", "target", "digest", "context"}. The entity is built
-        directly: ``mlflow.data.from_pandas`` infers a schema value by value (0.3 s for 20,000 x 30) and
+        Each dataset: {"name", "source", "target", "digest", "context", "schema" ([column, dtype] pairs), "rows",
+        "elements"}, as the model's process describes the frames it read (``model_worker.describe_inputs``). The entity
+        is built directly: ``mlflow.data.from_pandas`` infers a schema value by value (0.3 s for 20,000 x 30) and
         warns about integer columns on every call.
         """
         from mlflow.entities import Dataset, DatasetInput, InputTag, LoggedModelInput
 
         inputs = []
         for item in datasets:
-            frame = item["frame"]
-            schema = {"mlflow_colspec": [{"name": str(c), "type": _colspec_type(frame[c].dtype)} for c in frame.columns]}
+            schema = {"mlflow_colspec": [{"name": str(c), "type": _colspec_type(dtype)} for c, dtype in item["schema"]]}
             entity = Dataset(
                 name=item["name"],
                 digest=item["digest"][:36],
                 source_type="local",
                 source=json.dumps({"uri": item["source"]}),
                 schema=json.dumps(schema),
-                profile=json.dumps({"num_rows": len(frame), "num_elements": int(frame.size), "target": item["target"]}),
+                profile=json.dumps({"num_rows": item["rows"], "num_elements": item["elements"], "target": item["target"]}),
             )
             inputs.append(DatasetInput(entity, tags=[InputTag("mlflow.data.context", item["context"])]))
         models = [LoggedModelInput(model_id)] if model_id else None

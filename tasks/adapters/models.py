@@ -133,24 +133,31 @@ def storage_location(ref: ModelRef, client) -> str:
     return source
 
 
-def load_model(ref: ModelRef, client, task: str = "auto", device: str = "cpu", security: Any = None) -> ModelUnderAudit:
-    """The model's files, downloaded and passed through the loading gate (``model_gate``) before anything of them is
-    deserialised. ``security``: the config's ``security`` section (strict, no extra trusted types, by default)."""
+def fetch_model_files(ref: ModelRef, client, folder: str) -> str:
+    """Download the model's files into ``folder`` (bytes only: nothing of them is read as a model here)."""
     from mlflow.artifacts import download_artifacts
 
+    try:
+        return download_artifacts(artifact_uri=storage_location(ref, client), tracking_uri=client.tracking_uri, dst_path=folder)
+    except Exception as exc:
+        raise ModelLoadError(f"cannot fetch the model files of {ref.label} ({ref.source}): {exc}",
+                             "check that the version's source still exists in the artifact store") from None
+
+
+def load_model_files(local: str, ref: ModelRef, task: str = "auto", device: str = "cpu", security: Any = None) -> ModelUnderAudit:
+    """The model in a downloaded folder, through the loading gate (``model_gate``): its MLmodel is read by us (never
+    mlflow.models.get_model_info, which would also look the logged model up in MLflow's *global* store)."""
     from tasks.adapters.model_gate import read_model_folder
 
     identity = {"uri": ref.load_uri, "name": ref.name, "version": ref.version}
+    return _load_local(read_model_folder(local, ref.label), ref, task, identity, device, _security(security))
+
+
+def load_model(ref: ModelRef, client, task: str = "auto", device: str = "cpu", security: Any = None) -> ModelUnderAudit:
+    """The model, downloaded and loaded through the gate in this process (tests, benchmarks; the audit flow loads it in
+    the model's own process, ``model_worker``). ``security``: the config's ``security`` section (strict by default)."""
     with tempfile.TemporaryDirectory(prefix="auditlens-model-") as folder:
-        try:
-            local = download_artifacts(artifact_uri=storage_location(ref, client), tracking_uri=client.tracking_uri, dst_path=folder)
-        except Exception as exc:
-            raise ModelLoadError(f"cannot fetch the model files of {ref.label} ({ref.source}): {exc}",
-                                 "check that the version's source still exists in the artifact store") from None
-        # MLmodel is read by us (never mlflow.models.get_model_info, which would also look the logged model up in
-        # MLflow's *global* store, ./mlflow.db unless set)
-        files = read_model_folder(local, ref.label)
-        return _load_local(files, ref, task, identity, device, _security(security))
+        return load_model_files(fetch_model_files(ref, client, folder), ref, task, device, security)
 
 
 def _security(security: Any) -> tuple[bool, tuple[str, ...]]:
@@ -243,8 +250,7 @@ def _load_pytorch(files, ref: ModelRef, task: str, identity: dict, device: str =
                            classes=tuple(np.asarray(classes).tolist()), estimator=estimator, flavor="pytorch", **identity)
 
 
-def load_baseline(ref: ModelRef, alias: str | None, client, task: str = "auto", device: str = "cpu",
-                  security: Any = None) -> tuple[ModelUnderAudit | None, str]:
+def baseline_ref(ref: ModelRef, alias: str | None, client) -> tuple[ModelRef | None, str]:
     """The version behind ``alias`` of the audited model, when it is another version; else None and why."""
     from mlflow.exceptions import MlflowException
 
@@ -258,9 +264,17 @@ def load_baseline(ref: ModelRef, alias: str | None, client, task: str = "auto", 
         return None, f"model {ref.name!r} has no version behind @{alias}"
     if str(mv.version) == ref.version:
         return None, f"the audited version is @{alias} itself"
-    baseline = ModelRef(f"models:/{ref.name}@{alias}", f"models:/{ref.name}/{mv.version}", ref.name, str(mv.version), alias,
-                        mv.run_id, _logged_model_id(mv, client), mv.source)
+    return ModelRef(f"models:/{ref.name}@{alias}", f"models:/{ref.name}/{mv.version}", ref.name, str(mv.version), alias,
+                    mv.run_id, _logged_model_id(mv, client), mv.source), ""
+
+
+def load_baseline(ref: ModelRef, alias: str | None, client, task: str = "auto", device: str = "cpu",
+                  security: Any = None) -> tuple[ModelUnderAudit | None, str]:
+    """The baseline model loaded in this process (tests, benchmarks), else None and why."""
+    baseline, note = baseline_ref(ref, alias, client)
+    if baseline is None:
+        return None, note
     try:
         return load_model(baseline, client, task, device, security), ""
     except ModelLoadError as exc:
-        return None, f"the @{alias} version {mv.version} could not be loaded: {exc.problem}"
+        return None, f"the @{alias} version {baseline.version} could not be loaded: {exc.problem}"

@@ -94,7 +94,7 @@ def build_manifest(ref, loaded, inputs, results: list, verdict, tracking_uri: st
         "config": {"path": str(loaded.path), "hash": loaded.config_hash,
                    "settings": _redacted_settings(loaded.settings)},
         "data": inputs.fingerprints,
-        "baseline": inputs.context.baseline.uri if inputs.context.baseline is not None else None,
+        "baseline": inputs.baseline_uri,
         "seed": loaded.settings.seed,
         "code_version": code_version(),
         "packages": package_versions(),

@@ -16,6 +16,7 @@ from sklearn import metrics as skm
 
 from flows.audit_model import audit_model
 from tasks.adapters.errors import DataError, ModelLoadError
+from tasks.adapters.model_gate import ModelRefusedError
 from tasks.adapters.settings import load_settings
 from tasks.adapters.tracking import make_client
 from tests.helpers import build_world, runs_with_status, sha256, write_config
@@ -208,11 +209,18 @@ def test_a_pyfunc_model_is_audited_by_its_predictions(world, tmp_path):
     register_model_files(MlflowSink(world.tracking_uri), tmp_path / "formula", name="formula", experiment="e2e/training",
                          params={}, artifact_location=(world.folder / "mlartifacts").as_uri())
     data_spec = {"reference": "formula_reference.csv", "current": "formula_current.csv", "target": "y"}
-    auto = write_config(world.folder, world.tracking_uri, name="formula_auto.yaml", data=data_spec)
+    strict = write_config(world.folder, world.tracking_uri, name="formula_strict.yaml", data=data_spec, model={"task": "regression"})
+    with pytest.raises(ModelRefusedError, match="refused before loading: it has flavors python_function") as refused:
+        audit_model(model_uri="models:/formula/1", config_path=str(strict), tracking_uri=world.tracking_uri)
+    failed = make_client(world.tracking_uri).get_run(refused.value.audit_run_id)
+    assert failed.info.status == "FAILED" and "security.model_loading: trusted" in failed.data.tags["audit.error"]
+
+    trusted = {"model_loading": "trusted"}  # its own code runs: the user says so
+    auto = write_config(world.folder, world.tracking_uri, name="formula_auto.yaml", data=data_spec, security=trusted)
     with pytest.raises(ModelLoadError, match="set model.task to 'classification' or 'regression'"):
         audit_model(model_uri="models:/formula/1", config_path=str(auto), tracking_uri=world.tracking_uri)
 
-    config = write_config(world.folder, world.tracking_uri, name="formula.yaml", data=data_spec,
+    config = write_config(world.folder, world.tracking_uri, name="formula.yaml", data=data_spec, security=trusted,
                           model={"task": "regression"}, audits=[{"audit": "performance"}, {"audit": "shap"}])
     summary = audit_model(model_uri="models:/formula/1", config_path=str(config), tracking_uri=world.tracking_uri)
     metrics = make_client(world.tracking_uri).get_run(summary["run_id"]).data.metrics

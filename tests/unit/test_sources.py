@@ -193,20 +193,3 @@ def test_a_whole_number_segment_has_the_same_names_in_every_chunk(tmp_path):
             for chunk in read_fragment(fragment, ["x", "store"], "utf-8", 1000):
                 names |= {str(v) for v in segment_frame(chunk, plan)["store"].dropna()}
         assert names == {"3", "4"}, source.spec
-
-
-def test_the_dask_engine_without_prefect_dask_is_refused_before_any_cluster_starts(tmp_path, monkeypatch):
-    import sys
-
-    import yaml
-
-    from tasks.adapters.full_pass import EngineError
-    from tasks.adapters.settings import load_settings
-    from tasks.audit_tasks import audit_cluster
-
-    path = tmp_path / "audit.yaml"
-    path.write_text(yaml.safe_dump({"kind": "audit", "data": {"reference": "r.csv", "current": "c.csv"},
-                                    "execution": {"engine": "dask", "workers": 2}, "audits": [{"audit": "performance"}]}))
-    monkeypatch.setitem(sys.modules, "prefect_dask", None)  # as if it were not installed
-    with pytest.raises(EngineError, match="prefect-dask is not installed"), audit_cluster(load_settings(path)):
-        pass

@@ -1,0 +1,440 @@
+"""The model's own process: everything that calls the audited model runs here, apart from the auditor.
+
+The auditor process holds what writes the record (the MLflow credentials, the Prefect API, the signing key). The model
+is loaded, scored, explained and refitted in a worker process started with an environment that holds none of them
+(``worker_environment``: a short list of variables is passed on, everything else is left behind), from a settings copy
+that does not name the tracking store, in an empty working folder of its own. When ``execution.engine`` is dask and no
+cluster address is given, the worker starts the LocalCluster, so its processes inherit the worker's environment too.
+
+What crosses back is data, never code: each result is JSON (metrics, checks, reasons, PNG bytes, tables as JSON), and
+the auditor judges every result again from its metrics and the plan's thresholds before it records anything, so a
+worker cannot hand back a verdict its own figures do not support. Requests to the worker are pickles from the auditor,
+which the worker trusts; replies are JSON, which the auditor reads without trusting the worker.
+
+The frames are a length (8 bytes, big-endian) and a body, on two pipes of their own: the model's prints go to stderr and
+cannot corrupt them.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import io
+import json
+import os
+import pickle
+import struct
+import subprocess
+import sys
+import tempfile
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from audits.core.result import Artifact, AuditResult, CheckResult, Verdict
+from tasks.adapters import errors as error_types
+from tasks.adapters.errors import AuditlensError
+
+# variables the model's process is given: what Python, the numeric libraries and matplotlib need, nothing that names a
+# server or holds a secret. Everything else in the auditor's environment stays behind.
+KEPT = frozenset({"PATH", "HOME", "USER", "LOGNAME", "LANG", "LANGUAGE", "TZ", "TMPDIR", "TERM", "SHELL", "VIRTUAL_ENV",
+                  "PYTHONHASHSEED", "PYTHONUNBUFFERED", "PYTHONDONTWRITEBYTECODE", "PYTHONWARNINGS", "MPLBACKEND",
+                  "MPLCONFIGDIR", "CUDA_VISIBLE_DEVICES", "GX_ANALYTICS_ENABLED", "MLFLOW_DISABLE_TELEMETRY",
+                  "AUDITLENS_STRICT_METRIC_KEYS", "SYSTEMROOT"})
+KEPT_PREFIXES = ("LC_", "OMP_", "MKL_", "OPENBLAS_", "NUMEXPR_", "NUMBA_", "TORCH_", "KMP_", "DASK_", "XDG_")
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def worker_environment(environ: dict[str, str] | None = None) -> dict[str, str]:
+    """The model process's environment: the kept variables of ``environ`` (default: this process's), and this
+    checkout first on the import path. No MLFLOW_TRACKING_*, no PREFECT_*, no AUDITLENS_SIGNING_KEY, no cloud keys."""
+    environ = dict(os.environ if environ is None else environ)
+    kept = {k: v for k, v in environ.items() if k in KEPT or k.startswith(KEPT_PREFIXES)}
+    kept["PYTHONPATH"] = str(ROOT)
+    kept["MLFLOW_TRACKING_URI"] = "none://the-model-process-has-no-tracking-store"  # MLflow would default to ./mlflow.db
+    kept["AUDITLENS_MODEL_PROCESS"] = "1"
+    return kept
+
+
+class ModelWorkerError(AuditlensError):
+    """The model's process ended or broke the protocol."""
+
+
+# ---------------------------------------------------------------------------------------------
+# frames
+
+
+def _write_frame(stream: Any, body: bytes) -> None:
+    stream.write(struct.pack(">Q", len(body)) + body)
+    stream.flush()
+
+
+def _read_frame(stream: Any) -> bytes | None:
+    head = stream.read(8)
+    if len(head) < 8:
+        return None
+    (size,) = struct.unpack(">Q", head)
+    body = stream.read(size)
+    if len(body) < size:
+        return None
+    return body
+
+
+# ---------------------------------------------------------------------------------------------
+# results and errors as data
+
+
+def encode_result(result: AuditResult) -> dict[str, Any]:
+    """Everything of a result, as JSON-ready data (floats stay floats, NaN included: both ends are Python's json)."""
+    return {
+        "audit": result.audit, "verdict": result.verdict.value, "reason": result.reason,
+        "metrics": {k: float(v) for k, v in result.metrics.items()},
+        "checks": [dataclasses.asdict(c) for c in result.checks],
+        "info": {k: v if isinstance(v, (str, int, float, bool)) or v is None else str(v) for k, v in result.info.items()},
+        "duration_s": float(result.duration_s),
+        "ranges": {k: [float(a), float(b)] for k, (a, b) in result.ranges.items()},
+        "chance": {k: [float(a), float(b)] for k, (a, b) in result.chance.items()},
+        "artifacts": [_encode_artifact(a) for a in result.artifacts],
+    }  # fmt: skip
+
+
+def _encode_artifact(artifact: Artifact) -> dict[str, Any]:
+    if artifact.kind == "figure":
+        content: Any = base64.b64encode(artifact.content).decode("ascii")
+    elif artifact.kind == "table":
+        frame = artifact.content
+        content = {"split": frame.to_json(orient="split", index=False, date_format="iso"),
+                   "dtypes": [str(t) for t in frame.dtypes]}
+    elif artifact.kind == "json":
+        content = json.loads(json.dumps(artifact.content, default=str))
+    else:
+        content = str(artifact.content)
+    return {"name": artifact.name, "kind": artifact.kind, "title": artifact.title, "content": content}
+
+
+def decode_result(data: dict[str, Any]) -> AuditResult:
+    """A result from its JSON form; anything malformed raises (the auditor records the audit as ERROR)."""
+    return AuditResult(
+        audit=str(data["audit"]), verdict=Verdict(data["verdict"]), reason=str(data["reason"]),
+        metrics={str(k): float(v) for k, v in data["metrics"].items()},
+        checks=tuple(CheckResult(**{k: c[k] for k in ("metric", "rule", "severity", "value", "passed", "message", "cannot_tell")})
+                     for c in data["checks"]),
+        info=dict(data["info"]), duration_s=float(data["duration_s"]),
+        ranges={str(k): (float(a), float(b)) for k, (a, b) in data["ranges"].items()},
+        chance={str(k): (float(a), float(b)) for k, (a, b) in data["chance"].items()},
+        artifacts=tuple(_decode_artifact(a) for a in data["artifacts"]),
+    )  # fmt: skip
+
+
+def _decode_artifact(data: dict[str, Any]) -> Artifact:
+    kind, content = data["kind"], data["content"]
+    if kind == "figure":
+        payload: Any = base64.b64decode(content, validate=True)
+    elif kind == "table":
+        frame = pd.read_json(io.StringIO(content["split"]), orient="split", dtype=False, convert_dates=False)
+        for column, dtype in zip(frame.columns, content["dtypes"]):
+            try:
+                frame[column] = frame[column].astype(dtype)
+            except (TypeError, ValueError):
+                pass
+        payload = frame
+    else:
+        payload = content
+    if kind not in ("figure", "table", "html", "fragment", "json"):
+        raise ValueError(f"unknown artifact kind {kind!r}")
+    return Artifact(str(data["name"]), kind, payload, str(data["title"]))
+
+
+def _encode_error(exc: BaseException) -> dict[str, Any]:
+    if isinstance(exc, AuditlensError):
+        return {"type": type(exc).__name__, "problem": exc.problem, "fix": exc.fix}
+    return {"type": "bug", "problem": f"{type(exc).__name__}: {exc}", "fix": ""}
+
+
+def _known_errors() -> dict[str, type[AuditlensError]]:
+    from tasks.adapters.full_pass import EngineError
+    from tasks.adapters.model_gate import ModelRefusedError
+
+    found = {cls.__name__: cls for cls in vars(error_types).values() if isinstance(cls, type) and issubclass(cls, AuditlensError)}
+    return {**found, "ModelRefusedError": ModelRefusedError, "EngineError": EngineError, "ModelWorkerError": ModelWorkerError}
+
+
+def _decode_error(data: dict[str, Any]) -> Exception:
+    cls = _known_errors().get(str(data.get("type")))
+    if cls is None:
+        return RuntimeError(f"in the model's process: {data.get('problem')}")
+    return cls(str(data.get("problem", "")), str(data.get("fix", "")))
+
+
+# ---------------------------------------------------------------------------------------------
+# what the record needs of the inputs, as data
+
+
+@dataclasses.dataclass(frozen=True)
+class RecordedInputs:
+    """What the auditor records of the inputs the model's process assembled (it never holds the model or the frames)."""
+
+    fingerprints: dict[str, dict[str, Any]]
+    params: dict[str, str]
+    datasets: list[dict[str, Any]]  # name, source, target, digest, context, schema, rows, elements
+    baseline_uri: str | None
+    baseline_label: str | None
+    baseline_note: str
+    every_row: dict[str, Any] | None  # engine, workers, audits (ids of the audits that read every row), population
+
+    @classmethod
+    def of(cls, inputs: Any) -> RecordedInputs:
+        """What the record needs of inputs assembled in this process (tests and benchmarks)."""
+        return cls(**describe_inputs(inputs))
+
+
+def describe_inputs(inputs: Any) -> dict[str, Any]:
+    """The inputs of an audit, as the record needs them (in the model's process)."""
+    from tasks.adapters.provenance import input_params
+
+    context, items = inputs.context, []
+    for ds in (context.reference, context.current):
+        frame = ds.X if ds.y is None else ds.X.assign(**{context.target: ds.y})
+        items.append({"name": f"{ds.name}:{Path(ds.source).name}", "source": ds.source,
+                      "target": context.target if ds.y is not None else None,
+                      "digest": inputs.fingerprints[ds.name]["sample_sha256"], "context": ds.name,
+                      "schema": [[str(c), str(frame[c].dtype)] for c in frame.columns],
+                      "rows": int(len(frame)), "elements": int(frame.size)})
+    full = inputs.full
+    baseline = context.baseline
+    return {
+        "fingerprints": json.loads(json.dumps(inputs.fingerprints, default=str)),
+        "params": input_params(inputs),
+        "datasets": items,
+        "baseline_uri": baseline.uri if baseline is not None else None,
+        "baseline_label": baseline.label if baseline is not None else None,
+        "baseline_note": context.baseline_note,
+        "every_row": None if full is None else {"engine": full.engine, "workers": full.workers, "audits": sorted(full.states),
+                                                "population": dict(full.population)},
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# the auditor's side
+
+
+class ModelWorker:
+    """The model's process, seen from the auditor: ``prepare`` loads the model and assembles the inputs there,
+    ``audit`` runs one planned audit there (several at once, in its threads), ``close`` ends it."""
+
+    def __init__(self) -> None:
+        self._folder = tempfile.TemporaryDirectory(prefix="auditlens-model-process-")
+        to_worker_r, to_worker_w = os.pipe()
+        from_worker_r, from_worker_w = os.pipe()
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "tasks.adapters.model_worker", str(to_worker_r), str(from_worker_w)],
+            cwd=self._folder.name, env=worker_environment(), pass_fds=(to_worker_r, from_worker_w),
+            stdin=subprocess.DEVNULL, stdout=sys.stderr.fileno() if _has_fileno(sys.stderr) else None,
+        )
+        os.close(to_worker_r)
+        os.close(from_worker_w)
+        self._out = os.fdopen(to_worker_w, "wb")
+        self._in = os.fdopen(from_worker_r, "rb")
+        self._lock = threading.Lock()
+        self._pending: dict[int, Future] = {}
+        self._next = 0
+        self._reader = threading.Thread(target=self._read, name="auditlens-model-process-reader", daemon=True)
+        self._reader.start()
+
+    def __enter__(self) -> ModelWorker:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def _read(self) -> None:
+        while True:
+            body = _read_frame(self._in)
+            if body is None:
+                break
+            try:
+                reply = json.loads(body)
+                future = self._pending.pop(int(reply["id"]))
+            except (ValueError, KeyError, TypeError):
+                break  # not our protocol: the process is not trusted to speak again
+            if reply.get("ok"):
+                future.set_result(reply.get("value"))
+            else:
+                future.set_exception(_decode_error(reply.get("error") or {}))
+        code = self.process.poll()
+        ended = ModelWorkerError(f"the model's process ended (exit code {code if code is not None else 'unknown'}) before it "
+                                 "answered", "the model may have crashed or run out of memory: run the audit again with "
+                                             "fewer rows (sampling) to see whether it is the data size")
+        for future in list(self._pending.values()):
+            if not future.done():
+                future.set_exception(ended)
+        self._pending.clear()
+
+    def _call(self, op: str, **args: Any) -> Future:
+        with self._lock:
+            self._next += 1
+            request_id = self._next
+            future: Future = Future()
+            self._pending[request_id] = future
+            try:
+                _write_frame(self._out, pickle.dumps({"id": request_id, "op": op, **args}))
+            except (BrokenPipeError, OSError, ValueError):
+                self._pending.pop(request_id, None)
+                raise ModelWorkerError(f"the model's process is gone (exit code {self.process.poll()})",
+                                       "run the audit again; if it recurs, the model crashes when it loads") from None
+        return future
+
+    def prepare(self, ref: Any, loaded: Any, model_dir: str, baseline: tuple[Any, str] | None, baseline_note: str,
+                timeout_s: float | None = None) -> RecordedInputs:
+        """Load the model (and the baseline) from their downloaded folders through the gate and assemble the inputs,
+        in the model's process; what the record needs of them comes back. Past ``timeout_s`` the process is killed."""
+        from concurrent.futures import TimeoutError as FutureTimeout
+
+        future = self._call("prepare", ref=ref, loaded=loaded, model_dir=model_dir, baseline=baseline, baseline_note=baseline_note)
+        try:
+            value = future.result(timeout=timeout_s)
+        except FutureTimeout:
+            self.kill()
+            raise
+        return RecordedInputs(**value)
+
+    def audit(self, planned: Any) -> AuditResult:
+        """One planned audit, run in the model's process and judged again here from its own metrics."""
+        from audits.core.runner import judge
+
+        value = self._call("audit", planned=planned).result()
+        try:
+            result = decode_result(value)
+        except Exception as exc:  # a reply that is not a result: the audit is an error, never a pass
+            return AuditResult(audit=planned.id, verdict=Verdict.ERROR,
+                               reason=f"the model's process answered with something that is not a result ({type(exc).__name__})")
+        if result.audit != planned.id:
+            return AuditResult(audit=planned.id, verdict=Verdict.ERROR,
+                               reason=f"the model's process answered for audit {result.audit!r} instead")
+        return judge(planned, result)
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(10)
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            try:
+                with self._lock:
+                    _write_frame(self._out, pickle.dumps({"id": 0, "op": "stop"}))
+                self.process.wait(30)
+            except (OSError, ValueError, subprocess.TimeoutExpired):
+                self.kill()
+        for stream in (self._out, self._in):
+            try:
+                stream.close()
+            except OSError:
+                pass
+        self._folder.cleanup()
+
+
+def _has_fileno(stream: Any) -> bool:
+    try:
+        stream.fileno()
+        return True
+    except (AttributeError, OSError, io.UnsupportedOperation):
+        return False
+
+
+# ---------------------------------------------------------------------------------------------
+# the model's side
+
+
+class _Worker:
+    def __init__(self, write: Any) -> None:
+        self.write = write
+        self.lock = threading.Lock()
+        self.inputs: Any = None
+        self.address: str | None = None
+        self.cluster: Any = None
+        self.pool = ThreadPoolExecutor(max_workers=32, thread_name_prefix="audit")
+
+    def reply(self, request_id: int, ok: bool, value: Any) -> None:
+        body = {"id": request_id, "ok": ok, "value" if ok else "error": value}
+        with self.lock:
+            _write_frame(self.write, json.dumps(body, allow_nan=True, default=str).encode("utf-8"))
+
+    def prepare(self, ref: Any, loaded: Any, model_dir: str, baseline: tuple[Any, str] | None, baseline_note: str) -> dict:
+        import contextlib
+
+        from tasks.adapters.full_pass import cluster_address
+        from tasks.adapters.inputs import assemble_loaded
+        from tasks.adapters.models import load_model_files
+
+        settings = loaded.settings
+        security = settings.security
+        model = load_model_files(model_dir, ref, settings.model.task, settings.model.device, security)
+        baseline_model = None
+        if baseline is not None:
+            baseline_ref, baseline_dir = baseline
+            try:
+                baseline_model = load_model_files(baseline_dir, baseline_ref, settings.model.task, settings.model.device, security)
+            except error_types.ModelLoadError as exc:
+                baseline_note = f"the @{baseline_ref.alias} version {baseline_ref.version} could not be loaded: {exc.problem}"
+        self.cluster = contextlib.ExitStack()
+        self.address = self.cluster.enter_context(cluster_address(settings.execution))
+        if self.address is not None:  # one cluster, started here (its processes inherit this environment), for all
+            execution = settings.execution.model_copy(update={"address": self.address})
+            loaded = dataclasses.replace(loaded, settings=settings.model_copy(update={"execution": execution}))
+        self.inputs = assemble_loaded(ref, loaded, model, baseline_model, baseline_note)
+        return describe_inputs(self.inputs)
+
+    def audit(self, planned: Any) -> dict:
+        from audits.core.runner import run_planned
+
+        if self.inputs is None:
+            raise ModelWorkerError("an audit was asked for before the inputs were prepared")
+        if self.address is None:
+            result = run_planned(planned, self.inputs.context, self.inputs.full)
+        else:
+            from distributed import Client
+
+            with Client(self.address, timeout=60, set_as_default=False) as client:
+                result = client.submit(run_planned, planned, self.inputs.context, self.inputs.full, pure=False).result()
+        return encode_result(result)
+
+    def handle(self, request: dict) -> None:
+        try:
+            value = getattr(self, request["op"])(**{k: v for k, v in request.items() if k not in ("id", "op")})
+        except BaseException as exc:  # noqa: BLE001 - every failure goes back to the auditor as data
+            self.reply(request["id"], False, _encode_error(exc))
+        else:
+            self.reply(request["id"], True, value)
+
+    def serve(self, read: Any) -> None:
+        while True:
+            body = _read_frame(read)
+            if body is None:
+                break
+            request = pickle.loads(body)  # noqa: S301 - from the auditor, which started this process
+            if request["op"] == "stop":
+                break
+            if request["op"] == "prepare":
+                self.handle(request)  # before any audit
+            else:
+                self.pool.submit(self.handle, request)
+        self.pool.shutdown(wait=True)
+        if self.cluster is not None:
+            self.cluster.close()
+
+
+def main(argv: list[str]) -> None:
+    from tasks.adapters.tracking import quiet_environment
+
+    quiet_environment()
+    read, write = os.fdopen(int(argv[0]), "rb"), os.fdopen(int(argv[1]), "wb")
+    sys.stdout = sys.stderr  # the model's prints never reach the frames
+    _Worker(write).serve(read)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
