@@ -518,5 +518,51 @@ def doctor(
     raise typer.Exit(1 if left else 0)
 
 
+@app.command()
+def verify(
+    run_id: str = typer.Argument(..., help="the audit's MLflow run id"),
+    tracking_uri: str | None = typer.Option(None, "--tracking-uri", help="the MLflow store; default: $MLFLOW_TRACKING_URI"),
+    integrity_only: bool = typer.Option(False, "--integrity-only", help="without a signing key: check the run against "
+                                        "its manifest, without proving who wrote the manifest (an unsigned manifest is "
+                                        "then a note, not a difference)"),
+) -> None:
+    """Check an audit's record against its signed manifest: the signature (with the key in AUDITLENS_SIGNING_KEY or
+    the file named by AUDITLENS_SIGNING_KEY_FILE), every artifact's sha256 and size and no file besides, each
+    result.json's verdict, the verdict and model tags and params on the run, every metric's value, and the model
+    version's audit tags. Prints one line per difference. Exit 0: verified; 1: differences (a changed artifact, tag or
+    metric, a forged or unsigned manifest); 2: cannot check (no such run, no server, no key without --integrity-only)."""
+    _setup()
+    logging.getLogger("mlflow").setLevel(logging.WARNING)  # its INFO lines (database set-up, downloads) are not findings
+    from tasks.adapters.errors import AuditlensError, ConfigError, TrackingServerError
+    from tasks.adapters.signing import signing_key, verify_run
+    from tasks.adapters.tracking import check_reachable, make_client, redact_text, validate_tracking_uri
+
+    key, uri = None, tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+    try:
+        key = signing_key()
+        if not uri:
+            raise ConfigError("no tracking URI: verify reads the run from the store that holds it",
+                              "pass --tracking-uri (sqlite:////abs/path/mlflow.db or http://host:port) or set MLFLOW_TRACKING_URI")
+        check_reachable(uri)
+        target = validate_tracking_uri(uri)
+        if target.kind == "sqlite" and not Path(target.path).is_file():  # MLflow would create an empty store there
+            raise TrackingServerError(f"there is no SQLite tracking store at {Path(target.path).absolute()}",
+                                      "pass the tracking URI of the store that holds the audit's run")
+        found = verify_run(make_client(uri), run_id, key, integrity_only)
+    except AuditlensError as exc:
+        _fail(type(exc)(*(key.redact(part) if key else part for part in (exc.problem, exc.fix))))
+    except Exception as exc:  # never a traceback: Typer's shows the locals
+        text = redact_text(f"{type(exc).__name__}: {exc}", uri or "")
+        errors.print(f"[bold red]verify failed:[/] {escape(key.redact(text) if key else text)}", highlight=False, markup=True,
+                     soft_wrap=True)
+        raise typer.Exit(2) from None
+    for line in found.notes:
+        console.print(f"note: {line}", markup=False, highlight=False, soft_wrap=True)
+    for line in found.differences:
+        console.print(line, markup=False, highlight=False, soft_wrap=True)
+    console.print(found.summary(), markup=False, highlight=False, soft_wrap=True)
+    raise typer.Exit(0 if found.verified else 1)
+
+
 if __name__ == "__main__":
     app()

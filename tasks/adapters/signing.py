@@ -181,8 +181,9 @@ def verify_run(client: Any, run_id: str, key: SigningKey | None, integrity_only:
                           "--integrity-only to check the run against its manifest without proving who wrote it")
     run = _read(lambda: client.get_run(run_id), f"run {run_id}")
     found = Verification(run_id)
+    top = [entry.path for entry in _read(lambda: client.list_artifacts(run_id), f"the artifacts of run {run_id}")]
     with tempfile.TemporaryDirectory(prefix="auditlens-verify-") as tmp:
-        root = Path(_read(lambda: client.download_artifacts(run_id, "", tmp), f"the artifacts of run {run_id}"))
+        root = Path(_read(lambda: client.download_artifacts(run_id, "", tmp), f"the artifacts of run {run_id}")) if top else Path(tmp)
         stored = {p.relative_to(root).as_posix(): p for p in sorted(root.rglob("*")) if p.is_file()}
         manifest = _manifest(stored.pop(MANIFEST, None), run, found)
         if manifest is None:
