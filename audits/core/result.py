@@ -75,6 +75,11 @@ def metric_key(*parts: Any) -> str:
     return ".".join(key_part(p) for p in parts)
 
 
+# audits.rendering.html.csp_meta() (a page without scripts): core may not import rendering, and
+# tests/unit/test_rendering_escape.py holds the two equal.
+_SCRIPTLESS_POLICY = ('<meta http-equiv="Content-Security-Policy" content="default-src \'none\'; script-src \'none\'; '
+                      "img-src data:; style-src 'unsafe-inline'; base-uri 'none'; form-action 'none'\">")
+
 # html: a page of its own, linked from the report; fragment: an HTML snippet shown inside the report (escaped
 # by the audit that builds it: no scripts), also written as a file.
 ArtifactKind = Literal["figure", "table", "html", "fragment", "json"]
@@ -115,9 +120,9 @@ class Artifact:
             return self.content.to_json(orient="split", index=False, date_format="iso").encode("utf-8")
         if self.kind == "html":
             return self.content.encode("utf-8")
-        if self.kind == "fragment":  # a snippet: wrapped so that it opens as a page of its own too
-            return (f'<!doctype html><meta charset="utf-8"><title>{html.escape(self.title or self.name)}</title>'
-                    f"{self.content}").encode("utf-8")
+        if self.kind == "fragment":  # a snippet: wrapped so that it opens as a page of its own too, under the policy of every page
+            return (f'<!doctype html><html><head>{_SCRIPTLESS_POLICY}<meta charset="utf-8">'
+                    f"<title>{html.escape(self.title or self.name)}</title></head><body>{self.content}</body></html>").encode("utf-8")
         return json.dumps(self.content, indent=2, default=str).encode("utf-8")
 
     def __reduce__(self) -> tuple:  # a result sent to another process carries PNG bytes, not a live Figure

@@ -7,6 +7,7 @@ from a blob URL, where relative links do not resolve and a reviewer may be offli
 from __future__ import annotations
 
 import base64
+import hashlib
 import html
 import html as html_lib
 import json
@@ -39,8 +40,20 @@ dl{display:grid;grid-template-columns:max-content auto;gap:2px 12px;font-size:13
 td.code{font-family:ui-monospace,SFMono-Regular,Menlo,monospace;font-size:11.5px;white-space:pre-wrap;word-break:break-word}
 """
 
+# The report's one script. MLflow shows artifacts in a sandboxed frame from a blob URL, where #anchors do not
+# navigate; the page's policy lets this script run, and no other, by the hash of this exact text.
+_NAV_SCRIPT = """
+/* MLflow shows artifacts in a sandboxed frame from a blob URL, where #anchors do not navigate. */
+document.querySelectorAll('a[href^="#"]').forEach(function (a) {
+  a.addEventListener('click', function (e) {
+    var target = document.getElementById(a.getAttribute('href').slice(1));
+    if (target) { e.preventDefault(); target.scrollIntoView(); }
+  });
+});
+"""
+
 _TEMPLATE = """<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>Audit: {{ title }}</title>
+<html lang="en"><head>{{ csp|safe }}<meta charset="utf-8"><title>Audit: {{ title }}</title>
 <style>""" + STYLE + """</style></head><body>
 <h1>Audit of {{ title }} <span class="badge" style="background:{{ colours[verdict] }}">{{ verdict }}</span></h1>
 <div class="muted">{{ subtitle }}</div>
@@ -71,17 +84,26 @@ _TEMPLATE = """<!doctype html>
 {% elif a.kind == "html" %}<div class="muted">{{ a.title or a.name }}: open the artifact {{ r.audit }}/{{ a.name }}</div>
 {% else %}<div class="muted">{{ a.title or a.name }}: see artifact {{ r.audit }}/{{ a.name }}</div>{% endif %}
 {% endfor %}{% endfor %}
-<script>
-/* MLflow shows artifacts in a sandboxed frame from a blob URL, where #anchors do not navigate. */
-document.querySelectorAll('a[href^="#"]').forEach(function (a) {
-  a.addEventListener('click', function (e) {
-    var target = document.getElementById(a.getAttribute('href').slice(1));
-    if (target) { e.preventDefault(); target.scrollIntoView(); }
-  });
-});
-</script>
+<script>{{ nav_script|safe }}</script>
 </body></html>
 """
+
+
+# Every page we write opens with this policy: nothing is fetched from anywhere (images are embedded as data: URLs,
+# styles are inline), no frames, forms, plugins or <base>; a script runs only if it is one of the page's own,
+# named by the SHA-256 of its exact text (never 'unsafe-inline'). Markup that got in from the data could neither
+# run nor load anything. (frame-ancestors, report-uri and sandbox are ignored in a <meta> policy: left out.)
+def content_security_policy(*scripts: str) -> str:
+    """The Content-Security-Policy of every page we write; ``scripts``: the exact text of each of its inline scripts."""
+    digests = (base64.b64encode(hashlib.sha256(script.encode("utf-8")).digest()).decode("ascii") for script in scripts)
+    allowed = " ".join(f"'sha256-{digest}'" for digest in digests) or "'none'"
+    return "; ".join(("default-src 'none'", f"script-src {allowed}", "img-src data:", "style-src 'unsafe-inline'",
+                      "base-uri 'none'", "form-action 'none'"))  # fmt: skip
+
+
+def csp_meta(*scripts: str) -> str:
+    """The policy as a <meta> element: the first child of a page's <head>, before anything it governs."""
+    return f'<meta http-equiv="Content-Security-Policy" content="{html.escape(content_security_policy(*scripts), quote=False)}">'
 
 
 def fmt(value: Any) -> str:
@@ -95,7 +117,7 @@ def fmt(value: Any) -> str:
 
 def page(title: str, body: str) -> str:
     """A self-contained page: ``title`` is text (escaped here), ``body`` is HTML its caller has escaped."""
-    return (f'<!doctype html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>\n'
+    return (f'<!doctype html>\n<html lang="en"><head>{csp_meta()}<meta charset="utf-8"><title>{html.escape(title)}</title>\n'
             f"<style>{STYLE}</style></head><body>\n{body}\n</body></html>\n")
 
 
@@ -127,6 +149,8 @@ def render_report(title: str, subtitle: str, verdict: Verdict, results: list[Aud
     env = Environment(autoescape=True)
     template = env.from_string(_TEMPLATE)
     return template.render(
+        csp=csp_meta(_NAV_SCRIPT),
+        nav_script=_NAV_SCRIPT,
         title=title,
         subtitle=subtitle,
         verdict=verdict.value,
@@ -203,7 +227,7 @@ def highlighted_fragment(chosen, context, texts, target, proba, classes, row_dro
 
 
 _HTML = """<!doctype html>
-<html><head><meta charset="utf-8"><title>__TITLE__</title>
+<html><head>__CSP__<meta charset="utf-8"><title>__TITLE__</title>
 <style>body{font:13px sans-serif;margin:12px}canvas{border:1px solid #ccc}#tip{position:absolute;background:#fff;
 border:1px solid #999;padding:4px 6px;pointer-events:none;display:none;white-space:pre;font:12px monospace}
 #legend{margin:6px 0;min-height:18px}</style></head><body>
@@ -211,7 +235,12 @@ border:1px solid #999;padding:4px 6px;pointer-events:none;display:none;white-spa
 <label>map <select id="emb"></select></label> <label>colour by <select id="col"></select></label>
 <div id="legend"></div><canvas id="c" width="760" height="600"></canvas><div id="tip"></div>
 <p>Each map is fitted on reference rows; current rows are placed into it (drawn on top). Hover a point for its values.</p>
-<script>
+<script>__SCRIPT__</script></body></html>
+"""
+
+# The viewer's script: its data, then its code. The page's policy names this script by the hash of its text once
+# the data are in, so it runs and nothing else does.
+_VIEWER = """
 const D = __DATA__;
 const PAL = ["#1f77b4","#ff7f0e","#2ca02c","#d62728","#9467bd","#8c564b","#e377c2","#7f7f7f","#bcbd22","#17becf"];
 const VIR = [[68,1,84],[59,82,139],[33,145,140],[94,201,98],[253,231,37]];
@@ -247,7 +276,6 @@ cv.addEventListener("mousemove", ev => {
  tip.style.left = (ev.pageX + 12) + "px"; tip.style.top = (ev.pageY + 12) + "px";
 });
 emb.onchange = draw; col.onchange = draw; draw();
-</script></body></html>
 """
 
 
@@ -288,9 +316,10 @@ def html_view(table: pd.DataFrame, embeddings: list[str], colourings: list[Colou
         "dataset": [int(d == "current") for d in table["dataset"]],
         "tooltip": tooltip,
     }
-    # one pass: a title that reads "__DATA__" stays a title
-    filled = {"__TITLE__": html_lib.escape(title), "__DATA__": script_json(data)}
-    return re.sub("__TITLE__|__DATA__", lambda match: filled[match.group(0)], _HTML)
+    script = _VIEWER.replace("__DATA__", script_json(data), 1)
+    # one pass: a title that reads "__SCRIPT__" stays a title
+    filled = {"__CSP__": csp_meta(script), "__TITLE__": html_lib.escape(title, quote=True), "__SCRIPT__": script}
+    return re.sub("__CSP__|__TITLE__|__SCRIPT__", lambda match: filled[match.group(0)], _HTML)
 
 
 def _escaped(text: str, limit: int = 300) -> str:
