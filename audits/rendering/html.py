@@ -165,15 +165,25 @@ def render_report(title: str, subtitle: str, verdict: Verdict, results: list[Aud
     )
 
 
+# Markdown makes links of "[text](url)" whatever the URL (javascript: included, unless the viewer sanitises) and
+# starts a new block at a line break: brackets become character references, shown as brackets, and lines join.
+_MARKDOWN_ACTIVE = str.maketrans({"[": "&#91;", "]": "&#93;", "\n": " ", "\r": " "})
+
+
+def _markdown_text(text: str) -> str:
+    """``text`` shown as text by a Markdown viewer: no HTML (escaped), no link, one line."""
+    return html.escape(text, quote=False).translate(_MARKDOWN_ACTIVE)
+
+
 def markdown_summary(title: str, verdict: Verdict, results: list[AuditResult]) -> str:
     """A short Markdown table for the MLflow run's description.
 
     Markdown passes HTML through: the model's name and the reasons (which can quote the data) are escaped, so
     the UI shows them as text whatever its own sanitising does."""
-    lines = [f"**Audit of {html.escape(title, quote=False)}: {verdict.value}**", "", "| audit | verdict | reason |", "|---|---|---|"]
+    lines = [f"**Audit of {_markdown_text(title)}: {verdict.value}**", "", "| audit | verdict | reason |", "|---|---|---|"]
     for r in results:
-        reason = html.escape(r.reason.replace("|", "/").replace("\n", " ")[:200], quote=False)
-        lines.append(f"| {html.escape(r.audit, quote=False)} | {r.verdict.value} | {reason} |")
+        reason = _markdown_text(r.reason.replace("|", "/")[:200])
+        lines.append(f"| {_markdown_text(r.audit)} | {r.verdict.value} | {reason} |")
     lines += ["", "Full report: artifact `audit_report.html`."]
     return "\n".join(lines)
 
