@@ -198,22 +198,18 @@ def verify_run(client: Any, run_id: str, key: SigningKey | None, integrity_only:
 
 
 def _read(call, what: str):
+    """``call()``, with a run that is not there and a server that stopped answering as errors a user can act on."""
     from mlflow.exceptions import MlflowException
 
     from tasks.adapters.tracking import is_outage
 
     try:
         return call()
-    except MlflowException as exc:
-        if getattr(exc, "error_code", "") == "RESOURCE_DOES_NOT_EXIST" or "not found" in str(exc).lower():
+    except Exception as exc:
+        if isinstance(exc, MlflowException) and exc.error_code == "RESOURCE_DOES_NOT_EXIST":
             raise AuditlensError(f"{what} does not exist in this tracking store",
                                  "check the run id (the audit's run, shown by `auditlens audit` and in the MLflow UI) "
                                  "and --tracking-uri") from None
-        if not is_outage(exc):
-            raise
-        raise TrackingServerError(f"the tracking server stopped answering while reading {what} ({type(exc).__name__})",
-                                  "bring the server back and run verify again") from None
-    except Exception as exc:
         if not is_outage(exc):
             raise
         raise TrackingServerError(f"the tracking server stopped answering while reading {what} ({type(exc).__name__})",

@@ -245,18 +245,21 @@ def test_an_audit_without_a_key_is_recorded_unsigned(world, client, monkeypatch)
 
 
 def test_a_key_that_cannot_sign_opens_no_run(world, client, monkeypatch):
+    def audit_runs() -> int:
+        experiment = client.get_experiment_by_name(f"auditlens/{world.model_name}")
+        return len(client.search_runs([experiment.experiment_id])) if experiment else 0
+
     monkeypatch.setenv(KEY_ENV, "short")
-    experiment = client.get_experiment_by_name(f"auditlens/{world.model_name}")
-    before = len(client.search_runs([experiment.experiment_id])) if experiment else 0
+    before = audit_runs()
     with pytest.raises(ConfigError, match=f"{KEY_ENV} is 5 bytes long"):
         audit(world)
-    assert len(client.search_runs([client.get_experiment_by_name(f"auditlens/{world.model_name}").experiment_id])) == before
+    assert audit_runs() == before
 
 
 def test_what_cannot_be_checked_is_one_error_and_exit_2(world, client):
     run_id = audit(world)
     training = client.get_model_version(world.model_name, "1").run_id
-    down = f"http://127.0.0.1:{free_port()}"
+    down = f"http://alice:s3cret-pw@127.0.0.1:{free_port()}"  # credentials in the URI are never printed either
     cases = {
         "no run": (("0123456789abcdef0123456789abcdef", "--tracking-uri", world.tracking_uri), KEY),
         "server down": ((run_id, "--tracking-uri", down), KEY),
@@ -266,14 +269,15 @@ def test_what_cannot_be_checked_is_one_error_and_exit_2(world, client):
         outcomes = dict(zip(cases, pool.map(lambda case: invoke(world, *case[0], key=case[1]), cases.values())))
     expected = {
         "no run": "error: run 0123456789abcdef0123456789abcdef does not exist in this tracking store",
-        "server down": f"error: MLflow tracking server {down} is not reachable",
+        "server down": f"error: MLflow tracking server {down.replace('alice:s3cret-pw@', '***@')} is not reachable",
         "no store": f"error: there is no SQLite tracking store at {world.folder / 'elsewhere.db'}",
     }
     assert not (world.folder / "elsewhere.db").exists()  # verify reads: it never creates a store
     for case, completed in outcomes.items():
         assert completed.returncode == 2, (case, completed.stdout, completed.stderr)
         assert completed.stdout == "" and completed.stderr.startswith(expected[case]), (case, completed.stderr)
-        assert "fix:" in completed.stderr and "Traceback" not in completed.stderr and KEY not in completed.stderr
+        assert "fix:" in completed.stderr and "Traceback" not in completed.stderr
+        assert [secret for secret in (KEY, "s3cret-pw") if secret in completed.stderr] == []
     with pytest.raises(ConfigError, match=f"cannot check who wrote the record: no signing key [(]{KEY_ENV} and "
                        f"{KEY_FILE_ENV} are unset[)]") as refused:
         check(client, run_id, key=None)
