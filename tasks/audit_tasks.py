@@ -82,7 +82,11 @@ def open_audit_run(ref: ModelRef, loaded: LoadedSettings, tracking_uri: str, aud
 
 @contextlib.contextmanager
 def model_process() -> Iterator[ModelWorker]:
-    """The model's own process (``model_worker``), started with no credentials and stopped when the audit ends."""
+    """The model's own process (``model_worker``), started with no credentials and stopped when the audit ends. This
+    process's own /proc entries (its environment, which may hold them) become unreadable to it first."""
+    from tasks.adapters.sandbox import not_inspectable
+
+    not_inspectable()
     worker = ModelWorker()
     try:
         yield worker

@@ -231,7 +231,8 @@ class ModelWorker:
         from_worker_r, from_worker_w = os.pipe()
         self.process = subprocess.Popen(
             [sys.executable, "-m", "tasks.adapters.model_worker", str(to_worker_r), str(from_worker_w)],
-            cwd=self._folder.name, env=worker_environment(), pass_fds=(to_worker_r, from_worker_w),
+            cwd=self._folder.name, env={**worker_environment(), "TMPDIR": self._folder.name},
+            pass_fds=(to_worker_r, from_worker_w),
             stdin=subprocess.DEVNULL, stdout=sys.stderr.fileno() if _has_fileno(sys.stderr) else None,
         )
         os.close(to_worker_r)
@@ -356,6 +357,7 @@ class _Worker:
         self.inputs: Any = None
         self.address: str | None = None
         self.cluster: Any = None
+        self.isolation: dict[str, str] = {}
         self.pool = ThreadPoolExecutor(max_workers=32, thread_name_prefix="audit")
 
     def reply(self, request_id: int, ok: bool, value: Any) -> None:
@@ -369,9 +371,15 @@ class _Worker:
         from tasks.adapters.full_pass import cluster_address
         from tasks.adapters.inputs import assemble_loaded
         from tasks.adapters.models import load_model_files
+        from tasks.adapters.sandbox import restrict
 
         settings = loaded.settings
         security = settings.security
+        # before anything of the model is read: this process (and every one it starts) writes only in its own folder,
+        # and, with the local engine, opens no TCP connection (a Dask engine talks to its cluster)
+        dask = settings.execution.engine == "dask"
+        self.isolation = restrict([Path.cwd(), Path("/dev")], None if dask else _readable(loaded, model_dir, baseline),
+                                  allow_tcp=dask)
         model = load_model_files(model_dir, ref, settings.model.task, settings.model.device, security)
         baseline_model = None
         if baseline is not None:
@@ -386,7 +394,9 @@ class _Worker:
             execution = settings.execution.model_copy(update={"address": self.address})
             loaded = dataclasses.replace(loaded, settings=settings.model_copy(update={"execution": execution}))
         self.inputs = assemble_loaded(ref, loaded, model, baseline_model, baseline_note)
-        return describe_inputs(self.inputs)
+        described = describe_inputs(self.inputs)
+        described["params"].update({f"isolation.{k}": v for k, v in self.isolation.items()})
+        return described
 
     def audit(self, planned: Any) -> dict:
         from audits.core.runner import run_planned
@@ -425,6 +435,32 @@ class _Worker:
         self.pool.shutdown(wait=True)
         if self.cluster is not None:
             self.cluster.close()
+
+
+def _readable(loaded: Any, model_dir: str, baseline: tuple[Any, str] | None) -> list[Path]:
+    """What the model's process may read: the system's libraries and configuration, Python and this checkout, the
+    model's files, the data, matplotlib's cache, its own /proc entry and the system-wide /proc files libraries read.
+    Not the home folder (~/.mlflow/credentials, ~/.netrc, cloud keys), not other processes' /proc entries (their
+    environments), not the tracking store unless it lies beside the data."""
+    import site
+    import sysconfig
+
+    import matplotlib
+
+    paths = [Path(p) for p in ("/usr", "/lib", "/lib32", "/lib64", "/bin", "/sbin", "/etc", "/sys", "/dev")]
+    paths += [Path(p) for p in {sys.prefix, sys.base_prefix, sys.exec_prefix, *site.getsitepackages(),
+                                *sysconfig.get_paths().values()}]
+    paths += [ROOT, Path(model_dir), Path(matplotlib.get_cachedir()), Path(f"/proc/{os.getpid()}")]
+    paths += [Path("/proc") / name for name in ("cpuinfo", "meminfo", "stat", "loadavg", "sys", "self", "thread-self")]
+    if baseline is not None:
+        paths.append(Path(baseline[1]))
+    for role in ("reference", "current"):
+        spec = Path(loaded.data_path(role))
+        base = spec if spec.is_dir() else spec.parent
+        while any(ch in str(base) for ch in "*?[") and base != base.parent:
+            base = base.parent
+        paths.append(base)
+    return sorted({p.resolve() for p in paths if p.exists()})
 
 
 def main(argv: list[str]) -> None:

@@ -75,6 +75,14 @@ def light(world) -> Path:
     return config(world, "light")
 
 
+# the faulty models are classes of their own, pickled by value: their code runs only when the config trusts it
+TRUSTED = {"model_loading": "trusted"}
+
+
+def trusting(world) -> Path:
+    return config(world, "light-trusted", security=TRUSTED)
+
+
 def raw(world, name: str, content: str | bytes) -> Path:
     path = world.folder / name
     path.write_bytes(content if isinstance(content, bytes) else content.encode())
@@ -200,12 +208,12 @@ CASES = {
     "model-unknown-version": Case(light, "has no version 7", model="models:/e2e-model/7"),
     "model-unknown-alias": Case(light, "has no alias @gold", model="models:/e2e-model@gold"),
     "model-bad-uri": Case(light, "unsupported model URI", model="s3://bucket/model"),
-    "model-raises": Case(light, "cannot predict on the data (RuntimeError: the feature store behind this model is down)", model="models:/faulty-raises/1"),
-    "model-nan": Case(light, "predict_proba returned NaN or infinite values in 43 row(s) of 300 (first at row 0)", model="models:/faulty-nan_proba/1"),
-    "model-wrong-shape": Case(light, "predict returned shape (300, 2) for 300 rows", model="models:/faulty-wrong_shape/1"),
-    "model-unknown-class": Case(light, "predict returned 'maybe' (row 150), which is not one of the model's classes ['no', 'yes']", model="models:/faulty-unknown_class/1"),
-    "model-not-probabilities": Case(light, "predict_proba returned rows that are not probabilities in 300 row(s) of 300", model="models:/faulty-not_probabilities/1"),
-    "model-never-answers": Case(lambda w: config(w, "patient", limits={"inputs_s": 3}), "did not finish within 3 s", model="models:/faulty-hangs/1"),
+    "model-raises": Case(trusting, "cannot predict on the data (RuntimeError: the feature store behind this model is down)", model="models:/faulty-raises/1"),
+    "model-nan": Case(trusting, "predict_proba returned NaN or infinite values in 43 row(s) of 300 (first at row 0)", model="models:/faulty-nan_proba/1"),
+    "model-wrong-shape": Case(trusting, "predict returned shape (300, 2) for 300 rows", model="models:/faulty-wrong_shape/1"),
+    "model-unknown-class": Case(trusting, "predict returned 'maybe' (row 150), which is not one of the model's classes ['no', 'yes']", model="models:/faulty-unknown_class/1"),
+    "model-not-probabilities": Case(trusting, "predict_proba returned rows that are not probabilities in 300 row(s) of 300", model="models:/faulty-not_probabilities/1"),
+    "model-never-answers": Case(lambda w: config(w, "patient", limits={"inputs_s": 3}, security=TRUSTED), "did not finish within 3 s", model="models:/faulty-hangs/1"),
 }
 
 
@@ -267,8 +275,8 @@ def test_bad_input_gets_one_clear_error_and_writes_nothing(outcomes, case):
 def test_a_model_that_hangs_inside_one_audit_makes_that_audit_error_and_the_others_finish(world, cli_env, tmp_path):
     """Retraining the model hangs (disagreement trains clones): the audit's time limit ends it as ERROR; performance
     completes; the run is FINISHED with the verdict ERROR, the command exits 1, and the version says done."""
-    path = config(world, "hang-in-audit", audits=[{"audit": "performance"},
-                                                  {"audit": "disagreement", "time_limit_s": 4, "config": {"members": 3}}])
+    path = config(world, "hang-in-audit", security=TRUSTED, audits=[{"audit": "performance"},
+                                                                    {"audit": "disagreement", "time_limit_s": 4, "config": {"members": 3}}])
     code, output, seconds = run_cli(cli_env, tmp_path, "audit", "--model", "models:/faulty-hangs_when_refitted/1", "--config", str(path))
     assert code == 1, output
     client = make_client(world.tracking_uri)
