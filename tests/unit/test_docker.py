@@ -291,12 +291,20 @@ def test_the_dask_cluster_runs_the_auditlens_image_reads_the_same_data_and_is_no
     data = {v["target"]: v for v in services["dask-worker"]["volumes"]}["/app/data"]
     assert (data["source"], data["read_only"]) == (values["AUDITLENS_DATA_DIR"], True)
     assert services["dask-worker"]["depends_on"]["dask-scheduler"]["condition"] == "service_healthy"
-    # the audits run on these workers as Prefect tasks (they report to the Prefect server) and run the model's code:
-    # they hold no MLflow credentials, which only the flow's process needs to write the record
-    environment = services["dask-worker"]["environment"]
-    assert environment["PREFECT_API_URL"] == "http://prefect-server:4200/api"
-    assert not [key for key in environment if key.startswith("MLFLOW")]
+    # the audits run on these workers as Dask tasks of the model's process and run the model's code: they hold no
+    # credentials and no server's address, which only the flow's process needs to write the record
+    assert not services["dask-worker"].get("environment")
     assert "9000" in services["dask-worker"]["healthcheck"]["test"][-1] and "9000:" in " ".join(worker)
+
+
+@pytest.mark.parametrize("name", ["worker", "dask-worker"])
+def test_the_services_that_run_model_code_have_the_least_privilege(services, name):
+    """An unprivileged user (the image's), no capabilities, a read-only root filesystem, a private /tmp."""
+    service = services[name]
+    assert service["read_only"] is True and service["cap_drop"] == ["ALL"]
+    assert "no-new-privileges:true" in service["security_opt"]
+    assert any(str(t).startswith("/tmp") for t in service["tmpfs"])
+    assert "user" not in service  # the image's own unprivileged user (test_the_image_runs_as_an_unprivileged_user)
 
 
 def test_the_deploy_step_runs_once_before_the_worker_and_the_receiver(services):
