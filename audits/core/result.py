@@ -67,7 +67,17 @@ def _png(fig: Any) -> bytes:
 
     canvas = FigureCanvasAgg(fig)
     buffer = io.BytesIO()
-    canvas.print_png(buffer, metadata={"Software": None})  # no version string: byte-stable output
+    try:
+        canvas.print_png(buffer, metadata={"Software": None})  # no version string: byte-stable output
+    except ValueError:
+        # text from the data ('price $ in \frac{ $') read as TeX that does not parse: auditlens draws no maths, so
+        # every label is drawn as the plain text it is
+        from matplotlib.text import Text
+
+        for text in fig.findobj(Text):
+            text.set_parse_math(False)
+        buffer = io.BytesIO()
+        canvas.print_png(buffer, metadata={"Software": None})
     return buffer.getvalue()
 
 

@@ -1,0 +1,144 @@
+"""The model's process, piece by piece: its environment, results as data (nothing lost, nothing executable), the
+auditor's second judgement, and the kernel's confinement."""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+from audits.core.plan import AuditPlan
+from audits.core.result import Artifact, AuditResult, Verdict
+from audits.core.runner import judge, run_planned
+from audits.testing import classifier_context, text_context
+from tasks.adapters.model_worker import decode_result, encode_result, worker_environment
+
+
+def test_the_environment_keeps_what_python_needs_and_leaves_every_credential_behind():
+    auditor = {"PATH": "/usr/bin", "HOME": "/home/a", "LANG": "C.UTF-8", "OMP_NUM_THREADS": "2", "LC_ALL": "C",
+               "MLFLOW_TRACKING_URI": "http://alice:pw@mlflow:5000", "MLFLOW_TRACKING_USERNAME": "alice",
+               "MLFLOW_TRACKING_PASSWORD": "pw", "MLFLOW_TRACKING_TOKEN": "t", "PREFECT_API_URL": "http://p:4200/api",
+               "PREFECT_API_KEY": "k", "AUDITLENS_SIGNING_KEY": "s" * 40, "AUDITLENS_SIGNING_KEY_FILE": "/run/secrets/k",
+               "AUDITLENS_WEBHOOK_SECRET": "w", "AWS_SECRET_ACCESS_KEY": "a", "DATABASE_URL": "postgres://u:p@db/x",
+               "SOMETHING_ELSE": "x"}
+    env = worker_environment(auditor)
+    assert {k: env[k] for k in ("PATH", "HOME", "LANG", "OMP_NUM_THREADS", "LC_ALL")} == {
+        k: auditor[k] for k in ("PATH", "HOME", "LANG", "OMP_NUM_THREADS", "LC_ALL")}
+    assert env["MLFLOW_TRACKING_URI"].startswith("none://")
+    leaked = [k for k, v in env.items() if v in ("pw", "t", "k", "s" * 40, "w", "a", "x") or "alice" in v or "postgres" in v]
+    assert leaked == []
+    assert not [k for k in env if k.startswith(("PREFECT_", "AWS_")) or "SIGNING" in k or "SECRET" in k]
+
+
+def _results():
+    """Real results of audits with every kind of artifact: figures, tables, html pages, fragments, json."""
+    plan = AuditPlan(audits=[{"audit": "performance"}, {"audit": "calibration"}, {"audit": "data_quality"},
+                             {"audit": "drift"}, {"audit": "conformal"}]).build()
+    tabular = [run_planned(p, classifier_context()) for p in plan]
+    text = [run_planned(p, text_context()) for p in AuditPlan(audits=[{"audit": "text_explanations"}]).build()]
+    return tabular + text
+
+
+def test_a_result_crosses_as_json_and_comes_back_whole():
+    import json
+
+    results = _results()
+    kinds = {a.kind for r in results for a in r.artifacts}
+    assert kinds >= {"figure", "table", "html", "json"}, kinds
+    for result in results:
+        wire = json.loads(json.dumps(encode_result(result), allow_nan=True))  # what the pipe carries
+        back = decode_result(wire)
+        assert (back.audit, back.verdict, back.reason, back.info, back.checks) == (result.audit, result.verdict, result.reason,
+                                                                                   {k: v for k, v in result.info.items()}, result.checks)
+        assert back.metrics.keys() == result.metrics.keys()
+        for key, value in result.metrics.items():
+            assert back.metrics[key] == value or (math.isnan(value) and math.isnan(back.metrics[key])), key
+        assert back.ranges == result.ranges and back.chance == result.chance
+        # every file the record writes is the same, byte for byte
+        assert [(a.name, a.kind, a.title, a.encoded()) for a in back.artifacts] == \
+               [(a.name, a.kind, a.title, a.encoded()) for a in result.artifacts], result.audit
+
+
+def test_a_reply_that_is_not_a_result_is_refused():
+    good = encode_result(AuditResult(audit="x", metrics={"x.a": 1.0}))
+    for broken in ({**good, "verdict": "SUPERPASS"}, {**good, "metrics": {"x.a": "a"}},
+                   {**good, "artifacts": [{"name": "a.png", "kind": "figure", "title": "", "content": "!!"}]},
+                   {**good, "artifacts": [{"name": "a.sh", "kind": "shell", "title": "", "content": "rm"}]}):
+        with pytest.raises((ValueError, KeyError, TypeError)):
+            decode_result(broken)
+
+
+def test_the_auditor_judges_again_a_verdict_the_metrics_do_not_support():
+    [planned] = AuditPlan(audits=[{"audit": "performance", "thresholds": [{"metric": "performance.current.accuracy", "min": 0.9}]}]).build()
+    forged = AuditResult(audit="performance", verdict=Verdict.PASS, reason="all good",
+                         metrics={"performance.current.accuracy": 0.55})
+    judged = judge(planned, decode_result(encode_result(forged)))
+    assert judged.verdict is Verdict.FAIL and "0.55" in judged.reason
+    honest = judge(planned, forged.with_(metrics={"performance.current.accuracy": 0.95}))
+    assert honest.verdict is Verdict.PASS
+
+
+def test_a_label_from_the_data_that_reads_as_broken_tex_still_draws():
+    from matplotlib.figure import Figure
+
+    figure = Figure()
+    axes = figure.add_subplot()
+    axes.bar(["price $ in \\frac{ $ usd", "b"], [1, 2])
+    axes.set_title("cost ($) vs $\\notacommand$")
+    assert Artifact.figure("bars", figure).content[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+CONFINED = textwrap.dedent("""
+    import os, socket, sys
+    from pathlib import Path
+    from tasks.adapters.sandbox import restrict, abi_version
+    box, data, outside = map(Path, sys.argv[1:4])
+    said = restrict([box, Path("/dev")], [Path(sys.prefix), Path(sys.base_prefix), Path("/usr"), Path("/lib"), Path("/etc"),
+                                          data, Path(f"/proc/{os.getpid()}")], allow_tcp=False)
+    def attempt(what, action):
+        try:
+            action()
+            print(what, "allowed")
+        except OSError:
+            print(what, "refused")
+    attempt("write box", lambda: (box / "f").write_text("x"))
+    attempt("write outside", lambda: (outside / "f").write_text("x"))
+    attempt("read data", lambda: (data / "d.csv").read_text())
+    attempt("read outside", lambda: (outside / "secret").read_text())
+    attempt("read parent environ", lambda: open(f"/proc/{os.getppid()}/environ", "rb").read())
+    attempt("tcp", lambda: socket.create_connection(("127.0.0.1", int(sys.argv[4])), timeout=3))
+    print("abi", abi_version())
+""")
+
+
+def test_the_kernel_confines_the_model_process(tmp_path):
+    import socket
+
+    from tasks.adapters.sandbox import abi_version
+
+    if abi_version() < 4:  # the machine's kernel decides; the record then says 'unavailable' (next test)
+        pytest.skip(f"this kernel's Landlock ABI is {abi_version()}: the model's process is not confined here")
+    box, data, outside = tmp_path / "box", tmp_path / "data", tmp_path / "outside"
+    for folder in (box, data, outside):
+        folder.mkdir()
+    (data / "d.csv").write_text("a\n1\n")
+    (outside / "secret").write_text("s")
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        done = subprocess.run([sys.executable, "-c", CONFINED, str(box), str(data), str(outside), str(server.getsockname()[1])],
+                              capture_output=True, text=True, timeout=60, cwd=box)
+    said = dict(line.rsplit(" ", 1) for line in done.stdout.splitlines())
+    assert said == {"write box": "allowed", "write outside": "refused", "read data": "allowed", "read outside": "refused",
+                    "read parent environ": "refused", "tcp": "refused", "abi": said["abi"]}, done.stdout + done.stderr
+    assert not (outside / "f").exists()
+
+
+def test_without_landlock_the_record_says_the_process_is_not_confined(monkeypatch):
+    from tasks.adapters import sandbox
+
+    monkeypatch.setattr(sandbox, "abi_version", lambda: 0)
+    assert sandbox.restrict([], None, allow_tcp=False) == {"filesystem": "unavailable (this kernel has no Landlock)",
+                                                          "network": "unavailable"}
