@@ -213,7 +213,7 @@ def record_metric(client, run_id: str, key: str) -> float | None:
 
 def ours_without_prefect(model_uri: str, config_path: Path, tracking_uri: str, client) -> dict:
     """The flow's steps, the task functions called directly (.fn): no Prefect, same MLflow record."""
-    from tasks.audit_tasks import load_config, load_inputs, open_audit_run, record_audit, resolve, run_one
+    from tasks.audit_tasks import load_config, load_inputs, model_process, open_audit_run, record_audit, resolve, run_one
 
     clock = Clock()
     started = time.perf_counter()
@@ -223,12 +223,13 @@ def ours_without_prefect(model_uri: str, config_path: Path, tracking_uri: str, c
         ref = resolve.fn(model_uri, tracking_uri)
     with clock.time("open MLflow run"):
         run = open_audit_run.fn(ref, loaded, tracking_uri, audit_key=f"bench:{uuid.uuid4().hex}", reason="bench-no-prefect")
-    with clock.time("load model + data, predict"):
-        inputs = load_inputs.fn(ref, loaded, tracking_uri)
-    results = []
-    for planned in loaded.plan:
-        with clock.time(f"audit {planned.id}"):
-            results.append(run_one.fn(planned, inputs.context))
+    with model_process() as worker:  # as the flow: the model is loaded and audited in its own process
+        with clock.time("load model + data, predict"):
+            inputs = load_inputs.fn(ref, loaded, tracking_uri, worker)
+        results = []
+        for planned in loaded.plan:
+            with clock.time(f"audit {planned.id}"):
+                results.append(run_one.fn(planned, worker))
     with clock.time("record to MLflow"):
         summary = record_audit.fn(run, ref, loaded, inputs, results)
     wall = time.perf_counter() - started

@@ -209,6 +209,7 @@ def plain(model_uri: str, config_path: Path, lean_exit: bool) -> None:
     from tasks.adapters import provenance
     from tasks.adapters.inputs import assemble, preflight_data
     from tasks.adapters.mlflow_sink import MlflowSink
+    from tasks.adapters.model_worker import RecordedInputs
     from tasks.adapters.models import resolve_model
     from tasks.adapters.settings import load_settings
     from tasks.adapters.tracking import check_reachable, configure_http, make_client, quiet_environment
@@ -230,7 +231,7 @@ def plain(model_uri: str, config_path: Path, lean_exit: bool) -> None:
                         artifact_location=loaded.settings.resolved_artifact_location(uri))  # fmt: skip
     results = [run_planned(planned, inputs.context) for planned in loaded.plan]
     verdict = overall_verdict(results)
-    manifest = provenance.build_manifest(ref, loaded, inputs, results, verdict, uri, run.run_id)
+    manifest = provenance.build_manifest(ref, loaded, RecordedInputs.of(inputs), results, verdict, uri, run.run_id)
     report = render_report(title=ref.label, subtitle=f"{ref.uri} · MLflow run {run.run_id}", verdict=verdict, results=results,
                            provenance={"model URI": ref.uri, "config hash": loaded.config_hash, "seed": loaded.settings.seed})
     sink.log_params(run, provenance.input_params(inputs))
