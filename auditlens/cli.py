@@ -70,6 +70,9 @@ def _fail(exc: Exception) -> None:
 
     # whatever raised it, a URL in the message (a registry's, MLflow's own) is printed without its secrets
     errors.print(f"[bold red]error:[/] {escape(redact_text(str(exc)))}", highlight=False, markup=True, soft_wrap=True)
+    run_id = getattr(exc, "audit_run_id", None)
+    if run_id:  # a refused model is an audit's finding: its run says so
+        errors.print(f"(the MLflow run {run_id} was ended FAILED with this reason)", highlight=False, markup=False, soft_wrap=True)
     raise typer.Exit(getattr(exc, "exit_code", 1))
 
 
@@ -89,6 +92,7 @@ def audit(
     from tasks.adapters.inputs import preflight_data
     from tasks.adapters.models import resolve_model
     from tasks.adapters.settings import load_settings
+    from tasks.adapters.signing import signing_key
     from tasks.adapters.tracking import check_reachable, configure_http, make_client
 
     try:
@@ -98,6 +102,7 @@ def audit(
         check_reachable(uri)
         resolve_model(model, make_client(uri))
         preflight_data(loaded)
+        signing_key()  # a key that cannot sign is refused now, not after the model and data have loaded
         _prefect_server_for_flows()
     except AuditlensError as exc:
         _fail(exc)

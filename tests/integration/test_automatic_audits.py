@@ -84,6 +84,7 @@ def env(tmp_path_factory):
                 {"name": "sched-model", "config": "auto.yaml", "on_new_version": False,
                  "schedule": {"interval_seconds": SCHEDULE_INTERVAL_S, "alias": "champion"}},
                 {"name": "cred-model", "config": "auto.yaml", "on_new_version": False},
+                {"name": "evil-model", "config": "auto.yaml"},
             ],
         }, sort_keys=False))  # fmt: skip
         stack.start_serve(deployments, hook_port, expected=["audit-model/audit-model", WATCHER, SCHEDULED])
@@ -350,6 +351,55 @@ def test_failing_audit_is_retried_up_to_max_attempts(env):
     assert (tags["audit.status"], tags["audit.attempts"]) == ("failed", str(MAX_ATTEMPTS))
     assert "x1" in tags["audit.error"] and "DataError" in tags["audit.error"]
     assert audit_runs(env, "broken-model", version) == []  # nothing was audited, so nothing passes for an audit
+    assert not runs_with_status(env.client(), "RUNNING")
+
+
+class _Touch:
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+
+        return os.system, (f"touch {self.marker}",)
+
+
+def test_a_model_whose_pickle_runs_code_is_refused_by_the_webhook_and_the_watcher_before_load(env, tmp_path):
+    """The webhook starts the first attempt (the watcher paused), the watcher the retry: both refuse the model's file
+    before loading it, each attempt's run ends FAILED with what was found, and the command never runs."""
+    import pickle
+
+    import mlflow.sklearn
+
+    from tasks.adapters.demo import register_model_files
+
+    X, y = env.train
+    folder, marker = tmp_path / "evil", tmp_path / "the-model-ran"
+    mlflow.sklearn.save_model(make_pipeline_model(X, y, "logistic"), str(folder), serialization_format="pickle",
+                              pip_requirements=["scikit-learn"])
+    (folder / "model.pkl").write_bytes(pickle.dumps(_Touch(marker)))
+    set_webhook(env, True)
+    with paused(env.stack, WATCHER):
+        version = register_model_files(MlflowSink(env.url), folder, name="evil-model", experiment="e2e/training", params={})
+        wait_for(lambda: version_tags(env, "evil-model", version).get("audit.status") == "failed", AUDIT_BOUND_S, 0.5,
+                 "webhook attempt refused")
+    first = audit_runs(env, "evil-model", version)
+    assert [r.data.tags["auditlens.trigger"] for r in first] == ["webhook: new version"]
+
+    def settled():
+        tags = version_tags(env, "evil-model", version)
+        return tags.get("audit.status") == "failed" and tags.get("audit.attempts") == str(MAX_ATTEMPTS)
+
+    wait_for(settled, 2 * AUDIT_BOUND_S, 1, "the watcher's retry refused too")
+    runs = audit_runs(env, "evil-model", version)
+    assert sorted(r.data.tags["auditlens.trigger"] for r in runs) == [f"watcher: retry 2 of {MAX_ATTEMPTS}", "webhook: new version"]
+    for run in runs:
+        assert run.info.status == "FAILED"
+        assert "refused before loading: model.pkl (pickle) names posix.system" in run.data.tags["audit.error"]
+        assert "audit.verdict" not in run.data.tags
+    tags = version_tags(env, "evil-model", version)
+    assert "posix.system" in tags["audit.error"] and "audit.verdict" not in tags
+    assert not marker.exists(), "the model's code ran in an automatic audit"
     assert not runs_with_status(env.client(), "RUNNING")
 
 
