@@ -11,7 +11,8 @@ saves it (pickle format) with CSV data, so that both sides load the same files t
 - isolated: ``ModelWorker.prepare`` (the process starts, confines itself, loads the model and assembles the inputs
   there), then each audit through ``ModelWorker.audit`` (run there, sent back as JSON, judged again here).
 
-The ratio isolated / in process is the overhead; the seconds it adds are a fixed cost (a process, its imports, the
+Each side runs in a fresh process of its own (as every audit does: the CLI and Prefect's process worker start one per
+audit), alternating, ``--repeats`` pairs. The median ratio isolated / in process is the overhead; the seconds it adds are a fixed cost (a process, its imports, the
 JSON), so the ratio is also given against the whole default plan's time measured by bench_parts.py. Figures go to
 bench/out/isolation.json.
 """
@@ -41,6 +42,9 @@ def workload(folder: Path, seed: int) -> tuple[Path, Path]:
 
     from bench_parts import bench_context
 
+    from tasks.adapters.tracking import quiet_environment
+
+    quiet_environment()
     context = bench_context(seed)
     for ds in (context.reference, context.current):
         frame = ds.X.assign(label=ds.y)
@@ -90,43 +94,88 @@ def isolated(model_dir: Path, loaded) -> tuple[float, float, list]:
     return prepared, time.perf_counter() - started, results
 
 
-def main() -> int:
-    global AUDITS
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--audits", default=DEFAULT_AUDITS)
-    parser.add_argument("--repeats", type=int, default=1, help="pairs of runs (in process, isolated), alternating")
-    args = parser.parse_args()
-    AUDITS = args.audits.split(",")
+def differences(here: list, there: list) -> list[str]:
+    """What differs between the two sides' results: verdicts, metric keys, metric values (NaN equals NaN)."""
+    import math
+
+    found = []
+    for a, b in zip(here, there):
+        if (a.audit, a.verdict) != (b.audit, b.verdict):
+            found.append(f"{a.audit}: {a.verdict.value} here, {b.verdict.value} isolated")
+        for key in sorted(set(a.metrics) | set(b.metrics)):
+            x, y = a.metrics.get(key), b.metrics.get(key)
+            if x is None or y is None or not (x == y or (math.isnan(x) and math.isnan(y))):
+                found.append(f"{key}: {x} here, {y} isolated")
+    return found
+
+
+def side(name: str, workdir: Path) -> None:
+    """One side, measured in a fresh process (as every audit runs: the CLI and Prefect's process worker start one per
+    audit), printed as JSON for the parent."""
+    import pickle
 
     from tasks.adapters.settings import load_settings
     from tasks.adapters.tracking import quiet_environment
 
     quiet_environment()
+    loaded = load_settings(workdir / "audit.yaml")
+    prepared, total, results = (in_process if name == "in_process" else isolated)(workdir / "model", loaded)
+    (workdir / f"{name}.pkl").write_bytes(pickle.dumps(results))
+    print(json.dumps({"prepare_s": prepared, "total_s": total}))
+
+
+def main() -> int:
+    import pickle
+    import statistics
+    import subprocess
+
+    global AUDITS
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--audits", default=DEFAULT_AUDITS)
+    parser.add_argument("--repeats", type=int, default=3, help="pairs of runs (in process, isolated), alternating")
+    parser.add_argument("--side", choices=["in_process", "isolated"], help=argparse.SUPPRESS)
+    parser.add_argument("--workdir", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    AUDITS = args.audits.split(",")
+    if args.side:
+        side(args.side, args.workdir)
+        return 0
+
     with tempfile.TemporaryDirectory(prefix="auditlens-bench-isolation-") as tmp:
-        model_dir, config = workload(Path(tmp), args.seed)
-        loaded = load_settings(config)
+        workdir = Path(tmp)
+        workload(workdir, args.seed)
         pairs = []
         for _ in range(args.repeats):
-            here = in_process(model_dir, loaded)
-            there = isolated(model_dir, loaded)
-            same = {r.audit: (r.verdict.value, r.metrics) for r in here[2]} == {r.audit: (r.verdict.value, r.metrics) for r in there[2]}
-            pairs.append({"in_process_s": here[1], "isolated_s": there[1], "in_process_prepare_s": here[0],
-                          "isolated_prepare_s": there[0], "same_results": same})
-            print(f"in process {here[1]:7.1f} s (inputs {here[0]:5.1f} s)   isolated {there[1]:7.1f} s "
-                  f"(inputs {there[0]:5.1f} s)   ratio {there[1] / here[1]:.3f}   same results: {same}", flush=True)
-    best = {k: min(p[k] for p in pairs) for k in ("in_process_s", "isolated_s")}
-    overhead_s = best["isolated_s"] - best["in_process_s"]
+            timed = {}
+            for name in ("in_process", "isolated"):
+                done = subprocess.run([sys.executable, __file__, "--side", name, "--workdir", str(workdir), "--audits", args.audits],
+                                      capture_output=True, text=True, timeout=1800, check=True)
+                timed[name] = json.loads(done.stdout.strip().splitlines()[-1])
+            here, there = (pickle.loads((workdir / f"{n}.pkl").read_bytes()) for n in ("in_process", "isolated"))
+            differ = differences(here, there)
+            pairs.append({"in_process_s": timed["in_process"]["total_s"], "isolated_s": timed["isolated"]["total_s"],
+                          "in_process_prepare_s": timed["in_process"]["prepare_s"], "isolated_prepare_s": timed["isolated"]["prepare_s"],
+                          "ratio": timed["isolated"]["total_s"] / timed["in_process"]["total_s"], "same_results": not differ,
+                          "differences": differ[:20],
+                          "audit_s": {r.audit: [round(r.duration_s, 2), round(t.duration_s, 2)] for r, t in zip(here, there)}})
+            p = pairs[-1]
+            print(f"in process {p['in_process_s']:7.1f} s (inputs {p['in_process_prepare_s']:5.1f} s)   isolated "
+                  f"{p['isolated_s']:7.1f} s (inputs {p['isolated_prepare_s']:5.1f} s)   ratio {p['ratio']:.3f}   "
+                  f"same results: {not differ}", flush=True)
+            if differ:
+                print("  differences:", differ[:10], flush=True)
+    ratio = statistics.median(p["ratio"] for p in pairs)
+    overhead_s = statistics.median(p["isolated_s"] - p["in_process_s"] for p in pairs)
     parts = REPO / "bench" / "out" / "parts.json"
     whole = WHOLE_PLAN_S
     if parts.exists():  # this machine's own figure, when bench_parts.py has run
         timings = json.loads(parts.read_text()).get("bench", {})
         whole = sum(t["seconds"] for t in timings.values()) if timings else whole
-    summary = {"audits": AUDITS, "rows": "20000 + 20000 x 30", "pairs": pairs, "best": best, "ratio": best["isolated_s"] / best["in_process_s"],
-               "overhead_s": overhead_s, "whole_plan_s": whole,
-               "ratio_on_whole_plan": None if not whole else (whole + overhead_s) / whole}
-    print(f"overhead {overhead_s:+.1f} s; ratio {summary['ratio']:.3f} on these {len(AUDITS)} audits"
-          + (f"; {summary['ratio_on_whole_plan']:.3f} on the whole default plan ({whole:.0f} s, bench_parts.py)" if whole else ""))
+    summary = {"audits": AUDITS, "rows": "20000 + 20000 x 30", "pairs": pairs, "median_ratio": ratio,
+               "median_overhead_s": overhead_s, "whole_plan_s": whole, "ratio_on_whole_plan": (whole + overhead_s) / whole}
+    print(f"median overhead {overhead_s:+.1f} s; median ratio {ratio:.3f} on these {len(AUDITS)} audits; "
+          f"{summary['ratio_on_whole_plan']:.3f} on the whole default plan ({whole:.0f} s, bench_parts.py)")
     out = REPO / "bench" / "out"
     out.mkdir(exist_ok=True)
     (out / "isolation.json").write_text(json.dumps(summary, indent=2))
