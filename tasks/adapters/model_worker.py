@@ -371,15 +371,21 @@ class _Worker:
         from tasks.adapters.full_pass import cluster_address
         from tasks.adapters.inputs import assemble_loaded
         from tasks.adapters.models import load_model_files
-        from tasks.adapters.sandbox import restrict
+        from tasks.adapters.sandbox import drop_capabilities, restrict
 
         settings = loaded.settings
         security = settings.security
         # before anything of the model is read: this process (and every one it starts) writes only in its own folder,
         # and, with the local engine, opens no TCP connection (a Dask engine talks to its cluster)
         dask = settings.execution.engine == "dask"
-        self.isolation = restrict([Path.cwd(), Path("/dev")], None if dask else _readable(loaded, model_dir, baseline),
-                                  allow_tcp=dask)
+        readable = _readable(loaded, model_dir, baseline)
+        if dask:  # its nannies watch their workers through /proc, and it reads its configuration once, on import
+            import distributed  # noqa: F401
+
+            readable.append(Path("/proc"))
+        self.isolation = restrict([Path.cwd(), Path("/dev")], readable, allow_tcp=dask)
+        if drop_capabilities():  # run as root: without them, the auditor's /proc entries stay closed to it
+            self.isolation["capabilities"] = "none (dropped: the audit runs as root)"
         model = load_model_files(model_dir, ref, settings.model.task, settings.model.device, security)
         baseline_model = None
         if baseline is not None:

@@ -28,6 +28,8 @@ _VERSION = 1  # LANDLOCK_CREATE_RULESET_VERSION
 _RULE_PATH_BENEATH, _RULE_NET_PORT = 1, 2
 _PR_SET_NO_NEW_PRIVS = 38
 _PR_SET_DUMPABLE = 4
+_PR_CAPBSET_DROP = 24
+_CAPABILITY_VERSION_3 = 0x20080522
 
 # filesystem rights (uapi/linux/landlock.h) and the ABI that introduced them
 EXECUTE, WRITE_FILE, READ_FILE, READ_DIR = 1 << 0, 1 << 1, 1 << 2, 1 << 3
@@ -88,11 +90,41 @@ def restrict(writable: list[Path], readable: list[Path] | None, allow_tcp: bool)
     finally:
         os.close(ruleset)
     where = ", ".join(str(f) for f in writable)
-    reads = "anything" if readable is None else "only the libraries, the model's files, the data and its own /proc entry"
+    reads = ("anything" if readable is None else
+             "the libraries, the model's files, the data and every /proc entry" if Path("/proc") in readable else
+             "only the libraries, the model's files, the data and its own /proc entry")
     network = ("no TCP connection (Landlock)" if handle_net else
                "TCP allowed (the Dask engine talks to its cluster)" if allow_tcp else
                f"TCP allowed (this kernel's Landlock ABI {abi} has no network rule)")
     return {"filesystem": f"reads {reads}; writes only beneath {where} (Landlock ABI {abi})", "network": network}
+
+
+class _CapHeader(ctypes.Structure):
+    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+
+class _CapData(ctypes.Structure):
+    _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32), ("inheritable", ctypes.c_uint32)]
+
+
+def drop_capabilities() -> bool:
+    """Give up every Linux capability, for this process and all it starts (the bounding set too, so a process it
+    executes as root gains none back). A process running as root keeps its user id, so it still reads root's files,
+    but it can no longer read a non-dumpable process's /proc entries (CAP_SYS_PTRACE) or step around file permissions
+    it does not own (CAP_DAC_OVERRIDE). Returns whether any were held."""
+    if os.geteuid() != 0:
+        return False
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+    except OSError:
+        return False
+    for capability in range(64):
+        libc.prctl(_PR_CAPBSET_DROP, capability, 0, 0, 0)  # EINVAL past the last one the kernel knows: ignored
+    header = _CapHeader(_CAPABILITY_VERSION_3, 0)
+    data = (_CapData * 2)()
+    if libc.capset(ctypes.byref(header), data) != 0:
+        raise OSError(ctypes.get_errno(), f"capset: {os.strerror(ctypes.get_errno())}")
+    return True
 
 
 def not_inspectable() -> None:

@@ -93,7 +93,10 @@ def test_a_pickle_that_runs_code_when_loaded_is_refused_before_load_and_recorded
     assert "audit.verdict" not in run.data.tags
 
 
-def test_trusted_model_code_finds_no_credentials_and_cannot_write_the_store_or_connect(world, cli_env, tmp_path):
+@pytest.mark.parametrize("engine", ["local", "dask"])
+def test_trusted_model_code_finds_no_credentials_and_cannot_write_the_store_or_connect(world, cli_env, tmp_path, engine):
+    """With the Dask engine the model's code also runs on the cluster's workers, which the model's process starts: they
+    hold nothing either, and are confined the same way, except that TCP is open (they talk to their scheduler)."""
     from tests.e2e import faulty_models
 
     listener = socket.create_server(("127.0.0.1", 0))
@@ -109,17 +112,17 @@ def test_trusted_model_code_finds_no_credentials_and_cannot_write_the_store_or_c
         cloudpickle.unregister_pickle_by_value(faulty_models)
     version = register_model_files(MlflowSink(world.tracking_uri), folder, name="snoop", experiment="e2e/training", params={},
                                    artifact_location=(world.folder / "mlartifacts").as_uri())
-    assert version == "1"
     import pandas as pd
 
     for role in ("reference", "current"):
         frame = pd.read_csv(world.folder / f"{role}.csv")
         frame.assign(y=2.0 * frame["x1"] - frame["x2"]).drop(columns="label").to_csv(world.folder / f"snoop-{role}.csv", index=False)
-    config = write_config(world.folder, world.tracking_uri, name="snoop.yaml", model={"task": "regression"},
+    config = write_config(world.folder, world.tracking_uri, name=f"snoop-{engine}.yaml", model={"task": "regression"},
                           security={"model_loading": "trusted"}, audits=[{"audit": "performance"}],
+                          execution={"engine": engine, "workers": 2} if engine == "dask" else {"engine": "local"},
                           data={"reference": "snoop-reference.csv", "current": "snoop-current.csv", "target": "y"})
 
-    code, output = run_cli(cli_env, tmp_path, "audit", "--model", "models:/snoop/1", "--config", str(config), "--fail-on", "never")
+    code, output = run_cli(cli_env, tmp_path, "audit", "--model", f"models:/snoop/{version}", "--config", str(config), "--fail-on", "never")
     try:
         listener.accept()
         connected = True
@@ -127,17 +130,26 @@ def test_trusted_model_code_finds_no_credentials_and_cannot_write_the_store_or_c
         connected = False
     listener.close()
     assert code == 0, output
-    found = dict(line.removeprefix("SNOOP ").split(": ", 1) for line in output.splitlines() if line.startswith("SNOOP "))
-    assert found["env"] == "[]", output
-    assert found["tracking uri"].startswith("none://")
-    assert found["other environments"] == "[]", "the model read another process's environment"
-    assert found["credentials file"].startswith("refused"), found["credentials file"]
-    assert found["tag"].startswith("refused") and "readonly database" in found["tag"], found["tag"]
-    assert found["tcp"].startswith("refused") and not connected
+    found: dict[str, list[str]] = {}
+    for line in output.splitlines():
+        if line.startswith("SNOOP "):
+            key, value = line.removeprefix("SNOOP ").split(": ", 1)
+            found.setdefault(key, []).append(value)
+    processes = len(found["env"])  # the model's process, and with Dask each worker that scored a partition
+    assert processes >= 1, output
+    assert found["env"] == ["[]"] * processes, output
+    assert all(uri.startswith("none://") for uri in found["tracking uri"])
+    assert found["other environments"] == ["[]"] * processes, "the model read another process's environment"
+    assert all(f.startswith("refused") for f in found["credentials file"]), found["credentials file"]
+    assert all(t.startswith("refused") and "readonly database" in t for t in found["tag"]), found["tag"]
+    if engine == "local":
+        assert all(t.startswith("refused") for t in found["tcp"]) and not connected
     client = make_client(world.tracking_uri)
-    tags = client.get_model_version("snoop", "1").tags
+    tags = client.get_model_version("snoop", version).tags
     assert tags["audit.status"] == "done" and tags.get("audit.verdict") == client.get_run(tags["audit.run_id"]).data.tags["audit.verdict"]
     run = client.get_run(tags["audit.run_id"])
     assert run.data.metrics["performance.current.r2"] == pytest.approx(1.0)
-    assert run.data.params["isolation.network"] == "no TCP connection (Landlock)"
+    assert run.data.params["isolation.network"] == ("no TCP connection (Landlock)" if engine == "local"
+                                                    else "TCP allowed (the Dask engine talks to its cluster)")
+    assert "writes only beneath" in run.data.params["isolation.filesystem"]
     assert "SNOOP_BAIT" not in " ".join(f"{k}={v}" for k, v in {**run.data.params, **run.data.tags}.items())
