@@ -60,6 +60,17 @@ def _chunks(items: list, size: int) -> Iterable[list]:
         yield items[start : start + size]
 
 
+def fenced(text: str) -> str:
+    """``text`` as a Markdown code block whose fence is longer than any run of backticks in it: a reason that quotes
+    the data (a model's message, a column name) cannot close the block and reach the run description as Markdown or
+    HTML."""
+    import re
+
+    longest = max((len(run) for run in re.findall(r"`+", text)), default=0)
+    fence = "`" * max(3, longest + 1)
+    return f"{fence}\n{text}\n{fence}"
+
+
 def _colspec_type(dtype: Any) -> str:
     """MLflow's column type of a pandas dtype (or its name: 'int64', 'bool', 'str')."""
     import pandas as pd
@@ -300,7 +311,7 @@ class MlflowSink:
         """End the run FAILED with the reason; the version says 'failed'. Never leaves a run RUNNING."""
         try:
             self.log_batch(run.run_id, tags={"audit.status": "failed", "audit.error": reason,
-                                             "mlflow.note.content": f"**Audit failed**\n\n```\n{clipped(reason, 4000)}\n```"})
+                                             "mlflow.note.content": f"**Audit failed**\n\n{fenced(clipped(reason, 4000))}"})
         finally:
             self.client.set_terminated(run.run_id, "FAILED")
             self._project(run, VersionState("failed", attempt_of(run.audit_key), run.run_id, error=reason))
@@ -310,6 +321,6 @@ class MlflowSink:
         if self.client.get_run(run_id).info.status != "RUNNING":
             return False
         self.log_batch(run_id, tags={STATUS: "failed", "audit.error": reason,
-                                     "mlflow.note.content": f"**Audit stopped**\n\n{clipped(reason, 4000)}"})
+                                     "mlflow.note.content": f"**Audit stopped**\n\n{fenced(clipped(reason, 4000))}"})
         self.client.set_terminated(run_id, status)
         return True

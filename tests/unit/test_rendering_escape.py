@@ -169,3 +169,13 @@ def test_the_run_description_shows_names_and_reasons_as_text_not_links():
     assert not set(summary) & set("<>[]"), summary  # no HTML and no link syntax left for Markdown
     assert len(summary.splitlines()) == 7  # a line break in a name or reason starts no block of its own
     assert "&#91;a&#93;(javascript:alert(3))" in summary
+
+
+def test_a_failure_reason_cannot_close_its_code_block_in_the_run_description():
+    from tasks.adapters.mlflow_sink import fenced
+
+    reason = "DataError: column ```\n<img src=x onerror=alert(1)>\n``` `` end"
+    block = fenced(reason)
+    fence = block.split("\n", 1)[0]
+    assert set(fence) == {"`"} and len(fence) == 4 and block.endswith("\n" + fence)
+    assert fence not in reason  # nothing inside is as long as the fence: the block ends where we end it
