@@ -53,10 +53,20 @@ def is_valid_key(key: str) -> bool:
     )
 
 
+MAX_KEY_PART = 64  # a name from the data longer than this is cut, with a hash of the whole name: keys stay <= 250
+
+
 def key_part(name: Any) -> str:
-    """A column or class name made safe inside a metric key ('income ($)' -> 'income ___')."""
-    text = _KEY_PART_INVALID.sub("_", str(name)).strip()
-    return text.strip(".") or "_"
+    """A column or class name made safe inside a metric key ('income ($)' -> 'income ___'). A name longer than
+    MAX_KEY_PART (a free-text segment value) keeps its start and gains a hash of the whole, so that two long names
+    stay two keys and no key passes MLflow's 250 characters."""
+    text = _KEY_PART_INVALID.sub("_", str(name)).strip().strip(".") or "_"
+    if len(text) > MAX_KEY_PART:
+        import hashlib
+
+        digest = hashlib.sha256(str(name).encode("utf-8", "surrogatepass")).hexdigest()[:8]
+        text = f"{text[:MAX_KEY_PART - 9].rstrip('.')}_{digest}"
+    return text
 
 
 _RENDERING = threading.Lock()  # one figure is rasterised once, whichever thread reads it first

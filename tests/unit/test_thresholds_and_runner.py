@@ -266,3 +266,15 @@ def test_without_figures_an_audit_returns_its_values_and_no_figure(classifier_co
     bare = run_planned(PlannedAudit("calibration", cls(), ()), dataclasses.replace(classifier_context, with_figures=False))
     assert "figure" in {a.kind for a in drawn.artifacts} and "figure" not in {a.kind for a in bare.artifacts}
     assert bare.metrics == drawn.metrics and [a.name for a in bare.artifacts] == [a.name for a in drawn.artifacts if a.kind != "figure"]
+
+
+def test_a_long_name_from_the_data_keeps_its_keys_valid_and_distinct():
+    from audits.core.result import MAX_KEY_PART
+
+    first, second = "north clinic, " * 30 + "ward A", "north clinic, " * 30 + "ward B"
+    parts = key_part(first), key_part(second)
+    assert parts[0] != parts[1] and all(len(p) == MAX_KEY_PART for p in parts)
+    assert parts[0].startswith("north clinic_ north") and key_part(first) == parts[0]  # stable
+    # the longest key an audit builds: audit, segment column, value, metric, class
+    assert is_valid_key(f"conformal.segment.{key_part('x' * 300)}.{key_part(first)}.coverage.{key_part('y' * 300)}")
+    assert key_part("short name") == "short name"
