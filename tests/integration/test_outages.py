@@ -18,12 +18,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-import tasks.audit_tasks as audit_tasks
 from flows.audit_model import audit_model
 from tasks.adapters.deployments import load_deployments
 from tasks.adapters.errors import TrackingServerError
 from tasks.adapters.demo import register_sklearn_model
 from tasks.adapters.mlflow_sink import MlflowSink
+from tasks.adapters.model_worker import ModelWorker
 from tasks.adapters.tracking import make_client
 from tasks.adapters.version_state import VersionStates
 from tests.conftest import make_pipeline_model, make_tabular
@@ -64,9 +64,9 @@ def outage_during_compute(monkeypatch, server: MlflowServer, model_version: str)
     """The first audit to start computing stops the server (once the audit's run is RUNNING); what it saw."""
     seen: dict = {}
     lock = threading.Lock()
-    compute = audit_tasks.run_planned
+    compute = ModelWorker.audit  # the auditor's side: it asks the model's process for one audit
 
-    def stop_then_compute(planned, context, full=None):
+    def stop_then_compute(worker, planned):
         with lock:
             if "stopped_at" not in seen:
                 client = make_client(server.url)
@@ -74,9 +74,9 @@ def outage_during_compute(monkeypatch, server: MlflowServer, model_version: str)
                 seen["running"] = [r.info.run_id for r in runs if r.data.tags.get("auditlens.model_version") == model_version]
                 seen["stop_s"] = server.stop()
                 seen["stopped_at"] = time.monotonic()
-        return compute(planned, context, full)
+        return compute(worker, planned)
 
-    monkeypatch.setattr(audit_tasks, "run_planned", stop_then_compute)
+    monkeypatch.setattr(ModelWorker, "audit", stop_then_compute)
     return seen
 
 
