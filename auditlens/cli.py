@@ -555,10 +555,10 @@ def verify(
                                       "pass the tracking URI of the store that holds the audit's run")
         found = verify_run(make_client(uri), run_id, key, integrity_only)
     except AuditlensError as exc:
-        _fail(type(exc)(*(key.redact(part) if key else part for part in (exc.problem, exc.fix))))
+        _fail(type(exc)(*(key.without_key(part) if key else part for part in (exc.problem, exc.fix))))
     except Exception as exc:  # never a traceback: Typer's shows the locals
         text = redact_text(f"{type(exc).__name__}: {exc}", uri or "")
-        errors.print(f"[bold red]verify failed:[/] {escape(key.redact(text) if key else text)}", highlight=False, markup=True,
+        errors.print(f"[bold red]verify failed:[/] {escape(key.without_key(text) if key else text)}", highlight=False, markup=True,
                      soft_wrap=True)
         raise typer.Exit(2) from None
     for line in found.notes:

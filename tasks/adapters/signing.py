@@ -70,7 +70,7 @@ class SigningKey:
         value = signature.get("value") if isinstance(signature, Mapping) else None
         return isinstance(value, str) and hmac.compare_digest(value.encode("ascii", "replace"), self.digest(manifest).encode())
 
-    def redact(self, text: object) -> str:
+    def without_key(self, text: object) -> str:
         """``text`` without the key, as bytes decode or as the text it was set as."""
         text = str(text)
         for form in {self._secret.decode("utf-8", "surrogateescape"), self._secret.decode("latin-1"), self._secret.hex()}:

@@ -101,7 +101,7 @@ def test_the_key_id_is_a_fingerprint_not_the_key():
     assert SECRET not in json.dumps(KEY.sign(manifest()))
     with pytest.raises(TypeError):
         pickle.dumps(KEY)
-    assert KEY.redact(f"oops {SECRET} and {SECRET.encode().hex()}") == "oops *** and ***"
+    assert KEY.without_key(f"oops {SECRET} and {SECRET.encode().hex()}") == "oops *** and ***"
 
 
 def test_the_key_comes_from_the_environment_or_a_file(tmp_path):
