@@ -22,7 +22,7 @@ from audits.core.result import AuditResult
 from audits.core.runner import overall_verdict
 from audits.rendering.html import markdown_summary, render_report
 from tasks.adapters import provenance
-from tasks.adapters.errors import AuditlensError, ModelLoadError, ModelTimeoutError
+from tasks.adapters.errors import AuditlensError, ConfigError, ModelLoadError, ModelTimeoutError
 from tasks.adapters.mlflow_sink import AuditRun, MlflowSink
 from tasks.adapters.model_worker import ModelWorker, RecordedInputs
 from tasks.adapters.models import ModelRef, baseline_ref, fetch_model_files, resolve_model
@@ -111,6 +111,7 @@ def load_inputs(ref: ModelRef, loaded: LoadedSettings, tracking_uri: str, worker
                 baseline = (base, fetch_model_files(base, client, f"{folder}/baseline"))
             except ModelLoadError as exc:
                 note = f"the @{base.alias} version {base.version} could not be fetched: {exc.problem}"
+        _key_file_out_of_reach(loaded, model_dir, baseline)
         limit = settings.limits.inputs_s
         try:
             return worker.prepare(ref, without_tracking(loaded), model_dir, baseline, note, timeout_s=limit)
@@ -119,6 +120,25 @@ def load_inputs(ref: ModelRef, loaded: LoadedSettings, tracking_uri: str, worker
                 f"loading {ref.label} and its predictions on the reference and current data did not finish within {limit:g} s",
                 "check that the model answers (call its predict on a few rows by hand), or raise limits.inputs_s in the config",
             ) from None
+
+
+def _key_file_out_of_reach(loaded: LoadedSettings, model_dir: str, baseline) -> None:
+    """The signing key's file must lie where the model's process cannot read it (/run/secrets, a folder of its own):
+    not beneath the system's folders, Python, this checkout, the model's files or the data's folders."""
+    import os
+
+    from tasks.adapters.model_worker import _readable
+    from tasks.adapters.signing import KEY_FILE_ENV
+
+    path = os.environ.get(KEY_FILE_ENV)
+    if not path:
+        return
+    key_file = Path(path).resolve()
+    exposed = [root for root in _readable(loaded, model_dir, baseline) if key_file.is_relative_to(root)]
+    if exposed:
+        raise ConfigError(f"{KEY_FILE_ENV} is {key_file}, beneath {exposed[0]}, which the model's process may read",
+                          "keep the key where only the auditor reads it: a Docker secret (/run/secrets/...), or a folder "
+                          "of its own outside the data, the checkout, Python and /etc")
 
 
 def without_tracking(loaded: LoadedSettings) -> LoadedSettings:

@@ -142,3 +142,23 @@ def test_without_landlock_the_record_says_the_process_is_not_confined(monkeypatc
     monkeypatch.setattr(sandbox, "abi_version", lambda: 0)
     assert sandbox.restrict([], None, allow_tcp=False) == {"filesystem": "unavailable (this kernel has no Landlock)",
                                                           "network": "unavailable"}
+
+
+def test_a_signing_key_file_the_model_could_read_is_refused(tmp_path, monkeypatch):
+    from tasks.adapters.errors import ConfigError
+    from tasks.adapters.settings import load_settings
+    from tasks.audit_tasks import _key_file_out_of_reach
+
+    data, secrets, model = tmp_path / "data", tmp_path / "secrets", tmp_path / "model"
+    for folder in (data, secrets, model):
+        folder.mkdir()
+    (data / "audit.yaml").write_text("kind: audit\ndata: {reference: r.csv, current: c.csv}\naudits: [{audit: performance}]\n")
+    loaded = load_settings(data / "audit.yaml")
+    for beside in (data / "key", model / "key"):
+        beside.write_text("k" * 40)
+        monkeypatch.setenv("AUDITLENS_SIGNING_KEY_FILE", str(beside))
+        with pytest.raises(ConfigError, match="which the model's process may read"):
+            _key_file_out_of_reach(loaded, str(model), None)
+    (secrets / "key").write_text("k" * 40)
+    monkeypatch.setenv("AUDITLENS_SIGNING_KEY_FILE", str(secrets / "key"))
+    _key_file_out_of_reach(loaded, str(model), None)  # a folder of its own: fine
