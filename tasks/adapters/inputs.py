@@ -6,10 +6,9 @@ import pandas as pd
 
 from audits.core.context import ModelUnderAudit, infer_categorical
 from audits.core.partial import FullData
-from audits.core.runner import TimeLimitExceeded, call_with_time_limit
 from tasks.adapters.context import AuditInputs, context_or_error, stratified
 from tasks.adapters.datasets import check_columns, image_shape, prepare, read_columns, resolve_features
-from tasks.adapters.errors import DataError, ModelTimeoutError
+from tasks.adapters.errors import DataError
 from tasks.adapters.models import ModelRef, load_baseline, load_model
 from tasks.adapters.settings import LoadedSettings
 from tasks.adapters.sources import Source, open_source
@@ -87,18 +86,6 @@ def _needs_every_row_pass(sources: dict[str, Source], loaded: LoadedSettings) ->
     if settings.data.prediction_columns is not None:  # read with the data, on the every-row path whatever the size
         return True
     return any(s.estimated_rows() > loaded.sample_rows(role) for role, s in sources.items())
-
-
-def assemble_in_time(ref: ModelRef, loaded: LoadedSettings, client) -> AuditInputs:
-    """``assemble`` within ``limits.inputs_s``: a model that never answers stops the audit with an error, not forever."""
-    limit = loaded.settings.limits.inputs_s
-    try:
-        return call_with_time_limit(lambda: assemble(ref, loaded, client), limit, "auditlens-load-inputs")
-    except TimeLimitExceeded:
-        raise ModelTimeoutError(
-            f"loading {ref.label} and its predictions on the reference and current data did not finish within {limit:g} s",
-            "check that the model answers (call its predict on a few rows by hand), or raise limits.inputs_s in the config",
-        ) from None
 
 
 def assemble(ref: ModelRef, loaded: LoadedSettings, client) -> AuditInputs:
