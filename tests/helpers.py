@@ -14,6 +14,18 @@ from tasks.adapters.demo import register_sklearn_model
 from tasks.adapters.mlflow_sink import MlflowSink
 from tests.conftest import make_pipeline_model, make_tabular
 
+
+class RunsCommand:
+    """A pickle payload: unpickling it runs ``touch marker``. A test that finds no marker knows nothing of it ran."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+
+        return os.system, (f"touch {self.marker}",)
+
 MODEL = "e2e-model"
 
 

@@ -25,7 +25,7 @@ import pytest
 from tasks.adapters.demo import register_model_files
 from tasks.adapters.mlflow_sink import MlflowSink
 from tasks.adapters.tracking import make_client
-from tests.helpers import build_world, write_config
+from tests.helpers import RunsCommand, build_world, write_config
 
 pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("prefect_harness")]
 
@@ -56,14 +56,6 @@ def run_cli(env: dict, cwd: Path, *args: str) -> tuple[int, str]:
     return done.returncode, done.stdout + done.stderr
 
 
-class _Touch:
-    def __init__(self, marker: Path):
-        self.marker = marker
-
-    def __reduce__(self):
-        return os.system, (f"touch {self.marker}",)
-
-
 def test_a_pickle_that_runs_code_when_loaded_is_refused_before_load_and_recorded_as_failed(world, cli_env, tmp_path):
     import mlflow.sklearn
 
@@ -74,7 +66,7 @@ def test_a_pickle_that_runs_code_when_loaded_is_refused_before_load_and_recorded
     mlflow.sklearn.save_model(make_pipeline_model(X, y, "logistic"), str(folder), serialization_format="pickle",
                               pip_requirements=["scikit-learn"])
     marker = tmp_path / "the-model-ran"
-    (folder / "model.pkl").write_bytes(pickle.dumps(_Touch(marker)))
+    (folder / "model.pkl").write_bytes(pickle.dumps(RunsCommand(marker)))
     version = register_model_files(MlflowSink(world.tracking_uri), folder, name="evil", experiment="e2e/training", params={},
                                    artifact_location=(world.folder / "mlartifacts").as_uri())
 

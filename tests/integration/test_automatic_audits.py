@@ -26,7 +26,7 @@ from tasks.adapters.tracking import make_client
 from tasks.adapters.webhook import ensure_webhook
 from tasks.triggers import trigger_audit
 from tests.conftest import make_pipeline_model, make_tabular
-from tests.helpers import build_world, runs_with_status, write_config
+from tests.helpers import RunsCommand, build_world, runs_with_status, write_config
 from tests.integration.servers import AutoStack, find_deployment, free_port, record_timing, wait_for
 
 pytestmark = pytest.mark.integration
@@ -354,16 +354,6 @@ def test_failing_audit_is_retried_up_to_max_attempts(env):
     assert not runs_with_status(env.client(), "RUNNING")
 
 
-class _Touch:
-    def __init__(self, marker: Path):
-        self.marker = marker
-
-    def __reduce__(self):
-        import os
-
-        return os.system, (f"touch {self.marker}",)
-
-
 def test_a_model_whose_pickle_runs_code_is_refused_by_the_webhook_and_the_watcher_before_load(env, tmp_path):
     """The webhook starts the first attempt (the watcher paused), the watcher the retry: both refuse the model's file
     before loading it, each attempt's run ends FAILED with what was found, and the command never runs."""
@@ -377,7 +367,7 @@ def test_a_model_whose_pickle_runs_code_is_refused_by_the_webhook_and_the_watche
     folder, marker = tmp_path / "evil", tmp_path / "the-model-ran"
     mlflow.sklearn.save_model(make_pipeline_model(X, y, "logistic"), str(folder), serialization_format="pickle",
                               pip_requirements=["scikit-learn"])
-    (folder / "model.pkl").write_bytes(pickle.dumps(_Touch(marker)))
+    (folder / "model.pkl").write_bytes(pickle.dumps(RunsCommand(marker)))
     set_webhook(env, True)
     with paused(env.stack, WATCHER):
         version = register_model_files(MlflowSink(env.url), folder, name="evil-model", experiment="e2e/training", params={})

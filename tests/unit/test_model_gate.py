@@ -3,7 +3,6 @@ attacker would): what is refused, with which message, and that nothing of a refu
 
 from __future__ import annotations
 
-import os
 import pickle
 from pathlib import Path
 
@@ -13,6 +12,7 @@ import yaml
 
 from tasks.adapters.model_gate import ModelRefusedError, load_sklearn, load_torch_module, read_model_folder
 from tasks.adapters.models import ModelRef, _load_local
+from tests.helpers import RunsCommand
 
 REQUIREMENTS = ["scikit-learn", "numpy"]
 
@@ -34,14 +34,6 @@ def _saved(tmp_path: Path, model, fmt: str, **kwargs) -> Path:
     return path
 
 
-class _Touch:
-    def __init__(self, marker: Path):
-        self.marker = marker
-
-    def __reduce__(self):
-        return os.system, (f"touch {self.marker}",)
-
-
 def _edit_mlmodel(path: Path, change) -> None:
     mlmodel = yaml.safe_load((path / "MLmodel").read_text())
     change(mlmodel)
@@ -59,7 +51,7 @@ def test_a_plain_estimator_loads_in_either_pickle_format_and_predicts_as_saved(t
 def test_a_pickle_that_runs_a_command_is_refused_and_the_command_never_runs(tmp_path, fitted, fmt):
     path = _saved(tmp_path, fitted[0], fmt)
     marker = tmp_path / "ran"
-    (path / "model.pkl").write_bytes(pickle.dumps({"model": _Touch(marker)}))
+    (path / "model.pkl").write_bytes(pickle.dumps({"model": RunsCommand(marker)}))
     with pytest.raises(ModelRefusedError) as refused:
         load_sklearn(read_model_folder(path, "evil v3"))
     message = str(refused.value)
@@ -193,7 +185,7 @@ def test_a_torch_checkpoint_that_runs_code_is_refused(tmp_path):
 
     path = _saved_network(tmp_path, SmallCNN())
     marker = tmp_path / "ran"
-    torch.save({"x": _Touch(marker)}, path / "data" / "model.pth")
+    torch.save({"x": RunsCommand(marker)}, path / "data" / "model.pth")
     with pytest.raises(ModelRefusedError, match="refused before loading: data/model.pth names .*system"):
         load_torch_module(read_model_folder(path, "net"))
     assert not marker.exists()
