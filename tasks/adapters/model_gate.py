@@ -217,19 +217,16 @@ def _load_pth(files: ModelFiles, pth: Path, trusted_types: tuple[str, ...], trus
 def _network_class(name: str, trusted_types: tuple[str, ...]) -> type | None:
     """The class ``name`` names, if it is a torch.nn module class (or one of its building blocks) defined in torch.nn,
     in an allowlisted package, or listed in ``trusted_types``; else None. Modules are imported only when allowed."""
-    import importlib
-
     import torch
+
+    from tasks.adapters.safe_pickle import canonical
 
     module, _, attr = name.rpartition(".")
     allowed_module = (module.startswith("torch.nn.") or module in NETWORK_MODULES or name in trusted_types)
     if not allowed_module:
         return None
-    try:
-        obj = getattr(importlib.import_module(module), attr)
-    except Exception:
-        return None
-    if not isinstance(obj, type) or (obj.__module__, obj.__qualname__) != (module, attr):
+    obj = canonical(module, attr)
+    if not isinstance(obj, type):
         return None
     if name in trusted_types or issubclass(obj, torch.nn.Module):
         return obj

@@ -70,9 +70,8 @@ BUILTIN_CLASSES = frozenset({"builtins.slice", "builtins.set", "builtins.frozens
                              "builtins.complex", "builtins.object", "collections.OrderedDict"})
 # functions that rebuild arrays, scalars, random generators and neighbour trees from their data: called while loading
 RECONSTRUCTORS = frozenset({
-    *(f"numpy.{core}.multiarray._reconstruct" for core in ("_core", "core")),
-    *(f"numpy.{core}.multiarray.scalar" for core in ("_core", "core")),
-    *(f"numpy.{core}.numeric._frombuffer" for core in ("_core", "core")),
+    # numpy 1.x pickles name them under numpy.core: ALIASES reads those as numpy._core
+    "numpy._core.multiarray._reconstruct", "numpy._core.multiarray.scalar", "numpy._core.numeric._frombuffer",
     "numpy.ma.core._mareconstruct",
     "numpy.random._pickle.__bit_generator_ctor", "numpy.random._pickle.__generator_ctor",
     "numpy.random._pickle.__randomstate_ctor", "numpy.random.bit_generator.__pyx_unpickle_SeedSequence",
@@ -103,11 +102,18 @@ class UnsafePickleError(Exception):
         super().__init__(f"{where}: " + "; ".join(found) if where else "; ".join(found))
 
 
-def _canonical(module: str, name: str) -> Any:
-    """The object ``module.name`` names, if it is that object's own name; else None (a re-export, a missing name)."""
+def _normalised(dotted: str) -> str:
+    """``dotted`` (a module, or module.name) under the name numpy gives it now (numpy.core -> numpy._core)."""
     for old, new in ALIASES.items():
-        if module == old or module.startswith(old + "."):
-            module = new + module[len(old):]
+        if dotted == old or dotted.startswith(old + "."):
+            return new + dotted[len(old):]
+    return dotted
+
+
+def canonical(module: str, name: str) -> Any:
+    """The object ``module.name`` names, if it is that object's own name; else None (a re-export, a missing name).
+    Importing ``module`` runs its code: callers decide first that the module is one they may import."""
+    module = _normalised(module)
     try:
         target = importlib.import_module(module)
     except Exception:
@@ -152,16 +158,13 @@ class Allowlist:
         root = module.split(".", 1)[0]
         if full not in self.trusted and root not in {"sklearn", "numpy", "scipy", "builtins", "collections", "copyreg"}:
             return None  # never import a module outside the stack only to look at it
-        obj = _canonical(module, name)
+        obj = canonical(module, name)
         if obj is None:
             return None
         if full in self.trusted:
             return obj, isinstance(obj, type)
-        normal = full
-        for old, new in ALIASES.items():
-            if full.startswith(old + "."):
-                normal = new + full[len(old):]
-        if full in RECONSTRUCTORS or normal in RECONSTRUCTORS:
+        normal = _normalised(full)
+        if normal in RECONSTRUCTORS:
             return obj, True
         if isinstance(obj, type):
             return (obj, True) if self._allowed_class(obj, normal) else None
