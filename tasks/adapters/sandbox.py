@@ -4,7 +4,8 @@ A process without credentials can still open a SQLite tracking store it finds on
 asks for none. With Landlock (Linux 5.13 and later; ABI 4, Linux 6.7, for the network rule) the model's process
 restricts itself, irrevocably and for every process it starts, to
 
-- read anything (the installed libraries, the data, the model's files), but
+- read only what it is given (the installed libraries, the data, the model's files, its own /proc entry: not the home
+  folder, not other processes' environments), and
 - write, create, remove or rename only inside its own working folder and ``/dev`` (``/dev/null``, ``/dev/shm``), and
 - open no TCP connection at all (with the local engine; a Dask engine needs its cluster's ports, so that rule is left
   out there and the report says so).
@@ -64,10 +65,10 @@ def _handled_fs(abi: int) -> int:
     return _FS_BY_ABI[max(v for v in _FS_BY_ABI if v <= abi)]
 
 
-def restrict(writable: list[Path], readable: list[Path] | None, allow_tcp: bool) -> dict[str, str]:
-    """Restrict this process (and all it starts) to writing beneath ``writable``, reading beneath ``readable`` (None:
-    anywhere) and ``writable``, and, unless ``allow_tcp``, to no TCP connection. Returns what holds, in words, for the
-    record: {"filesystem": ..., "network": ...}."""
+def restrict(writable: list[Path], readable: list[Path], allow_tcp: bool) -> dict[str, str]:
+    """Restrict this process (and all it starts) to writing beneath ``writable``, reading beneath ``readable`` and
+    ``writable``, and, unless ``allow_tcp``, to no TCP connection. Returns what holds, in words, for the record:
+    {"filesystem": ..., "network": ...}."""
     abi = abi_version()
     if abi < 1:
         return {"filesystem": "unavailable (this kernel has no Landlock)", "network": "unavailable"}
@@ -80,7 +81,7 @@ def restrict(writable: list[Path], readable: list[Path] | None, allow_tcp: bool)
     if ruleset < 0:
         return {"filesystem": f"unavailable ({os.strerror(ctypes.get_errno())})", "network": "unavailable"}
     try:
-        for folder in ([Path("/")] if readable is None else readable):
+        for folder in readable:
             if folder.exists():
                 _allow(libc, ruleset, folder, READ & handled_fs)
         for folder in writable:
@@ -90,8 +91,7 @@ def restrict(writable: list[Path], readable: list[Path] | None, allow_tcp: bool)
     finally:
         os.close(ruleset)
     where = ", ".join(str(f) for f in writable)
-    reads = ("anything" if readable is None else
-             "the libraries, the model's files, the data and every /proc entry" if Path("/proc") in readable else
+    reads = ("the libraries, the model's files, the data and every /proc entry" if Path("/proc") in readable else
              "only the libraries, the model's files, the data and its own /proc entry")
     network = ("no TCP connection (Landlock)" if handle_net else
                "TCP allowed (the Dask engine talks to its cluster)" if allow_tcp else

@@ -140,7 +140,7 @@ def test_without_landlock_the_record_says_the_process_is_not_confined(monkeypatc
     from tasks.adapters import sandbox
 
     monkeypatch.setattr(sandbox, "abi_version", lambda: 0)
-    assert sandbox.restrict([], None, allow_tcp=False) == {"filesystem": "unavailable (this kernel has no Landlock)",
+    assert sandbox.restrict([], [], allow_tcp=False) == {"filesystem": "unavailable (this kernel has no Landlock)",
                                                           "network": "unavailable"}
 
 
