@@ -355,8 +355,8 @@ class _Worker:
         self.write = write
         self.lock = threading.Lock()
         self.inputs: Any = None
-        self.address: str | None = None
         self.cluster: Any = None
+        self.engine: Any = None  # the Dask engine the audits run on; None: this process's threads
         self.isolation: dict[str, str] = {}
         self.pool = ThreadPoolExecutor(max_workers=32, thread_name_prefix="audit")
 
@@ -395,11 +395,19 @@ class _Worker:
             except error_types.ModelLoadError as exc:
                 baseline_note = f"the @{baseline_ref.alias} version {baseline_ref.version} could not be loaded: {exc.problem}"
         self.cluster = contextlib.ExitStack()
-        self.address = self.cluster.enter_context(cluster_address(settings.execution))
-        if self.address is not None:  # one cluster, started here (its processes inherit this environment), for all
-            execution = settings.execution.model_copy(update={"address": self.address})
+        address = self.cluster.enter_context(cluster_address(settings.execution))
+        if address is not None:  # one cluster, started here (its processes inherit this environment), for all
+            execution = settings.execution.model_copy(update={"address": address})
             loaded = dataclasses.replace(loaded, settings=settings.model_copy(update={"execution": execution}))
         self.inputs = assemble_loaded(ref, loaded, model, baseline_model, baseline_note)
+        if address is not None:  # the audits go to the same cluster, the context sent to it once for all of them
+            from distributed import Client
+
+            from tasks.adapters.full_pass import DaskEngine
+
+            client = Client(address, timeout=settings.execution.connect_timeout_s)  # the default: DaskEngine waits on it
+            self.cluster.callback(client.close)
+            self.engine = DaskEngine(client)
         described = describe_inputs(self.inputs)
         described["params"].update({f"isolation.{k}": v for k, v in self.isolation.items()})
         return described
@@ -409,13 +417,10 @@ class _Worker:
 
         if self.inputs is None:
             raise ModelWorkerError("an audit was asked for before the inputs were prepared")
-        if self.address is None:
+        if self.engine is None:
             result = run_planned(planned, self.inputs.context, self.inputs.full)
         else:
-            from distributed import Client
-
-            with Client(self.address, timeout=60, set_as_default=False) as client:
-                result = client.submit(run_planned, planned, self.inputs.context, self.inputs.full, pure=False).result()
+            result = next(self.engine.map(run_planned, [planned], context=self.inputs.context, full=self.inputs.full))
         return encode_result(result)
 
     def handle(self, request: dict) -> None:
