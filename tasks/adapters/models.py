@@ -222,7 +222,7 @@ def _load_pytorch(files, ref: ModelRef, task: str, identity: dict, device: str =
     if task == "regression":
         raise ModelLoadError(f"{ref.label} is a PyTorch model and the config says model.task is 'regression'",
                              "auditlens audits PyTorch classifiers: set model.task to 'classification' or 'auto'")
-    info = mlflow.models.Model.load(str(files.root))
+    info = mlflow.models.Model.from_dict(files.mlmodel)  # the MLmodel the gate read: its signature, its metadata
     meta = (info.metadata or {}).get("auditlens", {})
     shape = meta.get("input_shape")
     if shape is None and info.signature is not None:
