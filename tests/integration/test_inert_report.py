@@ -226,24 +226,21 @@ def open_page(browser, path: Path) -> dict:
     return seen
 
 
+# what a page must not show, by what open_page saw, and how many of the findings a problem quotes
+FORBIDDEN = (
+    ("pwned", "a payload ran", None),
+    ("dialogs", "a dialog opened", None),
+    ("moved", "following a link left the page", 3),
+    ("requests", "requests for anything but the page and data: URLs", 5),
+    ("left", "requests left the page", 5),
+    ("violations", "CSP violations (markup from the data, stopped by the policy)", 5),
+    ("console", "console errors or warnings", 5),
+    ("foreignLinks", "links other than in-page anchors", 5),
+)
+
+
 def problems_of(name: str, seen: dict, with_policy: bool) -> list[str]:
-    found = []
-    if seen["pwned"]:
-        found.append(f"a payload ran: {seen['pwned']}")
-    if seen["dialogs"]:
-        found.append(f"a dialog opened: {seen['dialogs']}")
-    if seen["moved"]:
-        found.append(f"following a link left the page: {seen['moved'][:3]}")
-    if seen["requests"]:
-        found.append(f"requests for anything but the page and data: URLs: {seen['requests'][:5]}")
-    if seen["left"]:
-        found.append(f"requests left the page: {seen['left'][:5]}")
-    if seen["violations"]:
-        found.append(f"CSP violations (markup from the data, stopped by the policy): {seen['violations'][:5]}")
-    if seen["console"]:
-        found.append(f"console errors or warnings: {seen['console'][:5]}")
-    if seen["foreignLinks"]:
-        found.append(f"links other than in-page anchors: {seen['foreignLinks'][:5]}")
+    found = [f"{what}: {seen[key] if shown is None else seen[key][:shown]}" for key, what, shown in FORBIDDEN if seen[key]]
     if name.endswith("maps.html") and not seen["options"]:
         found.append("the viewer's own script did not run (no maps to choose from)")
     if with_policy and not CSP_META.fullmatch(seen["headFirst"]):
