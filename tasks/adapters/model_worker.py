@@ -44,7 +44,7 @@ KEPT = frozenset({"PATH", "HOME", "USER", "LOGNAME", "LANG", "LANGUAGE", "TZ", "
                   "PYTHONHASHSEED", "PYTHONUNBUFFERED", "PYTHONDONTWRITEBYTECODE", "PYTHONWARNINGS", "MPLBACKEND",
                   "MPLCONFIGDIR", "CUDA_VISIBLE_DEVICES", "GX_ANALYTICS_ENABLED", "MLFLOW_DISABLE_TELEMETRY",
                   "AUDITLENS_STRICT_METRIC_KEYS", "SYSTEMROOT"})
-KEPT_PREFIXES = ("LC_", "OMP_", "MKL_", "OPENBLAS_", "NUMEXPR_", "NUMBA_", "TORCH_", "KMP_", "DASK_", "XDG_")
+KEPT_PREFIXES = ("LC_", "OMP_", "MKL_", "OPENBLAS_", "NUMEXPR_", "NUMBA_", "TORCH_", "KMP_", "DASK_", "XDG_", "LOKY_")
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -56,6 +56,9 @@ def worker_environment(environ: dict[str, str] | None = None) -> dict[str, str]:
     kept["PYTHONPATH"] = str(ROOT)
     kept["MLFLOW_TRACKING_URI"] = "none://the-model-process-has-no-tracking-store"  # MLflow would default to ./mlflow.db
     kept["AUDITLENS_MODEL_PROCESS"] = "1"
+    # joblib counts physical cores through /sys and lscpu, which the confined process may not read: it warns, then
+    # falls back to the logical cores. Say that number here.
+    kept.setdefault("LOKY_MAX_CPU_COUNT", str(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1))
     return kept
 
 
@@ -356,9 +359,11 @@ class _Worker:
         self.lock = threading.Lock()
         self.inputs: Any = None
         self.cluster: Any = None
-        self.engine: Any = None  # the Dask engine the audits run on; None: this process's threads
+        self.engine: Any = None  # the Dask engine the audits run on (engine dask)
+        self.audit_pool: Any = None  # the local engine's worker processes (execution.processes > 1)
         self.isolation: dict[str, str] = {}
-        self.pool = ThreadPoolExecutor(max_workers=32, thread_name_prefix="audit")
+        self.pool = ThreadPoolExecutor(max_workers=32, thread_name_prefix="audit")  # answers requests; runs none at once
+        self.one_at_a_time = threading.Lock()  # audits in this process (execution.processes: 1) run one after another
 
     def reply(self, request_id: int, ok: bool, value: Any) -> None:
         body = {"id": request_id, "ok": ok, "value" if ok else "error": value}
@@ -383,7 +388,15 @@ class _Worker:
             import distributed  # noqa: F401
 
             readable.append(Path("/proc"))
-        self.isolation = restrict([Path.cwd(), Path("/dev")], readable, allow_tcp=dask)
+        writable = [Path.cwd(), Path("/dev")]
+        if not dask:  # started before anything of the model is read; each confines itself as this process does below,
+            # then imports its libraries while the data is read
+            from tasks.adapters.audit_pool import AuditPool, pool_size
+
+            processes = pool_size(settings.execution.processes, len(loaded.plan))
+            if processes > 1:
+                self.audit_pool = AuditPool(processes, Path.cwd(), writable, readable)
+        self.isolation = restrict(writable, readable, allow_tcp=dask)
         if drop_capabilities():  # run as root: without them, the auditor's /proc entries stay closed to it
             self.isolation["capabilities"] = "none (dropped: the audit runs as root)"
         model = load_model_files(model_dir, ref, settings.model.task, settings.model.device, security)
@@ -408,8 +421,11 @@ class _Worker:
             client = Client(address, timeout=settings.execution.connect_timeout_s)  # the default: DaskEngine waits on it
             self.cluster.callback(client.close)
             self.engine = DaskEngine(client)
+        if self.audit_pool is not None:
+            self.audit_pool.share(self.inputs.context, self.inputs.full)
         described = describe_inputs(self.inputs)
         described["params"].update({f"isolation.{k}": v for k, v in self.isolation.items()})
+        described["params"]["execution.audit_processes"] = str(self.audit_pool.processes if self.audit_pool else 1)
         return described
 
     def audit(self, planned: Any) -> dict:
@@ -417,8 +433,19 @@ class _Worker:
 
         if self.inputs is None:
             raise ModelWorkerError("an audit was asked for before the inputs were prepared")
+        if self.audit_pool is not None:
+            from concurrent.futures.process import BrokenProcessPool
+
+            try:
+                return self.audit_pool.run(planned).result()
+            except BrokenProcessPool:  # a worker died (a crash in native code, the memory killer): this audit is lost
+                return encode_result(AuditResult(
+                    audit=planned.id, verdict=Verdict.ERROR,
+                    reason="the process running this audit ended abruptly (a crash in the model's or a library's native "
+                           "code, or out of memory); set execution.processes: 1 to run the audits in one process"))
         if self.engine is None:
-            result = run_planned(planned, self.inputs.context, self.inputs.full)
+            with self.one_at_a_time:
+                result = run_planned(planned, self.inputs.context, self.inputs.full)
         else:
             result = next(self.engine.map(run_planned, [planned], context=self.inputs.context, full=self.inputs.full))
         return encode_result(result)
@@ -444,6 +471,8 @@ class _Worker:
             else:
                 self.pool.submit(self.handle, request)
         self.pool.shutdown(wait=True)
+        if self.audit_pool is not None:
+            self.audit_pool.close()
         if self.cluster is not None:
             self.cluster.close()
 

@@ -117,6 +117,10 @@ class Execution(StrictModel):
     address: str | None = Field(None, pattern=r"^(tcp|tls|inproc|ucx)://\S+$")  # an existing cluster's scheduler
     connect_timeout_s: float = Field(30, gt=0, le=3600)
     partition_rows: int = Field(250_000, ge=1000, le=100_000_000)  # rows a worker holds at a time
+    # engine local: the audits run in this many processes at once, each with its share of the cores and its own copy
+    # of the sample (not threads of one process, which contend for one lock); default: one per core, at most 8; 1: one
+    # after another in the model's process
+    processes: int | None = Field(None, ge=1, le=64)
 
 
 class ModelOptions(StrictModel):

@@ -1,0 +1,134 @@
+"""Independent audits in parallel processes, each holding the model and the data once.
+
+In one process, audits run in threads contend for one interpreter lock, and each library call that starts its own
+threads (OpenMP in scikit-learn's trees, BLAS, PyTorch) asks for every core at once: nineteen audits of the demo's
+classifier in threads took 20 to 24 s where the same audits one after another take 13. Here the model's process (see
+``model_worker``) starts ``processes`` worker processes (``spawn``: no fork of a process whose libraries hold thread
+pools), each told to use its share of the cores. The inputs (the audit context and, on data larger than the sample,
+the merged states of the every-row pass) are written once to a file in the model's process's own folder and read once
+by each worker; each audit then crosses as its plan entry and comes back as a JSON-ready result.
+
+The workers get the model process's environment (no credentials) and its confinement: they are started before the
+model process confines itself and before anything of the model is read, and each confines itself first, to the same
+folders with its own /proc entry in place of the model process's (Landlock allows a process only what it names, and a
+worker's /proc entry is not the one its parent was allowed), and gives up its capabilities when run as root. They die
+with the model's process (``PR_SET_PDEATHSIG``).
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import sys
+from concurrent.futures import Future, ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+
+# the variables that size the thread pools of the numeric libraries, read when each library loads
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMEXPR_NUM_THREADS",
+                    "VECLIB_MAXIMUM_THREADS")
+_PR_SET_PDEATHSIG = 1
+
+_shared: dict[str, Any] = {}  # in each worker: the inputs file read, by path
+
+
+def available_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def pool_size(processes: int | None, audits: int) -> int:
+    """How many worker processes: the configured number, or one per core this process may use (at most 8, each holds
+    a copy of the inputs), never more than there are audits to run."""
+    wanted = processes if processes is not None else min(available_cores(), 8)
+    return max(1, min(wanted, audits))
+
+
+def _start_worker(writable: list[Path], readable: list[Path]) -> None:
+    """In each worker, before any audit: confine itself as the model's process is, and die with it. Its libraries
+    size their thread pools from the variables it was started with (threadpoolctl's limits, applied under Landlock,
+    made openTSNE's Barnes-Hut gradient 18 times slower)."""
+    from tasks.adapters.sandbox import drop_capabilities, restrict
+
+    restrict(writable, [*readable, Path(f"/proc/{os.getpid()}")], allow_tcp=False)
+    drop_capabilities()
+    try:
+        import ctypes
+        import signal
+
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
+
+
+def _warm() -> int:
+    """Imports paid while the model's process reads the data."""
+    import audits.core.runner  # noqa: F401
+    import matplotlib.figure  # noqa: F401
+    import sklearn.base  # noqa: F401
+
+    return os.getpid()
+
+
+def _run(path: str, planned: Any) -> dict:
+    from audits.core.runner import run_planned
+    from tasks.adapters.model_worker import encode_result
+
+    if path not in _shared:
+        import cloudpickle
+
+        with open(path, "rb") as stream:
+            _shared.clear()
+            _shared[path] = cloudpickle.load(stream)
+        if "torch" in sys.modules:
+            import torch
+
+            torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    context, full = _shared[path]
+    return encode_result(run_planned(planned, context, full))
+
+
+class AuditPool:
+    """``processes`` spawned workers for the audits of one model process, confined to ``writable`` and ``readable``
+    (the model process's own rules); ``share`` the inputs once, then ``run``."""
+
+    def __init__(self, processes: int, folder: Path, writable: list[Path], readable: list[Path]) -> None:
+        self.processes = processes
+        self.folder = folder
+        self.threads = max(1, available_cores() // processes)
+        saved = {name: os.environ.get(name) for name in THREAD_VARIABLES}
+        for name in THREAD_VARIABLES:  # the workers' libraries size their pools from these when they load
+            os.environ[name] = str(self.threads)
+        try:
+            self.executor = ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn"),
+                                                initializer=_start_worker, initargs=(writable, readable))
+            self._warming = [self.executor.submit(_warm) for _ in range(processes)]  # spawns them all now
+        finally:
+            for name, value in saved.items():
+                if value is None:
+                    os.environ.pop(name, None)
+                else:
+                    os.environ[name] = value
+        self.path: str | None = None
+
+    def share(self, context: Any, full: Any) -> None:
+        import cloudpickle
+
+        path = self.folder / "audit-inputs.pickle"
+        with open(path, "wb") as stream:
+            cloudpickle.dump((context, full), stream, protocol=5)
+        self.path = str(path)
+
+    def run(self, planned: Any) -> Future:
+        if self.path is None:
+            raise RuntimeError("the inputs must be shared before an audit runs")
+        return self.executor.submit(_run, self.path, planned)
+
+    def close(self) -> None:
+        processes = list((getattr(self.executor, "_processes", None) or {}).values())
+        self.executor.shutdown(wait=False, cancel_futures=True)
+        for process in processes:
+            if process.is_alive():
+                process.kill()
