@@ -83,6 +83,7 @@ def audit(
     tracking_uri: str | None = typer.Option(None, help="MLflow tracking URI; default: the config's, $MLFLOW_TRACKING_URI, sqlite:///mlflow.db"),
     fail_on: FailOn = typer.Option(FailOn.FAIL, help="exit 1 when the verdict is this bad or worse (ERROR counts as FAIL)"),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="also print Prefect's log lines (they always reach the Prefect API)"),
+    no_cache: bool = typer.Option(False, "--no-cache", help="recompute every audit, even one whose model, data, settings and code are unchanged since a result was kept"),
 ) -> None:
     """Audit one model version and record the audit in MLflow."""
     _setup()
@@ -111,7 +112,8 @@ def audit(
 
     try:
         with _in_process_flow_settings():
-            summary = audit_model(model_uri=model, config_path=str(loaded.path), tracking_uri=uri, reason="cli")
+            summary = audit_model(model_uri=model, config_path=str(loaded.path), tracking_uri=uri, reason="cli",
+                                  use_cache=not no_cache)
     except AuditlensError as exc:
         _fail(exc)
     except Exception as exc:

@@ -37,8 +37,13 @@ def print_summary(summary: dict) -> None:
     table.add_column("reason", overflow="fold")
     for audit_id, outcome in summary["audits"].items():
         colour = COLOURS[outcome["verdict"]]
-        table.add_row(escape(audit_id), f"[{colour}]{outcome['verdict']}[/]", escape(outcome["reason"][:300]))
+        reused = " (cached)" if outcome.get("cached") else ""
+        table.add_row(escape(audit_id), f"[{colour}]{outcome['verdict']}[/]{reused}", escape(outcome["reason"][:300]))
     console.print(table)
+    cached = sum(1 for outcome in summary["audits"].values() if outcome.get("cached"))
+    if cached:
+        console.print(f"{cached} of {len(summary['audits'])} results reused from earlier audits of the same model, data, "
+                      "settings and code (--no-cache recomputes them)", soft_wrap=True)
     colour = COLOURS[summary["verdict"]]
     console.print(f"Verdict: [bold {colour}]{summary['verdict']}[/]   MLflow run {summary['run_id']} "
                   f"in experiment '{summary['experiment']}'", soft_wrap=True)

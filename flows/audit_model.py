@@ -31,12 +31,14 @@ quiet_environment()  # also when a worker runs the flow without our CLI: no cred
 
 @flow(name="audit-model", log_prints=True)
 def audit_model(model_uri: str, config_path: str, tracking_uri: str | None = None, reason: str = "manual",
-                current_data: str | None = None, model_loading: str | None = None) -> dict:
+                current_data: str | None = None, model_loading: str | None = None, use_cache: bool = True) -> dict:
     """Audit one model version against the plan in ``config_path``; return the verdict and the MLflow run.
 
     ``current_data`` replaces the config's current data; a ``{date:FORMAT}`` in it is the run's scheduled time.
     ``model_loading`` (strict or trusted) replaces the config's ``security.model_loading``: automatic audits pass their
     deployment's, so a config that trusts a model's code for hand-run audits does not trust every version registered.
+    ``use_cache`` False recomputes every audit (``--no-cache``); by default a result whose model, data, settings, audit
+    entry and code are unchanged is reused (``tasks/adapters/result_cache.py``) and the record says so.
     """
     logger = get_run_logger()
     if current_data:
@@ -47,7 +49,7 @@ def audit_model(model_uri: str, config_path: str, tracking_uri: str | None = Non
     logger.info("Auditing %s (%s) with %s; recording to %s", ref.label, ref.load_uri, loaded.path.name, redact(store))
     with model_process() as worker:  # the model is loaded, scored and explained there, with no credentials
         try:
-            inputs = load_inputs(ref, loaded, store, worker)
+            inputs, reuse = load_inputs(ref, loaded, store, worker, use_cache)
         except ModelRefusedError as exc:
             # the gate refused the model's files: nothing of it ran. That is an audit's finding, so it has a run,
             # ended FAILED with the reason in audit.error, and the version says 'failed' with it
@@ -60,19 +62,20 @@ def audit_model(model_uri: str, config_path: str, tracking_uri: str | None = Non
             # (it names this flow run) says 'failed' with the reason, so that the attempt counts.
             input_failed(ref, store, str(flow_run.id), f"{type(exc).__name__}: {exc}")
             raise
-        return _audit(ref, loaded, store, inputs, worker, reason)
+        return _audit(ref, loaded, store, inputs, reuse, worker, reason)
 
 
-def _audit(ref, loaded, store: str, inputs, worker, reason: str) -> dict:
+def _audit(ref, loaded, store: str, inputs, reuse, worker, reason: str) -> dict:
     logger = get_run_logger()
     run = open_audit_run(ref, loaded, store, audit_key=f"prefect:{flow_run.id}", reason=reason)
     # proof of life on the run until it is ended: a process killed outright (SIGKILL, OOM) cannot end its run, and
     # the watcher and `auditlens doctor` tell it from a slow one by the heartbeat alone
     heartbeat = Heartbeat(run.tracking_uri, run.run_id, loaded.settings.mlflow.heartbeat_s).start()
     try:
-        results = run_audits(loaded.plan, worker)
+        results = run_audits(loaded.plan, worker, reuse, run.run_id)
         for result in results:
-            logger.info("%-14s %-7s %.1fs  %s", result.audit, result.verdict.value, result.duration_s, result.reason[:160])
+            cached = " (cached)" if "cached" in result.info else ""
+            logger.info("%-14s %-7s %.1fs%s  %s", result.audit, result.verdict.value, result.duration_s, cached, result.reason[:160])
         summary = record_audit(run, ref, loaded, inputs, results)
         alias = loaded.settings.mlflow.promote_alias_on_pass
         if alias and summary["verdict"] == "PASS":

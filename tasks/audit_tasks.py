@@ -19,12 +19,13 @@ from prefect.tasks import exponential_backoff
 
 from audits.core.plan import PlannedAudit
 from audits.core.result import AuditResult
-from audits.core.runner import overall_verdict
+from audits.core.runner import judge, overall_verdict
 from audits.rendering.html import markdown_summary, render_report
 from tasks.adapters import provenance
 from tasks.adapters.errors import AuditlensError, ConfigError, ModelLoadError, ModelTimeoutError
 from tasks.adapters.mlflow_sink import AuditRun, MlflowSink
-from tasks.adapters.model_worker import ModelWorker, RecordedInputs
+from tasks.adapters.model_worker import ModelWorker, RecordedInputs, decode_result, encode_result
+from tasks.adapters.result_cache import CacheKeys, ResultCache, cache_folder, cache_keys, reused
 from tasks.adapters.models import ModelRef, baseline_ref, fetch_model_files, resolve_model
 from tasks.adapters.settings import LoadedSettings, load_settings
 from tasks.adapters.tracking import configure_http, make_client, redact
@@ -94,10 +95,53 @@ def model_process() -> Iterator[ModelWorker]:
         worker.close()
 
 
+@dataclasses.dataclass
+class Reuse:
+    """The results this audit takes from the cache (by audit id, judged again here) and where to keep the others."""
+
+    cache: ResultCache | None = None
+    keys: CacheKeys | None = None
+    hits: dict[str, AuditResult] = dataclasses.field(default_factory=dict)
+
+    def keep(self, result: AuditResult, run_id: str) -> None:
+        if self.cache is not None and self.keys is not None and result.audit in self.keys.audits:
+            self.cache.put_result(self.keys.audits[result.audit], encode_result(result), run_id)
+
+
+NOT_STARTED = "not started: every audit's result was reused from the cache"
+
+
+def _lookup(ref: ModelRef, loaded: LoadedSettings, model_dir: str, baseline, note: str, use_cache: bool) -> Reuse:
+    """The cached results of this plan, by content (``result_cache``); none when the cache is off or a file cannot be
+    hashed (the audit then reads it, and says what is wrong)."""
+    settings = loaded.settings
+    if not (use_cache and settings.cache.enabled):
+        return Reuse()
+    cache = ResultCache(cache_folder(settings.cache.folder))
+    try:
+        keys = cache_keys(ref, loaded, model_dir, baseline, note)
+    except (OSError, AuditlensError):
+        return Reuse()
+    hits = {}
+    for planned in loaded.plan:
+        found = cache.result(keys.audits[planned.id])
+        if found is None:
+            continue
+        try:
+            result = decode_result(found[0])
+        except (ValueError, KeyError, TypeError):
+            continue  # an entry that does not read back is not a result
+        if result.audit == planned.id:
+            hits[planned.id] = reused(judge(planned, result), found[1])
+    return Reuse(cache, keys, hits)
+
+
 @task(name="load-inputs", cache_policy=NO_CACHE)
-def load_inputs(ref: ModelRef, loaded: LoadedSettings, tracking_uri: str, worker: ModelWorker) -> RecordedInputs:
-    """Download the model's files (and the baseline's) here, where the credentials are; load them through the gate and
-    assemble the inputs in the model's process, within ``limits.inputs_s``."""
+def load_inputs(ref: ModelRef, loaded: LoadedSettings, tracking_uri: str, worker: ModelWorker,
+                use_cache: bool = True) -> tuple[RecordedInputs, Reuse]:
+    """Download the model's files (and the baseline's) here, where the credentials are; look up the plan's results in
+    the cache by content; unless every one is there, load the model through the gate and assemble the inputs in the
+    model's process, within ``limits.inputs_s``."""
     from concurrent.futures import TimeoutError as FutureTimeout
 
     client = make_client(tracking_uri)
@@ -112,14 +156,24 @@ def load_inputs(ref: ModelRef, loaded: LoadedSettings, tracking_uri: str, worker
             except ModelLoadError as exc:
                 note = f"the @{base.alias} version {base.version} could not be fetched: {exc.problem}"
         _key_file_out_of_reach(loaded, model_dir, baseline)
+        reuse = _lookup(ref, loaded, model_dir, baseline, note, use_cache)
+        if reuse.keys is not None and len(reuse.hits) == len(loaded.plan):
+            known = reuse.cache.inputs(reuse.keys.inputs)
+            if known is not None:  # nothing to compute: the model's process is never started
+                params = {k: (NOT_STARTED if k.startswith(("isolation.", "execution.audit_processes")) else v)
+                          for k, v in known["params"].items()}
+                return RecordedInputs(**{**known, "params": params}), reuse
         limit = settings.limits.inputs_s
         try:
-            return worker.prepare(ref, without_tracking(loaded), model_dir, baseline, note, timeout_s=limit)
+            recorded = worker.prepare(ref, without_tracking(loaded), model_dir, baseline, note, timeout_s=limit)
         except FutureTimeout:
             raise ModelTimeoutError(
                 f"loading {ref.label} and its predictions on the reference and current data did not finish within {limit:g} s",
                 "check that the model answers (call its predict on a few rows by hand), or raise limits.inputs_s in the config",
             ) from None
+        if reuse.keys is not None:
+            reuse.cache.put_inputs(reuse.keys.inputs, dataclasses.asdict(recorded))
+        return recorded, reuse
 
 
 def _key_file_out_of_reach(loaded: LoadedSettings, model_dir: str, baseline) -> None:
@@ -153,12 +207,21 @@ def run_one(planned: PlannedAudit, worker: ModelWorker) -> AuditResult:
     return worker.audit(planned)
 
 
-def run_audits(plan: list[PlannedAudit], worker: ModelWorker) -> list[AuditResult]:
-    """Every audit of the plan, one Prefect task each here; each runs in the model's process (in its threads, or on the
-    Dask cluster it started), and its result comes back as data, judged again here, where the only writer to MLflow
-    runs."""
-    futures = [run_one.with_options(task_run_name=f"audit-{p.id}").submit(p, worker) for p in plan]
-    return [future.result() for future in futures]
+def run_audits(plan: list[PlannedAudit], worker: ModelWorker, reuse: Reuse | None = None, run_id: str = "") -> list[AuditResult]:
+    """Every audit of the plan not taken from the cache, one Prefect task each here; each runs in the model's process
+    (in its worker processes, or on the Dask cluster it started), and its result comes back as data, judged again here,
+    where the only writer to MLflow (and to the cache) runs."""
+    reuse = reuse or Reuse()
+    futures = {p.id: run_one.with_options(task_run_name=f"audit-{p.id}").submit(p, worker) for p in plan if p.id not in reuse.hits}
+    results = []
+    for planned in plan:
+        if planned.id in reuse.hits:
+            results.append(reuse.hits[planned.id])
+            continue
+        result = futures[planned.id].result()
+        reuse.keep(result, run_id)
+        results.append(result)
+    return results
 
 
 @task(name="record-audit", **MLFLOW_IO)
@@ -196,7 +259,7 @@ def record_audit(run: AuditRun, ref: ModelRef, loaded: LoadedSettings, inputs: R
         "tracking_uri": redact(run.tracking_uri),
         "model": ref.label,
         "verdict": verdict.value,
-        "audits": {r.audit: {"verdict": r.verdict.value, "reason": r.reason} for r in results},
+        "audits": {r.audit: {"verdict": r.verdict.value, "reason": r.reason, "cached": "cached" in r.info} for r in results},
     }
 
 

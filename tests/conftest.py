@@ -102,3 +102,10 @@ def no_local_prefect_server_left():
     from tasks.adapters.prefect_local import LocalPrefectServer
 
     LocalPrefectServer().stop()
+
+
+@pytest.fixture(autouse=True)
+def own_result_cache(tmp_path_factory, monkeypatch):
+    """Each test starts with an empty result cache (results are reused within a test, as a user's reruns reuse them,
+    never across tests: a test that needs the model's code to run must see it run)."""
+    monkeypatch.setenv("AUDITLENS_CACHE_DIR", str(tmp_path_factory.mktemp("result-cache")))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -32,9 +33,21 @@ class TsneSettings:
                 f"{self.neighbors} neighbours, {self.gradient} gradients{grid}, {self.n_jobs} thread(s)")
 
 
+def threads_given() -> int:
+    """The threads this process is meant to use: OMP_NUM_THREADS when set (an audit worker gets its share of the
+    cores there), else its cores. More OpenMP threads than that make every one spin at each of t-SNE's barriers while
+    other processes hold the cores (a 600-row map took 11 s instead of 2 beside another audit)."""
+    try:
+        return max(1, int(os.environ.get("OMP_NUM_THREADS", "")))
+    except ValueError:
+        return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+
+
 def tsne_settings(n_rows: int, perplexity: float = 30.0, early_exaggeration_iter: int = 125, n_iter: int = 250,
-                  neighbors: str = "auto", gradient: str = "auto", n_jobs: int = 2) -> TsneSettings:
-    """The settings used for ``n_rows`` reference rows: 'auto' choices resolved, perplexity within reach."""
+                  neighbors: str = "auto", gradient: str = "auto", n_jobs: int | None = None) -> TsneSettings:
+    """The settings used for ``n_rows`` reference rows: 'auto' choices resolved, perplexity within reach, ``n_jobs``
+    None: the threads this process is given."""
+    n_jobs = n_jobs if n_jobs is not None else threads_given()
     if neighbors == "auto":
         neighbors = "exact" if n_rows <= EXACT_NEIGHBOURS_MAX_ROWS else "annoy"
     if gradient == "auto":

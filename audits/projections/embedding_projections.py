@@ -37,7 +37,7 @@ class EmbeddingProjectionsConfig(AuditConfig):
     perplexity: float = Field(30.0, gt=0, le=500)  # lowered to (rows - 1) / 3 for small samples
     early_exaggeration_iter: int = Field(125, ge=0, le=5000)
     n_iter: int = Field(250, ge=1, le=10000)
-    n_jobs: int = Field(2, ge=1, le=64)
+    n_jobs: int | None = Field(None, ge=1, le=64)  # threads (default: OMP_NUM_THREADS, else the cores); results do not depend on it
     k: int = Field(10, ge=1, le=200)  # neighbours for trustworthiness and neighbour agreement
     uncertainty: Literal["confidence", "mc_dropout"] = "confidence"
     mc_passes: int = Field(20, ge=2, le=1000)  # only with uncertainty: mc_dropout

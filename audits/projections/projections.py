@@ -90,7 +90,7 @@ class ProjectionsConfig(AuditConfig):
     n_iter: int = Field(250, ge=1, le=10000)  # openTSNE's default is 500
     neighbors: Literal["auto", "exact", "annoy"] = "auto"  # auto: exact up to 20,000 rows, Annoy above
     gradient: Literal["auto", "bh", "fft"] = "auto"  # auto: Barnes-Hut below 10,000 rows, FFT from 10,000
-    n_jobs: int = Field(2, ge=1, le=64)  # threads; results do not depend on it (Annoy runs on one)
+    n_jobs: int | None = Field(None, ge=1, le=64)  # threads (default: OMP_NUM_THREADS, else the cores); results do not depend on it
     include_shap: bool = True
     shap_rows: int = Field(1000, ge=MIN_ROWS)  # rows per side explained for the SHAP map (tree and linear explainers)
     shap_agnostic_rows: int = Field(200, ge=MIN_ROWS)  # rows per side for the costlier model-agnostic explainers

@@ -271,6 +271,7 @@ class MlflowSink:
         can tell a changed file, tag or metric, and a rewritten manifest."""
         key = signing.signing_key()  # first: a key that cannot sign is refused before anything is written
         metrics = {k: v for r in results for k, v in r.metrics.items()}
+        metrics.update({f"audit.{r.audit}.cached": 1.0 if "cached" in r.info else 0.0 for r in results})
         tags = {f"audit.{r.audit}.verdict": r.verdict.value for r in results}
         tags[signing.SIGNED_TAG] = "true" if key is not None else "false"
         tables: list[dict[str, str]] = []

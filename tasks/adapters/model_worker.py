@@ -229,6 +229,12 @@ class ModelWorker:
     ``audit`` runs one planned audit there (several at once, in its threads), ``close`` ends it."""
 
     def __init__(self) -> None:
+        self.process: subprocess.Popen | None = None  # started by the first request: an audit whose every result is
+        self._lock = threading.Lock()                 # reused from the cache never starts it
+        self._pending: dict[int, Future] = {}
+        self._next = 0
+
+    def _start(self) -> None:
         self._folder = tempfile.TemporaryDirectory(prefix="auditlens-model-process-")
         to_worker_r, to_worker_w = os.pipe()
         from_worker_r, from_worker_w = os.pipe()
@@ -242,9 +248,6 @@ class ModelWorker:
         os.close(from_worker_w)
         self._out = os.fdopen(to_worker_w, "wb")
         self._in = os.fdopen(from_worker_r, "rb")
-        self._lock = threading.Lock()
-        self._pending: dict[int, Future] = {}
-        self._next = 0
         self._reader = threading.Thread(target=self._read, name="auditlens-model-process-reader", daemon=True)
         self._reader.start()
 
@@ -279,6 +282,8 @@ class ModelWorker:
 
     def _call(self, op: str, **args: Any) -> Future:
         with self._lock:
+            if self.process is None:
+                self._start()
             self._next += 1
             request_id = self._next
             future: Future = Future()
@@ -321,11 +326,13 @@ class ModelWorker:
         return judge(planned, result)
 
     def kill(self) -> None:
-        if self.process.poll() is None:
+        if self.process is not None and self.process.poll() is None:
             self.process.kill()
             self.process.wait(10)
 
     def close(self) -> None:
+        if self.process is None:
+            return
         if self.process.poll() is None:
             try:
                 with self._lock:

@@ -164,6 +164,14 @@ class Security(StrictModel):
         return names
 
 
+class CacheSettings(StrictModel):
+    """Results reused when nothing they depend on changed: the model's and the data's bytes, the settings, the audit's
+    entry, the code and the installed packages (tasks/adapters/result_cache.py). `auditlens audit --no-cache` recomputes."""
+
+    enabled: bool = True
+    folder: str | None = None  # default: $AUDITLENS_CACHE_DIR, else <state folder>/cache (~/.auditlens/cache)
+
+
 class AuditSettings(StrictModel):
     kind: Literal["audit"] = "audit"
     seed: int = 0
@@ -174,6 +182,7 @@ class AuditSettings(StrictModel):
     limits: Limits = Limits()
     execution: Execution = Execution()
     security: Security = Security()
+    cache: CacheSettings = CacheSettings()
     audits: list[AuditSpec] = Field(min_length=1)
 
     @model_validator(mode="after")

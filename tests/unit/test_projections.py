@@ -223,10 +223,17 @@ def test_too_few_reference_rows_is_skipped_with_a_reason(tabular):
 
 
 def test_auto_settings_follow_the_documented_rules():
-    small, mid, large = tsne_settings(10), tsne_settings(10_000), tsne_settings(30_000)
+    small, mid, large = tsne_settings(10), tsne_settings(10_000, n_jobs=2), tsne_settings(30_000)
     assert small.perplexity == 3 and small.neighbors == "exact" and small.gradient == "bh"
     assert (mid.neighbors, mid.gradient, mid.n_jobs) == ("exact", "fft", 2)
     assert (large.neighbors, large.gradient, large.n_jobs) == ("annoy", "fft", 1)  # Annoy's threaded build is not reproducible
+
+
+def test_t_sne_takes_the_threads_its_process_is_given(monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert tsne_settings(500).n_jobs == 3
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    assert tsne_settings(500).n_jobs == 1 and tsne_settings(500, n_jobs=4).n_jobs == 4
 
 
 def test_the_html_view_is_light_and_self_contained_for_4000_points():

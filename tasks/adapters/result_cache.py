@@ -1,0 +1,170 @@
+"""Results reused across audits, keyed by content: auditing the same model on the same data again recomputes nothing
+that did not change.
+
+An audit's result is a function of the model's bytes (and its baseline's), the data's bytes, the settings that shape
+the audit's inputs (seed, sampling, features, segments, engine, security), the audit's own entry in the plan (its
+configuration, thresholds and sample size) and the code that computes it (every source file of auditlens and the
+version of every installed package). The key is a SHA-256 over all of them, so a change to any one is a new key and a
+recomputation; nothing is matched by name, date or path alone.
+
+Entries are written by the auditor only (the model's process cannot write outside its own folder), as JSON (a result in
+the form it crosses from the model's process, judged again when it is read), one file per key, written atomically.
+A result that is an ERROR is never kept (a timeout or a crash may not recur). What the record needs of the inputs
+(fingerprints, params, the datasets' schemas) is kept under the inputs' key, so a rerun with every audit cached neither
+starts the model's process nor reads the data beyond hashing its files.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import tempfile
+import time
+from functools import cache
+from importlib.metadata import distributions
+from pathlib import Path
+from typing import Any
+
+from audits.core.plan import PlannedAudit
+from audits.core.result import AuditResult, Verdict
+
+FORMAT = 1  # of the entries; part of every key
+CACHE_DIR_ENV = "AUDITLENS_CACHE_DIR"
+ROOT = Path(__file__).resolve().parents[2]
+SOURCE_FOLDERS = ("audits", "tasks", "flows", "auditlens")
+
+
+def cache_folder(configured: str | None = None) -> Path:
+    """``cache.folder`` of the config, else $AUDITLENS_CACHE_DIR, else <state folder>/cache."""
+    from tasks.adapters.settings import state_dir
+
+    chosen = configured or os.environ.get(CACHE_DIR_ENV)
+    return Path(chosen).expanduser() if chosen else state_dir() / "cache"
+
+
+def _sha256() -> Any:
+    return hashlib.sha256(f"auditlens-cache-{FORMAT}".encode())
+
+
+@cache
+def code_digest() -> str:
+    """Every .py file of auditlens (path and bytes) and every installed distribution's name and version."""
+    digest = _sha256()
+    for folder in SOURCE_FOLDERS:
+        for path in sorted((ROOT / folder).rglob("*.py")):
+            digest.update(path.relative_to(ROOT).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    installed = sorted({f"{d.metadata['Name']}=={d.version}".lower() for d in distributions() if d.metadata["Name"]})
+    digest.update("\n".join(installed).encode())
+    return digest.hexdigest()
+
+
+def files_digest(paths: list[Path], root: Path | None = None) -> str:
+    """The names (relative to ``root``) and bytes of ``paths``, in their order."""
+    digest = _sha256()
+    for path in paths:
+        name = path.relative_to(root).as_posix() if root is not None else str(path)
+        digest.update(name.encode() + b"\0" + str(path.stat().st_size).encode() + b"\0")
+        with open(path, "rb") as stream:
+            while chunk := stream.read(1 << 20):
+                digest.update(chunk)
+    return digest.hexdigest()
+
+
+def folder_digest(folder: Path) -> str:
+    return files_digest(sorted(p for p in folder.rglob("*") if p.is_file()), folder)
+
+
+def data_digest(loaded: Any, role: str) -> str:
+    """The bytes of every file the ``role`` side of the data reads (one file, a folder of Parquet files or a glob)."""
+    from tasks.adapters.sources import _files
+
+    path = loaded.data_path(role)
+    return files_digest([Path(f) for f in _files(role, str(path), path.parent)])
+
+
+def _hash(*parts: Any) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def planned_entry(planned: PlannedAudit) -> dict[str, Any]:
+    """What of a plan entry shapes its result: the audit, its configuration, thresholds and sample size."""
+    return {"id": planned.id, "audit": planned.audit.name, "config": planned.audit.config.model_dump(mode="json"),
+            "thresholds": [t.model_dump(mode="json") for t in planned.thresholds], "sample_rows": planned.sample_rows}
+
+
+@dataclasses.dataclass(frozen=True)
+class CacheKeys:
+    inputs: str  # everything the plan's audits share
+    audits: dict[str, str]  # audit id -> the key of its result
+
+
+def cache_keys(ref: Any, loaded: Any, model_dir: str, baseline: tuple[Any, str] | None, baseline_note: str) -> CacheKeys:
+    """The keys of this audit's inputs and of each planned audit's result. Raises OSError (or the data's own error)
+    when a file cannot be read; the caller then computes without the cache."""
+    settings = loaded.settings
+    shaping = settings.model_dump(mode="json", exclude={"audits", "mlflow", "limits", "cache"})
+    inputs = _hash(
+        code_digest(),
+        {"model": [ref.load_uri, ref.label, folder_digest(Path(model_dir))]},
+        {"baseline": [baseline[0].load_uri, baseline[0].label, folder_digest(Path(baseline[1]))] if baseline else baseline_note},
+        {"data": {role: [str(loaded.data_path(role)), data_digest(loaded, role)] for role in ("reference", "current")}},
+        {"settings": shaping},
+    )
+    return CacheKeys(inputs, {p.id: _hash(inputs, planned_entry(p)) for p in loaded.plan})
+
+
+class ResultCache:
+    """One folder of entries: ``inputs/<key>.json`` and ``results/<key[:2]>/<key>.json``."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+
+    def _path(self, kind: str, key: str) -> Path:
+        return self.folder / kind / key[:2] / f"{key}.json"
+
+    def _read(self, kind: str, key: str) -> dict[str, Any] | None:
+        try:
+            entry = json.loads(self._path(kind, key).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        return entry if isinstance(entry, dict) and entry.get("key") == key else None
+
+    def _write(self, kind: str, key: str, entry: dict[str, Any]) -> None:
+        path = self._path(kind, key)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=".tmp-", suffix=".json", delete=False,
+                                             encoding="utf-8") as stream:
+                json.dump({**entry, "key": key}, stream, allow_nan=True)
+            os.replace(stream.name, path)
+        except OSError:  # a full disk or a read-only folder costs the reuse, never the audit
+            try:
+                os.unlink(stream.name)
+            except (OSError, UnboundLocalError):
+                pass
+
+    def inputs(self, key: str) -> dict[str, Any] | None:
+        entry = self._read("inputs", key)
+        return entry["value"] if entry else None
+
+    def put_inputs(self, key: str, value: dict[str, Any]) -> None:
+        self._write("inputs", key, {"value": value})
+
+    def result(self, key: str) -> tuple[dict[str, Any], dict[str, Any]] | None:
+        """(the result as it crossed from the model's process, where it came from: run id and time)."""
+        entry = self._read("results", key)
+        return (entry["result"], entry["origin"]) if entry else None
+
+    def put_result(self, key: str, encoded: dict[str, Any], run_id: str) -> None:
+        if encoded.get("verdict") == Verdict.ERROR.value:
+            return
+        self._write("results", key, {"result": encoded, "origin": {"run_id": run_id, "at": time.time()}})
+
+
+def reused(result: AuditResult, origin: dict[str, Any]) -> AuditResult:
+    """A cached result, saying where it was computed."""
+    when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(float(origin.get("at", 0))))
+    return result.with_(info={**result.info, "cached": f"reused from MLflow run {origin.get('run_id')} ({when}): same model, "
+                                                     "data, configuration, seed and code"})

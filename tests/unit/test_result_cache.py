@@ -1,0 +1,111 @@
+"""The result cache's keys: a change to anything a result depends on is a new key; nothing else is."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tasks.adapters import result_cache
+from tasks.adapters.models import ModelRef
+from tasks.adapters.result_cache import ResultCache, cache_keys, files_digest
+from tasks.adapters.settings import load_settings
+
+AUDITS = [{"audit": "performance"}, {"audit": "drift", "config": {"bins": 10}}]
+
+
+@pytest.fixture()
+def world(tmp_path):
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "MLmodel").write_text("flavors: {}\n")
+    (tmp_path / "model" / "model.pkl").write_bytes(b"weights-1")
+    (tmp_path / "reference.csv").write_text("a,label\n1,0\n2,1\n")
+    (tmp_path / "current.csv").write_text("a,label\n1,0\n3,1\n")
+    return tmp_path
+
+
+def keys(world: Path, ref: ModelRef | None = None, **overrides):
+    config = {"kind": "audit", "seed": 1, "data": {"reference": "reference.csv", "current": "current.csv", "target": "label"},
+              "audits": AUDITS, **overrides}
+    (world / "audit.yaml").write_text(yaml.safe_dump(config))
+    ref = ref or ModelRef(uri="models:/m/1", load_uri="models:/m/1", name="m", version="1")
+    return cache_keys(ref, load_settings(world / "audit.yaml"), str(world / "model"), None, "no baseline")
+
+
+def test_the_same_inputs_give_the_same_keys(world):
+    assert keys(world) == keys(world)
+
+
+@pytest.mark.parametrize("change", ["model bytes", "model file name", "reference bytes", "current bytes", "seed",
+                                    "sampling", "model version", "features", "security"])
+def test_a_change_to_the_shared_inputs_changes_every_key(world, change):
+    before = keys(world)
+    overrides: dict = {}
+    ref = None
+    if change == "model bytes":
+        (world / "model" / "model.pkl").write_bytes(b"weights-2")
+    elif change == "model file name":
+        shutil.move(world / "model" / "model.pkl", world / "model" / "model2.pkl")
+    elif change == "reference bytes":
+        (world / "reference.csv").write_text("a,label\n1,0\n2,0\n")
+    elif change == "current bytes":
+        (world / "current.csv").write_text("a,label\n1,0\n3,0\n")
+    elif change == "seed":
+        overrides["seed"] = 2
+    elif change == "sampling":
+        overrides["sampling"] = {"current_rows": 1}
+    elif change == "model version":
+        ref = ModelRef(uri="models:/m/2", load_uri="models:/m/2", name="m", version="2")
+    elif change == "features":
+        overrides["data"] = {"reference": "reference.csv", "current": "current.csv", "target": "label", "features": ["a"]}
+    elif change == "security":
+        overrides["security"] = {"model_loading": "trusted"}
+    after = keys(world, ref, **overrides)
+    assert after.inputs != before.inputs
+    assert not set(after.audits.values()) & set(before.audits.values())
+
+
+def test_a_change_to_one_audit_changes_its_key_only(world):
+    before = keys(world)
+    config = keys(world, audits=[AUDITS[0], {"audit": "drift", "config": {"bins": 12}}])
+    threshold = keys(world, audits=[AUDITS[0], {**AUDITS[1], "thresholds": [{"metric": "drift.domain_auc", "max": 0.7}]}])
+    for after in (config, threshold):
+        assert after.audits["performance"] == before.audits["performance"]
+        assert after.audits["drift"] != before.audits["drift"]
+
+
+def test_where_the_record_goes_and_how_long_an_audit_may_take_are_not_part_of_the_key(world):
+    before = keys(world)
+    assert keys(world, mlflow={"tracking_uri": "http://127.0.0.1:5999"}, limits={"audit_s": 60}) == before
+
+
+def test_a_change_to_the_code_or_the_packages_changes_every_key(world, monkeypatch):
+    before = keys(world)
+    monkeypatch.setattr(result_cache, "code_digest", lambda: "another version of the code")
+    after = keys(world)
+    assert after.inputs != before.inputs and not set(after.audits.values()) & set(before.audits.values())
+
+
+def test_the_code_digest_reads_every_source_file_and_the_installed_packages():
+    from importlib.metadata import version
+
+    digest = result_cache.code_digest()
+    assert len(digest) == 64 and digest == result_cache.code_digest()
+    # a change to one byte of a file changes the digest of the files: the same function hashes the sources
+    assert files_digest([Path(result_cache.__file__)]) != files_digest([Path(__file__)])
+    assert version("scikit-learn")  # the packages are read from the installed distributions' metadata
+
+
+def test_an_error_is_never_kept_and_an_entry_reads_back_only_under_its_own_key(tmp_path):
+    cache = ResultCache(tmp_path)
+    cache.put_result("a" * 64, {"audit": "x", "verdict": "ERROR"}, "run1")
+    assert cache.result("a" * 64) is None
+    cache.put_result("b" * 64, {"audit": "x", "verdict": "PASS"}, "run1")
+    assert cache.result("b" * 64)[0]["verdict"] == "PASS" and cache.result("b" * 64)[1]["run_id"] == "run1"
+    # an entry copied under another key is not served
+    target = tmp_path / "results" / "cc" / f"{'c' * 64}.json"
+    target.parent.mkdir(parents=True)
+    shutil.copy(tmp_path / "results" / "bb" / f"{'b' * 64}.json", target)
+    assert cache.result("c" * 64) is None
