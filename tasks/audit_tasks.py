@@ -113,9 +113,10 @@ NOT_STARTED = "not started: every audit's result was reused from the cache"
 
 def _lookup(ref: ModelRef, loaded: LoadedSettings, model_dir: str, baseline, note: str, use_cache: bool) -> Reuse:
     """The cached results of this plan, by content (``result_cache``); none when the cache is off or a file cannot be
-    hashed (the audit then reads it, and says what is wrong)."""
+    hashed (the audit then reads it, and says what is wrong). ``use_cache`` False (``--no-cache``) looks nothing up,
+    and the results it computes replace those kept."""
     settings = loaded.settings
-    if not (use_cache and settings.cache.enabled):
+    if not settings.cache.enabled:
         return Reuse()
     cache = ResultCache(cache_folder(settings.cache.folder))
     try:
@@ -123,7 +124,7 @@ def _lookup(ref: ModelRef, loaded: LoadedSettings, model_dir: str, baseline, not
     except (OSError, AuditlensError):
         return Reuse()
     hits = {}
-    for planned in loaded.plan:
+    for planned in loaded.plan if use_cache else ():
         found = cache.result(keys.audits[planned.id])
         if found is None:
             continue

@@ -245,9 +245,37 @@ def checked_predictions(model: ModelUnderAudit, n_rows: int, labels: Any, proba:
     return Predictions(labels=labels, proba=proba)
 
 
+# scikit-learn classifiers whose predict is the class of the largest predicted probability (or of a decision function
+# that predict_proba is monotonic in, ties going to the first class both ways), by their code: for these, labels can
+# come from predict_proba alone
+ARGMAX_CLASSIFIERS = frozenset({
+    "HistGradientBoostingClassifier", "GradientBoostingClassifier", "RandomForestClassifier", "ExtraTreesClassifier",
+    "DecisionTreeClassifier", "ExtraTreeClassifier", "LogisticRegression", "KNeighborsClassifier", "GaussianNB",
+    "MLPClassifier",
+})
+ARGMAX_CHECK_ROWS = 1000  # rows on which predict itself must agree with argmax(predict_proba) before it is skipped
+
+
+def argmax_classifier(model: ModelUnderAudit) -> bool:
+    """A native scikit-learn classifier of ARGMAX_CLASSIFIERS (the last step of a Pipeline) with predict_proba."""
+    if model.task != "classification" or model.predict_proba is None or model.classes is None or model.estimator is None:
+        return False
+    final = model.estimator.steps[-1][1] if hasattr(model.estimator, "steps") else model.estimator
+    return type(final).__name__ in ARGMAX_CLASSIFIERS and type(final).__module__.startswith("sklearn.")
+
+
 def predict(model: ModelUnderAudit, X: pd.DataFrame) -> Predictions:
-    # Labels from predict itself: for some models (SVC, calibrated wrappers) argmax(predict_proba) disagrees with it.
+    """Labels and probabilities. Labels come from predict itself (for some models, SVC or calibrated wrappers,
+    argmax(predict_proba) disagrees with it), except for an ARGMAX_CLASSIFIERS model whose predict agrees with the
+    argmax on the first ARGMAX_CHECK_ROWS rows: its whole ensemble then runs once, not twice (half the time of
+    building the inputs of a 100-tree gradient boosting model)."""
     proba = model.predict_proba(X) if model.predict_proba is not None else None
+    if proba is not None and argmax_classifier(model) and len(X) > ARGMAX_CHECK_ROWS:
+        classes = np.asarray(model.classes)
+        from_proba = classes[np.asarray(proba).argmax(axis=1)]
+        checked = np.asarray(model.predict(X.iloc[:ARGMAX_CHECK_ROWS]))
+        if np.array_equal(checked, from_proba[:ARGMAX_CHECK_ROWS]):
+            return checked_predictions(model, len(X), from_proba, proba)
     return checked_predictions(model, len(X), model.predict(X), proba)
 
 

@@ -6,7 +6,7 @@ classifier in threads took 20 to 24 s where the same audits one after another ta
 ``model_worker``) starts ``processes`` worker processes (``spawn``: no fork of a process whose libraries hold thread
 pools), each told to use its share of the cores. The inputs (the audit context and, on data larger than the sample,
 the merged states of the every-row pass) are written once to a file in the model's process's own folder and read once
-by each worker; each audit then crosses as its plan entry and comes back as a JSON-ready result.
+by each worker; each audit then crosses as its plan entry and comes back as its result.
 
 The workers get the model process's environment (no credentials) and its confinement: they are started before the
 model process confines itself and before anything of the model is read, and each confines itself first, to the same
@@ -39,9 +39,9 @@ def available_cores() -> int:
         return os.cpu_count() or 1
 
 
-def pool_size(processes: int | None, audits: int) -> int:
-    """How many worker processes: the configured number, or one per core this process may use (at most 8, each holds
-    a copy of the inputs), never more than there are audits to run."""
+def lanes(processes: int | None, audits: int) -> int:
+    """How many audits run at once: the configured number, or one per core this process may use (at most 8: each lane
+    but the first is a process holding a copy of the inputs), never more than there are audits to run."""
     wanted = processes if processes is not None else min(available_cores(), 8)
     return max(1, min(wanted, audits))
 
@@ -72,9 +72,8 @@ def _warm() -> int:
     return os.getpid()
 
 
-def _run(path: str, planned: Any) -> dict:
+def _run(path: str, planned: Any) -> Any:
     from audits.core.runner import run_planned
-    from tasks.adapters.model_worker import encode_result
 
     if path not in _shared:
         import cloudpickle
@@ -87,17 +86,17 @@ def _run(path: str, planned: Any) -> dict:
 
             torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     context, full = _shared[path]
-    return encode_result(run_planned(planned, context, full))
+    return run_planned(planned, context, full)
 
 
 class AuditPool:
     """``processes`` spawned workers for the audits of one model process, confined to ``writable`` and ``readable``
     (the model process's own rules); ``share`` the inputs once, then ``run``."""
 
-    def __init__(self, processes: int, folder: Path, writable: list[Path], readable: list[Path]) -> None:
+    def __init__(self, processes: int, folder: Path, writable: list[Path], readable: list[Path], threads: int = 1) -> None:
         self.processes = processes
         self.folder = folder
-        self.threads = max(1, available_cores() // processes)
+        self.threads = threads  # per worker, for each library's thread pool
         saved = {name: os.environ.get(name) for name in THREAD_VARIABLES}
         for name in THREAD_VARIABLES:  # the workers' libraries size their pools from these when they load
             os.environ[name] = str(self.threads)

@@ -24,7 +24,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from audits.core.context import AuditContext, Dataset, InvalidPredictions, ModelUnderAudit, checked_predictions
+from audits.core.context import (AuditContext, Dataset, InvalidPredictions, ModelUnderAudit, argmax_classifier,
+                                 checked_predictions)
 from audits.core.partial import PartialAudit, State, decode_state, encode_state
 from audits.core.strata import stratum_labels
 from tasks.adapters.datasets import check_finite, check_numeric
@@ -295,22 +296,10 @@ def without_model_code(model: ModelUnderAudit) -> ModelUnderAudit:
                    predict_proba=_not_on_the_workers if model.predict_proba is not None else None)
 
 
-# scikit-learn classifiers whose predict is the class of the largest predicted probability (or of a decision function
-# that predict_proba is monotonic in), by their code: for these, labels can come from predict_proba alone
-ARGMAX_CLASSIFIERS = frozenset({
-    "HistGradientBoostingClassifier", "GradientBoostingClassifier", "RandomForestClassifier", "ExtraTreesClassifier",
-    "DecisionTreeClassifier", "ExtraTreeClassifier", "LogisticRegression", "KNeighborsClassifier", "GaussianNB",
-    "MLPClassifier",
-})
-
-
 def labels_follow_proba(model: ModelUnderAudit, context: AuditContext) -> bool:
     """Whether labels may be taken from predict_proba: a classifier of ARGMAX_CLASSIFIERS (the last step of a Pipeline),
     and on every row of the sample its predict agrees with the argmax of its probabilities."""
-    if model.task != "classification" or model.predict_proba is None or model.classes is None or model.estimator is None:
-        return False
-    final = model.estimator.steps[-1][1] if hasattr(model.estimator, "steps") else model.estimator
-    if type(final).__name__ not in ARGMAX_CLASSIFIERS or not type(final).__module__.startswith("sklearn."):
+    if not argmax_classifier(model):
         return False
     classes = np.asarray(model.classes)
     for ds in (context.reference, context.current):

@@ -23,6 +23,7 @@ import io
 import json
 import os
 import pickle
+import queue
 import struct
 import subprocess
 import sys
@@ -58,6 +59,9 @@ def worker_environment(environ: dict[str, str] | None = None) -> dict[str, str]:
     kept["AUDITLENS_MODEL_PROCESS"] = "1"
     # joblib counts physical cores through /sys and lscpu, which the confined process may not read: it warns, then
     # falls back to the logical cores. Say that number here.
+    # threads waiting at an OpenMP barrier sleep instead of spinning: audits run side by side in processes, and a
+    # spinning thread takes the core another process's thread needs (t-SNE's 1,258 barriers took 5 times as long)
+    kept.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     kept.setdefault("LOKY_MAX_CPU_COUNT", str(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1))
     return kept
 
@@ -367,10 +371,11 @@ class _Worker:
         self.inputs: Any = None
         self.cluster: Any = None
         self.engine: Any = None  # the Dask engine the audits run on (engine dask)
-        self.audit_pool: Any = None  # the local engine's worker processes (execution.processes > 1)
+        self.audit_pool: Any = None  # the local engine's worker processes (execution.processes > 1: one fewer)
         self.isolation: dict[str, str] = {}
         self.pool = ThreadPoolExecutor(max_workers=32, thread_name_prefix="audit")  # answers requests; runs none at once
-        self.one_at_a_time = threading.Lock()  # audits in this process (execution.processes: 1) run one after another
+        self.lanes = 1  # audits at once (engine local): this process, and lanes - 1 worker processes (audit_pool)
+        self.waiting: queue.Queue = queue.Queue()  # audits waiting for a free lane
 
     def reply(self, request_id: int, ok: bool, value: Any) -> None:
         body = {"id": request_id, "ok": ok, "value" if ok else "error": value}
@@ -396,13 +401,16 @@ class _Worker:
 
             readable.append(Path("/proc"))
         writable = [Path.cwd(), Path("/dev")]
-        if not dask:  # started before anything of the model is read; each confines itself as this process does below,
-            # then imports its libraries while the data is read
-            from tasks.adapters.audit_pool import AuditPool, pool_size
+        if not dask:  # the lanes beyond this process's own: started before anything of the model is read; each
+            # confines itself as this process does below, then imports its libraries while the data is read
+            from tasks.adapters.audit_pool import AuditPool, lanes
 
-            processes = pool_size(settings.execution.processes, len(loaded.plan))
-            if processes > 1:
-                self.audit_pool = AuditPool(processes, Path.cwd(), writable, readable)
+            self.lanes = lanes(settings.execution.processes, len(loaded.plan))
+            if self.lanes > 1:
+                from tasks.adapters.audit_pool import available_cores
+
+                self.audit_pool = AuditPool(self.lanes - 1, Path.cwd(), writable, readable,
+                                            threads=max(1, available_cores() // self.lanes))
         self.isolation = restrict(writable, readable, allow_tcp=dask)
         if drop_capabilities():  # run as root: without them, the auditor's /proc entries stay closed to it
             self.isolation["capabilities"] = "none (dropped: the audit runs as root)"
@@ -428,34 +436,61 @@ class _Worker:
             client = Client(address, timeout=settings.execution.connect_timeout_s)  # the default: DaskEngine waits on it
             self.cluster.callback(client.close)
             self.engine = DaskEngine(client)
-        if self.audit_pool is not None:
-            self.audit_pool.share(self.inputs.context, self.inputs.full)
+        if self.engine is None:
+            self._open_lanes()
         described = describe_inputs(self.inputs)
         described["params"].update({f"isolation.{k}": v for k, v in self.isolation.items()})
-        described["params"]["execution.audit_processes"] = str(self.audit_pool.processes if self.audit_pool else 1)
+        described["params"]["execution.audit_processes"] = str(self.lanes if self.engine is None else "dask")
         return described
+
+    def _open_lanes(self) -> None:
+        """Audits wait in one queue; each lane takes the next when it is free: this process's own (the inputs are
+        already here) and one per worker process of the pool (the inputs sent once). A lane whose process died closes;
+        the others go on."""
+        if self.audit_pool is not None:
+            self.audit_pool.share(self.inputs.context, self.inputs.full)
+
+        def here(planned: Any) -> dict:
+            from audits.core.runner import run_planned
+
+            return encode_result(run_planned(planned, self.inputs.context, self.inputs.full))
+
+        def there(planned: Any) -> dict:
+            return encode_result(self.audit_pool.run(planned).result())
+
+        for run in [here] + [there] * (self.audit_pool.processes if self.audit_pool else 0):
+            threading.Thread(target=self._lane, args=(run,), name="audit-lane", daemon=True).start()
+
+    def _lane(self, run: Any) -> None:
+        from concurrent.futures.process import BrokenProcessPool
+
+        while True:
+            item = self.waiting.get()
+            if item is None:
+                self.waiting.put(None)  # every lane sees the end
+                return
+            planned, future = item
+            try:
+                future.set_result(run(planned))
+            except BrokenProcessPool:  # its process died (a crash in native code, the memory killer): this audit is lost
+                future.set_result(encode_result(AuditResult(
+                    audit=planned.id, verdict=Verdict.ERROR,
+                    reason="the process running this audit ended abruptly (a crash in the model's or a library's native "
+                           "code, or out of memory); set execution.processes: 1 to run the audits in the model's process")))
+                return  # this lane closes; the others take the rest
+            except BaseException as exc:  # noqa: BLE001 - handed to the request
+                future.set_exception(exc)
 
     def audit(self, planned: Any) -> dict:
         from audits.core.runner import run_planned
 
         if self.inputs is None:
             raise ModelWorkerError("an audit was asked for before the inputs were prepared")
-        if self.audit_pool is not None:
-            from concurrent.futures.process import BrokenProcessPool
-
-            try:
-                return self.audit_pool.run(planned).result()
-            except BrokenProcessPool:  # a worker died (a crash in native code, the memory killer): this audit is lost
-                return encode_result(AuditResult(
-                    audit=planned.id, verdict=Verdict.ERROR,
-                    reason="the process running this audit ended abruptly (a crash in the model's or a library's native "
-                           "code, or out of memory); set execution.processes: 1 to run the audits in one process"))
         if self.engine is None:
-            with self.one_at_a_time:
-                result = run_planned(planned, self.inputs.context, self.inputs.full)
-        else:
-            result = next(self.engine.map(run_planned, [planned], context=self.inputs.context, full=self.inputs.full))
-        return encode_result(result)
+            future: Future = Future()
+            self.waiting.put((planned, future))
+            return future.result()
+        return encode_result(next(self.engine.map(run_planned, [planned], context=self.inputs.context, full=self.inputs.full)))
 
     def handle(self, request: dict) -> None:
         try:
@@ -478,6 +513,7 @@ class _Worker:
             else:
                 self.pool.submit(self.handle, request)
         self.pool.shutdown(wait=True)
+        self.waiting.put(None)
         if self.audit_pool is not None:
             self.audit_pool.close()
         if self.cluster is not None:

@@ -96,10 +96,11 @@ def test_the_command_says_what_it_reused_and_no_cache_recomputes(tmp_path, prefe
     assert "2 of 2 results reused" in second and second.count("(cached)") == 2
     third = run("--no-cache")
     assert "reused" not in third and "(cached)" not in third
+    assert "2 of 2 results reused" in run()  # what --no-cache computed is kept for the next run
     # a record made of reused results verifies like any other
     client = make_client(world.tracking_uri)
     runs = client.search_runs([client.get_experiment_by_name("auditlens/e2e-model").experiment_id], order_by=["attributes.start_time ASC"])
-    assert [cached(r)["performance"] for r in runs] == [0, 1, 0]
+    assert [cached(r)["performance"] for r in runs] == [0, 1, 0, 1]
     check = subprocess.run([str(AUDITLENS), "verify", runs[1].info.run_id, "--tracking-uri", world.tracking_uri, "--integrity-only"],
                            env=env, capture_output=True, text=True, timeout=120)
     assert check.returncode == 0, check.stdout + check.stderr

@@ -10,8 +10,7 @@ from audits.core.audit import Audit
 from audits.core.plan import AuditPlan, PlannedAudit
 from audits.core.runner import run_planned
 from audits.testing import classifier_context
-from tasks.adapters.audit_pool import AuditPool, pool_size
-from tasks.adapters.model_worker import decode_result
+from tasks.adapters.audit_pool import AuditPool, lanes
 
 
 class Dies(Audit):
@@ -35,7 +34,7 @@ def test_audits_in_two_processes_give_the_figures_of_one(tmp_path):
     try:
         pool.share(context, None)
         futures = [pool.run(p) for p in plan]
-        remote = [decode_result(f.result(timeout=300)) for f in futures]
+        remote = [f.result(timeout=300) for f in futures]
         pids = pool.executor.submit(os.getpid).result(timeout=60), {p.pid for p in pool.executor._processes.values()}
     finally:
         pool.close()
@@ -64,8 +63,8 @@ def test_a_worker_that_dies_is_an_error_for_its_audit_not_a_hang(tmp_path):
 
 
 def test_the_pool_is_never_larger_than_the_plan_or_the_configured_number():
-    assert pool_size(None, 1) == 1
-    assert pool_size(4, 2) == 2
-    assert pool_size(1, 19) == 1
-    assert 1 <= pool_size(None, 19) <= 8
+    assert lanes(None, 1) == 1
+    assert lanes(4, 2) == 2
+    assert lanes(1, 19) == 1
+    assert 1 <= lanes(None, 19) <= 8
 
