@@ -193,9 +193,11 @@ def domain_classifier(reference: pd.DataFrame, current: pd.DataFrame, categorica
     permutation importance (drop in AUC) of each column on the held-out folds. ``model`` (the first fold's
     classifier), ``kept``, ``usable`` and ``trained`` let it score other rows: ``domain_scores``."""
     from sklearn.ensemble import HistGradientBoostingClassifier
-    from sklearn.inspection import permutation_importance
     from sklearn.model_selection import StratifiedKFold, cross_validate
     from threadpoolctl import threadpool_limits
+
+    from audits.core.context import ModelUnderAudit
+    from audits.methods.permutation import permutation_batch
 
     pooled = pd.concat([reference, current], ignore_index=True)
     kept = {c: kept_categories(as_categories(pooled[c]), max_categories) for c in reference.columns if c in categorical}
@@ -217,9 +219,13 @@ def domain_classifier(reference: pd.DataFrame, current: pd.DataFrame, categorica
     with threadpool_limits(limits=1, user_api="openmp"):
         scores = cross_validate(model, X, y, cv=cv, scoring="roc_auc", return_estimator=True, return_indices=True)
         for k, (estimator, test) in enumerate(zip(scores["estimator"], scores["indices"]["test"], strict=True)):
-            result = permutation_importance(estimator, X[test], y[test], scoring="roc_auc", n_repeats=repeats,
-                                            random_state=seed + k)
-            importances.append(result.importances_mean)
+            # scikit-learn's permutation_importance(estimator, X[test], y[test], scoring="roc_auc", n_repeats=repeats,
+            # random_state=seed + k), shuffle for shuffle, with every shuffled copy of the fold predicted in one call
+            # and scored by one ranking: 455 predict and roc_auc_score calls of 2,000 rows were 6 of drift's 8 s
+            held = pd.DataFrame(X[test], columns=[f"c{j}" for j in range(X.shape[1])])
+            fold = ModelUnderAudit(task="classification", predict=lambda F, e=estimator: e.predict(F.to_numpy()),
+                                   predict_proba=lambda F, e=estimator: e.predict_proba(F.to_numpy()), classes=(0, 1))
+            importances.append(permutation_batch(fold, held, pd.Series(y[test]), repeats, seed + k).mean(axis=1))
     importance, spread = np.zeros(len(usable)), np.zeros(len(usable))
     importance[usable], spread[usable] = np.mean(importances, axis=0), np.std(importances, axis=0)
     train = scores["indices"]["train"][0]

@@ -17,6 +17,14 @@ EXACT_NEIGHBOURS_MAX_ROWS = 20_000  # 'auto' neighbours: exact search up to here
 FFT_INTS_IN_INTERVAL = 2.0  # openTSNE's default is 1: a grid cell per embedding unit
 
 
+# Iterations by map size. With PCA initialisation and openTSNE's automatic learning rate, maps of up to 10,000 rows
+# are as trustworthy after 75 + 125 iterations as after 125 + 250 (2,000 rows of the benchmark workload: 0.849 and
+# 0.846; the breast-cancer data: 0.946 and 0.946) at 55 % of the time; larger maps keep the longer schedule.
+SHORT_SCHEDULE_MAX_ROWS = 10_000
+SHORT_SCHEDULE, LONG_SCHEDULE = (75, 125), (125, 250)
+PLACEMENT_ITER = 100  # placing new rows: the same trustworthiness as openTSNE's 250 (0.771 and 0.774) at 40 % of the time
+
+
 @dataclass(frozen=True)
 class TsneSettings:
     perplexity: float
@@ -26,6 +34,7 @@ class TsneSettings:
     gradient: str
     n_jobs: int
     ints_in_interval: float = FFT_INTS_IN_INTERVAL  # FFT only
+    placement_iter: int = PLACEMENT_ITER
 
     def describe(self) -> str:
         grid = f" (grid cell {self.ints_in_interval:g})" if self.gradient == "fft" else ""
@@ -43,11 +52,15 @@ def threads_given() -> int:
         return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
 
 
-def tsne_settings(n_rows: int, perplexity: float = 30.0, early_exaggeration_iter: int = 125, n_iter: int = 250,
+def tsne_settings(n_rows: int, perplexity: float = 30.0, early_exaggeration_iter: int | None = None, n_iter: int | None = None,
                   neighbors: str = "auto", gradient: str = "auto", n_jobs: int | None = None) -> TsneSettings:
-    """The settings used for ``n_rows`` reference rows: 'auto' choices resolved, perplexity within reach, ``n_jobs``
-    None: the threads this process is given."""
+    """The settings used for ``n_rows`` reference rows: 'auto' choices resolved, perplexity within reach, iterations
+    None: by the map's size (SHORT_SCHEDULE up to SHORT_SCHEDULE_MAX_ROWS rows), ``n_jobs`` None: the threads this
+    process is given."""
     n_jobs = n_jobs if n_jobs is not None else threads_given()
+    schedule = SHORT_SCHEDULE if n_rows <= SHORT_SCHEDULE_MAX_ROWS else LONG_SCHEDULE
+    early_exaggeration_iter = schedule[0] if early_exaggeration_iter is None else early_exaggeration_iter
+    n_iter = schedule[1] if n_iter is None else n_iter
     if neighbors == "auto":
         neighbors = "exact" if n_rows <= EXACT_NEIGHBOURS_MAX_ROWS else "annoy"
     if gradient == "auto":
@@ -72,9 +85,9 @@ def tsne_embed(reference: np.ndarray, current: np.ndarray | None, settings: Tsne
     embedding = tsne.fit(np.ascontiguousarray(reference, dtype=float))
     placed = None
     if current is not None and len(current):
-        # openTSNE's transform defaults (perplexity 5, 250 iterations), the perplexity lowered for tiny maps
-        placed = np.array(embedding.transform(np.ascontiguousarray(current, dtype=float), perplexity=min(5.0, settings.perplexity)),
-                          dtype=float)
+        # openTSNE's transform perplexity (5), lowered for tiny maps; PLACEMENT_ITER iterations
+        placed = np.array(embedding.transform(np.ascontiguousarray(current, dtype=float), perplexity=min(5.0, settings.perplexity),
+                                              n_iter=settings.placement_iter), dtype=float)
     return np.array(embedding, dtype=float), placed
 
 

@@ -35,8 +35,8 @@ class EmbeddingProjectionsConfig(AuditConfig):
     reference_rows: int = Field(2000, ge=MIN_ROWS)  # reference rows mapped (sampled with the seed)
     current_rows: int = Field(2000, ge=1)  # current rows placed on the map (sampled with the seed)
     perplexity: float = Field(30.0, gt=0, le=500)  # lowered to (rows - 1) / 3 for small samples
-    early_exaggeration_iter: int = Field(125, ge=0, le=5000)
-    n_iter: int = Field(250, ge=1, le=10000)
+    early_exaggeration_iter: int | None = Field(None, ge=0, le=5000)  # None: by the map's size (audits/methods/tsne.py)
+    n_iter: int | None = Field(None, ge=1, le=10000)
     n_jobs: int | None = Field(None, ge=1, le=64)  # threads (default: OMP_NUM_THREADS, else the cores); results do not depend on it
     k: int = Field(10, ge=1, le=200)  # neighbours for trustworthiness and neighbour agreement
     uncertainty: Literal["confidence", "mc_dropout"] = "confidence"

@@ -86,8 +86,9 @@ class ProjectionsConfig(AuditConfig):
     reference_rows: int = Field(2000, ge=MIN_ROWS)  # reference rows mapped (sampled with the seed)
     current_rows: int = Field(2000, ge=1)  # current rows placed on the maps (sampled with the seed)
     perplexity: float = Field(30.0, gt=0, le=500)  # lowered to (rows - 1) / 3 for small samples
-    early_exaggeration_iter: int = Field(125, ge=0, le=5000)  # openTSNE's default is 250
-    n_iter: int = Field(250, ge=1, le=10000)  # openTSNE's default is 500
+    # None: by the map's size (audits/methods/tsne.py: 75 + 125 up to 10,000 rows, else 125 + 250; openTSNE's are 250 + 500)
+    early_exaggeration_iter: int | None = Field(None, ge=0, le=5000)
+    n_iter: int | None = Field(None, ge=1, le=10000)
     neighbors: Literal["auto", "exact", "annoy"] = "auto"  # auto: exact up to 20,000 rows, Annoy above
     gradient: Literal["auto", "bh", "fft"] = "auto"  # auto: Barnes-Hut below 10,000 rows, FFT from 10,000
     n_jobs: int | None = Field(None, ge=1, le=64)  # threads (default: OMP_NUM_THREADS, else the cores); results do not depend on it

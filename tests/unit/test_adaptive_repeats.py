@@ -16,13 +16,13 @@ from audits.core.runner import run_planned
 from audits.explain.importance import (
     ImportanceAudit,
     ImportanceConfig,
-    _auc_each,
-    _r2_each,
     occlusion_estimate,
-    permutation_batch,
     permutation_estimate,
     scorer_for,
 )
+from audits.methods.permutation import auc_each as _auc_each
+from audits.methods.permutation import permutation_batch
+from audits.methods.permutation import r2_each as _r2_each
 from audits.methods.repeats import next_batch, sequential, t_halfwidth
 from audits.testing import make_tabular
 from tests.conftest import make_pipeline_model
