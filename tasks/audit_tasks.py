@@ -18,7 +18,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.tasks import exponential_backoff
 
 from audits.core.plan import PlannedAudit
-from audits.core.result import AuditResult
+from audits.core.result import AuditResult, Verdict
 from audits.core.runner import judge, overall_verdict
 from audits.rendering.html import markdown_summary, render_report
 from tasks.adapters import provenance
@@ -106,6 +106,19 @@ class Reuse:
     def keep(self, result: AuditResult, run_id: str) -> None:
         if self.cache is not None and self.keys is not None and result.audit in self.keys.audits:
             self.cache.put_result(self.keys.audits[result.audit], encode_result(result), run_id)
+
+    def order(self, plan: list[PlannedAudit]) -> list[PlannedAudit]:
+        """The audits to compute, the longest first (as long as each took when it last ran here, else its
+        ``typical_cost_s``), so that the lanes of the model's process finish together."""
+        known = self.cache.durations() if self.cache is not None else {}
+        pending = [p for p in plan if p.id not in self.hits]
+        return sorted(pending, key=lambda p: -known.get(p.audit.name, type(p.audit).typical_cost_s))
+
+    def remember(self, results: list[AuditResult], plan: list[PlannedAudit]) -> None:
+        names = {p.id: p.audit.name for p in plan}
+        if self.cache is not None:
+            self.cache.put_durations({names[r.audit]: r.duration_s for r in results
+                                      if "cached" not in r.info and r.verdict is not Verdict.SKIPPED and r.audit in names})
 
 
 NOT_STARTED = "not started: every audit's result was reused from the cache"
@@ -213,7 +226,7 @@ def run_audits(plan: list[PlannedAudit], worker: ModelWorker, reuse: Reuse | Non
     (in its worker processes, or on the Dask cluster it started), and its result comes back as data, judged again here,
     where the only writer to MLflow (and to the cache) runs."""
     reuse = reuse or Reuse()
-    futures = {p.id: run_one.with_options(task_run_name=f"audit-{p.id}").submit(p, worker) for p in plan if p.id not in reuse.hits}
+    futures = {p.id: run_one.with_options(task_run_name=f"audit-{p.id}").submit(p, worker) for p in reuse.order(plan)}
     results = []
     for planned in plan:
         if planned.id in reuse.hits:
@@ -222,6 +235,7 @@ def run_audits(plan: list[PlannedAudit], worker: ModelWorker, reuse: Reuse | Non
         result = futures[planned.id].result()
         reuse.keep(result, run_id)
         results.append(result)
+    reuse.remember(results, plan)
     return results
 
 

@@ -77,6 +77,10 @@ class Audit(ABC):
     # comes from the data (a column, class, segment, layer or step), '{a,b}' for either. check-config refuses a
     # threshold on a key no pattern matches, naming the nearest one; the contract checks every key reported is here.
     metric_keys: ClassVar[tuple[str, ...]] = ()
+    # rough seconds on the benchmark workload (20,000 rows a side, 30 features; bench/bench_parts.py), for the
+    # scheduler only: with no timing of an earlier run, the costliest audits start first, so that the lanes finish
+    # together instead of one waiting on the map it started last
+    typical_cost_s: ClassVar[float] = 1.0
     # on data larger than the sample: 'sample' (computes on the seeded sample), or, for a PartialAudit (audits.core.partial),
     # 'partial' (every row) or 'hybrid' (fitted on the sample, applied to every row)
     mode: ClassVar[Literal["sample", "partial", "hybrid"]] = "sample"

@@ -47,6 +47,7 @@ class MCDropoutAudit(Audit):
     """Spread of a network's answers with dropout kept on, reference rows against current rows."""
 
     name = "mc_dropout"
+    typical_cost_s = 3.0  # for the scheduler (audits.core.audit)
     metric_keys = (
         "{reference,current}.{mean_mutual_information,mean_predictive_entropy,mean_probability,mean_std}",
         "current.agreement_with_deterministic",

@@ -122,7 +122,7 @@ class ResultCache:
         self.folder = folder
 
     def _path(self, kind: str, key: str) -> Path:
-        return self.folder / kind / key[:2] / f"{key}.json"
+        return self.folder / kind / (key[:2] if kind != "timings" else "") / f"{key}.json"
 
     def _read(self, kind: str, key: str) -> dict[str, Any] | None:
         try:
@@ -156,6 +156,15 @@ class ResultCache:
         """(the result as it crossed from the model's process, where it came from: run id and time)."""
         entry = self._read("results", key)
         return (entry["result"], entry["origin"]) if entry else None
+
+    def durations(self) -> dict[str, float]:
+        """Seconds each audit (by name) took when it last ran on this machine: the scheduler starts the longest first."""
+        entry = self._read("timings", "durations")
+        return {str(k): float(v) for k, v in entry["value"].items()} if entry else {}
+
+    def put_durations(self, measured: dict[str, float]) -> None:
+        if measured:
+            self._write("timings", "durations", {"value": {**self.durations(), **measured}})
 
     def put_result(self, key: str, encoded: dict[str, Any], run_id: str) -> None:
         if encoded.get("verdict") == Verdict.ERROR.value:

@@ -109,3 +109,21 @@ def test_an_error_is_never_kept_and_an_entry_reads_back_only_under_its_own_key(t
     target.parent.mkdir(parents=True)
     shutil.copy(tmp_path / "results" / "bb" / f"{'b' * 64}.json", target)
     assert cache.result("c" * 64) is None
+
+
+def test_the_longest_audits_start_first_by_their_last_timing_else_their_typical_cost(tmp_path):
+    from audits.core.plan import AuditPlan
+    from audits.core.result import AuditResult
+    from tasks.audit_tasks import Reuse
+
+    plan = AuditPlan(audits=[{"audit": "performance"}, {"audit": "drift"}, {"audit": "calibration"},
+                             {"audit": "projections"}]).build()
+    cache = ResultCache(tmp_path)
+    reuse = Reuse(cache=cache)
+    assert [p.id for p in reuse.order(plan)] == ["drift", "projections", "performance", "calibration"]  # typical costs
+    reuse.remember([AuditResult(audit="calibration", duration_s=9.0), AuditResult(audit="drift", duration_s=2.0)], plan)
+    assert cache.durations() == {"calibration": 9.0, "drift": 2.0}
+    assert [p.id for p in Reuse(cache=cache).order(plan)] == ["calibration", "projections", "drift", "performance"]
+    # what the cache serves is not computed, so not scheduled
+    hits = {"projections": AuditResult(audit="projections", info={"cached": "x"})}
+    assert [p.id for p in Reuse(cache=cache, hits=hits).order(plan)] == ["calibration", "drift", "performance"]
