@@ -72,8 +72,14 @@ def files_digest(paths: list[Path], root: Path | None = None) -> str:
     return digest.hexdigest()
 
 
+# files MLflow itself writes into a model's folder after it was logged: loading models:/NAME/VERSION from a local store
+# (mlflow.models.evaluate does) adds registered_model_meta, which names the model and version (both in the key already)
+MLFLOW_BOOKKEEPING = frozenset({"registered_model_meta"})
+
+
 def folder_digest(folder: Path) -> str:
-    return files_digest(sorted(p for p in folder.rglob("*") if p.is_file()), folder)
+    """The names and bytes of a model's files, MLflow's own bookkeeping left out."""
+    return files_digest(sorted(p for p in folder.rglob("*") if p.is_file() and p.name not in MLFLOW_BOOKKEEPING), folder)
 
 
 def data_digest(loaded: Any, role: str) -> str:

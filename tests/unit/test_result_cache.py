@@ -76,6 +76,12 @@ def test_a_change_to_one_audit_changes_its_key_only(world):
         assert after.audits["drift"] != before.audits["drift"]
 
 
+def test_the_file_mlflow_adds_when_the_version_is_loaded_is_not_part_of_the_key(world):
+    before = keys(world)
+    (world / "model" / "registered_model_meta").write_text("model_name: m\nmodel_version: '1'\n")
+    assert keys(world) == before
+
+
 def test_where_the_record_goes_and_how_long_an_audit_may_take_are_not_part_of_the_key(world):
     before = keys(world)
     assert keys(world, mlflow={"tracking_uri": "http://127.0.0.1:5999"}, limits={"audit_s": 60}) == before
