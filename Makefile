@@ -47,7 +47,8 @@ test: install $(BIN)/docker-compose ## every test: unit, end to end (Prefect + M
 test-fast: install $(BIN)/docker-compose ## unit tests only
 	$(BIN)/python -m pytest tests/unit
 
-bench: install                ## our audit against mlflow.evaluate + GX; every audit's cost; t-SNE against sklearn; SHAP deep vs kernel and the network audit; what MC dropout sees per network
+bench: install                ## the speed goals as ratios and every audit's cost before/after; our audit against mlflow.evaluate + GX; t-SNE against sklearn; SHAP deep vs kernel and the network audit; what MC dropout sees per network
+	$(BIN)/python bench/bench_speed.py
 	$(BIN)/python bench/bench_audit.py
 	$(BIN)/python bench/bench_parts.py
 	$(BIN)/python bench/bench_tsne.py
