@@ -131,7 +131,9 @@ def _lookup(ref: ModelRef, loaded: LoadedSettings, model_dir: str, baseline, not
     settings = loaded.settings
     if not settings.cache.enabled:
         return Reuse()
-    cache = ResultCache(cache_folder(settings.cache.folder))
+    from tasks.adapters.signing import signing_key
+
+    cache = ResultCache(cache_folder(settings.cache.folder), signing_key())
     try:
         keys = cache_keys(ref, loaded, model_dir, baseline, note)
     except (OSError, AuditlensError):

@@ -122,10 +122,14 @@ def cache_keys(ref: Any, loaded: Any, model_dir: str, baseline: tuple[Any, str] 
 
 
 class ResultCache:
-    """One folder of entries: ``inputs/<key>.json`` and ``results/<key[:2]>/<key>.json``."""
+    """One folder of entries: ``inputs/<key>.json`` and ``results/<key[:2]>/<key>.json``. With a signing key
+    (``AUDITLENS_SIGNING_KEY``), every entry is signed with it and an entry whose signature does not verify is not
+    served: whoever can write the folder but does not hold the key (a model's process on a kernel without Landlock,
+    which finds the folder in the home it may read) cannot plant a result."""
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, key: Any = None) -> None:
         self.folder = folder
+        self.key = key  # tasks.adapters.signing.SigningKey, or None
 
     def _path(self, kind: str, key: str) -> Path:
         return self.folder / kind / (key[:2] if kind != "timings" else "") / f"{key}.json"
@@ -135,7 +139,11 @@ class ResultCache:
             entry = json.loads(self._path(kind, key).read_text(encoding="utf-8"))
         except (OSError, ValueError):
             return None
-        return entry if isinstance(entry, dict) and entry.get("key") == key else None
+        if not isinstance(entry, dict) or entry.get("key") != key:
+            return None
+        if self.key is not None and not self.key.matches(entry):
+            return None
+        return entry
 
     def _write(self, kind: str, key: str, entry: dict[str, Any]) -> None:
         path = self._path(kind, key)
@@ -143,13 +151,18 @@ class ResultCache:
             path.parent.mkdir(parents=True, exist_ok=True)
             with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=".tmp-", suffix=".json", delete=False,
                                              encoding="utf-8") as stream:
-                json.dump({**entry, "key": key}, stream, allow_nan=True)
+                json.dump(self._signed({**entry, "key": key}), stream, allow_nan=True)
             os.replace(stream.name, path)
         except OSError:  # a full disk or a read-only folder costs the reuse, never the audit
             try:
                 os.unlink(stream.name)
             except (OSError, UnboundLocalError):
                 pass
+
+    def _signed(self, entry: dict[str, Any]) -> dict[str, Any]:
+        from tasks.adapters.signing import as_stored
+
+        return self.key.sign(as_stored(entry)) if self.key is not None else entry
 
     def inputs(self, key: str) -> dict[str, Any] | None:
         entry = self._read("inputs", key)

@@ -133,3 +133,23 @@ def test_the_longest_audits_start_first_by_their_last_timing_else_their_typical_
     # what the cache serves is not computed, so not scheduled
     hits = {"projections": AuditResult(audit="projections", info={"cached": "x"})}
     assert [p.id for p in Reuse(cache=cache, hits=hits).order(plan)] == ["calibration", "drift", "performance"]
+
+
+def test_with_a_signing_key_only_entries_signed_with_it_are_served(tmp_path):
+    import json
+
+    from tasks.adapters.signing import SigningKey
+
+    key, other = SigningKey(b"k" * 32, "test"), SigningKey(b"o" * 32, "test")
+    signed = ResultCache(tmp_path, key)
+    signed.put_result("d" * 64, {"audit": "x", "verdict": "PASS", "metrics": {"x.a": float("nan")}}, "run1")
+    assert signed.result("d" * 64)[0]["verdict"] == "PASS"
+    assert ResultCache(tmp_path, other).result("d" * 64) is None  # another key: not served
+    # a planted entry (no signature, or the signature of the real entry on changed content) is not served
+    path = tmp_path / "results" / "dd" / f"{'d' * 64}.json"
+    entry = json.loads(path.read_text())
+    entry["result"]["verdict"] = "FAIL"
+    path.write_text(json.dumps(entry))
+    assert signed.result("d" * 64) is None
+    ResultCache(tmp_path).put_result("e" * 64, {"audit": "x", "verdict": "PASS"}, "run1")
+    assert signed.result("e" * 64) is None and ResultCache(tmp_path).result("e" * 64) is not None
