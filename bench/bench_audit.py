@@ -190,7 +190,9 @@ def ours_flow(model_uri: str, config_path: Path, tracking_uri: str, client, down
 
     started = time.perf_counter()
     with _in_process_flow_settings():
-        summary = audit_model(model_uri=model_uri, config_path=str(config_path), tracking_uri=tracking_uri, reason="bench")
+        # use_cache=False: every round computes (the result cache would serve rounds 2 and 3)
+        summary = audit_model(model_uri=model_uri, config_path=str(config_path), tracking_uri=tracking_uri, reason="bench",
+                              use_cache=False)
     wall = time.perf_counter() - started
     record = run_record(client, summary["run_id"])
     local = client.download_artifacts(summary["run_id"], "manifest.json", str(downloads))
@@ -225,7 +227,7 @@ def ours_without_prefect(model_uri: str, config_path: Path, tracking_uri: str, c
         run = open_audit_run.fn(ref, loaded, tracking_uri, audit_key=f"bench:{uuid.uuid4().hex}", reason="bench-no-prefect")
     with model_process() as worker:  # as the flow: the model is loaded and audited in its own process
         with clock.time("load model + data, predict"):
-            inputs = load_inputs.fn(ref, loaded, tracking_uri, worker)
+            inputs, _ = load_inputs.fn(ref, loaded, tracking_uri, worker, use_cache=False)
         results = []
         for planned in loaded.plan:
             with clock.time(f"audit {planned.id}"):
