@@ -124,7 +124,7 @@ def overhead(args: argparse.Namespace) -> dict:
     for name in ("state", "prefect-client", "prefect-ephemeral"):
         shutil.rmtree(workdir / name, ignore_errors=True)
     model_uri, config = build_world(workdir, args.seed)
-    audit = [str(AUDITLENS), "audit", "--model", model_uri, "--config", str(config), "--fail-on", "never"]
+    audit = [str(AUDITLENS), "audit", "--model", model_uri, "--config", str(config), "--fail-on", "never", "--no-cache"]
     sides = {
         "cli-local": (audit, hermetic_env(workdir)),
         "cli-ephemeral": (audit, hermetic_env(workdir, AUDITLENS_PREFECT_SERVER="ephemeral",
@@ -173,7 +173,7 @@ def failures(args: argparse.Namespace) -> dict:
     model_uri, config = build_world(workdir, args.seed)
     extra = {"AUDITLENS_PREFECT_SERVER": "ephemeral", "PREFECT_HOME": str(workdir / "prefect-ephemeral")} if args.mode == "ephemeral" else {}
     env = hermetic_env(workdir, **extra)
-    audit = [str(AUDITLENS), "audit", "--model", model_uri, "--config", str(config), "--fail-on", "never"]
+    audit = [str(AUDITLENS), "audit", "--model", model_uri, "--config", str(config), "--fail-on", "never", "--no-cache"]
     burners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(args.busy)]
     runs = []
     try:
