@@ -123,13 +123,14 @@ def test_an_untouched_run_is_verified(world, client):
     # every value logged, by value: a NaN and an infinity (which JSON cannot hold) by their names
     assert manifest["metrics"] == {"performance.current.accuracy": 0.77, "performance.current.roc_auc": 0.8412698412698413,
                                    "performance.current.log_loss": "Infinity", "data_quality.user.success_rate": "NaN",
-                                   "data_quality.rows": 200.0}  # fmt: skip
+                                   "data_quality.rows": 200.0,
+                                   "audit.performance.cached": 0.0, "audit.data_quality.cached": 0.0}  # fmt: skip
     assert run.data.metrics["performance.current.log_loss"] == 1.7976931348623157e308  # how the SQL store keeps it
 
     found = check(client, run_id)
     assert (found.differences, found.notes, found.authenticated) == ([], [], True)
-    assert (found.artifacts, found.metrics, found.tags, found.params) == (len(manifest["artifacts"]), 5, 9, 5)
-    assert found.summary() == f"verified: run {run_id}, {found.artifacts} artifacts, 5 metrics, 9 tags, 5 params"
+    assert (found.artifacts, found.metrics, found.tags, found.params) == (len(manifest["artifacts"]), 7, 9, 5)
+    assert found.summary() == f"verified: run {run_id}, {found.artifacts} artifacts, 7 metrics, 9 tags, 5 params"
 
 
 def test_a_changed_artifact_is_named_with_both_hashes(world, client):
