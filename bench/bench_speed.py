@@ -38,7 +38,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
-AUDITLENS = Path(sys.executable).parent / "auditlens"
+from bench_cli import AUDITLENS, stop_local_server  # noqa: E402
+from bench_cli import hermetic_env as cli_env  # noqa: E402
+
 BEFORE = REPO / "bench" / "baseline" / "parts-82c0ab9.json"
 GOALS = {"whole_plan_over_evaluate": 2.0, "three_audits_over_plain": 0.2, "rerun_over_first": 0.05,
          "rerun_over_first_in_process": 0.05}
@@ -60,12 +62,8 @@ def parse_args() -> argparse.Namespace:
 
 
 def hermetic_env(workdir: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "PREFECT_", "AUDITLENS_"))}
-    env.update({"MLFLOW_DISABLE_TELEMETRY": "true", "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
-                "GX_ANALYTICS_ENABLED": "false", "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1",
-                "AUDITLENS_STATE_DIR": str(workdir / "state"), "PREFECT_HOME": str(workdir / "prefect-client"),
-                "AUDITLENS_CACHE_DIR": str(workdir / "cache"), "COLUMNS": "200"})
-    return env
+    """bench_cli.py's (private state and Prefect folders, no telemetry), with the result cache in the work folder."""
+    return cli_env(workdir, AUDITLENS_CACHE_DIR=str(workdir / "cache"), MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR="false")
 
 
 def timed(command: list[str], env: dict[str, str], cwd: Path, timeout: float) -> dict:
@@ -187,7 +185,7 @@ def main() -> int:
         return 0
     workdir = args.workdir.resolve()
     if workdir.exists():
-        subprocess.run([str(AUDITLENS), "prefect-server", "stop"], env=hermetic_env(workdir), capture_output=True, timeout=120)
+        stop_local_server(hermetic_env(workdir), REPO)
         shutil.rmtree(workdir)
     workdir.mkdir(parents=True)
     os.environ.update(hermetic_env(workdir))
@@ -239,7 +237,7 @@ def main() -> int:
         "rerun_over_first": median["rerun"] / median["whole_plan"],
         "rerun_over_first_in_process": median["rerun_in_process"] / median["first_in_process"],
     }
-    subprocess.run([str(AUDITLENS), "prefect-server", "stop"], env=env, capture_output=True, timeout=120)
+    stop_local_server(env, workdir)
     results = {"code_version": code_version(), "cpus": os.cpu_count(), "seed": args.seed, "repeats": args.repeats,
                "workload": workload, "rounds": rounds, "medians": median, "ratios": ratios, "goals": GOALS}
     print("\n| ratio | measured | goal | medians |\n|---|---|---|---|")

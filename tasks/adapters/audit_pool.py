@@ -96,10 +96,9 @@ class AuditPool:
     def __init__(self, processes: int, folder: Path, writable: list[Path], readable: list[Path], threads: int = 1) -> None:
         self.processes = processes
         self.folder = folder
-        self.threads = threads  # per worker, for each library's thread pool
         saved = {name: os.environ.get(name) for name in THREAD_VARIABLES}
-        for name in THREAD_VARIABLES:  # the workers' libraries size their pools from these when they load
-            os.environ[name] = str(self.threads)
+        for name in THREAD_VARIABLES:  # the workers' libraries size their pools from these (threads per worker) on load
+            os.environ[name] = str(threads)
         try:
             self.executor = ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn"),
                                                 initializer=_start_worker, initargs=(writable, readable))

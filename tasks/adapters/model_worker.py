@@ -37,6 +37,7 @@ import pandas as pd
 
 from audits.core.result import Artifact, AuditResult, CheckResult, Verdict
 from tasks.adapters import errors as error_types
+from tasks.adapters.audit_pool import AuditPool, available_cores, lanes
 from tasks.adapters.errors import AuditlensError
 
 # variables the model's process is given: what Python, the numeric libraries and matplotlib need, nothing that names a
@@ -57,12 +58,12 @@ def worker_environment(environ: dict[str, str] | None = None) -> dict[str, str]:
     kept["PYTHONPATH"] = str(ROOT)
     kept["MLFLOW_TRACKING_URI"] = "none://the-model-process-has-no-tracking-store"  # MLflow would default to ./mlflow.db
     kept["AUDITLENS_MODEL_PROCESS"] = "1"
-    # joblib counts physical cores through /sys and lscpu, which the confined process may not read: it warns, then
-    # falls back to the logical cores. Say that number here.
     # threads waiting at an OpenMP barrier sleep instead of spinning: audits run side by side in processes, and a
     # spinning thread takes the core another process's thread needs (t-SNE's 1,258 barriers took 5 times as long)
     kept.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    kept.setdefault("LOKY_MAX_CPU_COUNT", str(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1))
+    # joblib counts physical cores through /sys and lscpu, which the confined process may not read: it warns, then
+    # falls back to the logical cores. Say that number here.
+    kept.setdefault("LOKY_MAX_CPU_COUNT", str(available_cores()))
     return kept
 
 
@@ -230,7 +231,8 @@ def describe_inputs(inputs: Any) -> dict[str, Any]:
 
 class ModelWorker:
     """The model's process, seen from the auditor: ``prepare`` loads the model and assembles the inputs there,
-    ``audit`` runs one planned audit there (several at once, in its threads), ``close`` ends it."""
+    ``audit`` runs one planned audit there (several at once, in its lanes: its own thread and its worker processes),
+    ``close`` ends it."""
 
     def __init__(self) -> None:
         self.process: subprocess.Popen | None = None  # started by the first request: an audit whose every result is
@@ -403,12 +405,8 @@ class _Worker:
         writable = [Path.cwd(), Path("/dev")]
         if not dask:  # the lanes beyond this process's own: started before anything of the model is read; each
             # confines itself as this process does below, then imports its libraries while the data is read
-            from tasks.adapters.audit_pool import AuditPool, lanes
-
             self.lanes = lanes(settings.execution.processes, len(loaded.plan))
             if self.lanes > 1:
-                from tasks.adapters.audit_pool import available_cores
-
                 self.audit_pool = AuditPool(self.lanes - 1, Path.cwd(), writable, readable,
                                             threads=max(1, available_cores() // self.lanes))
         self.isolation = restrict(writable, readable, allow_tcp=dask)

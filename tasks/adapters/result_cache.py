@@ -122,7 +122,8 @@ def cache_keys(ref: Any, loaded: Any, model_dir: str, baseline: tuple[Any, str] 
 
 
 class ResultCache:
-    """One folder of entries: ``inputs/<key>.json`` and ``results/<key[:2]>/<key>.json``. With a signing key
+    """One folder of entries: ``inputs/<key[:2]>/<key>.json``, ``results/<key[:2]>/<key>.json`` and the audits' last
+    timings, ``timings/durations.json``. With a signing key
     (``AUDITLENS_SIGNING_KEY``), every entry is signed with it and an entry whose signature does not verify is not
     served: whoever can write the folder but does not hold the key (a model's process on a kernel without Landlock,
     which finds the folder in the home it may read) cannot plant a result."""
