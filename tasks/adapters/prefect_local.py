@@ -275,11 +275,13 @@ class LocalPrefectServer:
             state = self.read_state()
             if state is not None and state.pid == supervisor.pid and healthy(state.health_url):
                 return state
-            if supervisor.poll() is not None:
-                raise self._failed(f"the local Prefect server exited while starting (code {supervisor.returncode})", timeout_s)
+            # the deadline first: the supervisor gives up at its own copy of it and exits, and a start that ran out of
+            # time is that, whichever of the two noticed first (a busy machine let the supervisor's exit be seen first)
             if time.monotonic() >= deadline:
                 self._kill_group(supervisor.pid)
                 raise self._failed(f"the local Prefect server did not answer within {timeout_s:g} s", timeout_s)
+            if supervisor.poll() is not None:
+                raise self._failed(f"the local Prefect server exited while starting (code {supervisor.returncode})", timeout_s)
             time.sleep(0.2)
 
     def _failed(self, problem: str, timeout_s: float) -> LocalPrefectServerError:
