@@ -376,9 +376,11 @@ def test_a_model_whose_pickle_runs_code_is_refused_by_the_webhook_and_the_watche
     first = audit_runs(env, "evil-model", version)
     assert [r.data.tags["auditlens.trigger"] for r in first] == ["webhook: new version"]
 
-    def settled():
+    def settled():  # the retry's own outcome: queueing it raises audit.attempts while the first refusal still shows
         tags = version_tags(env, "evil-model", version)
-        return tags.get("audit.status") == "failed" and tags.get("audit.attempts") == str(MAX_ATTEMPTS)
+        runs = audit_runs(env, "evil-model", version)
+        return (tags.get("audit.status") == "failed" and tags.get("audit.attempts") == str(MAX_ATTEMPTS)
+                and len(runs) == MAX_ATTEMPTS and all(r.info.status != "RUNNING" for r in runs))
 
     wait_for(settled, 2 * AUDIT_BOUND_S, 1, "the watcher's retry refused too")
     runs = audit_runs(env, "evil-model", version)
