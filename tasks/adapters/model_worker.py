@@ -64,6 +64,10 @@ def worker_environment(environ: dict[str, str] | None = None) -> dict[str, str]:
     # joblib counts physical cores through /sys and lscpu, which the confined process may not read: it warns, then
     # falls back to the logical cores. Say that number here.
     kept.setdefault("LOKY_MAX_CPU_COUNT", str(available_cores()))
+    # what scikit-learn sets on import (setdefault), here already: the environment does not depend on whether the
+    # auditor had imported it when the model's process started (a spare started early is then still the same)
+    kept.setdefault("KMP_DUPLICATE_LIB_OK", "True")
+    kept.setdefault("KMP_INIT_AT_FORK", "FALSE")
     return kept
 
 
@@ -229,6 +233,96 @@ def describe_inputs(inputs: Any) -> dict[str, Any]:
 # the auditor's side
 
 
+# imported by a model process while it waits for its first request: what loading the model and the data needs, paid
+# while the auditor starts (a spare process, ``prestart``), not after it asked
+WARM_IMPORTS = ("pandas", "pyarrow.parquet", "sklearn.base", "matplotlib.figure", "audits.core.runner",
+                "tasks.adapters.inputs", "tasks.adapters.models", "tasks.adapters.full_pass", "tasks.adapters.sandbox",
+                "tasks.adapters.provenance")
+
+
+class _Spawned:
+    """One started model process: its pipes and its own empty working folder."""
+
+    def __init__(self, process: subprocess.Popen, folder: tempfile.TemporaryDirectory, out: Any, read: Any,
+                 environment: dict[str, str]) -> None:
+        self.process, self.folder, self.out, self.read, self.environment = process, folder, out, read, environment
+
+    @classmethod
+    def start(cls, warm: tuple[str, ...] = ()) -> _Spawned:
+        folder = tempfile.TemporaryDirectory(prefix="auditlens-model-process-")
+        environment = worker_environment()
+        to_worker_r, to_worker_w = os.pipe()
+        from_worker_r, from_worker_w = os.pipe()
+        process = subprocess.Popen(
+            [sys.executable, "-m", "tasks.adapters.model_worker", str(to_worker_r), str(from_worker_w), ",".join(warm)],
+            cwd=folder.name, env={**environment, "TMPDIR": folder.name},
+            pass_fds=(to_worker_r, from_worker_w),
+            stdin=subprocess.DEVNULL, stdout=sys.stderr.fileno() if _has_fileno(sys.stderr) else None,
+        )
+        os.close(to_worker_r)
+        os.close(from_worker_w)
+        return cls(process, folder, os.fdopen(to_worker_w, "wb"), os.fdopen(from_worker_r, "rb"), environment)
+
+    def discard(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(10)
+        for stream in (self.out, self.read):
+            try:
+                stream.close()
+            except OSError:
+                pass
+        self.folder.cleanup()
+
+
+_spare: dict[str, Any] = {"process": None, "keep": False, "warm": ()}
+_spare_lock = threading.Lock()
+
+
+def prestart(warm: tuple[str, ...] = (), keep: bool = False) -> None:
+    """Start a model process now, for the next ``ModelWorker`` of this process to take: it imports its libraries
+    (``WARM_IMPORTS`` and ``warm``) while this process is still starting (the CLI's own imports, the demo's training),
+    on another core, instead of after the audit asked for it. ``keep``: each time one is taken, start the next (a
+    command that runs several audits one after another). It holds nothing of the model or the data until it is taken
+    (its confinement comes with its first request, as for any model process), and one never taken is killed at exit.
+    This process's /proc entries are made unreadable first, as ``model_process`` does before any model process starts."""
+    import atexit
+
+    from tasks.adapters.sandbox import not_inspectable
+
+    not_inspectable()
+    with _spare_lock:
+        _spare["keep"], _spare["warm"] = keep, tuple(warm)
+        if _spare["process"] is None:
+            if not _spare.get("registered"):
+                atexit.register(discard_spare)
+                _spare["registered"] = True
+            _spare["process"] = _Spawned.start(_spare["warm"])
+
+
+def discard_spare() -> None:
+    """Stop keeping a spare model process, and end the one waiting, if any."""
+    with _spare_lock:
+        spawned, _spare["process"], _spare["keep"] = _spare["process"], None, False
+    if spawned is not None:
+        spawned.discard()
+
+
+def _take_spare() -> _Spawned | None:
+    """The spare model process, if one is waiting, still alive, and started with the environment a new one would get
+    now (anything else is discarded: a model process never runs with settings other than today's)."""
+    with _spare_lock:
+        spawned, _spare["process"] = _spare["process"], None
+        if _spare["keep"]:
+            _spare["process"] = _Spawned.start(_spare["warm"])
+    if spawned is None:
+        return None
+    if spawned.process.poll() is not None or spawned.environment != worker_environment():
+        spawned.discard()
+        return None
+    return spawned
+
+
 class ModelWorker:
     """The model's process, seen from the auditor: ``prepare`` loads the model and assembles the inputs there,
     ``audit`` runs one planned audit there (several at once, in its lanes: its own thread and its worker processes),
@@ -241,19 +335,8 @@ class ModelWorker:
         self._next = 0
 
     def _start(self) -> None:
-        self._folder = tempfile.TemporaryDirectory(prefix="auditlens-model-process-")
-        to_worker_r, to_worker_w = os.pipe()
-        from_worker_r, from_worker_w = os.pipe()
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "tasks.adapters.model_worker", str(to_worker_r), str(from_worker_w)],
-            cwd=self._folder.name, env={**worker_environment(), "TMPDIR": self._folder.name},
-            pass_fds=(to_worker_r, from_worker_w),
-            stdin=subprocess.DEVNULL, stdout=sys.stderr.fileno() if _has_fileno(sys.stderr) else None,
-        )
-        os.close(to_worker_r)
-        os.close(from_worker_w)
-        self._out = os.fdopen(to_worker_w, "wb")
-        self._in = os.fdopen(from_worker_r, "rb")
+        spawned = _take_spare() or _Spawned.start()
+        self.process, self._folder, self._out, self._in = spawned.process, spawned.folder, spawned.out, spawned.read
         self._reader = threading.Thread(target=self._read, name="auditlens-model-process-reader", daemon=True)
         self._reader.start()
 
@@ -545,12 +628,25 @@ def _readable(loaded: Any, model_dir: str, baseline: tuple[Any, str] | None) -> 
 
 
 def main(argv: list[str]) -> None:
+    import importlib
+
     from tasks.adapters.tracking import quiet_environment
 
     quiet_environment()
     read, write = os.fdopen(int(argv[0]), "rb"), os.fdopen(int(argv[1]), "wb")
     sys.stdout = sys.stderr  # the model's prints never reach the frames
+    for name in (*WARM_IMPORTS, *filter(None, (argv[2] if len(argv) > 2 else "").split(","))):
+        try:  # our own libraries, imported before the first request (and before the confinement it brings)
+            importlib.import_module(name)
+        except ImportError:
+            pass  # an optional library not installed: the audit that needs it says so
     _Worker(write).serve(read)
+    # the auditor waits for this process to end: its exit handlers run (multiprocessing releases the lanes' locks), but
+    # not the full garbage collections of Python's teardown over every object the libraries left (about a second)
+    import gc
+
+    gc.disable()
+    gc.freeze()
 
 
 if __name__ == "__main__":

@@ -64,6 +64,11 @@ def quiet_environment() -> None:
         "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",
     }.items():
         os.environ.setdefault(key, value)
+    # joblib counts physical cores through /sys and lscpu, and on machines where that finds none it prints a warning
+    # with a traceback (seen in every demo run); the logical cores this process may use are the number it falls back to
+    from tasks.adapters.audit_pool import available_cores
+
+    os.environ.setdefault("LOKY_MAX_CPU_COUNT", str(available_cores()))
 
 
 def configure_http(timeout_s: int, max_retries: int) -> None:

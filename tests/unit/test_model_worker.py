@@ -162,3 +162,59 @@ def test_a_signing_key_file_the_model_could_read_is_refused(tmp_path, monkeypatc
     (secrets / "key").write_text("k" * 40)
     monkeypatch.setenv("AUDITLENS_SIGNING_KEY_FILE", str(secrets / "key"))
     _key_file_out_of_reach(loaded, str(model), None)  # a folder of its own: fine
+
+
+# --- a model process started ahead (the CLI starts one while it imports its own libraries) ----------------------------
+
+@pytest.fixture()
+def spare():
+    from tasks.adapters import model_worker
+
+    yield model_worker
+    model_worker.discard_spare()
+
+
+def test_a_model_process_started_ahead_is_the_one_the_next_audit_takes(spare):
+    spare.prestart()
+    started = spare._spare["process"].process
+    worker = spare.ModelWorker()
+    worker._start()
+    try:
+        assert worker.process is started and spare._spare["process"] is None
+    finally:
+        worker.close()
+    assert started.returncode == 0  # it answered the stop: it was alive and listening
+
+
+def test_a_model_process_started_with_another_environment_is_not_used(spare, monkeypatch):
+    spare.prestart()
+    started = spare._spare["process"].process
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")  # a variable the model's process is given changed after it started
+    worker = spare.ModelWorker()
+    worker._start()
+    try:
+        assert worker.process is not started
+        assert started.poll() is not None  # killed, not left behind
+    finally:
+        worker.close()
+
+
+def test_keep_starts_the_next_one_and_discarding_ends_it(spare):
+    spare.prestart(keep=True)
+    first = spare._spare["process"].process
+    worker = spare.ModelWorker()
+    worker._start()
+    worker.close()
+    following = spare._spare["process"].process
+    assert worker.process is first and following is not first and following.poll() is None
+    spare.discard_spare()
+    assert following.poll() is not None and spare._spare["process"] is None
+
+
+def test_the_imports_before_the_first_request_start_no_python_thread():
+    """The model's process confines itself (Landlock) when its first request comes: a thread started before that would
+    stay unconfined. The imports paid ahead (``WARM_IMPORTS``) must start none."""
+    code = ("import importlib, threading\nfrom tasks.adapters.model_worker import WARM_IMPORTS\n"
+            "[importlib.import_module(m) for m in WARM_IMPORTS]\nprint(threading.active_count())")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.stdout.strip() == "1", done.stderr
