@@ -22,11 +22,12 @@ from tasks.adapters.deployments import resolve_pattern
 from tasks.adapters.errors import AuditlensError, TrackingServerError
 from tasks.adapters.model_gate import ModelRefusedError
 from tasks.adapters.mlflow_sink import Heartbeat
-from tasks.adapters.tracking import quiet_environment, redact
+from tasks.adapters.tracking import quiet_environment, quiet_joblib, redact
 from tasks.logs import quiet_user_errors
 
 quiet_user_errors()
 quiet_environment()  # also when a worker runs the flow without our CLI: no credentialed URL printed, no telemetry
+quiet_joblib()
 
 
 @flow(name="audit-model", log_prints=True)

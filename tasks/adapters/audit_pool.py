@@ -51,7 +51,9 @@ def _start_worker(writable: list[Path], readable: list[Path]) -> None:
     size their thread pools from the variables it was started with (threadpoolctl's limits, applied under Landlock,
     made openTSNE's Barnes-Hut gradient 18 times slower)."""
     from tasks.adapters.sandbox import drop_capabilities, restrict
+    from tasks.adapters.tracking import quiet_joblib
 
+    quiet_joblib()  # before the confinement: it may run lscpu
     restrict(writable, [*readable, Path(f"/proc/{os.getpid()}")], allow_tcp=False)
     drop_capabilities()
     try:

@@ -61,8 +61,7 @@ def worker_environment(environ: dict[str, str] | None = None) -> dict[str, str]:
     # threads waiting at an OpenMP barrier sleep instead of spinning: audits run side by side in processes, and a
     # spinning thread takes the core another process's thread needs (t-SNE's 1,258 barriers took 5 times as long)
     kept.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    # joblib counts physical cores through /sys and lscpu, which the confined process may not read: it warns, then
-    # falls back to the logical cores. Say that number here.
+    # joblib's count of the cores it may use (its warning that it found no physical cores: ``quiet_environment``)
     kept.setdefault("LOKY_MAX_CPU_COUNT", str(available_cores()))
     # what scikit-learn sets on import (setdefault), here already: the environment does not depend on whether the
     # auditor had imported it when the model's process started (a spare started early is then still the same)
@@ -630,7 +629,7 @@ def _readable(loaded: Any, model_dir: str, baseline: tuple[Any, str] | None) -> 
 def main(argv: list[str]) -> None:
     import importlib
 
-    from tasks.adapters.tracking import quiet_environment
+    from tasks.adapters.tracking import quiet_environment, quiet_joblib
 
     quiet_environment()
     read, write = os.fdopen(int(argv[0]), "rb"), os.fdopen(int(argv[1]), "wb")
@@ -640,6 +639,7 @@ def main(argv: list[str]) -> None:
             importlib.import_module(name)
         except ImportError:
             pass  # an optional library not installed: the audit that needs it says so
+    quiet_joblib()
     _Worker(write).serve(read)
     # the auditor waits for this process to end: its exit handlers run (multiprocessing releases the lanes' locks), but
     # not the full garbage collections of Python's teardown over every object the libraries left (about a second)

@@ -64,11 +64,18 @@ def quiet_environment() -> None:
         "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",
     }.items():
         os.environ.setdefault(key, value)
-    # joblib counts physical cores through /sys and lscpu, and on machines where that finds none it prints a warning
-    # with a traceback (seen in every demo run); the logical cores this process may use are the number it falls back to
-    from tasks.adapters.audit_pool import available_cores
 
-    os.environ.setdefault("LOKY_MAX_CPU_COUNT", str(available_cores()))
+
+def quiet_joblib() -> None:
+    """joblib counts physical cores (lscpu, /proc/cpuinfo) the first time scikit-learn sizes its threads; where that
+    finds none (virtual machines, the model's confined process) it prints a warning and a traceback, then uses the
+    logical cores, as auditlens means it to (LOKY_MAX_CPU_COUNT silences it only below the logical count). Counting
+    once ahead caches the answer, and the later count is silent. Called where scikit-learn is imported anyway."""
+    try:
+        from joblib.externals.loky.backend.context import _count_physical_cores
+    except ImportError:
+        return
+    _count_physical_cores()
 
 
 def configure_http(timeout_s: int, max_retries: int) -> None:

@@ -334,3 +334,20 @@ def test_mlflow_is_told_not_to_print_run_urls(monkeypatch):
     from mlflow.environment_variables import MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT
 
     assert os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] == "true" and MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT.get()
+
+
+def test_joblib_counts_cores_without_a_warning_and_a_traceback():
+    """Where joblib cannot count physical cores (it runs lscpu or cat: the model's confined process cannot) it printed a
+    warning and a traceback in every audit; counted once ahead, it stays silent, and still answers with the cores it may
+    use. Here neither program is on the PATH."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("from tasks.adapters.tracking import quiet_joblib\n{}\n"
+            "import joblib\nprint(joblib.cpu_count(only_physical_cores=True) >= 1)")
+    env = {**os.environ, "PATH": ""}
+    for ahead in ("pass", "quiet_joblib()"):
+        done = subprocess.run([sys.executable, "-c", code.format(ahead)], capture_output=True, text=True, timeout=120, env=env)
+        assert done.stdout.strip() == "True", done.stderr
+        assert ("physical cores" in done.stderr and "in _count_physical_cores" in done.stderr) == (ahead == "pass"), done.stderr
