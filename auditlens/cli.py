@@ -39,13 +39,13 @@ def _setup() -> None:
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
 
 
-def _prestart_model_process(keep: bool = False) -> None:
+def _prestart_model_process(keep: bool = False, warm: tuple[str, ...] = ()) -> None:
     """Start the model's process now, so that its imports (1.8 s) overlap this command's own (MLflow, Prefect: 4 to
     5 s) on another core; it is confined and given the model only when the audit takes it (``model_worker.prestart``;
     ``keep``: the next is started each time one is taken)."""
     from tasks.adapters.model_worker import prestart
 
-    prestart(keep=keep)
+    prestart(warm, keep=keep)
 
 
 def _prefect_console(verbose: bool) -> None:
@@ -145,7 +145,8 @@ def demo(config: Path = typer.Option(Path("config/demo.yaml"), "--config", "-c",
          verbose: bool = typer.Option(False, "--verbose", "-v", help="also print Prefect's log lines")) -> None:
     """Train demo models on bundled data, register them locally, audit every version."""
     _setup()
-    _prestart_model_process(keep=True)  # the demo audits five versions, one after another: each finds one started
+    _prestart_model_process(keep=True, warm=("great_expectations",))  # five versions audited one after another: each
+    # finds one started, Great Expectations imported for its data_quality (2 s each), while the one before ran
     _prefect_console(verbose)
     _no_collection_at_exit()
     from tasks.adapters.demo import load_demo_settings
