@@ -39,13 +39,13 @@ def _setup() -> None:
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
 
 
-def _prestart_model_process(keep: bool = False, warm: tuple[str, ...] = ()) -> None:
-    """Start the model's process now, so that its imports (1.8 s) overlap this command's own (MLflow, Prefect: 4 to
-    5 s) on another core; it is confined and given the model only when the audit takes it (``model_worker.prestart``;
+def _prestart_model_process(threads: int | None, keep: bool = False, warm: tuple[str, ...] = ()) -> None:
+    """Start the model's process now, so that its imports (1.8 s) overlap this command's own (MLflow, Prefect: 3 to
+    4 s) on another core; it is confined and given the model only when the audit takes it (``model_worker.prestart``;
     ``keep``: the next is started each time one is taken)."""
     from tasks.adapters.model_worker import prestart
 
-    prestart(warm, keep=keep)
+    prestart(warm, keep=keep, threads=threads)
 
 
 def _prefect_console(verbose: bool) -> None:
@@ -96,11 +96,11 @@ def audit(
 ) -> None:
     """Audit one model version and record the audit in MLflow."""
     _setup()
-    _prestart_model_process()
     _prefect_console(verbose)
     _no_collection_at_exit()
     from tasks.adapters.errors import AuditlensError
     from tasks.adapters.inputs import preflight_data
+    from tasks.adapters.model_worker import model_threads
     from tasks.adapters.models import resolve_model
     from tasks.adapters.settings import load_settings
     from tasks.adapters.signing import signing_key
@@ -108,6 +108,7 @@ def audit(
 
     try:
         loaded = load_settings(config)
+        _prestart_model_process(model_threads(loaded))  # not for a config that does not hold
         uri = loaded.tracking_uri(tracking_uri)
         configure_http(loaded.settings.mlflow.request_timeout_s, loaded.settings.mlflow.request_max_retries)
         check_reachable(uri)
@@ -145,8 +146,11 @@ def demo(config: Path = typer.Option(Path("config/demo.yaml"), "--config", "-c",
          verbose: bool = typer.Option(False, "--verbose", "-v", help="also print Prefect's log lines")) -> None:
     """Train demo models on bundled data, register them locally, audit every version."""
     _setup()
-    _prestart_model_process(keep=True, warm=("great_expectations",))  # five versions audited one after another: each
-    # finds one started, Great Expectations imported for its data_quality (2 s each), while the one before ran
+    from tasks.adapters.audit_pool import lane_threads
+
+    # five versions audited one after another, each with more audits than there are cores: each finds a model process
+    # started, Great Expectations imported for its data_quality (2 s each), while the one before ran
+    _prestart_model_process(lane_threads(None, 1000), keep=True, warm=("great_expectations",))
     _prefect_console(verbose)
     _no_collection_at_exit()
     from tasks.adapters.demo import load_demo_settings

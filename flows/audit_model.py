@@ -48,7 +48,7 @@ def audit_model(model_uri: str, config_path: str, tracking_uri: str | None = Non
     store = loaded.tracking_uri(tracking_uri)
     ref = resolve(model_uri, store)
     logger.info("Auditing %s (%s) with %s; recording to %s", ref.label, ref.load_uri, loaded.path.name, redact(store))
-    with model_process() as worker:  # the model is loaded, scored and explained there, with no credentials
+    with model_process(loaded) as worker:  # the model is loaded, scored and explained there, with no credentials
         try:
             inputs, reuse = load_inputs(ref, loaded, store, worker, use_cache)
         except ModelRefusedError as exc:

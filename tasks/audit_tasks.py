@@ -82,13 +82,15 @@ def open_audit_run(ref: ModelRef, loaded: LoadedSettings, tracking_uri: str, aud
 
 
 @contextlib.contextmanager
-def model_process() -> Iterator[ModelWorker]:
-    """The model's own process (``model_worker``), started with no credentials and stopped when the audit ends. This
-    process's own /proc entries (its environment, which may hold them) become unreadable to it first."""
+def model_process(loaded: LoadedSettings | None = None) -> Iterator[ModelWorker]:
+    """The model's own process (``model_worker``), started with no credentials and stopped when the audit ends, its
+    libraries' threads its share of the cores (``model_threads``, from ``loaded``). This process's own /proc entries
+    (its environment, which may hold them) become unreadable to it first."""
+    from tasks.adapters.model_worker import model_threads
     from tasks.adapters.sandbox import not_inspectable
 
     not_inspectable()
-    worker = ModelWorker()
+    worker = ModelWorker(model_threads(loaded) if loaded is not None else None)
     try:
         yield worker
     finally:

@@ -46,6 +46,13 @@ def lanes(processes: int | None, audits: int) -> int:
     return max(1, min(wanted, audits))
 
 
+def lane_threads(processes: int | None, audits: int) -> int | None:
+    """The threads each lane's numeric libraries may use: its share of the cores when several lanes run at once, else
+    None (the libraries' own default, every core)."""
+    shared = lanes(processes, audits)
+    return max(1, available_cores() // shared) if shared > 1 else None
+
+
 def _start_worker(writable: list[Path], readable: list[Path]) -> None:
     """In each worker, before any audit: confine itself as the model's process is, and die with it. Its libraries
     size their thread pools from the variables it was started with (threadpoolctl's limits, applied under Landlock,

@@ -37,7 +37,7 @@ import pandas as pd
 
 from audits.core.result import Artifact, AuditResult, CheckResult, Verdict
 from tasks.adapters import errors as error_types
-from tasks.adapters.audit_pool import AuditPool, available_cores, lanes
+from tasks.adapters.audit_pool import THREAD_VARIABLES, AuditPool, available_cores, lane_threads, lanes
 from tasks.adapters.errors import AuditlensError
 
 # variables the model's process is given: what Python, the numeric libraries and matplotlib need, nothing that names a
@@ -50,11 +50,26 @@ KEPT_PREFIXES = ("LC_", "OMP_", "MKL_", "OPENBLAS_", "NUMEXPR_", "NUMBA_", "TORC
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def worker_environment(environ: dict[str, str] | None = None) -> dict[str, str]:
+def model_threads(loaded: Any) -> int | None:
+    """The threads each numeric library of the model's process may use: its share of the cores when it is one of
+    several lanes on the local engine (the same share its worker processes get), else None (the libraries' own default).
+    Its libraries read the number once, when they load, so it is given at the process's start. With both cores of two
+    lanes' libraries asking for both cores, the whole plan of bench_speed took 28.1-28.4 s; with one each, 25.3-26.3 s."""
+    settings = loaded.settings
+    if settings.execution.engine != "local":
+        return None  # a Dask cluster's workers, started by the model's process, size their own threads
+    return lane_threads(settings.execution.processes, len(loaded.plan))
+
+
+def worker_environment(environ: dict[str, str] | None = None, threads: int | None = None) -> dict[str, str]:
     """The model process's environment: the kept variables of ``environ`` (default: this process's), and this
-    checkout first on the import path. No MLFLOW_TRACKING_*, no PREFECT_*, no AUDITLENS_SIGNING_KEY, no cloud keys."""
+    checkout first on the import path. No MLFLOW_TRACKING_*, no PREFECT_*, no AUDITLENS_SIGNING_KEY, no cloud keys.
+    ``threads``: what the numeric libraries' thread variables say, unless the auditor's environment sets them."""
     environ = dict(os.environ if environ is None else environ)
     kept = {k: v for k, v in environ.items() if k in KEPT or k.startswith(KEPT_PREFIXES)}
+    if threads is not None:
+        for name in THREAD_VARIABLES:
+            kept.setdefault(name, str(threads))
     kept["PYTHONPATH"] = str(ROOT)
     kept["MLFLOW_TRACKING_URI"] = "none://the-model-process-has-no-tracking-store"  # MLflow would default to ./mlflow.db
     kept["AUDITLENS_MODEL_PROCESS"] = "1"
@@ -247,9 +262,9 @@ class _Spawned:
         self.process, self.folder, self.out, self.read, self.environment = process, folder, out, read, environment
 
     @classmethod
-    def start(cls, warm: tuple[str, ...] = ()) -> _Spawned:
+    def start(cls, warm: tuple[str, ...] = (), threads: int | None = None) -> _Spawned:
         folder = tempfile.TemporaryDirectory(prefix="auditlens-model-process-")
-        environment = worker_environment()
+        environment = worker_environment(threads=threads)
         to_worker_r, to_worker_w = os.pipe()
         from_worker_r, from_worker_w = os.pipe()
         process = subprocess.Popen(
@@ -274,15 +289,16 @@ class _Spawned:
         self.folder.cleanup()
 
 
-_spare: dict[str, Any] = {"process": None, "keep": False, "warm": ()}
+_spare: dict[str, Any] = {"process": None, "keep": False, "warm": (), "threads": None}
 _spare_lock = threading.Lock()
 
 
-def prestart(warm: tuple[str, ...] = (), keep: bool = False) -> None:
+def prestart(warm: tuple[str, ...] = (), keep: bool = False, threads: int | None = None) -> None:
     """Start a model process now, for the next ``ModelWorker`` of this process to take: it imports its libraries
     (``WARM_IMPORTS`` and ``warm``) while this process is still starting (the CLI's own imports, the demo's training),
     on another core, instead of after the audit asked for it. ``keep``: each time one is taken, start the next (a
-    command that runs several audits one after another). It holds nothing of the model or the data until it is taken
+    command that runs several audits one after another). ``threads``: the libraries' threads, as ``model_threads`` will
+    say for the audit that takes it (one started with others is not used). It holds nothing of the model or the data until it is taken
     (its confinement comes with its first request, as for any model process), and one never taken is killed at exit.
     This process's /proc entries are made unreadable first, as ``model_process`` does before any model process starts."""
     import atexit
@@ -291,12 +307,12 @@ def prestart(warm: tuple[str, ...] = (), keep: bool = False) -> None:
 
     not_inspectable()
     with _spare_lock:
-        _spare["keep"], _spare["warm"] = keep, tuple(warm)
+        _spare["keep"], _spare["warm"], _spare["threads"] = keep, tuple(warm), threads
         if _spare["process"] is None:
             if not _spare.get("registered"):
                 atexit.register(discard_spare)
                 _spare["registered"] = True
-            _spare["process"] = _Spawned.start(_spare["warm"])
+            _spare["process"] = _Spawned.start(_spare["warm"], threads)
 
 
 def discard_spare() -> None:
@@ -307,16 +323,16 @@ def discard_spare() -> None:
         spawned.discard()
 
 
-def _take_spare() -> _Spawned | None:
+def _take_spare(threads: int | None) -> _Spawned | None:
     """The spare model process, if one is waiting, still alive, and started with the environment a new one would get
     now (anything else is discarded: a model process never runs with settings other than today's)."""
     with _spare_lock:
         spawned, _spare["process"] = _spare["process"], None
         if _spare["keep"]:
-            _spare["process"] = _Spawned.start(_spare["warm"])
+            _spare["process"] = _Spawned.start(_spare["warm"], _spare["threads"])
     if spawned is None:
         return None
-    if spawned.process.poll() is not None or spawned.environment != worker_environment():
+    if spawned.process.poll() is not None or spawned.environment != worker_environment(threads=threads):
         spawned.discard()
         return None
     return spawned
@@ -327,14 +343,15 @@ class ModelWorker:
     ``audit`` runs one planned audit there (several at once, in its lanes: its own thread and its worker processes),
     ``close`` ends it."""
 
-    def __init__(self) -> None:
+    def __init__(self, threads: int | None = None) -> None:
         self.process: subprocess.Popen | None = None  # started by the first request: an audit whose every result is
         self._lock = threading.Lock()                 # reused from the cache never starts it
+        self.threads = threads  # its libraries' threads (``model_threads``)
         self._pending: dict[int, Future] = {}
         self._next = 0
 
     def _start(self) -> None:
-        spawned = _take_spare() or _Spawned.start()
+        spawned = _take_spare(self.threads) or _Spawned.start(threads=self.threads)
         self.process, self._folder, self._out, self._in = spawned.process, spawned.folder, spawned.out, spawned.read
         self._reader = threading.Thread(target=self._read, name="auditlens-model-process-reader", daemon=True)
         self._reader.start()

@@ -218,3 +218,30 @@ def test_the_imports_before_the_first_request_start_no_python_thread():
             "[importlib.import_module(m) for m in WARM_IMPORTS]\nprint(threading.active_count())")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.stdout.strip() == "1", done.stderr
+
+
+def test_the_model_process_libraries_get_their_lane_share_of_the_cores(tmp_path, monkeypatch):
+    """Two lanes on two cores whose libraries each ask for both cores contend (bench_speed's whole plan: 28 s; with
+    one each, 25 s): the model's process is given its share, as its worker processes are, and only on the local engine
+    and with several lanes; a thread count the user set is theirs."""
+    from tasks.adapters import audit_pool
+    from tasks.adapters.model_worker import model_threads
+    from tasks.adapters.settings import load_settings
+
+    monkeypatch.setattr(audit_pool, "available_cores", lambda: 4)
+    audits = "audits: [{audit: performance}, {audit: calibration}, {audit: drift}]\n"
+
+    def threads(extra: str = "", plan: str = audits) -> int | None:
+        path = tmp_path / "audit.yaml"
+        path.write_text(f"kind: audit\ndata: {{reference: r.csv, current: c.csv}}\n{extra}{plan}")
+        return model_threads(load_settings(path))
+
+    assert threads() == 1  # three lanes on four cores: one thread each
+    assert threads("execution: {processes: 2}\n") == 2
+    assert threads("execution: {processes: 1}\n") is None  # one lane: the libraries' own default
+    assert threads(plan="audits: [{audit: performance}]\n") is None
+    assert threads("execution: {engine: dask}\n") is None  # the cluster's workers size their own
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    assert {worker_environment({}, threads=2)[name] for name in audit_pool.THREAD_VARIABLES} == {"2"}
+    assert worker_environment({"OMP_NUM_THREADS": "7"}, threads=2)["OMP_NUM_THREADS"] == "7"
+    assert "OMP_NUM_THREADS" not in worker_environment({}, threads=None)
