@@ -298,9 +298,10 @@ def prestart(warm: tuple[str, ...] = (), keep: bool = False, threads: int | None
     (``WARM_IMPORTS`` and ``warm``) while this process is still starting (the CLI's own imports, the demo's training),
     on another core, instead of after the audit asked for it. ``keep``: each time one is taken, start the next (a
     command that runs several audits one after another). ``threads``: the libraries' threads, as ``model_threads`` will
-    say for the audit that takes it (one started with others is not used). It holds nothing of the model or the data until it is taken
-    (its confinement comes with its first request, as for any model process), and one never taken is killed at exit.
-    This process's /proc entries are made unreadable first, as ``model_process`` does before any model process starts."""
+    say for the audit that takes it (one started with others is not used). It holds nothing of the model or the data
+    until it is taken (its confinement comes with its first request, as for any model process), and one never taken is
+    killed at exit. This process's /proc entries are made unreadable first, as ``model_process`` does before any model
+    process starts."""
     import atexit
 
     from tasks.adapters.sandbox import not_inspectable
