@@ -277,10 +277,14 @@ class _Spawned:
         os.close(from_worker_w)
         return cls(process, folder, os.fdopen(to_worker_w, "wb"), os.fdopen(from_worker_r, "rb"), environment)
 
-    def discard(self) -> None:
+    def kill(self) -> None:
         if self.process.poll() is None:
             self.process.kill()
             self.process.wait(10)
+
+    def discard(self) -> None:
+        """Kill it if it still runs, close its pipes and remove its folder."""
+        self.kill()
         for stream in (self.out, self.read):
             try:
                 stream.close()
@@ -345,17 +349,20 @@ class ModelWorker:
     ``close`` ends it."""
 
     def __init__(self, threads: int | None = None) -> None:
-        self.process: subprocess.Popen | None = None  # started by the first request: an audit whose every result is
-        self._lock = threading.Lock()                 # reused from the cache never starts it
+        self._spawned: _Spawned | None = None  # started by the first request: an audit whose every result is
+        self._lock = threading.Lock()          # reused from the cache never starts it
         self.threads = threads  # its libraries' threads (``model_threads``)
         self._pending: dict[int, Future] = {}
         self._next = 0
 
     def _start(self) -> None:
-        spawned = _take_spare(self.threads) or _Spawned.start(threads=self.threads)
-        self.process, self._folder, self._out, self._in = spawned.process, spawned.folder, spawned.out, spawned.read
+        self._spawned = _take_spare(self.threads) or _Spawned.start(threads=self.threads)
         self._reader = threading.Thread(target=self._read, name="auditlens-model-process-reader", daemon=True)
         self._reader.start()
+
+    @property
+    def process(self) -> subprocess.Popen | None:
+        return self._spawned.process if self._spawned is not None else None
 
     def __enter__(self) -> ModelWorker:
         return self
@@ -365,7 +372,7 @@ class ModelWorker:
 
     def _read(self) -> None:
         while True:
-            body = _read_frame(self._in)
+            body = _read_frame(self._spawned.read)
             if body is None:
                 break
             try:
@@ -395,7 +402,7 @@ class ModelWorker:
             future: Future = Future()
             self._pending[request_id] = future
             try:
-                _write_frame(self._out, pickle.dumps({"id": request_id, "op": op, **args}))
+                _write_frame(self._spawned.out, pickle.dumps({"id": request_id, "op": op, **args}))
             except (BrokenPipeError, OSError, ValueError):
                 self._pending.pop(request_id, None)
                 raise ModelWorkerError(f"the model's process is gone (exit code {self.process.poll()})",
@@ -432,26 +439,20 @@ class ModelWorker:
         return judge(planned, result)
 
     def kill(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.kill()
-            self.process.wait(10)
+        if self._spawned is not None:
+            self._spawned.kill()
 
     def close(self) -> None:
-        if self.process is None:
+        if self._spawned is None:
             return
         if self.process.poll() is None:
             try:
                 with self._lock:
-                    _write_frame(self._out, pickle.dumps({"id": 0, "op": "stop"}))
+                    _write_frame(self._spawned.out, pickle.dumps({"id": 0, "op": "stop"}))
                 self.process.wait(30)
             except (OSError, ValueError, subprocess.TimeoutExpired):
-                self.kill()
-        for stream in (self._out, self._in):
-            try:
-                stream.close()
-            except OSError:
-                pass
-        self._folder.cleanup()
+                pass  # discard kills it
+        self._spawned.discard()
 
 
 def _has_fileno(stream: Any) -> bool:
