@@ -28,6 +28,7 @@ BUILTIN_AUDITS: dict[str, str] = {
     "calibration": "audits.uncertainty.calibration:CalibrationAudit",
     "conformal": "audits.uncertainty.conformal:ConformalAudit",
     "segments": "audits.performance.segments:SegmentsAudit",
+    "slices": "audits.performance.slices:SlicesAudit",
     "drift": "audits.data.drift:DriftAudit",
     "disagreement": "audits.uncertainty.disagreement:DisagreementAudit",
     "ood": "audits.uncertainty.ood:OODAudit",
