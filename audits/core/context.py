@@ -69,7 +69,7 @@ class Predictions:
 class Dataset:
     """One side of the comparison: features, optional target, the model's predictions on them."""
 
-    name: Literal["reference", "current"]
+    name: Literal["reference", "current", "holdout"]
     X: pd.DataFrame
     y: pd.Series | None
     predictions: Predictions
@@ -109,6 +109,9 @@ class AuditContext:
     # False: an audit's figures are left out of its result, never rasterised (tests of values; figures stay lazy
     # otherwise, rendered only when recorded or reported). Audits may also skip drawing when it is False.
     with_figures: bool = True
+    # data.holdout: labelled rows the model did not train on (the reference is its training data, on which its
+    # probabilities and errors are optimistic); audits that fit on labelled data to judge the model fit on these
+    holdout: Dataset | None = None
 
     @property
     def task(self) -> Task:
@@ -127,7 +130,19 @@ class AuditContext:
         return int(self.rng(purpose).integers(0, 2**31 - 1))
 
     def dataset(self, name: str) -> Dataset:
+        if name == "holdout":
+            if self.holdout is None:
+                raise KeyError("this audit has no holdout (data.holdout)")
+            return self.holdout
         return {"reference": self.reference, "current": self.current}[name]
+
+    def held_out(self) -> tuple[Dataset, str]:
+        """The labelled rows to fit on when judging the model, and what they are: the holdout when there is one, else
+        the reference (its training data), said so, since there the model's figures are in-sample and optimistic."""
+        if self.holdout is not None and self.holdout.labelled and len(self.holdout):
+            return self.holdout, f"the holdout ({len(self.holdout):,} labelled rows the model did not train on)"
+        return self.reference, ("the reference, for want of a holdout (data.holdout): the model's training data, on "
+                                "which its probabilities and errors are in-sample and optimistic")
 
     def images(self, data: Dataset | pd.DataFrame) -> np.ndarray:
         """The rows of an image dataset as a float32 array ``(N, C, H, W)``."""
@@ -317,3 +332,14 @@ def build_context(
         modality=modality,
         input_shape=tuple(input_shape) if input_shape is not None else None,
     )
+
+
+def with_holdout(context: AuditContext, X: pd.DataFrame, y: pd.Series, source: str = "",
+                 segments: pd.DataFrame | None = None) -> AuditContext:
+    """``context`` with its holdout: labelled rows the model did not train on, and its predictions on them."""
+    from dataclasses import replace
+
+    if y is None:
+        raise ValueError("a holdout needs labels: it is where audits fit what judges the model")
+    holdout = Dataset("holdout", X, y, predict(context.model, X), source, segments)  # type: ignore[arg-type]
+    return replace(context, holdout=holdout)

@@ -17,6 +17,7 @@ BUILTIN_AUDITS: dict[str, str] = {
     "data_quality": "audits.data.data_quality:DataQualityAudit",
     "performance": "audits.performance.performance:PerformanceAudit",
     "champion_challenger": "audits.performance.champion_challenger:ChampionChallengerAudit",
+    "performance_estimation": "audits.performance.performance_estimation:PerformanceEstimationAudit",
     "shap": "audits.explain.shap:ShapAudit",
     "importance": "audits.explain.importance:ImportanceAudit",
     "explanation_drift": "audits.explain.explanation_drift:ExplanationDriftAudit",

@@ -93,7 +93,9 @@ class CalibrationConfig(AuditConfig):
     bins: int = Field(15, ge=2, le=100)  # bins for the ECE, the MCE and the reliability diagrams
     null_resamples: int = Field(200, ge=20, le=5000)  # consistency resamples for the ECE noise floor
     null_quantile: float = Field(0.95, gt=0.5, lt=1)  # ece_excess = ECE - this quantile of the noise floor
-    recalibration_data: Literal["reference", "current_split"] = "reference"
+    # held_out: the holdout (data.holdout) when there is one, else the reference (the training data, said so);
+    # reference or current_split: those, whatever else there is
+    recalibration_data: Literal["held_out", "reference", "current_split"] = "held_out"
     # Every figure is the one-frame answer up to this many labelled rows per side (the state keeps the rows); beyond,
     # the side is reduced to bins that add up over partitions (equal-mass ECE within a stated bound)
     exact_rows: int = Field(200_000, ge=0, le=50_000_000)
@@ -324,6 +326,16 @@ class CalibrationAudit(PartialAudit):
             nan = {f"recalibrated.{m}.{key}": float("nan") for m in ("none", *RECALIBRATIONS) for key in ("ece", "brier", "log_loss")}
             info["recalibration_data"] = "not fitted: the rows the context holds have no labelled current row"
             return {**nan, "temperature": float("nan")}, pd.DataFrame({"method": ["none", *RECALIBRATIONS]}), info
+        if source == "held_out":
+            holdout = context.holdout
+            if holdout is not None and holdout.labelled and len(holdout):
+                proba, index, _ = labelled_probabilities(holdout, context.model.classes)
+                if len(index):
+                    (fit_proba, fit_index), (eval_proba, eval_index) = (proba, index), data["current"]
+                    info["recalibration_data"] = (f"fitted on the holdout ({len(index):,} labelled rows the model did not "
+                                                  "train on), evaluated on all labelled current rows")
+                    return self._fit_recalibrations(fit_proba, fit_index, eval_proba, eval_index, info)
+            source = "reference"
         if source == "reference" and "reference" not in data:
             source = "current_split"
             info["recalibration_fallback"] = "the reference has no usable labels: fitted on half of the labelled current rows"
@@ -333,8 +345,8 @@ class CalibrationAudit(PartialAudit):
             info["recalibration_data"] = (
                 "fitted on the reference, evaluated on all labelled current rows. The reference is usually the "
                 "training data, where a model looks better calibrated than on new data (an overfit model is "
-                "overconfident only out of sample): the suggestion is then biased; prefer "
-                "recalibration_data: current_split, or fit the chosen method on held-out data"
+                "overconfident only out of sample): the suggestion is then biased; give "
+                "labelled rows the model did not train on as data.holdout, or set recalibration_data: current_split"
             )
         else:
             order = context.rng("calibration.recalibration_split").permutation(len(cur_index))
@@ -346,9 +358,14 @@ class CalibrationAudit(PartialAudit):
                 f"fitted on a seeded half of the labelled current rows ({len(fit_rows)}), evaluated on the other "
                 f"half ({len(eval_rows)}); recalibrated.none.* is the uncalibrated model on those same rows"
             )
+        return self._fit_recalibrations(fit_proba, fit_index, eval_proba, eval_index, info)
+
+    def _fit_recalibrations(self, fit_proba: np.ndarray, fit_index: np.ndarray, eval_proba: np.ndarray,
+                            eval_index: np.ndarray, info: dict[str, str]) -> tuple[dict[str, float], pd.DataFrame, dict[str, str]]:
+        cfg = self.config
         rows = {"none": probability_metrics(eval_proba, eval_index, cfg.bins)}
         temperature = float("nan")
-        k = cur_proba.shape[1]
+        k = eval_proba.shape[1]
         missing = sorted(set(range(k)) - set(np.unique(fit_index).tolist()))
         for method in RECALIBRATIONS:
             try:

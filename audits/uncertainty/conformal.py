@@ -5,7 +5,11 @@ Split conformal prediction (MAPIE's ``SplitConformalClassifier`` / ``SplitConfor
 ``prefit=True``) guarantees coverage >= the confidence level on rows exchangeable with the rows it
 was conformalized on. Where those rows come from decides what the audit measures:
 
-- ``current_split`` (default): a seeded fraction of the labelled current rows conformalizes, the rest
+- ``held_out`` (default): the holdout (``data.holdout``, labelled rows the model did not train on)
+  conformalizes and all labelled current rows are evaluated: whether the uncertainty the model showed on
+  unseen rows of its own distribution carries over to current data (undercoverage = shift). Without a
+  holdout, ``current_split``, and the result says so.
+- ``current_split``: a seeded fraction of the labelled current rows conformalizes, the rest
   are evaluated. Coverage then holds by construction up to sampling error; what the audit reports is
   how large the sets or intervals must be on today's data, and whether segments are covered equally.
 - ``reference``: the reference conformalizes and all labelled current rows are evaluated. This tests
@@ -85,7 +89,10 @@ class ConformalConfig(AuditConfig):
     confidence_level: float = Field(0.9, gt=0, lt=1)
     classification_score: Literal["lac", "aps", "raps", "top_k"] = "lac"  # MAPIE conformity score for classifiers
     regression_score: Literal["absolute", "gamma"] = "absolute"  # for regressors (both need only the predictions)
-    calibration_data: Literal["current_split", "reference"] = "current_split"
+    # held_out: the holdout (data.holdout: labelled rows the model did not train on) conformalizes and every labelled
+    # current row is evaluated, which tests whether the model's uncertainty carries over to current data; without a
+    # holdout, current_split (said so). current_split or reference: those, whatever else there is
+    calibration_data: Literal["held_out", "current_split", "reference"] = "held_out"
     calibration_fraction: float = Field(0.5, gt=0, lt=1)  # current_split: share of labelled current rows that conformalize
     max_segment_values: int = Field(20, ge=1, le=200)  # most frequent values per segment column
     sample_rows: int = Field(20, ge=1, le=1000)  # rows shown with their sets or intervals
@@ -119,14 +126,24 @@ class ConformalAudit(PartialAudit):
         if reason:
             return reason
         cfg = self.config
-        if cfg.calibration_data == "reference" and not context.reference.labelled:
+        mode = self.calibration_mode(context)
+        if mode == "reference" and not context.reference.labelled:
             return "calibration_data: reference needs labels on the reference data"
         labelled = int(context.current.y.notna().sum())
-        n_cal = int(context.reference.y.notna().sum()) if cfg.calibration_data == "reference" else int(cfg.calibration_fraction * labelled)
+        n_cal = (int(context.dataset(mode).y.notna().sum()) if mode != "current_split"
+                 else int(cfg.calibration_fraction * labelled))
         needed = int(np.ceil(max(1 / (1 - cfg.confidence_level), 1 / cfg.confidence_level)))
-        if n_cal < needed or labelled - (0 if cfg.calibration_data == "reference" else n_cal) < 1:
+        if n_cal < needed or labelled - (0 if mode != "current_split" else n_cal) < 1:
             return f"too few labelled rows: {n_cal} calibration row(s), MAPIE needs {needed} at confidence level {cfg.confidence_level:g}"
         return None
+
+    def calibration_mode(self, context: AuditContext) -> str:
+        """The rows that conformalize: held_out means the holdout when there is one, else a split of current."""
+        mode = self.config.calibration_data
+        if mode == "held_out":
+            holdout = context.holdout
+            return "holdout" if holdout is not None and holdout.labelled and len(holdout) else "current_split"
+        return mode
 
     # -----------------------------------------------------------------------------------------
     # On the sample
@@ -138,15 +155,17 @@ class ConformalAudit(PartialAudit):
         classification = context.task == "classification"
         current = context.current
         cur_rows, cur_target = usable_labels(context, current)
-        if cfg.calibration_data == "current_split":
+        mode = self.calibration_mode(context)
+        if mode == "current_split":
             order = context.rng("conformal.calibration_split").permutation(len(cur_rows))
             n_cal = int(cfg.calibration_fraction * len(cur_rows))
             cal_idx, eval_idx = np.sort(order[:n_cal]), np.sort(order[n_cal:])
             cal_ds, cal_pos, cal_target = current, cur_rows[cal_idx], cur_target[cal_idx]
             eval_pos, eval_target = cur_rows[eval_idx], cur_target[eval_idx]
         else:
-            cal_pos, cal_target = usable_labels(context, context.reference)
-            cal_ds, eval_pos, eval_target = context.reference, cur_rows, cur_target
+            cal_ds = context.dataset(mode)
+            cal_pos, cal_target = usable_labels(context, cal_ds)
+            eval_pos, eval_target = cur_rows, cur_target
         if classification:
             mapie = conformalized_classifier(cal_ds.predictions.proba[cal_pos], cal_target, level, cfg.classification_score,
                                              context.random_state("conformal.mapie"))
@@ -163,8 +182,8 @@ class ConformalAudit(PartialAudit):
             tracked.append(pd.Index(sorted(counts.index, key=lambda v, c=counts: (-c[v], v))[:keep], dtype=object))
         fitted = {"mapie": mapie, "classification": classification, "n_cal": len(cal_pos),
                   "n_classes": len(context.model.classes) if classification else 0, "columns": columns, "tracked": tracked,
-                  "sample_eval": (eval_pos, eval_target), "calibration_tally": None}
-        if cfg.calibration_data == "current_split":
+                  "sample_eval": (eval_pos, eval_target), "calibration_tally": None, "mode": mode}
+        if mode == "current_split":
             fitted["calibration_tally"] = self._tally(self.init(context, fitted), current, cal_pos, cal_target, fitted)
         return fitted
 
@@ -234,7 +253,8 @@ class ConformalAudit(PartialAudit):
         n_cal, (sample_pos, sample_target) = fitted["n_cal"], fitted["sample_eval"]
         everything = population.get("current", len(context.current)) == len(context.current)
         seen = f"{state['rows']:,} current rows, {state['rows'] - state['unlabelled']:,} with a usable label"
-        if cfg.calibration_data == "current_split":
+        mode = fitted["mode"]
+        if mode == "current_split":
             calibration = fitted["calibration_tally"]
             if state["evaluated"] < calibration["evaluated"]:
                 raise ValueError(f"the {calibration['evaluated']} calibration rows of the sample were not among the "
@@ -248,6 +268,11 @@ class ConformalAudit(PartialAudit):
                    "calibration rows' own tallies subtracted)")
                 + ": coverage holds by construction up to sampling error; the sizes say how uncertain the model is on "
                 "current data and the segments whether coverage is even")}
+        elif mode == "holdout":
+            info = {"calibration_data": (
+                f"conformalized on the holdout ({n_cal} labelled rows the model did not train on), evaluated on all "
+                f"labelled current rows ({state['evaluated']}" + ("" if everything else f", every one: {seen}")
+                + "): undercoverage means the model's uncertainty on the holdout does not carry over to current data")}
         else:
             info = {"calibration_data": (
                 f"conformalized on the labelled reference{'' if everything else ' of the sample'} ({n_cal} rows), "
@@ -255,6 +280,9 @@ class ConformalAudit(PartialAudit):
                 + ("" if everything else f", every one: {seen}") + "). Valid only if the reference rows did not train "
                 "the model: on training rows residuals are too small, so sets are too small and coverage falls short "
                 "even without shift")}
+        if mode == "current_split" and cfg.calibration_data == "held_out":
+            info["calibration_data"] += ("; there is no holdout (data.holdout): with one, it would conformalize and every "
+                                         "labelled current row would be evaluated")
         info = {"confidence_level": f"{level:g}",
                 "conformity_score": cfg.classification_score if classification else cfg.regression_score, **info}
 

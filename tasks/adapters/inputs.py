@@ -62,6 +62,62 @@ def preflight_data(loaded: LoadedSettings) -> None:
     if not cur_columns:
         raise DataError(f"current data {cur_path} is empty (no header, no rows)", "point data.current at the data to audit")
     check_columns("current", cur_path, cur_columns, features, data.target, target_required=False)
+    if data.holdout:
+        hold_path = _holdout_path(loaded)
+        hold_columns = read_columns(hold_path, data.encoding)
+        if not hold_columns:
+            raise DataError(f"holdout data {hold_path} is empty (no header, no rows)",
+                            "point data.holdout at labelled rows the model did not train on, or remove it")
+        check_columns("holdout", hold_path, hold_columns, features, data.target, target_required=True)
+
+
+def _holdout_path(loaded: LoadedSettings):
+    """data.holdout's file: one CSV or Parquet file (it is read whole, up to its sample budget, into the sample's frame)."""
+    from tasks.adapters.datasets import _format
+
+    path = loaded.data_path("holdout")
+    if _partitioned_spec(path):
+        raise DataError(f"data.holdout is {path}, a folder or a pattern; a holdout is one CSV or Parquet file",
+                        "write the held-out labelled rows to one file and point data.holdout at it")
+    if not path.is_file():
+        raise DataError(f"holdout data {path} does not exist", "point data.holdout at labelled rows the model did not "
+                        "train on (relative paths start at the configuration file's folder), or remove it")
+    if loaded.settings.data.target is None:
+        raise DataError("data.holdout is set but data.target is not: a holdout is labelled rows",
+                        "name the target column under data.target")
+    if _format(path) == "npz" and loaded.settings.data.modality != "image":
+        raise DataError(f"holdout data {path} is an image archive; this audit's data is {loaded.settings.data.modality}",
+                        "give the holdout in the format of the reference")
+    return path
+
+
+def with_holdout_rows(inputs: AuditInputs, ref: ModelRef, loaded: LoadedSettings, features: list[str]) -> AuditInputs:
+    """``inputs`` with the holdout read, checked, sampled to its budget and predicted on; unchanged without one."""
+    from dataclasses import replace
+
+    from audits.core.context import InvalidPredictions, with_holdout
+
+    settings = loaded.settings
+    if not settings.data.holdout:
+        return inputs
+    path = _holdout_path(loaded)
+    context = inputs.context
+    numeric = [c for c in features if pd.api.types.is_numeric_dtype(context.reference.X[c])]
+    held = prepare("holdout", path, features, settings.data.target, True, loaded.sample_rows("holdout"), settings.seed,
+                   settings.data.segments, settings.data.encoding, numeric=numeric)
+    try:
+        context = with_holdout(context, held.X, held.y, str(path), held.segments)
+    except InvalidPredictions as exc:
+        from tasks.adapters.errors import ModelOutputError
+
+        raise ModelOutputError(f"{ref.label} answered on the holdout, but not with one valid prediction per row: {exc}",
+                               "fix the model (or the holdout rows that make it answer so)") from None
+    except Exception as exc:
+        raise DataError(f"{ref.label} cannot predict on the holdout data {path} ({type(exc).__name__}: {exc})",
+                        "check that the holdout's columns and their types match the reference's") from None
+    if context.stratified is not None:
+        context = replace(context, stratified=replace(context.stratified, holdout=context.holdout))
+    return replace(inputs, context=context, fingerprints={**inputs.fingerprints, "holdout": held.fingerprint})
 
 
 def _every_row_sources(loaded: LoadedSettings) -> dict[str, Source] | None:
@@ -116,7 +172,8 @@ def assemble_loaded(ref: ModelRef, loaded: LoadedSettings, model: ModelUnderAudi
         if sources is not None:
             from tasks.adapters.every_row import assemble_every_row
 
-            return assemble_every_row(ref, loaded, model, baseline, baseline_note, features, sources, modality)
+            inputs = assemble_every_row(ref, loaded, model, baseline, baseline_note, features, sources, modality)
+            return with_holdout_rows(inputs, ref, loaded, features)
     if modality == "image":
         input_shape = image_shape(ref_path)
         if image_shape(cur_path) != input_shape:
@@ -157,4 +214,4 @@ def assemble_loaded(ref: ModelRef, loaded: LoadedSettings, model: ModelUnderAudi
     if any(fp["rows_used"] < fp["rows"] for fp in fingerprints.values()):  # sampled in memory (image archives)
         full = FullData(population={r: fp["rows"] for r, fp in fingerprints.items()},
                         sample={r: fp["rows_used"] for r, fp in fingerprints.items()})
-    return AuditInputs(context, fingerprints, full)
+    return with_holdout_rows(AuditInputs(context, fingerprints, full), ref, loaded, features)

@@ -222,7 +222,7 @@ def describe_inputs(inputs: Any) -> dict[str, Any]:
     from tasks.adapters.provenance import input_params
 
     context, items = inputs.context, []
-    for ds in (context.reference, context.current):
+    for ds in (context.reference, context.current, *([context.holdout] if context.holdout is not None else [])):
         frame = ds.X if ds.y is None else ds.X.assign(**{context.target: ds.y})
         items.append({"name": f"{ds.name}:{Path(ds.source).name}", "source": ds.source,
                       "target": context.target if ds.y is not None else None,
@@ -636,7 +636,7 @@ def _readable(loaded: Any, model_dir: str, baseline: tuple[Any, str] | None) -> 
     paths += [Path("/proc") / name for name in ("cpuinfo", "meminfo", "stat", "loadavg", "sys", "self", "thread-self")]
     if baseline is not None:
         paths.append(Path(baseline[1]))
-    for role in ("reference", "current"):
+    for role in loaded.data_roles:
         spec = Path(loaded.data_path(role))
         base = spec if spec.is_dir() else spec.parent
         while any(ch in str(base) for ch in "*?[") and base != base.parent:

@@ -115,7 +115,7 @@ def cache_keys(ref: Any, loaded: Any, model_dir: str, baseline: tuple[Any, str] 
         code_digest(),
         {"model": [ref.load_uri, ref.label, folder_digest(Path(model_dir))]},
         {"baseline": [baseline[0].load_uri, baseline[0].label, folder_digest(Path(baseline[1]))] if baseline else baseline_note},
-        {"data": {role: [str(loaded.data_path(role)), data_digest(loaded, role)] for role in ("reference", "current")}},
+        {"data": {role: [str(loaded.data_path(role)), data_digest(loaded, role)] for role in loaded.data_roles}},
         {"settings": shaping},
     )
     return CacheKeys(inputs, {p.id: _hash(inputs, planned_entry(p)) for p in loaded.plan})

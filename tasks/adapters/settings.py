@@ -57,6 +57,10 @@ class PredictionColumns(StrictModel):
 class DataSources(StrictModel):
     reference: str  # what the model was trained on
     current: str  # what it sees now
+    # labelled rows the model did not train on (CSV or Parquet): audits that fit something on labelled data to judge
+    # the model (recalibration, conformal calibration, performance estimation) fit on these, not on the training data,
+    # whose in-sample probabilities and errors are optimistic
+    holdout: str | None = None
     target: str | None = None
     features: list[str] | None = None  # default: the model's own feature names, else every non-target column
     categorical: list[str] | None = None  # default: the non-numeric columns
@@ -90,6 +94,7 @@ class Sampling(StrictModel):
 
     reference_rows: int | None = Field(None, ge=1, le=1_000_000_000)
     current_rows: int | None = Field(None, ge=1, le=1_000_000_000)
+    holdout_rows: int | None = Field(None, ge=1, le=1_000_000_000)  # default: as the reference
     # 'prediction' (a classifier's predicted class) or a column of data.segments: the audits that honour row weights
     # (shap, prototypes) then see a sample where every stratum has at least min_rows_per_stratum rows (all it has when
     # fewer), each row weighted by the population rows it stands for; the others keep the uniform sample
@@ -237,15 +242,26 @@ class LoadedSettings:
         security = self.settings.security.model_copy(update={"model_loading": model_loading})
         return replace(self, settings=self.settings.model_copy(update={"security": security}))
 
-    def sample_rows(self, which: Literal["reference", "current"]) -> int:
-        """Rows of ``which`` side in the one seeded sample: the configured cap, else the most any planned audit uses."""
+    def sample_rows(self, which: Literal["reference", "current", "holdout"]) -> int:
+        """Rows of ``which`` side in the one seeded sample: the configured cap, else the most any planned audit uses
+        (the holdout: as the reference, unless sampling.holdout_rows says otherwise)."""
         configured = getattr(self.settings.sampling, f"{which}_rows")
+        if configured is None and which == "holdout":
+            configured = self.settings.sampling.reference_rows
         return configured if configured is not None else plan_sample_rows(self.plan)
 
-    def data_path(self, which: Literal["reference", "current"]) -> Path:
+    @property
+    def data_roles(self) -> tuple[str, ...]:
+        """The data files this audit reads: reference, current, and the holdout when one is configured."""
+        return ("reference", "current", "holdout") if self.settings.data.holdout else ("reference", "current")
+
+    def data_path(self, which: Literal["reference", "current", "holdout"]) -> Path:
         if which == "current" and self.current_override is not None:
             return self.current_override
-        raw = Path(os.path.expandvars(getattr(self.settings.data, which))).expanduser()
+        spec = getattr(self.settings.data, which)
+        if spec is None:
+            raise ValueError(f"data.{which} is not configured")
+        raw = Path(os.path.expandvars(spec)).expanduser()
         return raw if raw.is_absolute() else (self.path.parent / raw).resolve()
 
 

@@ -39,7 +39,7 @@ def test_the_same_inputs_give_the_same_keys(world):
 
 
 @pytest.mark.parametrize("change", ["model bytes", "model file name", "reference bytes", "current bytes", "seed",
-                                    "sampling", "model version", "features", "security"])
+                                    "sampling", "model version", "features", "security", "holdout", "holdout bytes"])
 def test_a_change_to_the_shared_inputs_changes_every_key(world, change):
     before = keys(world)
     overrides: dict = {}
@@ -62,6 +62,13 @@ def test_a_change_to_the_shared_inputs_changes_every_key(world, change):
         overrides["data"] = {"reference": "reference.csv", "current": "current.csv", "target": "label", "features": ["a"]}
     elif change == "security":
         overrides["security"] = {"model_loading": "trusted"}
+    elif change in ("holdout", "holdout bytes"):
+        (world / "holdout.csv").write_text("a,label\n5,1\n6,0\n")
+        with_holdout = {"reference": "reference.csv", "current": "current.csv", "target": "label", "holdout": "holdout.csv"}
+        if change == "holdout bytes":
+            before = keys(world, **{"data": with_holdout})
+            (world / "holdout.csv").write_text("a,label\n5,1\n6,1\n")
+        overrides["data"] = with_holdout
     after = keys(world, ref, **overrides)
     assert after.inputs != before.inputs
     assert not set(after.audits.values()) & set(before.audits.values())
