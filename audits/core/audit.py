@@ -17,6 +17,8 @@ from audits.core.context import AuditContext, Modality, Task
 from audits.core.result import AuditResult
 from audits.core.thresholds import Threshold
 
+Question = Literal["behaviour", "certainty", "data"]
+
 
 class AuditConfig(BaseModel):
     """Base for every audit's configuration: frozen, unknown keys rejected, defaults that work."""
@@ -73,6 +75,11 @@ class Audit(ABC):
     requires: ClassVar[Requirements] = Requirements()
     default_thresholds: ClassVar[tuple[Threshold, ...]] = ()
     description: ClassVar[str] = ""
+    # which of the three questions a reviewer asks it answers: the model's behaviour (how well it predicts, what it
+    # relies on), its certainty (calibration, coverage, unfamiliar rows) or the data (quality, drift). The verdict says
+    # per question whether it is answered well or badly, so that a FAIL for drift alone does not read as a broken model.
+    # None: not declared (a third-party audit); the report then files it under "other" (audits.rendering.findings)
+    question: ClassVar[Question | None] = None
     # the metric keys it can report, local to it (the runner prefixes the audit's id): '*' stands for a name that
     # comes from the data (a column, class, segment, layer or step), '{a,b}' for either. check-config refuses a
     # threshold on a key no pattern matches, naming the nearest one; the contract checks every key reported is here.

@@ -156,6 +156,7 @@ class DriftAudit(PartialAudit):
     the tests are scipy's on them, as on one frame."""
 
     name = "drift"
+    question = "data"
     typical_cost_s = 6.0  # for the scheduler (audits.core.audit)
     metric_keys = (
         "drifted_features", "drifted_share", "domain_auc", "domain_auc_bound", "effect_bound_max", "ks_bound_max",

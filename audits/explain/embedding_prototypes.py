@@ -76,6 +76,7 @@ class EmbeddingPrototypesAudit(Audit):
     """MMD-critic prototypes of the network's embeddings and the fidelity of an inner-product attention surrogate."""
 
     name = "embedding_prototypes"
+    question = "behaviour"
     metric_keys = (
         "prototypes", "criticisms", "mmd2", "fidelity", "fidelity_baseline", "accuracy", "mean_max_attention",
         "temperature", "total_variation",

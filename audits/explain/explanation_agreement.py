@@ -108,6 +108,7 @@ class AgreementAudit(Audit):
     """SHAP against LIME on the same informative rows: rank correlation, top-k overlap, sign agreement."""
 
     name = "explanation_agreement"
+    question = "behaviour"
     typical_cost_s = 1.5  # for the scheduler (audits.core.audit)
     metric_keys = (
         "global_spearman", "rows_compared", "sign_agreement_topk", "spearman_{mean,min}",

@@ -39,6 +39,7 @@ class ExplanationDriftAudit(Audit):
     """Global importance and per-feature SHAP distributions of this version against the deployed one."""
 
     name = "explanation_drift"
+    question = "behaviour"
     metric_keys = (
         "importance_spearman", "share_change.*", "max_share_change", "distribution_distance.*",
         "max_distribution_distance", "rows",

@@ -119,6 +119,7 @@ class ExplanationStabilityAudit(Audit):
     """Variance of SHAP across background resamples and of LIME across seeds."""
 
     name = "explanation_stability"
+    question = "behaviour"
     typical_cost_s = 1.5  # for the scheduler (audits.core.audit)
     metric_keys = (
         "{shap,lime}.{relative_std,rows,topk_overlap_mean}", "shap.background_free",

@@ -169,6 +169,7 @@ class ImportanceAudit(Audit):
     """Occlusion and permutation importance, compared with SHAP global importance."""
 
     name = "importance"
+    question = "behaviour"
     typical_cost_s = 1.5  # for the scheduler (audits.core.audit)
     metric_keys = (
         "{occlusion,permutation}.*", "spearman.{occlusion_vs_permutation,occlusion_vs_shap,permutation_vs_shap}",

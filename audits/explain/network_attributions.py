@@ -188,6 +188,7 @@ class NetworkAttributionAudit(Audit):
     """SHAP (DeepExplainer), gradients, SmoothGrad and integrated gradients of a network, with their agreement."""
 
     name = "network_attributions"
+    question = "behaviour"
     typical_cost_s = 5.0  # for the scheduler (audits.core.audit)
     metric_keys = (
         "agreement.*", "{gradients,smoothgrad,integrated_gradients,shap}.concentration",

@@ -326,6 +326,7 @@ class NetworkSanityAudit(Audit):
     """Do a network's saliency maps change when its layers or its labels are randomised?"""
 
     name = "network_sanity"
+    question = "behaviour"
     typical_cost_s = 4.0  # for the scheduler (audits.core.audit)
     metric_keys = (
         "{gradients,smoothgrad,integrated_gradients,edge_detector}.cascade.*.{spearman,spearman_signed,ssim}",

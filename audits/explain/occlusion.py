@@ -62,6 +62,7 @@ class OcclusionAudit(Audit):
     """The drop in the true class's probability when a grey patch hides each part of the image (Captum)."""
 
     name = "occlusion"
+    question = "behaviour"
     metric_keys = (
         "mean_max_drop", "mean_true_probability", "pooled_top10_share", "top10_share", "rows",
     )

@@ -87,6 +87,7 @@ class PrototypesAudit(Audit):
     """MMD-critic prototypes and criticisms per group, and the fidelity of a prototype-attention surrogate."""
 
     name = "prototypes"
+    question = "behaviour"
     metric_keys = (
         "prototypes", "criticisms", "mmd2", "fidelity", "accuracy", "mean_max_attention",
     )

@@ -255,6 +255,7 @@ class SanityChecksAudit(Audit):
     """Do the explanations change when the model's labels or parameters are randomised?"""
 
     name = "sanity_checks"
+    question = "behaviour"
     typical_cost_s = 2.5  # for the scheduler (audits.core.audit)
     metric_keys = (
         "rows_explained", "{label,model}_randomisation.changed_predictions",

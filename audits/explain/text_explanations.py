@@ -198,6 +198,7 @@ class TextExplanationAudit(Audit):
     """Word drop and LIME for a text classifier: highlighted rows, per-word aggregates, agreement of the methods."""
 
     name = "text_explanations"
+    question = "behaviour"
     metric_keys = (
         "agreement.{global_top_k_overlap,spearman_mean,spearman_min,top1_match,top_k_overlap}",
         "global.{rank_*.mean_abs_effect,rows,top_k_share,vocabulary}", "lime.fidelity_{mean,min}", "rows_explained",

@@ -34,6 +34,7 @@ class ChampionChallengerAudit(Audit):
     """Both versions on the same labelled current rows: every performance metric, and the deltas."""
 
     name = "champion_challenger"
+    question = "behaviour"
     metric_keys = (
         "{champion,challenger,delta}.{accuracy,balanced_accuracy,f1,roc_auc,log_loss,rmse,mae,r2}",
         "{champion,challenger}.primary", "rows",

@@ -46,6 +46,7 @@ class PerformanceAudit(PartialAudit):
     """Accuracy, F1, ROC-AUC, log loss (classifiers) or RMSE, MAE, R2 (regressors), on every labelled row."""
 
     name = "performance"
+    question = "behaviour"
     metric_keys = (
         "{reference,current,delta}.{accuracy,balanced_accuracy,f1,roc_auc,log_loss,rmse,mae,r2}",
         "{reference,current}.roc_auc_bound", "{reference,current}.rows",

@@ -183,6 +183,7 @@ class SegmentsAudit(PartialAudit):
     """
 
     name = "segments"
+    question = "behaviour"
     metric_keys = (
         "*.*.{accuracy,coverage,ece,fpr,tpr,mae,mean_residual,rmse,rows,selection_rate}",
         "max_gap.{accuracy,coverage,ece,fpr,tpr,mae,mean_residual,rmse,selection_rate}",

@@ -59,6 +59,7 @@ class EmbeddingProjectionsAudit(Audit):
     """openTSNE map of the network's embeddings (fitted on reference rows, current rows placed), with its trustworthiness."""
 
     name = "embedding_projections"
+    question = "behaviour"
     typical_cost_s = 3.0  # for the scheduler (audits.core.audit)
     metric_keys = (
         "current.{error_rate,neighbour_agreement}", "rows_{reference,current}", "trustworthiness_{reference,current}",

@@ -260,6 +260,7 @@ class ProjectionsAudit(Audit):
     """PCA, t-SNE and SHAP t-SNE maps of the reference with the current rows placed in, and how far to trust them."""
 
     name = "projections"
+    question = "data"
     typical_cost_s = 5.0  # for the scheduler (audits.core.audit)
     metric_keys = (
         "{pca,tsne,shap_tsne}.trustworthiness_{reference,current}", "pca.explained_variance", "shap_tsne.rows",

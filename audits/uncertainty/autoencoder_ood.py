@@ -138,6 +138,7 @@ class AutoencoderOODAudit(Audit):
     """Reconstruction error of a convolutional autoencoder trained on reference images, thresholded on held-out ones."""
 
     name = "autoencoder_ood"
+    question = "certainty"
     typical_cost_s = 4.0  # for the scheduler (audits.core.audit)
     metric_keys = (
         "{reference,current}.mean_error", "error_ratio", "excess_z", "expected_share", "flagged_share", "threshold",

@@ -108,6 +108,7 @@ class ConcordanceAudit(Audit):
     """Rank agreement between per-row uncertainty, OOD scores and errors on the current rows."""
 
     name = "concordance"
+    question = "certainty"
     metric_keys = (
         "auroc.*_detects_errors", "spearman.*_vs_*", "error_rate", "mean_abs_error", "rows",
     )

@@ -61,6 +61,7 @@ class DisagreementAudit(Audit):
     """Bootstrap-ensemble uncertainty of the model class: aleatoric vs epistemic, current vs held-out reference."""
 
     name = "disagreement"
+    question = "certainty"
     typical_cost_s = 4.0  # for the scheduler (audits.core.audit)
     metric_keys = (
         "epistemic_ratio",

@@ -47,6 +47,7 @@ class MCDropoutAudit(Audit):
     """Spread of a network's answers with dropout kept on, reference rows against current rows."""
 
     name = "mc_dropout"
+    question = "certainty"
     typical_cost_s = 3.0  # for the scheduler (audits.core.audit)
     metric_keys = (
         "{reference,current}.{mean_mutual_information,mean_predictive_entropy,mean_probability,mean_std}",

@@ -61,6 +61,7 @@ class OODAudit(PartialAudit):
     """
 
     name = "ood"
+    question = "certainty"
     typical_cost_s = 1.5  # for the scheduler (audits.core.audit)
     metric_keys = (
         "{knn,pca,autoencoder}.{excess_z,flagged_share,mean_score,threshold}", "flagged_share_any", "max_excess_z",
