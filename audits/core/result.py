@@ -192,6 +192,12 @@ class CheckResult:
     # True: the data cannot support the check (its metric is undefined, or could never cross the bound on this data);
     # such a check neither passes nor fails, and an audit whose checks cannot tell is SKIPPED with the reason
     cannot_tell: bool = False
+    # the threshold's bounds and baseline, kept with the check so that a finding can say by how much it missed them
+    # (``value`` is then the change from ``compare_to``, a fraction of it when ``relative``)
+    low: float | None = None
+    high: float | None = None
+    compare_to: str | None = None
+    relative: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -202,6 +208,10 @@ class CheckResult:
             "passed": self.passed,
             "message": self.message,
             "cannot_tell": self.cannot_tell,
+            "min": self.low,
+            "max": self.high,
+            "compare_to": self.compare_to,
+            "relative": self.relative,
         }
 
 

@@ -15,7 +15,7 @@ and changes them in YAML:
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, model_validator
 
@@ -72,7 +72,7 @@ class Threshold(BaseModel):
         """The check on these metrics; ``ranges`` are the values a metric could take on this data, ``chance`` those it
         reaches by chance alone (AuditResult.ranges and .chance)."""
         def unevaluated(message: str, cannot_tell: bool = False) -> CheckResult:
-            return CheckResult(self.metric, self.rule, self.severity, None, None, message, cannot_tell)
+            return CheckResult(self.metric, self.rule, self.severity, None, None, message, cannot_tell, **self._bounds_of())
 
         missing = [k for k in (self.metric, self.compare_to) if k is not None and k not in metrics]
         if missing:
@@ -98,4 +98,7 @@ class Threshold(BaseModel):
             return unevaluated(f"{value:.4g} is beyond {self.bound}, but on this data chance alone reaches "
                                f"[{band[0]:.4g}, {band[1]:.4g}]: no evidence either way", True)
         message = f"{self.quantity} = {value:.4g}" + ("" if passed else f", must be {self.bound}")
-        return CheckResult(self.metric, self.rule, self.severity, value, passed, message)
+        return CheckResult(self.metric, self.rule, self.severity, value, passed, message, **self._bounds_of())
+
+    def _bounds_of(self) -> dict[str, Any]:
+        return {"low": self.min, "high": self.max, "compare_to": self.compare_to, "relative": self.relative}
