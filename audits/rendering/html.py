@@ -12,7 +12,9 @@ import html
 import html as html_lib
 import json
 import re
+from collections.abc import Mapping
 from typing import Any
+from urllib.parse import quote
 
 import numpy as np
 import pandas as pd
@@ -22,10 +24,12 @@ from audits.core.result import AuditResult, Verdict
 from audits.methods.expectations import _compact, _error
 from audits.methods.text import indexed
 from audits.rendering.figures import TITLES, Colouring, _categorical_values, _categories, _colour_range
+from audits.rendering.findings import findings, question_statuses, shown_findings
 
 COLOURS = {"PASS": "#1a7f37", "WARN": "#9a6700", "FAIL": "#cf222e", "ERROR": "#8250df", "SKIPPED": "#6e7781"}
 MAX_TABLE_ROWS = 25
 MAX_METRICS = 40
+FOLD_ROWS = 10  # a longer table is folded (<details>, closed) under a line saying what it holds and how many rows
 
 # Shared by every page an audit writes (the data quality audit's validation page too).
 STYLE = """
@@ -38,6 +42,8 @@ th{background:#f6f8fa} td.num{text-align:right;font-variant-numeric:tabular-nums
 img{max-width:100%;border:1px solid #d0d7de;margin:4px 0} .scroll{overflow-x:auto}
 dl{display:grid;grid-template-columns:max-content auto;gap:2px 12px;font-size:13px} dt{color:#656d76}
 td.code{font-family:ui-monospace,SFMono-Regular,Menlo,monospace;font-size:11.5px;white-space:pre-wrap;word-break:break-word}
+summary{cursor:pointer;font-weight:600;font-size:14px;margin:14px 0 6px} .verdict-line{font-size:15px;margin:10px 0 4px}
+ol.findings{margin:4px 0 8px;padding-left:22px;font-size:14px;line-height:1.45} ol.findings li{margin:3px 0}
 """
 
 # The report's one script. MLflow shows artifacts in a sandboxed frame from a blob URL, where #anchors do not
@@ -57,6 +63,11 @@ _TEMPLATE = """<!doctype html>
 <style>""" + STYLE + """</style></head><body>
 <h1>Audit of {{ title }} <span class="badge" style="background:{{ colours[verdict] }}">{{ verdict }}</span></h1>
 <div class="muted">{{ subtitle }}</div>
+<p class="verdict-line" id="verdict-by-question"><strong>{{ verdict }}</strong> \u2014 {% for q, s in statuses %}<strong>{{ q }}</strong>: {{ s }}{{ "; " if not loop.last }}{% endfor %}</p>
+<h2 id="findings">Findings</h2>
+{% if shown_findings %}<ol class="findings">{% for f in shown_findings %}<li><span class="badge" style="background:{{ colours[f.verdict.value] }}">{{ f.verdict.value }}</span> {{ f.sentence }}</li>{% endfor %}</ol>
+{% if more_findings %}<div class="muted">{{ more_findings }} more finding{{ "s" if more_findings > 1 else "" }} in the verdicts below.</div>{% endif %}
+{% else %}<p>No check failed or warned, and every audit ran.</p>{% endif %}
 <h2>Verdicts</h2>
 <table><tr><th>audit</th><th>verdict</th><th>reason</th><th>time (s)</th></tr>
 {% for r in results %}<tr><td><a href="#{{ r.audit }}">{{ r.audit }}</a></td>
@@ -70,16 +81,22 @@ _TEMPLATE = """<!doctype html>
 <div class="muted">{{ r.reason }}</div>
 {% if r.info %}<dl>{% for k, v in r.info.items() if k != "traceback" %}<dt>{{ k }}</dt><dd>{{ v }}</dd>{% endfor %}</dl>{% endif %}
 {% if r.info.traceback %}<details><summary>traceback</summary><pre>{{ r.info.traceback }}</pre></details>{% endif %}
-{% if r.checks %}<h3>Checks</h3><table><tr><th>rule</th><th>severity</th><th>value</th><th>outcome</th></tr>
+{% if r.checks %}{% set folded = r.checks|length > fold_rows %}
+{% if folded %}<details><summary>Checks: {{ r.checks|length }} thresholds, {{ r.checks|selectattr("passed", "false")|list|length }} violated</summary>{% else %}<h3>Checks</h3>{% endif %}
+<table><tr><th>rule</th><th>severity</th><th>value</th><th>outcome</th></tr>
 {% for c in r.checks %}<tr><td>{{ c.rule }}</td><td>{{ c.severity }}</td><td class="num">{{ fmt(c.value) }}</td>
-<td>{{ "pass" if c.passed else ("not evaluated: " + c.message if c.passed is none else "violated") }}</td></tr>{% endfor %}</table>{% endif %}
-{% if r.metrics %}<h3>Metrics</h3><table><tr><th>metric</th><th>value</th></tr>
-{% for k, v in metrics(r) %}<tr><td>{{ k }}</td><td class="num">{{ fmt(v) }}</td></tr>{% endfor %}</table>
-{% if r.metrics|length > max_metrics %}<div class="muted">{{ r.metrics|length - max_metrics }} more metrics in the MLflow run.</div>{% endif %}{% endif %}
+<td>{{ "pass" if c.passed else ("not evaluated: " + c.message if c.passed is none else "violated") }}</td></tr>{% endfor %}</table>{% if folded %}</details>{% endif %}{% endif %}
+{% if r.metrics %}{% set listed = metrics(r) %}{% set folded = listed|length > fold_rows %}
+{% if folded %}<details><summary>Metrics: {{ listed|length }}{% if r.metrics|length > max_metrics %} of {{ r.metrics|length }}{% endif %} values</summary>{% else %}<h3>Metrics</h3>{% endif %}
+<table><tr><th>metric</th><th>value</th></tr>
+{% for k, v in listed %}<tr><td>{{ k }}</td><td class="num">{{ fmt(v) }}</td></tr>{% endfor %}</table>
+{% if r.metrics|length > max_metrics %}<div class="muted">{{ r.metrics|length - max_metrics }} more metrics in the MLflow run.</div>{% endif %}{% if folded %}</details>{% endif %}{% endif %}
 {% for a in r.artifacts %}
 {% if a.kind == "figure" %}<h3>{{ a.title or a.name }}</h3><img alt="{{ a.name }}" src="data:image/png;base64,{{ b64(a.content) }}">
-{% elif a.kind == "table" %}<h3>{{ a.title or a.name }}</h3><div class="scroll">{{ table(a.content) | safe }}</div>
-<div class="muted">{{ a.content|length }} rows; full table: {{ r.audit }}/{{ a.name }}</div>
+{% elif a.kind == "table" %}{% set rows = a.content|length %}{% set folded = rows > fold_rows %}
+{% if folded %}<details><summary>{{ a.title or a.name }}: {{ rows }} rows{% if rows > max_rows %} (the first {{ max_rows }} shown){% endif %}</summary>{% else %}<h3>{{ a.title or a.name }}</h3>{% endif %}
+<div class="scroll">{{ table(a.content) | safe }}</div>{% if folded %}</details>{% endif %}
+<div class="muted">{{ rows }} rows; full table: {{ r.audit }}/{{ a.name }}</div>
 {% elif a.kind == "fragment" %}<h3>{{ a.title or a.name }}</h3><div class="fragment">{{ a.content | safe }}</div>
 {% elif a.kind == "html" %}<div class="muted">{{ a.title or a.name }}: open the artifact {{ r.audit }}/{{ a.name }}</div>
 {% else %}<div class="muted">{{ a.title or a.name }}: see artifact {{ r.audit }}/{{ a.name }}</div>{% endif %}
@@ -145,7 +162,13 @@ def _metrics(result: AuditResult) -> list[tuple[str, float]]:
     return list(result.metrics.items())[:MAX_METRICS]
 
 
-def render_report(title: str, subtitle: str, verdict: Verdict, results: list[AuditResult], provenance: dict[str, Any]) -> str:
+def render_report(title: str, subtitle: str, verdict: Verdict, results: list[AuditResult], provenance: dict[str, Any],
+                  questions: Mapping[str, str] | None = None, names: Mapping[str, str] | None = None) -> str:
+    """The report: the verdict per question and the findings that drove it first, then the verdicts, provenance and
+    each audit's section. ``questions`` / ``names``: {audit id: question / registered audit} (findings.plan_questions,
+    plan_names); by default, each id is taken for the registered audit of that name."""
+    found = findings(results, questions, names)
+    shown, more = shown_findings(found)
     env = Environment(autoescape=True)
     template = env.from_string(_TEMPLATE)
     return template.render(
@@ -154,9 +177,14 @@ def render_report(title: str, subtitle: str, verdict: Verdict, results: list[Aud
         title=title,
         subtitle=subtitle,
         verdict=verdict.value,
+        statuses=question_statuses(results, questions, names),
+        shown_findings=shown,
+        more_findings=more,
         results=results,
         provenance=list(provenance.items()),
         colours=COLOURS,
+        fold_rows=FOLD_ROWS,
+        max_rows=MAX_TABLE_ROWS,
         max_metrics=MAX_METRICS,
         fmt=fmt,
         b64=lambda data: base64.b64encode(data).decode("ascii"),
@@ -175,12 +203,30 @@ def _markdown_text(text: str) -> str:
     return html.escape(text, quote=False).translate(_MARKDOWN_ACTIVE)
 
 
-def markdown_summary(title: str, verdict: Verdict, results: list[AuditResult]) -> str:
-    """A short Markdown table for the MLflow run's description.
+def version_route(name: str, version: str) -> str:
+    """The MLflow UI's page of a registered model version, as a link from another of its pages (a hash route)."""
+    return f"#/models/{quote(name, safe='')}/versions/{quote(version, safe='')}"
 
-    Markdown passes HTML through: the model's name and the reasons (which can quote the data) are escaped, so
-    the UI shows them as text whatever its own sanitising does."""
-    lines = [f"**Audit of {_markdown_text(title)}: {verdict.value}**", "", "| audit | verdict | reason |", "|---|---|---|"]
+
+def markdown_summary(title: str, verdict: Verdict, results: list[AuditResult], questions: Mapping[str, str] | None = None,
+                     names: Mapping[str, str] | None = None, version: tuple[str, str] | None = None) -> str:
+    """The MLflow run's description: the verdict per question, the findings that drove it, then the verdict table.
+    The UI shows the first lines of a description and folds the rest, so the findings come first. ``version``: the
+    registered model version audited (name, version), whose page the title links to.
+
+    Markdown passes HTML through: the model's name, the findings and the reasons (which can quote the data) are
+    escaped, so the UI shows them as text whatever its own sanitising does; the one link is ours, its target
+    percent-encoded."""
+    line = "; ".join(f"{question}: {status}" for question, status in question_statuses(results, questions, names))
+    shown, more = shown_findings(findings(results, questions, names))
+    shown_title = _markdown_text(title) if version is None else f"[{_markdown_text(title)}]({version_route(*version)})"
+    lines = [f"**Audit of {shown_title}: {verdict.value}** \u2014 {_markdown_text(line)}", ""]
+    lines += [f"{i}. {_markdown_text(f.sentence)}" for i, f in enumerate(shown, 1)]
+    if more:
+        lines.append(f"\nand {more} more finding{'s' if more > 1 else ''} in the table below.")
+    if shown:
+        lines.append("")
+    lines += ["| audit | verdict | reason |", "|---|---|---|"]
     for r in results:
         reason = _markdown_text(r.reason.replace("|", "/")[:200])
         lines.append(f"| {_markdown_text(r.audit)} | {r.verdict.value} | {reason} |")

@@ -167,8 +167,22 @@ def test_the_run_description_shows_names_and_reasons_as_text_not_links():
     results = [AuditResult(audit="a[b](javascript:alert(1))", verdict=Verdict.ERROR, reason=f"{PLANT}\n\n# heading")]
     summary = markdown_summary(f"{PLANT}\n\n<img src=x>", Verdict.ERROR, results)
     assert not set(summary) & set("<>[]"), summary  # no HTML and no link syntax left for Markdown
-    assert len(summary.splitlines()) == 7  # a line break in a name or reason starts no block of its own
+    # a line break in a name or reason starts no block of its own: the verdict line, a blank, the one finding (the error
+    # quotes the reason), a blank, the table's header, rule and row, a blank, the line naming the report
+    assert len(summary.splitlines()) == 9
     assert "&#91;a&#93;(javascript:alert(3))" in summary
+
+
+def test_the_one_link_in_the_run_description_is_ours():
+    """The title links to the audited version's page: the name is escaped in the link's text and percent-encoded in its
+    target, so that no bracket, parenthesis or markup of the name's reaches the Markdown."""
+    results = [AuditResult(audit="shap", verdict=Verdict.ERROR, reason=PLANT)]
+    summary = markdown_summary(f"{PLANT} v1", Verdict.ERROR, results, version=(PLANT, "1"))
+    target = "#/models/" + "".join(f"%{b:02X}" if chr(b) not in "-._~" and not chr(b).isalnum() else chr(b)
+                                   for b in PLANT.encode("utf-8")) + "/versions/1"
+    assert summary.startswith(f"**Audit of [{summary[len('**Audit of ['):].split(']', 1)[0]}]({target}): ERROR**")
+    assert summary.count("[") == summary.count("]") == 1 and summary.count("(#/") == 1
+    assert not set(target) & set("<>()[] \"'")
 
 
 def test_a_failure_reason_cannot_close_its_code_block_in_the_run_description():
