@@ -20,6 +20,7 @@ from prefect.tasks import exponential_backoff
 from audits.core.plan import PlannedAudit
 from audits.core.result import AuditResult, Verdict
 from audits.core.runner import judge, overall_verdict
+from audits.rendering.findings import plan_names, plan_questions
 from audits.rendering.html import markdown_summary, render_report
 from tasks.adapters import provenance
 from tasks.adapters.errors import AuditlensError, ConfigError, ModelLoadError, ModelTimeoutError
@@ -248,11 +249,14 @@ def record_audit(run: AuditRun, ref: ModelRef, loaded: LoadedSettings, inputs: R
                  results: list[AuditResult]) -> dict:
     verdict = overall_verdict(results)
     manifest = provenance.build_manifest(ref, loaded, inputs, results, verdict, run.tracking_uri, run.run_id)
+    questions, names = plan_questions(loaded.plan), plan_names(loaded.plan)
     report = render_report(
         title=ref.label,
         subtitle=f"{ref.uri} · config {loaded.path.name} ({loaded.config_hash}) · MLflow run {run.run_id}",
         verdict=verdict,
         results=results,
+        questions=questions,
+        names=names,
         provenance={
             "model URI": ref.uri,
             "loaded": ref.load_uri,
@@ -269,8 +273,11 @@ def record_audit(run: AuditRun, ref: ModelRef, loaded: LoadedSettings, inputs: R
     sink = MlflowSink(run.tracking_uri, run.outage_timeout_s)
     sink.log_params(run, inputs.params)
     sink.link_inputs(run, inputs.datasets, ref.model_id)
-    sink.record(run, results, report, manifest)
-    sink.close(run, verdict, markdown_summary(ref.label, verdict, results))
+    current = next((d for d in inputs.datasets if d["context"] == "current"), None)
+    sink.record(run, results, report, manifest, model_id=ref.model_id,
+                dataset=(current["name"], current["digest"][:36]) if current else None)
+    sink.close(run, verdict, markdown_summary(ref.label, verdict, results, questions, names,
+                                              (ref.name, ref.version) if ref.registered else None))
     return {
         "run_id": run.run_id,
         "experiment_id": run.experiment_id,

@@ -34,6 +34,7 @@ from tasks.adapters.version_state import AUDIT_KEY, STATUS, VersionState, Versio
 
 logger = logging.getLogger(__name__)
 TABLE_TAG = "mlflow.loggedArtifacts"  # how MLflow's own log_table lists tables for the UI's comparison view
+MODEL_VERSIONS_TAG = "mlflow.modelVersions"  # on a logged model: the registered versions made from it (MLflow's key)
 MAX_BATCH = {"metrics": 1000, "params": 100, "tags": 100}
 HEARTBEAT_AT, HEARTBEAT_S = "audit.heartbeat_at", "audit.heartbeat_s"  # on the run: epoch seconds, the interval
 
@@ -227,13 +228,18 @@ class MlflowSink:
         self.log_batch(run.run_id, params=params)
 
     def log_batch(self, run_id: str, metrics: dict[str, float] | None = None, params: dict[str, Any] | None = None,
-                  tags: dict[str, str] | None = None, timestamp_ms: int | None = None) -> None:
-        """Values of a run, in batches within MLflow's limits; text values clipped to what MLflow accepts."""
+                  tags: dict[str, str] | None = None, timestamp_ms: int | None = None, model_id: str | None = None,
+                  dataset: tuple[str, str] | None = None) -> None:
+        """Values of a run, in batches within MLflow's limits; text values clipped to what MLflow accepts. With
+        ``model_id``, the metrics are also the logged model's, measured on ``dataset`` (name, digest), as
+        ``mlflow.models.evaluate`` links an evaluation's metrics to the model it evaluated."""
         from mlflow.entities import Metric, Param, RunTag
 
         now = timestamp_ms or int(time.time() * 1000)
+        name, digest = dataset or (None, None)
         for chunk in _chunks(sorted((metrics or {}).items()), MAX_BATCH["metrics"]):
-            self.client.log_batch(run_id, metrics=[Metric(k, float(v), now, 0) for k, v in chunk])
+            self.client.log_batch(run_id, metrics=[Metric(k, float(v), now, 0, model_id=model_id, dataset_name=name,
+                                                          dataset_digest=digest) for k, v in chunk])
         for chunk in _chunks(sorted((params or {}).items()), MAX_BATCH["params"]):
             self.client.log_batch(run_id, params=[Param(k, clipped(v, 6000)) for k, v in chunk])
         for chunk in _chunks(sorted((tags or {}).items()), MAX_BATCH["tags"]):
@@ -263,12 +269,47 @@ class MlflowSink:
             inputs.append(DatasetInput(entity, tags=[InputTag("mlflow.data.context", item["context"])]))
         models = [LoggedModelInput(model_id)] if model_id else None
         self.client.log_inputs(run.run_id, datasets=inputs, models=models)
+        if model_id and run.model_name and run.model_version:
+            self.list_version_on_model(model_id, run.model_name, run.model_version)
+
+    def list_version_on_model(self, model_id: str, name: str, version: str) -> bool:
+        """Make sure the logged model names the registered version made from it (tag ``mlflow.modelVersions``, the
+        record MLflow's server writes when a version is created from a logged model, ``server/handlers.py``). A client
+        writing to a database directly (``MlflowClient.create_model_version`` on ``sqlite:///``) leaves it out, and the
+        model's page in the UI then lists no version. Written only when the version is missing, beside those already
+        listed; nothing else of the model or the version changes (the version's source run stays its training run). A
+        store that refuses (permissions) costs only the listing. Returns whether the tag was written.
+
+        What MLflow 3.17's UI does with it: the logged model's page shows the version under "Model versions"; a run's
+        page lists "Registered models" from its model inputs' tags too, but looks the models up only in the run's own
+        experiment (``search_logged_models(experiment_ids=[run's])``; the lookup by id is behind a flag that is off), so
+        an audit run, in ``auditlens/<model>``, still says "None" there: its description links to the version."""
+        from mlflow.exceptions import MlflowException
+
+        # as MLflow writes it: the version a number (its UI reads either)
+        entry = {"name": name, "version": int(version) if str(version).isdigit() else str(version)}
+        try:
+            listed = json.loads(self.client.get_logged_model(model_id).tags.get(MODEL_VERSIONS_TAG) or "[]")
+            listed = listed if isinstance(listed, list) else []
+            if any(isinstance(e, dict) and (e.get("name"), str(e.get("version"))) == (name, str(version)) for e in listed):
+                return False
+            self.client.set_logged_model_tags(model_id, {MODEL_VERSIONS_TAG: json.dumps([*listed, entry])})
+        except (MlflowException, ValueError) as exc:
+            logger.warning("logged model %s not tagged with version %s v%s (%s): its page in the MLflow UI will not list "
+                           "the version", model_id, name, version, exc)
+            return False
+        return True
 
     # --- the record -----------------------------------------------------------------------------
-    def record(self, run: AuditRun, results: list[AuditResult], report_html: str, manifest: dict[str, Any]) -> dict[str, Any]:
+    def record(self, run: AuditRun, results: list[AuditResult], report_html: str, manifest: dict[str, Any], *,
+               model_id: str | None = None, dataset: tuple[str, str] | None = None) -> dict[str, Any]:
         """Log metrics, tags and every artifact; the manifest goes last: each file's sha256 and size, every metric value
         logged, signed with the key in the environment when there is one (``signing``), so that ``auditlens verify``
-        can tell a changed file, tag or metric, and a rewritten manifest."""
+        can tell a changed file, tag or metric, and a rewritten manifest.
+
+        With ``model_id`` (the audited logged model), the metrics the checks read (the figures the verdict rests on)
+        are also the model's, measured on ``dataset`` (the current data's name and digest): the logged model's page
+        then lists this run under Runs, beside its training run."""
         key = signing.signing_key()  # first: a key that cannot sign is refused before anything is written
         metrics = {k: v for r in results for k, v in r.metrics.items()}
         metrics.update({f"audit.{r.audit}.cached": 1.0 if "cached" in r.info else 0.0 for r in results})
@@ -294,7 +335,12 @@ class MlflowSink:
             self.client.log_artifacts(run.run_id, tmp)
         if tables:
             tags[TABLE_TAG] = json.dumps(tables)
-        self.log_batch(run.run_id, metrics=metrics, tags=tags, timestamp_ms=run.start_ms or None)
+        checked = {key for r in results for c in r.checks for key in (c.metric, c.compare_to) if key in metrics}
+        checked = checked if model_id else set()
+        self.log_batch(run.run_id, metrics={k: v for k, v in metrics.items() if k not in checked}, tags=tags,
+                       timestamp_ms=run.start_ms or None)
+        self.log_batch(run.run_id, metrics={k: metrics[k] for k in checked}, timestamp_ms=run.start_ms or None,
+                       model_id=model_id, dataset=dataset)
         complete = signing.as_stored({**manifest, "metrics": {k: signing.metric_entry(v) for k, v in sorted(metrics.items())},
                                       "artifacts": files, "complete": True})
         complete = key.sign(complete) if key is not None else {**complete, "signature": None}

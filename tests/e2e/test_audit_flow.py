@@ -58,6 +58,32 @@ def test_the_run_is_finished_named_and_parametrised(world, audited):
     assert source.startswith(linked.artifact_location)
 
 
+def test_the_run_and_the_version_it_audited_are_linked_both_ways(world, audited):
+    """The audit run's model input is the version's logged model; that model names the version (MLflow's
+    mlflow.modelVersions tag, which a version created straight in a database lacks) and carries the checked metrics,
+    measured by the audit run on the current data: MLflow's UI lists the run on the model's page through them. The
+    version's source run stays its training run, and the description's title links to the version's page."""
+    client = make_client(world.tracking_uri)
+    run = client.get_run(audited["run_id"])
+    version = client.get_model_version("e2e-model", "1")
+    [model_input] = run.inputs.model_inputs
+    logged = client.get_logged_model(model_input.model_id)
+    assert json.loads(logged.tags["mlflow.modelVersions"]) == [{"name": "e2e-model", "version": 1}]
+    assert version.run_id == logged.source_run_id != run.info.run_id
+    linked = {m.key: m for m in logged.metrics if m.run_id == run.info.run_id}
+    checked = {c["metric"] for r in audited["audits"] for c in json.loads(Path(client.download_artifacts(
+        run.info.run_id, f"{r}/result.json", tempfile.mkdtemp())).read_text())["checks"]}
+    assert set(linked) == checked and {"performance.current.accuracy", "data_quality.user.failed"} <= checked
+    assert all(m.value == run.data.metrics[k] and m.dataset_name.startswith("current:") for k, m in linked.items())
+    assert "**Audit of [e2e-model v1](#/models/e2e-model/versions/1): " in run.data.tags["mlflow.note.content"]
+
+    from tasks.adapters.mlflow_sink import MlflowSink
+
+    assert MlflowSink(world.tracking_uri).list_version_on_model(logged.model_id, "e2e-model", "1") is False  # idempotent
+    assert json.loads(client.get_logged_model(logged.model_id).tags["mlflow.modelVersions"]) == [
+        {"name": "e2e-model", "version": 1}]
+
+
 def test_metrics_equal_an_independent_recomputation(world, audited):
     client = make_client(world.tracking_uri)
     metrics = client.get_run(audited["run_id"]).data.metrics

@@ -55,6 +55,13 @@ def test_audit_recorded_through_a_real_server(mlflow_server, tmp_path):
 
     tags = client.get_model_version("e2e-model", "1").tags
     assert (tags["audit.status"], tags["audit.verdict"], tags["audit.run_id"]) == ("done", summary["verdict"], summary["run_id"])
+    # through the server too: the version's logged model names the version (the server wrote it at registration: the
+    # sink left it as it was) and carries the checked metrics of this run, on the current data
+    [model_input] = run.inputs.model_inputs
+    logged = client.get_logged_model(model_input.model_id)
+    assert json.loads(logged.tags["mlflow.modelVersions"]) == [{"name": "e2e-model", "version": 1}]
+    linked = {m.key: m.value for m in logged.metrics if m.run_id == summary["run_id"]}
+    assert linked["performance.current.accuracy"] == run.data.metrics["performance.current.accuracy"]
     assert runs_with_status(client, "RUNNING") == []
 
 
