@@ -232,3 +232,59 @@ def images_in(frame: Frame) -> list[dict]:
     return frame.evaluate("""() => [...document.images].map(i => ({
         src: i.currentSrc || i.src, alt: i.alt, naturalWidth: i.naturalWidth, naturalHeight: i.naturalHeight,
         shownWidth: i.getBoundingClientRect().width}))""")
+
+
+# The text a reviewer sees without scrolling: every text node with a part inside the viewport (below ``limit`` px, when
+# less of the document shows) and inside every ancestor that clips it (the UI's folded boxes, a closed <details>).
+_FIRST_SCREEN = """limit => {
+    const height = Math.min(window.innerHeight, limit), width = window.innerWidth;
+    const clip = element => {
+        let box = {top: 0, bottom: height, left: 0, right: width};
+        for (let e = element; e && e !== document.documentElement; e = e.parentElement) {
+            const style = getComputedStyle(e);
+            if (style.display === 'none' || style.visibility === 'hidden' || style.opacity === '0') return null;
+            if (/hidden|auto|scroll|clip/.test(style.overflowX + style.overflowY)) {
+                const b = e.getBoundingClientRect();
+                box = {top: Math.max(box.top, b.top), bottom: Math.min(box.bottom, b.bottom),
+                       left: Math.max(box.left, b.left), right: Math.min(box.right, b.right)};
+            }
+        }
+        return box;
+    };
+    const shown = [], walker = document.createTreeWalker(document.body, NodeFilter.SHOW_TEXT);
+    for (let node = walker.nextNode(); node; node = walker.nextNode()) {
+        if (!node.textContent.trim()) continue;
+        const box = clip(node.parentElement);
+        if (!box) continue;
+        const range = document.createRange();
+        range.selectNodeContents(node);
+        if ([...range.getClientRects()].some(r => r.width > 0 && r.height > 0 && r.top < box.bottom && r.bottom > box.top
+                                              && r.left < box.right && r.right > box.left))
+            shown.push(node.textContent.replace(/\\s+/g, ' ').trim());
+    }
+    return shown.join(' ');
+}"""
+
+
+def visible_height(page: Page, frame: Frame | None = None) -> float:
+    """How much of a document shows in the first screen: the page's viewport, or the part of ``frame``'s iframe
+    inside it."""
+    if frame is None:
+        return float(page.viewport_size["height"])
+    box = frame.frame_element().bounding_box()
+    assert box is not None, "the iframe is not laid out"
+    return max(0.0, min(box["height"], page.viewport_size["height"] - box["y"]))
+
+
+def first_screen(page: Page, frame: Frame | None = None) -> str:
+    """The text shown in the first screen, without scrolling: of the page, or of ``frame`` within it (text nodes joined
+    by spaces, none before punctuation: '<b>the data</b>: FAIL' reads 'the data: FAIL')."""
+    import re
+
+    return re.sub(r" (?=[:;,.)])", "", (frame or page).evaluate(_FIRST_SCREEN, visible_height(page, frame)))
+
+
+def top_and_bottom(target: Page | Frame, selector: str) -> tuple[float, float] | None:
+    """The top and bottom (in its document's viewport) of the first element ``selector`` matches; None when none does."""
+    return target.evaluate("""s => { const e = document.querySelector(s);
+        if (!e) return null; const b = e.getBoundingClientRect(); return [b.top, b.bottom]; }""", selector)

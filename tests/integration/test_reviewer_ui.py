@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import base64
 import os
+import re
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from flows.audit_model import audit_model
@@ -30,12 +32,15 @@ from tests.integration.browser import (
     compare_page_row,
     compare_runs_route,
     expect,
+    first_screen,
     format_metric,
     html_artifact_frame,
     images_in,
     require_chromium,
     reviewer_page,
+    top_and_bottom,
     ui_url,
+    visible_height,
 )
 from tests.integration.servers import free_port, healthy, log_tail, port_free, stop_group, wait_for
 
@@ -52,11 +57,38 @@ PLAN = [
 ]
 
 
+# The issue's case: a planted drift in a feature the model barely uses. The audit rightly FAILs, for the data alone:
+# accuracy, calibration and the predictions are fine, and the first screen must not read as a broken model.
+DRIFT_PLAN = [
+    {"audit": "drift"},
+    {"audit": "performance", "thresholds": [{"metric": "performance.current.accuracy", "min": 0.6}]},
+    {"audit": "calibration"},
+]
+
+
 @pytest.fixture(scope="module")
-def audited(tmp_path_factory):
-    """A SQLite store with two registered versions, each audited by the audit_model flow."""
+def world(tmp_path_factory):
     require_chromium()  # fail fast, before a minute of setup, when the browser is missing
-    world = build_world(tmp_path_factory.mktemp("reviewer-ui"), versions=2)
+    return build_world(tmp_path_factory.mktemp("reviewer-ui"), versions=3)  # v3 for the drift case alone
+
+
+@pytest.fixture(scope="module")
+def drifted(world):
+    """v3 (logistic regression, as v2) audited on current data whose 'noise' column moved by 2.5 sd."""
+    frame = pd.read_csv(world.current)
+    frame["noise"] += 2.5
+    frame.to_csv(world.folder / "current_drifted.csv", index=False)
+    config = write_config(world.folder, world.tracking_uri, name="drifted.yaml", audits=DRIFT_PLAN,
+                          data={"reference": "reference.csv", "current": "current_drifted.csv", "target": "label"})
+    summary = audit_model(model_uri=f"models:/{MODEL}/3", config_path=str(config), tracking_uri=world.tracking_uri)
+    assert summary["verdict"] == "FAIL" and {a: s["verdict"] for a, s in summary["audits"].items()} == {
+        "drift": "FAIL", "performance": "PASS", "calibration": "PASS"}, summary
+    return summary
+
+
+@pytest.fixture(scope="module")
+def audited(world):
+    """A SQLite store with two registered versions, each audited by the audit_model flow."""
     config = write_config(world.folder, world.tracking_uri, name="reviewer.yaml", audits=PLAN)
     summaries = {
         version: audit_model(model_uri=f"models:/{MODEL}/{version}", config_path=str(config), tracking_uri=world.tracking_uri)
@@ -198,3 +230,46 @@ def test_the_report_renders_with_its_figures(audited, mlflow_ui, browser, shots,
             frame.locator("img").first.scroll_into_view_if_needed()
             shots.take(page, f"report_v{version}_first_figure")
         assert not page.blocked_requests, f"the UI tried to fetch from elsewhere: {page.blocked_requests}"
+
+
+def test_the_first_screens_lead_with_what_drove_the_verdict(world, drifted, mlflow_ui, browser, shots):
+    """The drift run's report and run page, as a reviewer first sees them (no scrolling): the verdict per question and
+    the findings come before any table, and say it is the data, not the model, that fails; the run page links to the
+    version it audited, and the version's logged model lists the run."""
+    client = make_client(world.tracking_uri)
+    run = client.get_run(drifted["run_id"])
+    verdict = ("FAIL \u2014 the data: FAIL (drift in 1 of 5 features); the model's behaviour: fine (accuracy 0.81 vs 0.853 "
+               "on the reference data, predictions did not drift); its certainty: fine (ECE ")  # fmt: skip
+    finding = "Drift failed: 1 of 5 features drifted (noise moved 2.8 sd), a classifier tells current rows from reference rows"
+    with reviewer_page(browser, mlflow_ui) as page:
+        page.goto(ui_url(mlflow_ui, f"experiments/{run.info.experiment_id}/runs/{run.info.run_id}/artifacts/audit_report.html"))
+        frame = html_artifact_frame(page)
+        expect(frame.locator("#verdict-by-question")).to_contain_text(verdict)
+        shown, height = first_screen(page, frame), visible_height(page, frame)
+        shots.take(page, "drift_report_first_screen")
+        assert verdict in shown and finding in shown, f"the report's first screen shows: {shown[:1500]}"
+        assert "the model's behaviour: FAIL" not in shown
+        line, findings, table = (top_and_bottom(frame, s) for s in ("#verdict-by-question", "ol.findings", "table"))
+        assert line[1] <= height and findings[0] < height, (line, findings, height)  # the line whole, the findings begun
+        assert table[0] >= findings[1], "a table comes before the findings"
+
+        page.goto(ui_url(mlflow_ui, f"experiments/{run.info.experiment_id}/runs/{run.info.run_id}"))
+        link = page.get_by_role("link", name=f"{MODEL} v3", exact=True)
+        expect(link).to_be_in_viewport()
+        shown = first_screen(page)
+        shots.take(page, "drift_run_first_screen")
+        assert f"Audit of {MODEL} v3: FAIL {verdict.removeprefix('FAIL ')}" in shown, f"the run page's first screen: {shown[:1500]}"
+        assert "Drift failed: 1 of 5 features drifted" in shown
+        assert link.get_attribute("href") == f"#/models/{MODEL}/versions/3"
+        with page.context.expect_page() as opened:  # the UI opens description links in a new tab
+            link.click()
+        version_page = opened.value
+        expect(version_page.get_by_role("heading", name="Version 3", exact=True)).to_be_visible()
+        version_page.close()
+
+        # the other way: the version's logged model lists the audit run (its checked metrics, on the current data)
+        logged = client.get_logged_model(run.inputs.model_inputs[0].model_id)
+        page.goto(ui_url(mlflow_ui, f"experiments/{logged.experiment_id}/models/{logged.model_id}"))
+        expect(page.locator(f"a[href*='/runs/{run.info.run_id}']").first).to_have_text(run.info.run_name)  # Source run
+        expect(page.locator(f"a[href*='/models/{MODEL}/versions/3']")).to_have_text(re.compile(rf"^\s*{MODEL}\s*v3\s*$"))
+        shots.take(page, "drift_logged_model")
