@@ -67,7 +67,7 @@ _TEMPLATE = """<!doctype html>
 <h2 id="findings">Findings</h2>
 {% if shown_findings %}<ol class="findings">{% for f in shown_findings %}<li><span class="badge" style="background:{{ colours[f.verdict.value] }}">{{ f.verdict.value }}</span> {{ f.sentence }}</li>{% endfor %}</ol>
 {% if more_findings %}<div class="muted">{{ more_findings }} more finding{{ "s" if more_findings > 1 else "" }} in the verdicts below.</div>{% endif %}
-{% else %}<p>No check failed or warned, and every audit ran.</p>{% endif %}
+{% else %}<p>No check failed or warned{% if skipped %}; {{ skipped }} audit{{ "s" if skipped > 1 else "" }} could not tell or did not apply (see the verdicts){% endif %}.</p>{% endif %}
 <h2>Verdicts</h2>
 <table><tr><th>audit</th><th>verdict</th><th>reason</th><th>time (s)</th></tr>
 {% for r in results %}<tr><td><a href="#{{ r.audit }}">{{ r.audit }}</a></td>
@@ -180,6 +180,7 @@ def render_report(title: str, subtitle: str, verdict: Verdict, results: list[Aud
         statuses=question_statuses(results, questions, names),
         shown_findings=shown,
         more_findings=more,
+        skipped=sum(r.verdict is Verdict.SKIPPED for r in results),
         results=results,
         provenance=list(provenance.items()),
         colours=COLOURS,

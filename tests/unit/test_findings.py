@@ -148,6 +148,9 @@ def test_the_report_and_the_description_open_with_the_findings():
     assert folded == [f"Metrics: {FOLD_ROWS + 5} values", f"Metrics per segment: {FOLD_ROWS + 5} rows"]
     assert "<h3>Largest gap</h3>" in html  # short tables stay open
 
+    calm = render_report("m v1", "", Verdict.PASS, [PERFORMANCE, AuditResult.skipped("shap", "no rows")], {})
+    assert "<p>No check failed or warned; 1 audit could not tell or did not apply (see the verdicts).</p>" in calm
+
     summary = markdown_summary("m v1", Verdict.FAIL, results)
     lines = summary.splitlines()
     assert lines[0] == ("**Audit of m v1: FAIL** \u2014 the data: FAIL (drift in 3 of 4 features); the model's behaviour: fine "
