@@ -542,6 +542,56 @@ def doctor(
 
 
 @app.command()
+def history(
+    model: str = typer.Argument(..., help="models:/NAME (every audit of the model) or models:/NAME@ALIAS (the audits of that alias)"),
+    config: Path | None = typer.Option(None, "--config", "-c", help="an audit configuration: its tracking URI and experiment"),
+    tracking_uri: str | None = typer.Option(None, "--tracking-uri", help="the MLflow store; default: the config's, $MLFLOW_TRACKING_URI, sqlite:///mlflow.db"),
+    experiment: str | None = typer.Option(None, help="the audits' experiment; default: the config's mlflow.experiment, else auditlens/{model_name}"),
+    last: int = typer.Option(30, "--last", "-n", min=1, help="how many of the latest audits"),
+    output: Path | None = typer.Option(None, "--output", "-o", help="also write the page to this file"),
+) -> None:
+    """The history of a deployed model over its last audits, in one self-contained page: verdicts, every gated metric
+    with its thresholds, estimated against realised performance, feature ranks across versions, drift. Written to the
+    model's (or alias's) history run in MLflow, where every later audit's description links to it."""
+    _setup()
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
+    from tasks.adapters.errors import AuditlensError, ConfigError
+    from tasks.adapters.history import build_history, history_summary, history_target, history_uri
+    from tasks.adapters.mlflow_sink import MlflowSink
+    from tasks.adapters.settings import DEFAULT_TRACKING_URI, load_settings
+    from tasks.adapters.tracking import check_reachable, make_client, redact
+
+    try:
+        name, alias = history_target(model)
+        loaded = load_settings(config) if config is not None else None
+        uri = tracking_uri or (loaded.tracking_uri() if loaded else os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI)
+        pattern = experiment or (loaded.settings.mlflow.experiment if loaded else "auditlens/{model_name}")
+        check_reachable(uri)
+        client = make_client(uri)
+        found = client.get_experiment_by_name(pattern.format(model_name=name))
+        if found is None:
+            raise ConfigError(f"no audits of {name} in {redact(uri)}: there is no experiment {pattern.format(model_name=name)!r}",
+                              "pass the tracking URI and experiment the audits were recorded in (--config names both)")
+        page, records = build_history(client, found.experiment_id, model, last)
+        if not records:
+            raise ConfigError(f"no finished audit of {history_uri(name, alias)} in experiment {found.name!r}",
+                              "audit the model first (auditlens audit), or name the alias its scheduled audits use")
+        summary, metrics = history_summary(history_uri(name, alias), records)
+        run_id = MlflowSink(uri).record_history(found.experiment_id, history_uri(name, alias), page, summary, metrics)
+    except AuditlensError as exc:
+        _fail(exc)
+    if output is not None:
+        output.write_text(page, encoding="utf-8")
+        console.print(f"wrote {output}", markup=False, highlight=False)
+    for line in summary.splitlines()[2:]:
+        console.print(line, markup=False, highlight=False, soft_wrap=True)
+    console.print(f"History of {history_uri(name, alias)} over {len(records)} audit(s): MLflow run {run_id} (history.html)",
+                  markup=False, highlight=False, soft_wrap=True)
+    console.print(f"  {ui_hint(uri, {'experiment_id': found.experiment_id, 'run_id': run_id})}", markup=False,
+                  highlight=False, soft_wrap=True)
+
+
+@app.command()
 def verify(
     run_id: str = typer.Argument(..., help="the audit's MLflow run id"),
     tracking_uri: str | None = typer.Option(None, "--tracking-uri", help="the MLflow store; default: $MLFLOW_TRACKING_URI"),

@@ -17,9 +17,9 @@ from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 
 from tasks.audit_tasks import (fail_audit_run, input_failed, load_config, load_inputs, model_process, open_audit_run,
-                               promote_on_pass, record_audit, resolve, run_audits)
+                               promote_on_pass, record_audit, record_history, resolve, run_audits)
 from tasks.adapters.deployments import resolve_pattern
-from tasks.adapters.errors import AuditlensError, TrackingServerError
+from tasks.adapters.errors import AuditlensError, ConfigError, TrackingServerError
 from tasks.adapters.model_gate import ModelRefusedError
 from tasks.adapters.mlflow_sink import Heartbeat
 from tasks.adapters.tracking import quiet_environment, quiet_joblib, redact
@@ -32,7 +32,8 @@ quiet_joblib()
 
 @flow(name="audit-model", log_prints=True)
 def audit_model(model_uri: str, config_path: str, tracking_uri: str | None = None, reason: str = "manual",
-                current_data: str | None = None, model_loading: str | None = None, use_cache: bool = True) -> dict:
+                current_data: str | None = None, model_loading: str | None = None, use_cache: bool = True,
+                as_of: str | None = None) -> dict:
     """Audit one model version against the plan in ``config_path``; return the verdict and the MLflow run.
 
     ``current_data`` replaces the config's current data; a ``{date:FORMAT}`` in it is the run's scheduled time.
@@ -40,10 +41,14 @@ def audit_model(model_uri: str, config_path: str, tracking_uri: str | None = Non
     deployment's, so a config that trusts a model's code for hand-run audits does not trust every version registered.
     ``use_cache`` False recomputes every audit (``--no-cache``); by default a result whose model, data, settings, audit
     entry and code are unchanged is reused (``tasks/adapters/result_cache.py``) and the record says so.
+    ``as_of`` (an ISO date or date-time) is the day the audit speaks for: recorded on the run (``audit.as_of``), the
+    order of the model's history, and the date in ``current_data``; default: a scheduled run's scheduled time, else now.
+    A scheduled audit (``reason`` 'schedule') ends by writing the history page of the alias or model it audited.
     """
     logger = get_run_logger()
+    when = _as_of(as_of, flow_run.scheduled_start_time if reason == "schedule" else None)
     if current_data:
-        current_data = resolve_pattern(current_data, flow_run.scheduled_start_time or datetime.now(timezone.utc))
+        current_data = resolve_pattern(current_data, when)
     loaded = load_config(config_path, current_data, model_loading)
     store = loaded.tracking_uri(tracking_uri)
     ref = resolve(model_uri, store)
@@ -54,7 +59,8 @@ def audit_model(model_uri: str, config_path: str, tracking_uri: str | None = Non
         except ModelRefusedError as exc:
             # the gate refused the model's files: nothing of it ran. That is an audit's finding, so it has a run,
             # ended FAILED with the reason in audit.error, and the version says 'failed' with it
-            run = open_audit_run(ref, loaded, store, audit_key=f"prefect:{flow_run.id}", reason=reason)
+            run = open_audit_run(ref, loaded, store, audit_key=f"prefect:{flow_run.id}", reason=reason,
+                                 as_of=when.isoformat(timespec="seconds"))
             fail_audit_run(run, f"{type(exc).__name__}: {exc}")
             exc.audit_run_id = run.run_id
             raise
@@ -63,12 +69,29 @@ def audit_model(model_uri: str, config_path: str, tracking_uri: str | None = Non
             # (it names this flow run) says 'failed' with the reason, so that the attempt counts.
             input_failed(ref, store, str(flow_run.id), f"{type(exc).__name__}: {exc}")
             raise
-        return _audit(ref, loaded, store, inputs, reuse, worker, reason)
+        summary = _audit(ref, loaded, store, inputs, reuse, worker, reason, when.isoformat(timespec="seconds"))
+    if reason == "schedule" and ref.name:
+        try:  # the audit is recorded and closed: a history that cannot be written is a warning, not a failed audit
+            history = record_history(ref, store, summary["experiment_id"])
+            logger.info("History of %s updated: MLflow run %s (history.html)", ref.uri, history)
+        except Exception as exc:  # noqa: BLE001
+            logger.warning("The history of %s was not updated: %s: %s", ref.uri, type(exc).__name__, exc)
+    return summary
 
 
-def _audit(ref, loaded, store: str, inputs, reuse, worker, reason: str) -> dict:
+def _as_of(given: str | None, scheduled: datetime | None) -> datetime:
+    if given:
+        try:
+            moment = datetime.fromisoformat(given)
+        except ValueError:
+            raise ConfigError(f"as_of is {given!r}, not an ISO date", "give a date such as 2026-12-04") from None
+        return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+    return scheduled or datetime.now(timezone.utc)
+
+
+def _audit(ref, loaded, store: str, inputs, reuse, worker, reason: str, as_of: str) -> dict:
     logger = get_run_logger()
-    run = open_audit_run(ref, loaded, store, audit_key=f"prefect:{flow_run.id}", reason=reason)
+    run = open_audit_run(ref, loaded, store, audit_key=f"prefect:{flow_run.id}", reason=reason, as_of=as_of)
     # proof of life on the run until it is ended: a process killed outright (SIGKILL, OOM) cannot end its run, and
     # the watcher and `auditlens doctor` tell it from a slow one by the heartbeat alone
     heartbeat = Heartbeat(run.tracking_uri, run.run_id, loaded.settings.mlflow.heartbeat_s).start()

@@ -19,5 +19,6 @@ def prepare(config_path: str) -> tuple[str, list[PreparedAudit]]:
 @flow(name="auditlens-demo", log_prints=True)
 def run_demo(config_path: str = "config/demo.yaml") -> dict:
     tracking_uri, audits = prepare(config_path)
-    summaries = [audit_model(a.model_uri, str(a.config_path), tracking_uri=tracking_uri, reason="demo") for a in audits]
+    summaries = [audit_model(a.model_uri, str(a.config_path), tracking_uri=tracking_uri, reason=a.reason,
+                             current_data=a.current_data, as_of=a.as_of) for a in audits]
     return {"tracking_uri": tracking_uri, "audits": summaries}

@@ -24,6 +24,7 @@ from audits.rendering.findings import plan_names, plan_questions
 from audits.rendering.html import markdown_summary, render_report
 from tasks.adapters import provenance
 from tasks.adapters.errors import AuditlensError, ConfigError, ModelLoadError, ModelTimeoutError
+from tasks.adapters.history import AS_OF, build_history, find_history_run, history_summary, history_uri
 from tasks.adapters.mlflow_sink import AuditRun, MlflowSink
 from tasks.adapters.model_worker import ModelWorker, RecordedInputs, decode_result, encode_result
 from tasks.adapters.result_cache import CacheKeys, ResultCache, cache_folder, cache_keys, reused
@@ -63,7 +64,8 @@ def resolve(model_uri: str, tracking_uri: str) -> ModelRef:
 
 
 @task(name="open-audit-run", **MLFLOW_IO)
-def open_audit_run(ref: ModelRef, loaded: LoadedSettings, tracking_uri: str, audit_key: str, reason: str) -> AuditRun:
+def open_audit_run(ref: ModelRef, loaded: LoadedSettings, tracking_uri: str, audit_key: str, reason: str,
+                   as_of: str | None = None) -> AuditRun:
     experiment = loaded.settings.mlflow.experiment.format(model_name=ref.name or "unregistered")
     return MlflowSink(tracking_uri, loaded.settings.mlflow.outage_timeout_s).open_run(
         experiment=experiment,
@@ -74,6 +76,8 @@ def open_audit_run(ref: ModelRef, loaded: LoadedSettings, tracking_uri: str, aud
             "auditlens.model_name": ref.name or "",
             "auditlens.model_version": ref.version or "",
             "auditlens.trigger": reason,
+            # the day the audit speaks for (a scheduled run's date, a simulated day): the history orders audits by it
+            AS_OF: as_of or datetime.now(timezone.utc).isoformat(timespec="seconds"),
         },
         params=provenance.model_params(ref, loaded, tracking_uri),
         model_name=ref.name,
@@ -249,6 +253,8 @@ def record_audit(run: AuditRun, ref: ModelRef, loaded: LoadedSettings, inputs: R
                  results: list[AuditResult]) -> dict:
     verdict = overall_verdict(results)
     manifest = provenance.build_manifest(ref, loaded, inputs, results, verdict, run.tracking_uri, run.run_id)
+    history_of = history_uri(ref.name, ref.alias) if ref.name else None
+    history_run = find_history_run(make_client(run.tracking_uri), run.experiment_id, history_of) if history_of else None
     questions, names = plan_questions(loaded.plan), plan_names(loaded.plan)
     report = render_report(
         title=ref.label,
@@ -268,6 +274,8 @@ def record_audit(run: AuditRun, ref: ModelRef, loaded: LoadedSettings, inputs: R
             "config hash": loaded.config_hash,
             "seed": loaded.settings.seed,
             "code version": provenance.code_version(),
+            **({"history": f"{history_of}: MLflow run {history_run} (history.html), its last audits in one page"}
+               if history_run else {}),
         },
     )
     sink = MlflowSink(run.tracking_uri, run.outage_timeout_s)
@@ -276,8 +284,11 @@ def record_audit(run: AuditRun, ref: ModelRef, loaded: LoadedSettings, inputs: R
     current = next((d for d in inputs.datasets if d["context"] == "current"), None)
     sink.record(run, results, report, manifest, model_id=ref.model_id,
                 dataset=(current["name"], current["digest"][:36]) if current else None)
-    sink.close(run, verdict, markdown_summary(ref.label, verdict, results, questions, names,
-                                              (ref.name, ref.version) if ref.registered else None))
+    note = markdown_summary(ref.label, verdict, results, questions, names, (ref.name, ref.version) if ref.registered else None)
+    if history_run:
+        note += (f"\n\nHistory of {history_of}: [its last audits, in one page]"
+                 f"(#/experiments/{run.experiment_id}/runs/{history_run}) (artifact history.html).")
+    sink.close(run, verdict, note)
     return {
         "run_id": run.run_id,
         "experiment_id": run.experiment_id,
@@ -287,6 +298,15 @@ def record_audit(run: AuditRun, ref: ModelRef, loaded: LoadedSettings, inputs: R
         "verdict": verdict.value,
         "audits": {r.audit: {"verdict": r.verdict.value, "reason": r.reason, "cached": "cached" in r.info} for r in results},
     }
+
+
+@task(name="record-history", **MLFLOW_IO)
+def record_history(ref: ModelRef, tracking_uri: str, experiment_id: str, last: int = 30) -> str:
+    """The history page of the audited alias (or model) over its last ``last`` audits, written to its history run."""
+    uri = history_uri(ref.name, ref.alias)
+    page, records = build_history(make_client(tracking_uri), experiment_id, uri, last)
+    summary, metrics = history_summary(uri, records)
+    return MlflowSink(tracking_uri).record_history(experiment_id, uri, page, summary, metrics)
 
 
 def _data_line(fp: dict, every_row: dict | None) -> str:

@@ -37,8 +37,9 @@ TOP_FEATURES = 8
 
 @dataclass(frozen=True)
 class HistoryRecord:
-    """One audit run as the history reads it. ``checks``: dicts with metric, severity, passed, value (the quantity
-    checked: the metric, or its change from ``compare_to``), low, high, compare_to, relative."""
+    """One audit run as the history reads it. ``checks``: dicts as ``CheckResult.to_dict`` writes them: metric,
+    severity, passed, value (the quantity checked: the metric, or its change from ``compare_to``), min, max,
+    compare_to, relative."""
 
     run_id: str
     as_of: str  # ISO date or date-time the audit speaks for (the scheduled day), else its start
@@ -153,7 +154,7 @@ def findings(records: Sequence[HistoryRecord]) -> list[str]:
 
 
 def _bound(check: dict[str, Any]) -> str:
-    low, high = check.get("low"), check.get("high")
+    low, high = check.get("min"), check.get("max")
     if low is not None and high is not None:
         return f"must lie between {low:g} and {high:g}"
     return f"must be >= {low:g}" if low is not None else f"must be <= {high:g}" if high is not None else "its bound"
@@ -229,7 +230,7 @@ def gated_figure(records: Sequence[HistoryRecord], quantities: list[str]) -> Fig
                     values[i] = check["value"]
                 elif not check.get("compare_to") and quantity in record.metrics:
                     values[i] = record.metrics[quantity]
-                for side in ("low", "high"):
+                for side in ("min", "max"):
                     if check.get(side) is not None:
                         bounds[(side, check["severity"])] = check[side]
         ax.plot(x, values, "o-", color="C0", ms=4)

@@ -15,7 +15,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from audits.rendering.history import HistoryRecord, render_history
+from audits.rendering.history import HistoryRecord, estimated_series, findings, render_history
 from tasks.adapters.errors import ConfigError
 
 AS_OF = "audit.as_of"  # on an audit run: the day (ISO date or date-time, UTC) its current data speaks for
@@ -102,3 +102,23 @@ def build_history(client: Any, experiment_id: str, uri: str, last: int = 30) -> 
     records = collect_history(client, experiment_id, name, alias, last)
     title = f"History of {history_uri(name, alias)}: the last {len(records)} audit(s)"
     return render_history(title, records), records
+
+
+def find_history_run(client: Any, experiment_id: str, uri: str) -> str | None:
+    """The id of the history run of ``uri`` in the experiment, if one was written."""
+    found = client.search_runs([experiment_id], filter_string=f"tags.`{KIND}` = 'history' and tags.`{HISTORY_OF}` = '{uri}'",
+                               max_results=1)
+    return found[0].info.run_id if found else None
+
+
+def history_summary(uri: str, records: list[HistoryRecord]) -> tuple[str, dict[str, float]]:
+    """The history run's description (its findings, in Markdown) and metrics (the latest figures, one step per update)."""
+    lines = [f"**History of {uri}**: the last {len(records)} audit(s); the page is the artifact `history.html`.", ""]
+    lines += [f"- {sentence}" for sentence in findings(records)]
+    metrics = {"history.audits": float(len(records)),
+               "history.not_passed": float(sum(r.verdict != "PASS" for r in records))}
+    estimated = estimated_series(records)
+    if estimated is not None and records:
+        _, headline, series = estimated
+        metrics[f"history.estimated.{headline}"] = float(series["estimate"][-1])
+    return "\n".join(lines), metrics

@@ -329,6 +329,9 @@ class MlflowSink:
                     if artifact.kind == "table":
                         tables.append({"path": f"{result.audit}/{artifact.name}", "type": "table"})
             (root / "audit_report.html").write_text(report_html, encoding="utf-8")
+            # every check with its bounds in one file: the model's history reads this, not each audit's result
+            (root / "checks.json").write_text(json.dumps([{**c.to_dict(), "audit": r.audit} for r in results
+                                                          for c in r.checks], default=str), encoding="utf-8")
             for path in sorted(p for p in root.rglob("*") if p.is_file()):
                 data = path.read_bytes()
                 files[path.relative_to(root).as_posix()] = {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
@@ -346,6 +349,33 @@ class MlflowSink:
         complete = key.sign(complete) if key is not None else {**complete, "signature": None}
         self.client.log_dict(run.run_id, complete, signing.MANIFEST)
         return complete
+
+    def record_history(self, experiment_id: str, uri: str, page: str, summary: str, metrics: dict[str, float]) -> str:
+        """Write a model's (or alias's) history page to its ``history`` run in the audits' experiment: found by its
+        tags, else created; each update replaces the page and the description (the findings), and logs ``metrics``
+        (the latest figures) at the next step, so that the run's charts trace them over updates. Returns the run id."""
+        from tasks.adapters.history import HISTORY_OF, KIND
+
+        found = self.client.search_runs([experiment_id], filter_string=f"tags.`{KIND}` = 'history' and "
+                                        f"tags.`{HISTORY_OF}` = '{uri}'", max_results=1)
+        if found:
+            run_id = found[0].info.run_id
+            self.client.update_run(run_id, status="RUNNING")
+            step = 1 + max((m.step for m in self.client.get_metric_history(run_id, "history.audits")), default=-1)
+        else:
+            run_id = self.client.create_run(experiment_id, run_name=f"history {uri.removeprefix('models:/')}",
+                                            tags={KIND: "history", HISTORY_OF: uri, **origin_tags("LOCAL")}).info.run_id
+            step = 0
+        try:
+            self.client.log_text(run_id, page, "history.html")
+            from mlflow.entities import Metric
+
+            now = int(time.time() * 1000)
+            self.client.log_batch(run_id, metrics=[Metric(k, float(v), now, step) for k, v in metrics.items()])
+            self.log_batch(run_id, tags={"mlflow.note.content": summary})
+        finally:
+            self.client.set_terminated(run_id, "FINISHED")
+        return run_id
 
     def close(self, run: AuditRun, verdict: Verdict, note: str) -> None:
         """End the run FINISHED with its verdict; the version says 'done'. Promotion on PASS is a step of its own

@@ -22,7 +22,7 @@ def degrading(days: int = 6, labelled: int = 3) -> list[HistoryRecord]:
             metrics["performance.current.accuracy"] = estimate + 0.005
         degradation = 1 - (estimate + 0.02) / 0.78
         checks = [{"metric": "performance_estimation.degradation", "severity": "warn", "value": degradation,
-                   "passed": degradation <= 0.02, "low": None, "high": 0.02, "compare_to": None, "relative": False}]
+                   "passed": degradation <= 0.02, "min": None, "max": 0.02, "compare_to": None, "relative": False}]
         records.append(HistoryRecord(run_id=f"run{day}", as_of=f"2026-12-0{day + 1}", version="1" if day < 4 else "2",
                                      verdict="PASS" if degradation <= 0.02 else "WARN", metrics=metrics, checks=checks,
                                      trigger="schedule"))
@@ -37,7 +37,8 @@ def test_findings_say_when_the_model_started_to_degrade():
                        "(2026-12-06), against 0.780 on the held-out rows: the model is probably degrading.")
     assert said[2].startswith("Labels have arrived for 3 of these audits: the realised accuracy lay within the "
                               "estimate's band in 3 of them")
-    assert said[3].startswith("performance_estimation.degradation first crossed its WARN bound on 2026-12-03 (v1)")
+    assert said[3] == ("performance_estimation.degradation first crossed its WARN bound on 2026-12-03 (v1): 0.03846, "
+                       "must be <= 0.02.")
 
 
 def test_the_page_draws_every_part_and_holds_no_script():
