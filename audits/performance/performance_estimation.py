@@ -364,7 +364,7 @@ class PerformanceEstimationAudit(PartialAudit):
                                "low": estimates[n]["low"], "high": estimates[n]["high"],
                                **({"realised": realised[n], "error": estimates[n]["estimate"] - realised[n]} if realised else {})}
                               for n in names])
-        segment_rows = self._segments(state, fitted, classification, metrics, estimates, headline)
+        segment_rows = self._segments(state, fitted, classification, metrics, headline)
         artifacts = [Artifact.table("estimates", table, "Estimated performance, its band, the held-out figure and (with "
                                                          "labels) the realised one")]
         if segment_rows:
@@ -386,9 +386,10 @@ class PerformanceEstimationAudit(PartialAudit):
         return {"mae": state["realised"]["abs"] / n, "rmse": float(np.sqrt(state["realised"]["sq"] / n))}
 
     def _segments(self, state: State, fitted: dict[str, Any], classification: bool, metrics: dict[str, float],
-                  estimates: dict[str, dict[str, float]], headline: str) -> list[dict[str, Any]]:
-        """Per segment value: the estimated headline figure, with a band from the rows' own chance (classifiers) and
-        the calibration's uncertainty in the whole (its band's width beyond chance, taken as the same for each group)."""
+                  headline: str) -> list[dict[str, Any]]:
+        """Per segment value: the estimated headline figure, with a band from chance in the group's rows and the fit's
+        own uncertainty there (classifiers: the group's figure's spread over the bootstrap calibrators, on the sample's
+        rows of the group; regressors: over the bootstrap loss models, on every row of the group)."""
         from scipy.stats import norm
 
         cfg = self.config

@@ -28,14 +28,24 @@ if TYPE_CHECKING:
     from tasks.adapters.mlflow_sink import MlflowSink
 
 
+class DemoSchedule(StrictModel):
+    """Scheduled-like audits of the version behind @champion over simulated days, each on that day's batch (the last
+    days without labels: they come late), each ending with the model's history report."""
+
+    days: int = Field(6, ge=2, le=60)
+    labelled_days: int = Field(3, ge=0)  # the first days' labels have arrived; the later days' have not
+    audits: list[AuditSpec] = Field(min_length=1)
+
+
 class DemoModel(StrictModel):
     name: str
-    dataset: Literal["breast_cancer", "diabetes", "digits", "job_adverts"]
+    dataset: Literal["breast_cancer", "diabetes", "digits", "job_adverts", "readmission"]
     versions: list[Literal["logistic_regression", "gradient_boosting", "random_forest", "cnn", "tfidf_logistic"]] = Field(min_length=1)
     champion: int = Field(1, ge=1)  # the version behind the alias 'champion'
     audit_versions: list[int] | None = None  # default: every version
     segments: list[str] = Field(default_factory=list)  # columns to slice results by (data.segments)
     audits: list[AuditSpec] = Field(min_length=1)
+    schedule: DemoSchedule | None = None  # readmission only: the dataset that comes with daily batches
 
 
 class DemoSettings(StrictModel):
@@ -54,8 +64,15 @@ def load_demo_settings(path: str | Path) -> DemoSettings:
             raise config_error(path, [(("models", i, "champion"), f"there are only {len(model.versions)} versions")])
         try:
             AuditPlan(audits=model.audits).build(("models", i, "audits"))
+            if model.schedule is not None:
+                AuditPlan(audits=model.schedule.audits).build(("models", i, "schedule", "audits"))
         except PlanError as exc:
             raise config_error(path, exc.problems) from None
+        if model.schedule is not None and model.dataset != "readmission":
+            raise config_error(path, [(("models", i, "schedule"), f"daily batches come with the readmission dataset only, "
+                                                                   f"not {model.dataset}")])
+        if model.schedule is not None and model.schedule.labelled_days > model.schedule.days:
+            raise config_error(path, [(("models", i, "schedule", "labelled_days"), f"more than the {model.schedule.days} days")])
     return settings
 
 
@@ -68,6 +85,8 @@ class DemoData:
     task: Literal["classification", "regression"]
     faults: list[str]  # what was planted in the current data, for the reader of the demo
     modality: Literal["tabular", "image", "text"] = "tabular"
+    holdout: pd.DataFrame | None = None  # labelled rows the model does not train on (data.holdout)
+    days: tuple[pd.DataFrame, ...] = ()  # daily batches for scheduled-like audits (without the target: no labels yet)
 
 
 def _split(frame: pd.DataFrame, share: float, rng: np.random.Generator, stratify: pd.Series | None = None):
@@ -133,14 +152,16 @@ def digits(seed: int, share: float) -> DemoData:
     rng = np.random.default_rng(seed)
     images, labels = load()
     frame = pd.DataFrame(images.reshape(len(images), -1), columns=image_columns(images.shape[1:]))
+    pixels = list(frame.columns)
     frame["label"] = labels
+    frame["fault"] = "none"  # what was planted on each digit (a segment column, not an input of the network)
     reference, current = _split(frame, share, rng, stratify=frame["label"])
     current = current.copy()
-    pixels = current.columns[:-1]
     draw = rng.random(len(current))
     for kind, rows in (("inverted", draw < 0.15), ("noise", (draw >= 0.15) & (draw < 0.25))):
         block = current.loc[rows, pixels].to_numpy(np.float32).reshape(-1, *images.shape[1:])
         current.loc[rows, pixels] = corrupt(block, kind, seed).reshape(int(rows.sum()), -1)
+        current.loc[rows, "fault"] = kind
     return DemoData(reference, current, "label", "classification", ["15% of current digits inverted", "10% replaced by noise"], "image")
 
 
@@ -155,11 +176,59 @@ def job_adverts(seed: int, share: float) -> DemoData:
     return DemoData(reference, current, "salary", "classification", ["3% of labels flipped in both datasets"], "text")
 
 
+def _patients(rng: np.random.Generator, n: int, crowding: float = 0.0) -> tuple[pd.DataFrame, pd.Series]:
+    """Generated patients and the log-odds of readmission; ``crowding`` in [0, 1) narrows the spread of glucose, the
+    strongest predictor, around the value where readmission is a coin toss (within the training range)."""
+    X = pd.DataFrame({
+        "age": np.clip(rng.normal(55, 15, n), 18, 95).round(0),
+        "bmi": np.clip(rng.normal(28, 5, n), 15, 55).round(1),
+        "systolic_bp": rng.normal(130, 18, n).round(0),
+        "glucose": np.clip(rng.normal(120, 40 * (1 - crowding), n), 50, 400).round(0),
+        "prior_visits": rng.poisson(1.2, n),
+        "smoker": pd.Series(np.where(rng.random(n) < 0.25, "yes", "no"), dtype="str"),
+        "clinic": pd.Series(rng.choice(["north", "south", "east", "west"], n), dtype="str"),
+    })
+    logit = 2 * (-1.2 + 0.03 * (X["age"] - 55) + 0.05 * (X["bmi"] - 28) + 0.045 * (X["glucose"] - 120)
+                 + 0.4 * X["prior_visits"] + 0.6 * (X["smoker"] == "yes"))
+    return X, logit
+
+
+def _readmitted(rng: np.random.Generator, logit: pd.Series) -> np.ndarray:
+    return np.where(rng.random(len(logit)) < 1 / (1 + np.exp(-logit)), "yes", "no")
+
+
+def readmission(seed: int, share: float, days: int = 6, labelled_days: int = 3) -> DemoData:
+    """Binary: readmitted within 30 days, from generated patient records (age, bmi, blood pressure, glucose, prior
+    visits, smoker, clinic). A deployed model's world: a holdout the model never trained on; a labelled current batch
+    with a planted weak slice (at the north clinic, patients younger than 42 are discharged under another protocol and
+    are readmitted far more often than the model predicts); and ``days`` daily batches whose glucose crowds, day by
+    day, around the value where readmission is a coin toss: accuracy falls slowly, with no rows outside the training
+    range. Labels arrive late: only the first ``labelled_days`` batches carry them."""
+    rng = np.random.default_rng(seed)
+    train, holdout, current = (_patients(rng, n) for n in (5000, 2000, 2500))
+    frames = []
+    for (X, logit), name in ((train, "reference"), (holdout, "holdout")):
+        frames.append(X.assign(readmitted=_readmitted(rng, logit)))
+    X, logit = current
+    weak = (X["clinic"] == "north") & (X["age"] < 42)
+    frames.append(X.assign(readmitted=_readmitted(rng, logit + 8.0 * weak)))
+    batches = []
+    for day in range(days):
+        X, logit = _patients(rng, 1500, crowding=0.6 * (day + 1) / days)
+        batches.append(X.assign(readmitted=_readmitted(rng, logit)) if day < labelled_days else X)
+    faults = ["weak slice: clinic = north and age < 42 readmitted far more often (about 4 % of current rows)",
+              f"{days} daily batches, glucose crowding towards the decision boundary (accuracy falls day by day)",
+              f"labels only on the first {labelled_days} days"]
+    return DemoData(frames[0], frames[2], "readmitted", "classification", faults, holdout=frames[1], days=tuple(batches))
+
+
 DATASETS: dict[str, Callable[[int, float], DemoData]] = {"breast_cancer": breast_cancer, "diabetes": diabetes,
-                                                         "digits": digits, "job_adverts": job_adverts}
+                                                         "digits": digits, "job_adverts": job_adverts,
+                                                         "readmission": readmission}
 ESTIMATORS = {"breast_cancer": ("logistic_regression", "gradient_boosting"), "diabetes": ("random_forest",),
-              "digits": ("cnn",), "job_adverts": ("tfidf_logistic",)}
-TARGETS = {"breast_cancer": "diagnosis", "diabetes": "progression", "digits": "label", "job_adverts": "salary"}
+              "digits": ("cnn",), "job_adverts": ("tfidf_logistic",), "readmission": ("gradient_boosting", "logistic_regression")}
+TARGETS = {"breast_cancer": "diagnosis", "diabetes": "progression", "digits": "label", "job_adverts": "salary",
+           "readmission": "readmitted"}
 
 
 # --- models ------------------------------------------------------------------------------------
@@ -205,10 +274,19 @@ def _data_file(workdir: Path, dataset: str, role: str) -> Path:
     return workdir / "data" / f"{dataset}_{role}{suffix}"
 
 
+NOT_INPUTS = {"digits": ["fault"]}  # segment columns of a dataset that the model does not take
+
+
+def _inputs(frame: pd.DataFrame, dataset: str, target: str) -> pd.DataFrame:
+    return frame.drop(columns=[target, *NOT_INPUTS.get(dataset, [])], errors="ignore")
+
+
 def _write(frame: pd.DataFrame, path: Path, target: str) -> None:
-    if path.suffix == ".npz":  # images N x 1 x 8 x 8 and their labels, as auditlens reads image data
-        pixels = frame.drop(columns=[target]).to_numpy(np.float32)
-        np.savez(path, images=pixels.reshape(len(frame), 1, 8, 8), **{target: frame[target].to_numpy()})
+    if path.suffix == ".npz":  # images N x 1 x 8 x 8, their labels and other per-image arrays, as auditlens reads them
+        others = [c for c in frame.columns if not c.startswith("p")]
+        pixels = frame.drop(columns=others).to_numpy(np.float32)
+        arrays = {c: frame[c].to_numpy(dtype=str if pd.api.types.is_string_dtype(frame[c]) else None) for c in others}
+        np.savez(path, images=pixels.reshape(len(frame), 1, 8, 8), **arrays)
     else:
         frame.to_csv(path, index=False)
 
@@ -326,7 +404,7 @@ def register_new_version(settings: DemoSettings, model_name: str, kind: str, tra
         raise ConfigError(f"no demo data at {reference}", "run `make demo` first")
     frame = _read(reference)
     target = TARGETS[spec.dataset]
-    X, y = frame.drop(columns=[target]), frame[target]
+    X, y = _inputs(frame, spec.dataset, target), frame[target]
     task = "regression" if spec.dataset == "diabetes" else "classification"
     seed = settings.seed + len(make_client(tracking_uri).search_model_versions(f"name='{model_name}'"))
     estimator = make_estimator(kind, X, task, seed).fit(X, y)
@@ -340,6 +418,9 @@ class PreparedAudit:
     model_uri: str
     config_path: Path
     label: str
+    current_data: str | None = None  # a scheduled-like audit's own batch
+    reason: str = "demo"
+    as_of: str | None = None  # the simulated day it audits (ISO date)
 
 
 def prepare_demo(settings: DemoSettings, sink_factory: Callable[[str], MlflowSink], log: Callable[[str], None] = print) -> tuple[str, list[PreparedAudit]]:
@@ -353,12 +434,18 @@ def prepare_demo(settings: DemoSettings, sink_factory: Callable[[str], MlflowSin
     sink = sink_factory(tracking_uri)
     audits: list[PreparedAudit] = []
     for spec in settings.models:
-        data = DATASETS[spec.dataset](settings.seed, settings.current_share)
+        if spec.schedule is not None:
+            data = readmission(settings.seed, settings.current_share, spec.schedule.days, spec.schedule.labelled_days)
+        else:
+            data = DATASETS[spec.dataset](settings.seed, settings.current_share)
         ref_path, cur_path = _data_file(workdir, spec.dataset, "reference"), _data_file(workdir, spec.dataset, "current")
         _write(data.reference, ref_path, data.target)
         _write(data.current, cur_path, data.target)
+        hold_path = _data_file(workdir, spec.dataset, "holdout") if data.holdout is not None else None
+        if hold_path is not None:
+            _write(data.holdout, hold_path, data.target)
         log(f"{spec.dataset}: {len(data.reference)} reference rows, {len(data.current)} current rows; planted: {'; '.join(data.faults)}")
-        X, y = data.reference.drop(columns=[data.target]), data.reference[data.target]
+        X, y = _inputs(data.reference, spec.dataset, data.target), data.reference[data.target]
         for number, kind in enumerate(spec.versions, start=1):
             estimator = make_estimator(kind, X, data.task, settings.seed).fit(X, y)
             version = _register(sink, estimator, X, name=spec.name, kind=kind, dataset=spec.dataset,
@@ -372,6 +459,7 @@ def prepare_demo(settings: DemoSettings, sink_factory: Callable[[str], MlflowSin
             "kind": "audit",
             "seed": settings.seed,
             "data": {"reference": f"data/{ref_path.name}", "current": f"data/{cur_path.name}", "target": data.target,
+                     **({"holdout": f"data/{hold_path.name}"} if hold_path is not None else {}),
                      "segments": list(spec.segments), "modality": data.modality},
             "mlflow": {"tracking_uri": tracking_uri, "artifact_location": f"{artifacts}/audits"},
             "audits": [a.model_dump(mode="json", exclude_none=True) for a in spec.audits],
@@ -380,5 +468,28 @@ def prepare_demo(settings: DemoSettings, sink_factory: Callable[[str], MlflowSin
         config_path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
         for version in spec.audit_versions or range(1, len(spec.versions) + 1):
             audits.append(PreparedAudit(f"models:/{spec.name}/{version}", config_path, f"{spec.name} v{version}"))
+        if spec.schedule is not None:
+            audits += _scheduled_days(spec, data, config, workdir)
     return tracking_uri, audits
+
+
+def _scheduled_days(spec: DemoModel, data: DemoData, config: dict[str, Any], workdir: Path) -> list[PreparedAudit]:
+    """The daily batches written as data/<dataset>_day<N>.csv and one scheduled-like audit of @champion per day, dated
+    the last ``days`` days up to today, with the schedule's own (lighter) plan."""
+    from datetime import date, timedelta
+
+    schedule = spec.schedule
+    config = {**config, "audits": [a.model_dump(mode="json", exclude_none=True) for a in schedule.audits]}
+    config_path = workdir / f"{spec.name}.schedule.yaml"
+    config_path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
+    today = date.today()
+    out = []
+    for day, batch in enumerate(data.days, start=1):
+        path = workdir / "data" / f"{spec.dataset}_day{day}.csv"
+        batch.to_csv(path, index=False)
+        as_of = (today - timedelta(days=len(data.days) - day)).isoformat()
+        labels = "labelled" if data.target in batch.columns else "no labels yet"
+        out.append(PreparedAudit(f"models:/{spec.name}@champion", config_path, f"{spec.name}@champion on {as_of} ({labels})",
+                                 current_data=str(path), reason="schedule", as_of=as_of))
+    return out
 

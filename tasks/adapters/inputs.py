@@ -43,6 +43,16 @@ def _header(loaded: LoadedSettings, role: str) -> list[str]:
     return read_columns(path, encoding)
 
 
+def _feature_columns(loaded: LoadedSettings, columns: list[str]) -> list[str]:
+    """The columns features are drawn from by default: every column, but for images only the image's elements (an
+    image archive's other per-image arrays, such as an id or a segment, are not inputs of the model)."""
+    if loaded.settings.data.modality != "image":
+        return columns
+    import re
+
+    return [c for c in columns if re.fullmatch(r"p\d+_\d+_\d+", c)]
+
+
 def _partitioned_spec(path) -> bool:
     from tasks.adapters.sources import is_glob
 
@@ -56,7 +66,8 @@ def preflight_data(loaded: LoadedSettings) -> None:
     ref_columns = _header(loaded, "reference")
     if not ref_columns:
         raise DataError(f"reference data {ref_path} is empty (no header, no rows)", "point data.reference at the training data")
-    features = resolve_features(ref_columns, data.target, data.features, None, data.prediction_column_names())
+    features = resolve_features(_feature_columns(loaded, ref_columns), data.target, data.features, None,
+                                data.prediction_column_names())
     check_columns("reference", ref_path, ref_columns, features, data.target, target_required=True)
     cur_columns = _header(loaded, "current")
     if not cur_columns:
@@ -158,7 +169,7 @@ def assemble_loaded(ref: ModelRef, loaded: LoadedSettings, model: ModelUnderAudi
     """Both datasets read, checked and sampled, the model's predictions on them, and the audits' context."""
     settings = loaded.settings
     ref_path, cur_path = loaded.data_path("reference"), loaded.data_path("current")
-    features = resolve_features(_header(loaded, "reference"), settings.data.target, settings.data.features,
+    features = resolve_features(_feature_columns(loaded, _header(loaded, "reference")), settings.data.target, settings.data.features,
                                 _model_features(model), settings.data.prediction_column_names())
     modality, input_shape = settings.data.modality, None
     if settings.data.prediction_columns is not None and modality != "tabular":

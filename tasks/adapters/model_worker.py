@@ -269,7 +269,9 @@ class _Spawned:
         from_worker_r, from_worker_w = os.pipe()
         process = subprocess.Popen(
             [sys.executable, "-m", "tasks.adapters.model_worker", str(to_worker_r), str(from_worker_w), ",".join(warm)],
-            cwd=folder.name, env={**environment, "TMPDIR": folder.name},
+            # the process writes only in its folder once confined: numba's compiled-code cache (SliceLine's kernels)
+            # too, which would otherwise try the installed package's folder and ~/.cache and fail
+            cwd=folder.name, env={**environment, "TMPDIR": folder.name, "NUMBA_CACHE_DIR": folder.name},
             pass_fds=(to_worker_r, from_worker_w),
             stdin=subprocess.DEVNULL, stdout=sys.stderr.fileno() if _has_fileno(sys.stderr) else None,
         )
