@@ -43,6 +43,7 @@ from audits.methods.reliability import fit_recalibration
 CLASSIFICATION_METRICS = ("accuracy", "precision", "recall", "f1", "roc_auc")
 REGRESSION_METRICS = ("mae", "rmse")
 AUC_BINS = 4096
+MIN_CLASS_ROWS = 5  # held-out rows of each class a calibrator needs (scikit-learn's CalibratedClassifierCV: 5 folds)
 State = dict[str, Any]
 
 
@@ -107,21 +108,22 @@ class Calibrators:
 
 def fit_calibrators(proba: np.ndarray, index: np.ndarray, method: str = "isotonic", resamples: int = 50,
                     rng: np.random.Generator | None = None) -> Calibrators:
-    """The calibrator on every held-out row, and ``resamples`` on bootstraps of them (each keeping every class)."""
+    """The calibrator on every held-out row, and ``resamples`` on bootstraps of them, class by class. Every class of
+    ``proba``'s columns needs rows among them (``MIN_CLASS_ROWS``): a calibrator maps each class's probability."""
     proba, index = np.asarray(proba, float), np.asarray(index, int)
-    present = np.unique(index)
-    if len(present) < 2:
-        raise ValueError("the held-out rows hold a single class: a calibrator needs at least two")
+    present = np.arange(proba.shape[1])
+    counts = np.bincount(index, minlength=proba.shape[1])
+    if (counts < MIN_CLASS_ROWS).any():
+        raise ValueError(f"the held-out rows hold {counts.min()} row(s) of a class; calibrating needs at least "
+                         f"{MIN_CLASS_ROWS} of each")
     rng = rng if rng is not None else np.random.default_rng(0)
     main = fit_recalibration(method, proba, index)
+    members = [np.flatnonzero(index == c) for c in present]
     boots = []
-    n = len(index)
-    for _ in range(resamples):
-        rows = rng.integers(0, n, n)
-        if len(np.unique(index[rows])) < len(present):
-            rows = np.arange(n)
+    for _ in range(resamples):  # stratified: each class keeps its count, so every calibrator sees every class
+        rows = np.concatenate([rng.choice(rows_of, size=len(rows_of), replace=True) for rows_of in members])
         boots.append(fit_recalibration(method, proba[rows], index[rows]))
-    return Calibrators(main, tuple(boots), method, n)
+    return Calibrators(main, tuple(boots), method, len(index))
 
 
 def empty_classification_sums(k: int, bins: int = AUC_BINS) -> State:
@@ -178,9 +180,15 @@ def _draw_confusions(sums: State, rounds: int, rng: np.random.Generator) -> np.n
     for b in range(k):
         mean = confusion[:, b]
         covariance = np.diag(mean) - moments[b]
-        values, vectors = np.linalg.eigh((covariance + covariance.T) / 2)
-        root = vectors * np.sqrt(np.clip(values, 0, None))
-        out[:, :, b] = mean + rng.standard_normal((rounds, k)) @ root.T
+        # the column's counts sum to its rows, so its covariance is singular: draw the first k - 1 counts with a
+        # Cholesky factor (continuous in the sums: partitions merged in any order give the same draws to rounding,
+        # where an eigen-decomposition may turn its vectors) and give the last what the column's rows leave
+        lead = covariance[:-1, :-1]
+        scale = max(float(np.trace(lead)), 1e-300)
+        root = np.linalg.cholesky((lead + lead.T) / 2 + np.eye(k - 1) * scale * 1e-12)
+        free = mean[:-1] + rng.standard_normal((rounds, k - 1)) @ root.T
+        out[:, :-1, b] = free
+        out[:, -1, b] = mean.sum() - free.sum(axis=1)
     return np.clip(out, 0, None)
 
 

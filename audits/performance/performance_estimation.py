@@ -44,6 +44,7 @@ from audits.core.partial import PartialAudit, State
 from audits.core.result import key_part
 from audits.methods.estimation import (
     AUC_BINS,
+    MIN_CLASS_ROWS,
     CLASSIFICATION_METRICS,
     REGRESSION_METRICS,
     add_sums,
@@ -129,8 +130,12 @@ class PerformanceEstimationAudit(PartialAudit):
                     f"reference; target column {context.target!r} is absent from the reference")
         if context.task == "classification":
             _, index, _ = labelled_probabilities(held, context.model.classes)
-            if len(np.unique(index)) < 2:
-                return f"the {held.name}'s labelled rows hold fewer than two of the model's classes: nothing to calibrate"
+            counts = np.bincount(index, minlength=len(context.model.classes))
+            if (counts < MIN_CLASS_ROWS * self.config.folds).any():
+                short = [str(c) for c, n in zip(context.model.classes, counts, strict=True) if n < MIN_CLASS_ROWS * self.config.folds]
+                return (f"CBPE recalibrates every class's probability, checked out of {self.config.folds} folds: the "
+                        f"{held.name} has fewer than {MIN_CLASS_ROWS * self.config.folds} labelled rows of class(es) "
+                        f"{', '.join(short[:10])}")
         elif len(held) < 20:
             return f"too few labelled {held.name} rows ({len(held)}) to fit a model of the loss on (at least 20)"
         return None
@@ -182,13 +187,13 @@ class PerformanceEstimationAudit(PartialAudit):
         """ECE beyond its noise floor of the recalibrated probability of the predicted class, out of fold."""
         cfg = self.config
         rng = context.rng("performance_estimation.calibration_check")
-        folds = np.arange(len(index)) % cfg.folds
-        rng.shuffle(folds)
+        folds = np.zeros(len(index), dtype=int)
+        for c in np.unique(index):  # stratified: each fold holds a share of every class
+            rows = rng.permutation(np.flatnonzero(index == c))
+            folds[rows] = np.arange(len(rows)) % cfg.folds
         confidence = np.zeros(len(index))
         for k in range(cfg.folds):
             held, fit = folds == k, folds != k
-            if not held.any() or len(np.unique(index[fit])) < len(np.unique(index)):
-                return float("nan")
             calibrated = fit_recalibration(cfg.calibration, proba[fit], index[fit]).predict_proba(proba[held])
             confidence[held] = calibrated[np.arange(held.sum()), predicted[held]]
         correct = predicted == index

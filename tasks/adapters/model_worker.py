@@ -146,7 +146,8 @@ def decode_result(data: dict[str, Any]) -> AuditResult:
     return AuditResult(
         audit=str(data["audit"]), verdict=Verdict(data["verdict"]), reason=str(data["reason"]),
         metrics={str(k): float(v) for k, v in data["metrics"].items()},
-        checks=tuple(CheckResult(**{k: c[k] for k in ("metric", "rule", "severity", "value", "passed", "message", "cannot_tell")})
+        checks=tuple(CheckResult(**{k: c[k] for k in ("metric", "rule", "severity", "value", "passed", "message", "cannot_tell",
+                                                      "low", "high", "compare_to", "relative") if k in c})
                      for c in data["checks"]),
         info=dict(data["info"]), duration_s=float(data["duration_s"]),
         ranges={str(k): (float(a), float(b)) for k, (a, b) in data["ranges"].items()},
