@@ -25,8 +25,6 @@ QUESTIONS = ("behaviour", "certainty", "data")
 OTHER = "other"
 LABELS = {"behaviour": "the model's behaviour", "certainty": "its certainty", "data": "the data", OTHER: "other checks"}
 # Audits whose modules do not declare their question (being edited elsewhere, or not registered yet) have it here.
-FALLBACK_QUESTIONS = {"calibration": "certainty", "conformal": "certainty", "performance_estimation": "behaviour",
-                      "slices": "behaviour"}  # fmt: skip
 SHOWN = 5  # findings shown; the rest are counted
 BAD = (Verdict.FAIL, Verdict.ERROR, Verdict.WARN)
 
@@ -46,17 +44,13 @@ class Finding:
 # --- which question an audit answers ---------------------------------------------------------------
 
 def question_of(audit_class: type) -> str:
-    """The question an audit class answers: its own ``question``, else the fallback by its name, else "other"."""
+    """The question an audit class answers: its own ``question``, else "other"."""
     declared = getattr(audit_class, "question", None)
-    if declared in QUESTIONS:
-        return declared
-    return FALLBACK_QUESTIONS.get(getattr(audit_class, "name", ""), OTHER)
+    return declared if declared in QUESTIONS else OTHER
 
 
 def question_of_name(name: str) -> str:
     """The question of the audit registered as ``name``; "other" for a name no audit is registered under."""
-    if name in FALLBACK_QUESTIONS:
-        return FALLBACK_QUESTIONS[name]
     from audits.core.registry import UnknownAuditError, get_audit_class
 
     try:

@@ -151,6 +151,7 @@ class CalibrationAudit(PartialAudit):
     """
 
     name = "calibration"
+    question = "certainty"
     metric_keys = (
         "{reference,current}.{accuracy,brier,classwise_ece,ece,ece_equal_mass,ece_equal_mass_bound,ece_excess,ece_null_quantile,log_loss,mce,mean_confidence,rows}",
         "recalibrated.{none,temperature,isotonic}.{brier,ece,log_loss}", "temperature",
