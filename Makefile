@@ -47,13 +47,14 @@ test: install $(BIN)/docker-compose ## every test: unit, end to end (Prefect + M
 test-fast: install $(BIN)/docker-compose ## unit tests only
 	$(BIN)/python -m pytest tests/unit
 
-bench: install                ## the speed goals as ratios and every audit's cost before/after; our audit against mlflow.evaluate + GX; t-SNE against sklearn; SHAP deep vs kernel and the network audit; what MC dropout sees per network
+bench: install                ## the speed goals as ratios and every audit's cost before/after; our audit against mlflow.evaluate + GX; t-SNE against sklearn; SHAP deep vs kernel and the network audit; what MC dropout sees per network; our label-free estimates against NannyML's (in a venv of its own)
 	$(BIN)/python bench/bench_speed.py
 	$(BIN)/python bench/bench_audit.py
 	$(BIN)/python bench/bench_parts.py
 	$(BIN)/python bench/bench_tsne.py
 	$(BIN)/python bench/bench_deep.py
 	$(BIN)/python bench/study_mc_dropout.py
+	$(BIN)/python bench/bench_estimation.py
 
 lock: install                 ## refresh requirements.lock after changing pyproject.toml
 	$(BIN)/python -m pip freeze --exclude-editable | grep -v '^auditlens' > requirements.lock

@@ -40,7 +40,8 @@ def shap_info(client, run_id):
 def test_demo_prints_verdicts_and_the_ui_command(demo):
     folder, output, tracking_uri = demo
     assert f"mlflow ui --backend-store-uri {tracking_uri} --host 127.0.0.1 --port 5000" in output
-    for label in ("demo-classifier v1", "demo-classifier v2", "demo-regressor v1", "demo-digits v1", "demo-adverts v1"):
+    for label in ("demo-classifier v1", "demo-classifier v2", "demo-regressor v1", "demo-readmission v1", "demo-digits v1",
+                  "demo-adverts v1"):
         assert f"Audit of {label}" in output
     assert (folder / ".auditlens-demo" / "demo-classifier.audit.yaml").is_file()
 
@@ -50,7 +51,7 @@ def test_each_demo_model_gets_the_right_explainer(demo):
     client = make_client(tracking_uri)
     runs = {r.info.run_name: r for r in runs_with_status(client, "FINISHED") if r.info.run_name.startswith("audit ")}
     assert set(runs) == {"audit demo-classifier v1", "audit demo-classifier v2", "audit demo-regressor v1",
-                         "audit demo-digits v1", "audit demo-adverts v1"}
+                         "audit demo-readmission v1", "audit demo-digits v1", "audit demo-adverts v1"}
     expected = {
         "audit demo-classifier v1": ("linear", "LogisticRegression", "log-odds"),
         "audit demo-classifier v2": ("tree", "GradientBoostingClassifier", "log-odds"),
@@ -120,3 +121,50 @@ def test_the_network_and_the_text_model_are_audited_with_every_part(demo):
     assert any(p.suffix == ".html" for p in highlighted.iterdir())
     report = Path(client.download_artifacts(adverts.info.run_id, "audit_report.html", tempfile.mkdtemp())).read_text()
     assert "background" in report and "text_explanations" in report  # the highlighted words are in the report itself
+
+
+def test_the_deployed_model_is_estimated_without_labels_its_weak_slice_found_and_its_history_shows_the_decline(demo):
+    """demo-readmission: the audit of v1 on labelled current data estimates its accuracy from the holdout (checked
+    against the labels) and finds the planted weak slice first; six daily audits of @champion follow, the last three
+    without labels, and the history page shows the estimated accuracy falling."""
+    _, _, tracking_uri = demo
+    client = make_client(tracking_uri)
+    experiment = client.get_experiment_by_name("auditlens/demo-readmission").experiment_id
+    runs = client.search_runs([experiment], order_by=["attributes.start_time ASC"])
+    audit = next(r for r in runs if r.data.tags.get("auditlens.model_uri") == "models:/demo-readmission/1")
+    m = audit.data.metrics
+    assert m["performance_estimation.holdout"] == 1 and m["performance_estimation.trusted"] == 1
+    assert m["performance_estimation.estimated.accuracy_low"] < m["performance_estimation.estimated.accuracy"] \
+        < m["performance_estimation.estimated.accuracy_high"]
+    assert abs(m["performance_estimation.estimated.accuracy"] - m["performance.current.accuracy"]) < 0.03
+    slices = json.loads(Path(client.download_artifacts(audit.info.run_id, "slices/result.json", tempfile.mkdtemp())).read_text())
+    top = slices["info"]["slice_1"]
+    assert "clinic = north" in top and "age <=" in top, top  # the planted slice: north clinic, age under 42
+    assert m["slices.found"] >= 1 and m["slices.top.conditions"] == 2
+
+    daily = [r for r in runs if r.data.tags.get("auditlens.model_uri") == "models:/demo-readmission@champion"]
+    assert [r.data.tags["auditlens.trigger"] for r in daily] == ["schedule"] * 6
+    days = sorted(daily, key=lambda r: r.data.tags["audit.as_of"])
+    assert [r.data.tags["audit.performance.verdict"] for r in days] == ["PASS"] * 3 + ["SKIPPED"] * 3  # labels come late
+    estimated = [r.data.metrics["performance_estimation.estimated.accuracy"] for r in days]
+    assert estimated[-1] < estimated[0] - 0.04
+    assert days[-1].data.tags["audit.performance_estimation.verdict"] == "WARN"  # the decline crosses its bound
+    assert "History of models:/demo-readmission@champion" in days[-1].data.tags["mlflow.note.content"]
+
+    [history] = [r for r in runs if r.data.tags.get("auditlens.kind") == "history"]
+    assert history.data.tags["auditlens.history_of"] == "models:/demo-readmission@champion"
+    page = Path(client.download_artifacts(history.info.run_id, "history.html", tempfile.mkdtemp())).read_text()
+    assert "Estimated accuracy without labels fell from" in page and "the model is probably degrading" in page
+    assert "<script" not in page.lower()
+    assert [x.value for x in client.get_metric_history(history.info.run_id, "history.audits")] == [1, 2, 3, 4, 5, 6]
+
+
+def test_concordance_shows_which_signal_catches_each_planted_corruption(demo):
+    _, _, tracking_uri = demo
+    client = make_client(tracking_uri)
+    [digits] = [r for r in runs_with_status(client, "FINISHED") if r.info.run_name == "audit demo-digits v1"]
+    m = digits.data.metrics
+    for kind in ("inverted", "noise"):
+        assert m[f"concordance.planted.{kind}.knn.auroc"] > 0.95
+        assert 0 <= m[f"concordance.planted.{kind}.mc_dropout.auroc"] <= 1
+    assert m["concordance.planted.none.rows"] > m["concordance.planted.inverted.rows"] > m["concordance.planted.noise.rows"] > 0
