@@ -134,16 +134,17 @@ def with_flagged_rows(context: AuditContext, partials: list[Reducer], states: di
 
 def assemble_every_row(ref: ModelRef, loaded: LoadedSettings, model: ModelUnderAudit, baseline: ModelUnderAudit | None,
                        baseline_note: str, features: list[str], sources: dict[str, Source], modality: str, engine: Any = None,
-                       timings: dict[str, float] | None = None):
+                       timings: dict[str, float] | None = None, attach: Any = None):
     """The inputs of an audit of data read by partition. ``engine``: one already open (the benchmark measures its
-    workers); by default the configured one, opened and closed here. ``timings`` receives each stage's seconds."""
+    workers); by default the configured one, opened and closed here. ``timings`` receives each stage's seconds.
+    ``attach``: what every context built here goes through before any audit fits on it (the holdout)."""
     if engine is not None:
-        return _assemble(ref, loaded, model, baseline, baseline_note, features, sources, modality, engine, timings)
+        return _assemble(ref, loaded, model, baseline, baseline_note, features, sources, modality, engine, timings, attach)
     with open_engine(loaded.settings.execution) as opened:
-        return _assemble(ref, loaded, model, baseline, baseline_note, features, sources, modality, opened, timings)
+        return _assemble(ref, loaded, model, baseline, baseline_note, features, sources, modality, opened, timings, attach)
 
 
-def _assemble(ref, loaded, model, baseline, baseline_note, features, sources, modality, engine, timings):
+def _assemble(ref, loaded, model, baseline, baseline_note, features, sources, modality, engine, timings, attach=None):
     settings = loaded.settings
     data, execution = settings.data, settings.execution
     for role, source in sources.items():
@@ -183,12 +184,12 @@ def _assemble(ref, loaded, model, baseline, baseline_note, features, sources, mo
         raise DataError(f"data.categorical names {unknown}, which are not features ({features[:20]})",
                         "list only feature columns under data.categorical")
     def context_of(frames: dict[str, tuple]) -> AuditContext:
-        return context_or_error(
+        return (attach or (lambda context: context))(context_or_error(
             ref, model, frames["reference"][:2], frames["current"][:2],
             categorical=categorical, target=data.target, seed=settings.seed,
             sources=(sources["reference"].spec, sources["current"].spec), baseline=baseline, baseline_note=baseline_note,
             segments=(frames["reference"][2], frames["current"][2]), modality=modality,
-        )
+        ))
 
     context = context_of(frames)
     predictions = {role: f"{model.label}, on every row" for role in sources}

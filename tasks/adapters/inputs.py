@@ -102,33 +102,50 @@ def _holdout_path(loaded: LoadedSettings):
     return path
 
 
-def with_holdout_rows(inputs: AuditInputs, ref: ModelRef, loaded: LoadedSettings, features: list[str]) -> AuditInputs:
-    """``inputs`` with the holdout read, checked, sampled to its budget and predicted on; unchanged without one."""
-    from dataclasses import replace
+class HoldoutRows:
+    """data.holdout, read, checked and sampled once and predicted on once, given to every context the inputs build:
+    the every-row pass fits its hybrid audits (a calibrator, a loss model) on a context that must already hold it."""
 
-    from audits.core.context import InvalidPredictions, with_holdout
+    def __init__(self, ref: ModelRef, loaded: LoadedSettings, features: list[str]) -> None:
+        self.ref, self.loaded, self.features = ref, loaded, features
+        self.dataset = None
+        self.fingerprint: dict | None = None
 
-    settings = loaded.settings
-    if not settings.data.holdout:
-        return inputs
-    path = _holdout_path(loaded)
-    context = inputs.context
-    numeric = [c for c in features if pd.api.types.is_numeric_dtype(context.reference.X[c])]
-    held = prepare("holdout", path, features, settings.data.target, True, loaded.sample_rows("holdout"), settings.seed,
-                   settings.data.segments, settings.data.encoding, numeric=numeric)
-    try:
-        context = with_holdout(context, held.X, held.y, str(path), held.segments)
-    except InvalidPredictions as exc:
-        from tasks.adapters.errors import ModelOutputError
+    def attach(self, context):
+        from dataclasses import replace
 
-        raise ModelOutputError(f"{ref.label} answered on the holdout, but not with one valid prediction per row: {exc}",
-                               "fix the model (or the holdout rows that make it answer so)") from None
-    except Exception as exc:
-        raise DataError(f"{ref.label} cannot predict on the holdout data {path} ({type(exc).__name__}: {exc})",
-                        "check that the holdout's columns and their types match the reference's") from None
-    if context.stratified is not None:
-        context = replace(context, stratified=replace(context.stratified, holdout=context.holdout))
-    return replace(inputs, context=context, fingerprints={**inputs.fingerprints, "holdout": held.fingerprint})
+        if not self.loaded.settings.data.holdout:
+            return context
+        if self.dataset is None:
+            self.dataset, self.fingerprint = self._read(context)
+        return replace(context, holdout=self.dataset)
+
+    def _read(self, context):
+        from audits.core.context import InvalidPredictions, with_holdout
+
+        settings, ref = self.loaded.settings, self.ref
+        path = _holdout_path(self.loaded)
+        numeric = [c for c in self.features if pd.api.types.is_numeric_dtype(context.reference.X[c])]
+        held = prepare("holdout", path, self.features, settings.data.target, True, self.loaded.sample_rows("holdout"),
+                       settings.seed, settings.data.segments, settings.data.encoding, numeric=numeric)
+        try:
+            return with_holdout(context, held.X, held.y, str(path), held.segments).holdout, held.fingerprint
+        except InvalidPredictions as exc:
+            from tasks.adapters.errors import ModelOutputError
+
+            raise ModelOutputError(f"{ref.label} answered on the holdout, but not with one valid prediction per row: {exc}",
+                                   "fix the model (or the holdout rows that make it answer so)") from None
+        except Exception as exc:
+            raise DataError(f"{ref.label} cannot predict on the holdout data {path} ({type(exc).__name__}: {exc})",
+                            "check that the holdout's columns and their types match the reference's") from None
+
+    def recorded(self, inputs: AuditInputs) -> AuditInputs:
+        """``inputs`` with the holdout's fingerprint beside the other datasets' (when there is a holdout)."""
+        from dataclasses import replace
+
+        if self.fingerprint is None:
+            return inputs
+        return replace(inputs, fingerprints={**inputs.fingerprints, "holdout": self.fingerprint})
 
 
 def _every_row_sources(loaded: LoadedSettings) -> dict[str, Source] | None:
@@ -183,8 +200,10 @@ def assemble_loaded(ref: ModelRef, loaded: LoadedSettings, model: ModelUnderAudi
         if sources is not None:
             from tasks.adapters.every_row import assemble_every_row
 
-            inputs = assemble_every_row(ref, loaded, model, baseline, baseline_note, features, sources, modality)
-            return with_holdout_rows(inputs, ref, loaded, features)
+            holdout = HoldoutRows(ref, loaded, features)
+            inputs = assemble_every_row(ref, loaded, model, baseline, baseline_note, features, sources, modality,
+                                        attach=holdout.attach)
+            return holdout.recorded(inputs)
     if modality == "image":
         input_shape = image_shape(ref_path)
         if image_shape(cur_path) != input_shape:
@@ -219,10 +238,11 @@ def assemble_loaded(ref: ModelRef, loaded: LoadedSettings, model: ModelUnderAudi
         modality=modality,
         input_shape=input_shape,
     )
-    context = stratified(context, settings.sampling)
+    holdout = HoldoutRows(ref, loaded, features)
+    context = stratified(holdout.attach(context), settings.sampling)
     fingerprints = {"reference": reference.fingerprint, "current": current.fingerprint}
     full = None
     if any(fp["rows_used"] < fp["rows"] for fp in fingerprints.values()):  # sampled in memory (image archives)
         full = FullData(population={r: fp["rows"] for r, fp in fingerprints.items()},
                         sample={r: fp["rows_used"] for r, fp in fingerprints.items()})
-    return with_holdout_rows(AuditInputs(context, fingerprints, full), ref, loaded, features)
+    return holdout.recorded(AuditInputs(context, fingerprints, full))

@@ -168,3 +168,25 @@ def test_concordance_shows_which_signal_catches_each_planted_corruption(demo):
         assert m[f"concordance.planted.{kind}.knn.auroc"] > 0.95
         assert 0 <= m[f"concordance.planted.{kind}.mc_dropout.auroc"] <= 1
     assert m["concordance.planted.none.rows"] > m["concordance.planted.inverted.rows"] > m["concordance.planted.noise.rows"] > 0
+
+
+def test_the_history_command_writes_the_page_and_says_what_it_found(demo):
+    folder, _, tracking_uri = demo
+    auditlens = str(Path(sys.executable).parent / "auditlens")
+    page = folder / "history.html"
+    done = subprocess.run([auditlens, "history", "models:/demo-readmission@champion", "--config",
+                           ".auditlens-demo/demo-readmission.audit.yaml", "-o", str(page)], cwd=folder, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "History of models:/demo-readmission@champion over 6 audit(s): MLflow run" in done.stdout
+    assert "- Estimated accuracy without labels fell from" in done.stdout
+    assert "the model is probably degrading" in page.read_text()
+    client = make_client(tracking_uri)
+    experiment = client.get_experiment_by_name("auditlens/demo-readmission").experiment_id
+    [history] = [r for r in client.search_runs([experiment]) if r.data.tags.get("auditlens.kind") == "history"]
+    assert len(client.get_metric_history(history.info.run_id, "history.audits")) == 7  # six scheduled audits, then this
+
+    unknown = subprocess.run([auditlens, "history", "models:/no-such-model", "--tracking-uri", tracking_uri], cwd=folder,
+                             capture_output=True, text=True, timeout=300)
+    assert unknown.returncode == 2
+    assert "no audits of no-such-model" in unknown.stdout + unknown.stderr and "Traceback" not in unknown.stderr

@@ -64,6 +64,9 @@ def test_the_holdout_is_read_predicted_on_and_recorded(world, every_row):
     assert np.array_equal(holdout.predictions.proba, model.predict_proba(holdout.X))
     assert inputs.fingerprints["holdout"]["rows"] == 200
     assert (inputs.full is not None) == every_row
+    if every_row:  # the every-row pass fits its hybrid audits on a context that already holds the holdout
+        assert inputs.full.fitted["conformal"]["mode"] == "holdout"
+        assert inputs.context.stratified is None and inputs.context.holdout is holdout
     assert "holdout" in loaded.data_roles
 
 
