@@ -58,6 +58,7 @@ from audits.methods.estimation import (
     empty_regression_sums,
     fit_calibrators,
     fit_loss_models,
+    point_estimates,
     realised_classification,
     realised_regression,
     regression_estimates,
@@ -280,8 +281,6 @@ class PerformanceEstimationAudit(PartialAudit):
         metrics: dict[str, float] = {"rows": float(state["rows"]), "calibration_rows": float(fitted["calibration_rows"]),
                                      "holdout": float(fitted["source"] == "holdout")}
         if classification:
-            from audits.methods.estimation import point_estimates
-
             point = point_estimates(state["sums"])
             metrics["roc_auc_bound"] = point.pop("roc_auc_bound")
             band = classification_band(state["sums"], fitted["shifts"], rng, cfg.level, cfg.rounds)
