@@ -253,8 +253,9 @@ def record_audit(run: AuditRun, ref: ModelRef, loaded: LoadedSettings, inputs: R
                  results: list[AuditResult]) -> dict:
     verdict = overall_verdict(results)
     manifest = provenance.build_manifest(ref, loaded, inputs, results, verdict, run.tracking_uri, run.run_id)
+    sink = MlflowSink(run.tracking_uri, run.outage_timeout_s)  # its client waits out an outage, as every write does
     history_of = history_uri(ref.name, ref.alias) if ref.name else None
-    history_run = find_history_run(make_client(run.tracking_uri), run.experiment_id, history_of) if history_of else None
+    history_run = find_history_run(sink.client, run.experiment_id, history_of) if history_of else None
     questions, names = plan_questions(loaded.plan), plan_names(loaded.plan)
     report = render_report(
         title=ref.label,
@@ -278,7 +279,6 @@ def record_audit(run: AuditRun, ref: ModelRef, loaded: LoadedSettings, inputs: R
                if history_run else {}),
         },
     )
-    sink = MlflowSink(run.tracking_uri, run.outage_timeout_s)
     sink.log_params(run, inputs.params)
     sink.link_inputs(run, inputs.datasets, ref.model_id)
     current = next((d for d in inputs.datasets if d["context"] == "current"), None)
@@ -304,9 +304,10 @@ def record_audit(run: AuditRun, ref: ModelRef, loaded: LoadedSettings, inputs: R
 def record_history(ref: ModelRef, tracking_uri: str, experiment_id: str, last: int = 30) -> str:
     """The history page of the audited alias (or model) over its last ``last`` audits, written to its history run."""
     uri = history_uri(ref.name, ref.alias)
-    page, records = build_history(make_client(tracking_uri), experiment_id, uri, last)
+    sink = MlflowSink(tracking_uri)  # reads and writes wait out an outage
+    page, records = build_history(sink.client, experiment_id, uri, last)
     summary, metrics = history_summary(uri, records)
-    return MlflowSink(tracking_uri).record_history(experiment_id, uri, page, summary, metrics)
+    return sink.record_history(experiment_id, uri, page, summary, metrics)
 
 
 def _data_line(fp: dict, every_row: dict | None) -> str:
