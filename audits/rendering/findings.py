@@ -288,6 +288,38 @@ def _conformal(result: AuditResult) -> _Told:
                  "cover less than they promise")
 
 
+def _performance_estimation(result: AuditResult) -> _Told:
+    m, audit = result.metrics, result.audit
+    head = "accuracy" if f"{audit}.estimated.accuracy" in m else "mae"
+    named = "accuracy" if head == "accuracy" else "MAE"
+    est, low, high, held = (m.get(f"{audit}.{key}") for key in
+                            (f"estimated.{head}", f"estimated.{head}_low", f"estimated.{head}_high", f"held_out.{head}"))
+    trusted = m.get(f"{audit}.trusted") != 0
+    if est is None:
+        return _generic(result, HINTS["performance"])
+    parts = [f"without labels, {named} is estimated at {number(est)} [{number(low)}, {number(high)}], against "
+             f"{number(held)} on the held-out rows"]
+    degradation = m.get(f"{audit}.degradation")
+    if degradation is not None and any(c.metric.endswith(".degradation") for c in violated(result)):
+        parts.append(f"even the band's better end is {number(100 * degradation)} % worse")
+    if not trusted:
+        parts.append("the estimate is not to be trusted: " + str(result.info.get("trusted", "")).removeprefix("NO: "))
+    short = f"estimated {named} {number(est)} vs {number(held)} held out" + ("" if trusted else ", not to be trusted")
+    hint = ("confirm with labels as soon as they arrive, and look for the shift behind it (drift, slices)" if trusted else
+            "give labelled rows the model did not train on (data.holdout) and read the estimate as a rough guide until then")
+    return _Told(_joined(parts), short, hint)
+
+
+def _slices(result: AuditResult) -> _Told:
+    top = result.info.get("slice_1")
+    if not top:
+        return _generic(result, "read the slices table in its section")
+    found = int(result.metrics.get(f"{result.audit}.found", 1))
+    more = f" ({found} slices pass the guard)" if found > 1 else ""
+    return _Told(f"the weakest slice found by search is {top}{more}", str(top).split(":")[0],
+                 "look at that group's data and labels: collect more of it, or give it a model or a threshold of its own")
+
+
 HINTS = {
     "performance": "see where the errors concentrate (segments) and whether the data drifted, and if the drop is real, "
                    "retrain on recent labelled data or keep the previous version",
@@ -314,7 +346,8 @@ QUESTION_HINTS = {
     "data": "check the data pipeline before trusting this audit's other figures",
     OTHER: "read its section in the report",
 }
-_DESCRIBERS = {"drift": _drift, "data_quality": _data_quality, "segments": _segments, "conformal": _conformal}
+_DESCRIBERS = {"drift": _drift, "data_quality": _data_quality, "segments": _segments, "conformal": _conformal,
+               "performance_estimation": _performance_estimation, "slices": _slices}
 
 
 def _told(result: AuditResult, name: str, question: str) -> _Told:

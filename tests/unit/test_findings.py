@@ -164,3 +164,31 @@ def test_the_uncertainty_and_label_free_audits_declare_their_question(name, ques
     from audits.rendering.findings import question_of_name
 
     assert question_of_name(name) == question
+
+
+def test_an_estimate_without_labels_and_a_weak_slice_are_told_in_their_own_words():
+    estimated = {"performance_estimation.estimated.accuracy": 0.789, "performance_estimation.estimated.accuracy_low": 0.766,
+                 "performance_estimation.estimated.accuracy_high": 0.819, "performance_estimation.held_out.accuracy": 0.857,
+                 "performance_estimation.degradation": 0.044, "performance_estimation.trusted": 1.0}
+    thresholds = [{"metric": "performance_estimation.degradation", "max": 0.02, "severity": "warn"},
+                  {"metric": "performance_estimation.trusted", "min": 1, "severity": "warn"}]
+    slices = AuditResult(audit="slices", verdict=Verdict.WARN, reason="slices.top.lift = 2.66, must be <= 2",
+                         metrics={"slices.found": 1.0, "slices.top.lift": 2.66},
+                         checks=(Threshold(metric="slices.top.lift", max=2, severity="warn").evaluate({"slices.top.lift": 2.66}),),
+                         info={"slice_1": "age <= 45 and clinic = north: 7.4 % of rows, error 0.402 vs 0.131"})
+    estimate, weak = findings([judged("performance_estimation", estimated, thresholds), slices])
+    assert estimate.sentence == (
+        "Performance estimation warns: without labels, accuracy is estimated at 0.789 [0.766, 0.819], against 0.857 on "
+        "the held-out rows and even the band's better end is 4.4 % worse; confirm with labels as soon as they arrive, "
+        "and look for the shift behind it (drift, slices).")
+    assert weak.sentence == (
+        "Slices warns: the weakest slice found by search is age <= 45 and clinic = north: 7.4 % of rows, error 0.402 vs "
+        "0.131; look at that group's data and labels: collect more of it, or give it a model or a threshold of its own.")
+    untrusted = judged("performance_estimation", {**estimated, "performance_estimation.degradation": 0.0,
+                                                  "performance_estimation.trusted": 0.0}, thresholds)
+    untrusted = AuditResult(**{**untrusted.__dict__, "info": {"trusted": "NO: 41.0% of current rows lie where the holdout "
+                                                                         "has no rows like them (bound 5%)"}})
+    [told] = findings([untrusted])
+    assert "the estimate is not to be trusted: 41.0% of current rows lie where the holdout has no rows like them" in told.sentence
+    assert told.sentence.endswith("give labelled rows the model did not train on (data.holdout) and read the estimate as "
+                                  "a rough guide until then.")
