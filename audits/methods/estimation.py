@@ -38,6 +38,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from audits.methods.metrics import auc_from_bins, score_bins
 from audits.methods.reliability import fit_recalibration
 
 CLASSIFICATION_METRICS = ("accuracy", "precision", "recall", "f1", "roc_auc")
@@ -70,26 +71,6 @@ def confusion_metrics(confusion: np.ndarray) -> dict[str, float]:
 def auc_columns(k: int) -> list[int]:
     """The classes whose one-against-the-rest AUC is averaged: the positive class (binary), else every class."""
     return [1] if k == 2 else list(range(k))
-
-
-def score_bins(scores: np.ndarray, bins: int = AUC_BINS) -> np.ndarray:
-    return np.clip((np.asarray(scores, dtype=float) * bins).astype(np.int64), 0, bins - 1)
-
-
-def auc_from_bins(positive: np.ndarray, negative: np.ndarray, both: np.ndarray | None = None) -> tuple[float, float]:
-    """AUC of rows in ordered score bins, given each bin's (expected) positives and negatives, rows of a bin counted as
-    ties; ``both``: each bin's sum of p (1 - p), the expected pairs of a row with itself, taken out (0 for counts).
-    Returns (AUC, bound): bound = the share of pairs tied within a bin over two, the most the ties can move it."""
-    positive, negative = np.asarray(positive, float), np.asarray(negative, float)
-    own = np.zeros_like(positive) if both is None else np.asarray(both, float)
-    below = np.cumsum(negative, axis=-1) - negative
-    tied = positive * negative - own
-    denominator = positive.sum(axis=-1) * negative.sum(axis=-1) - own.sum(axis=-1)
-    numerator = (positive * below).sum(axis=-1) + 0.5 * tied.sum(axis=-1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        auc = np.where(denominator > 0, numerator / np.where(denominator > 0, denominator, 1), np.nan)
-        bound = np.where(denominator > 0, 0.5 * tied.sum(axis=-1) / np.where(denominator > 0, denominator, 1), np.nan)
-    return auc, bound
 
 
 @dataclass(frozen=True)

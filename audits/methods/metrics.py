@@ -22,16 +22,32 @@ class ScoreSettings(Protocol):
 
 
 
+def score_bins(scores: np.ndarray, bins: int) -> np.ndarray:
+    """Each probability's bin among ``bins`` equal bins of [0, 1] (1 in the last)."""
+    return np.clip((np.asarray(scores, dtype=float) * bins).astype(np.int64), 0, bins - 1)
+
+
+def auc_from_bins(positive: np.ndarray, negative: np.ndarray, both: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """AUC of rows in ordered score bins, given each bin's (expected) positives and negatives, rows of a bin counted as
+    ties; ``both``: each bin's sum of p (1 - p), the expected pairs of a row with itself, taken out (0 for counts).
+    Returns (AUC, bound): bound = the share of pairs tied within a bin over two, the most the ties can move it (the
+    Mann-Whitney convention; NaN without a positive or a negative). Vectorised over leading axes."""
+    positive, negative = np.asarray(positive, float), np.asarray(negative, float)
+    own = np.zeros_like(positive) if both is None else np.asarray(both, float)
+    below = np.cumsum(negative, axis=-1) - negative
+    tied = positive * negative - own
+    denominator = positive.sum(axis=-1) * negative.sum(axis=-1) - own.sum(axis=-1)
+    numerator = (positive * below).sum(axis=-1) + 0.5 * tied.sum(axis=-1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        auc = np.where(denominator > 0, numerator / np.where(denominator > 0, denominator, 1), np.nan)
+        bound = np.where(denominator > 0, 0.5 * tied.sum(axis=-1) / np.where(denominator > 0, denominator, 1), np.nan)
+    return auc, bound
+
+
 def _histogram_auc(positives: np.ndarray, negatives: np.ndarray) -> tuple[float, float]:
-    """ROC-AUC from score histograms, ties within a bin counted a half (the Mann-Whitney convention), and the bound on its
-    error: if every tied pair within a bin went one way or the other, the AUC would move by half their share."""
-    n_pos, n_neg = positives.sum(), negatives.sum()
-    if n_pos == 0 or n_neg == 0:
-        return float("nan"), float("nan")
-    below = np.concatenate([[0], np.cumsum(negatives)[:-1]])
-    pairs = float(n_pos) * float(n_neg)
-    ties = float((positives * negatives.astype(float)).sum())
-    return float(((positives * below).sum() + 0.5 * ties) / pairs), 0.5 * ties / pairs
+    """``auc_from_bins`` of one pair of count histograms, as floats."""
+    auc, bound = auc_from_bins(positives, negatives)
+    return float(auc), float(bound)
 
 
 def classification_metrics(ds: Dataset, classes: tuple) -> dict[str, float]:
@@ -63,7 +79,7 @@ def _class_index(y: pd.Series, classes: tuple) -> np.ndarray:
 
 def _histograms(index: np.ndarray, proba: np.ndarray, bins: int) -> np.ndarray:
     """(n_classes, 2, bins): per class, counts of that class's score among its positives and its negatives."""
-    cells = np.clip((proba * bins).astype(np.int64), 0, bins - 1)
+    cells = score_bins(proba, bins)
     out = np.zeros((proba.shape[1], 2, bins), dtype=np.int64)
     for k in range(proba.shape[1]):
         positive = index == k

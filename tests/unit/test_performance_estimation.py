@@ -15,13 +15,8 @@ from audits.core.context import ModelUnderAudit, build_context, with_holdout
 from audits.core.plan import PlannedAudit
 from audits.core.result import Verdict
 from audits.core.runner import run_planned
-from audits.methods.estimation import (
-    auc_from_bins,
-    classification_sums,
-    confusion_metrics,
-    point_estimates,
-    score_bins,
-)
+from audits.methods.estimation import classification_sums, confusion_metrics, point_estimates
+from audits.methods.metrics import auc_from_bins, score_bins
 from audits.performance.performance_estimation import PerformanceEstimationAudit, PerformanceEstimationConfig
 
 AUDIT = "performance_estimation"
