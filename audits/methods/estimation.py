@@ -334,9 +334,9 @@ def empty_regression_sums(models: int) -> State:
     return {"rows": 0, "mae": np.zeros(models), "rmse": np.zeros(models)}
 
 
-def regression_sums(models: LossModels, X: pd.DataFrame, prediction: np.ndarray) -> State:
-    losses = models.predict(X, prediction)
-    return {"rows": len(X), **{name: values.sum(axis=1) for name, values in losses.items()}}
+def regression_sums(losses: dict[str, np.ndarray]) -> State:
+    """The sums of one partition's predicted losses (``LossModels.predict``: each loss's (models, rows) array)."""
+    return {"rows": losses["mae"].shape[1], **{name: values.sum(axis=1) for name, values in losses.items()}}
 
 
 def regression_estimates(sums: State, models: LossModels, level: float = 0.95) -> dict[str, dict[str, float]]:
@@ -369,7 +369,7 @@ def estimate_regression(holdout_X: pd.DataFrame, holdout_y: np.ndarray, holdout_
     """DLE on frames (module doc), as the ``performance_estimation`` audit computes it on one frame:
     ``{"mae": {"estimate", "low", "high"}, "rmse": {...}}``."""
     models = fit_loss_models(holdout_X, holdout_y, holdout_pred, seed, resamples)
-    return regression_estimates(regression_sums(models, current_X, current_pred), models, level)
+    return regression_estimates(regression_sums(models.predict(current_X, current_pred)), models, level)
 
 
 def realised_regression(y: np.ndarray, prediction: np.ndarray) -> dict[str, float]:

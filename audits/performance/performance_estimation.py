@@ -48,8 +48,6 @@ from audits.methods.estimation import (
     CLASSIFICATION_METRICS,
     REGRESSION_METRICS,
     add_sums,
-    auc_columns,
-    auc_from_bins,
     calibrator_shifts,
     classification_band,
     classification_sums,
@@ -63,13 +61,25 @@ from audits.methods.estimation import (
     realised_regression,
     regression_estimates,
     regression_sums,
-    score_bins,
+)
+from audits.methods.metrics import (
+    _empty_side,
+    _Exact,
+    _merge_classification,
+    _merge_regression,
+    _update_classification,
+    _update_regression,
+    classification_figures,
+    regression_figures,
 )
 from audits.methods.probabilities import class_indices
 from audits.methods.reliability import consistency_ece, expected_calibration_error, fit_recalibration, labelled_probabilities
 from audits.methods.segments import labels_of
 
 OTHER = "(other)"
+# the realised figures, with labels: the performance audit's own reduction (ROC-AUC exact up to these rows, then from
+# score bins within a stated bound)
+REALISED_SCORES = _Exact(exact_auc_rows=200_000, auc_bins=AUC_BINS)
 CONCEPT_DRIFT = (
     "a change in how the label follows from the features (concept drift) is invisible without labels: it leaves the "
     "model's probabilities, and so this estimate and both checks, unchanged. Only labels reveal it (performance, or "
@@ -207,14 +217,12 @@ class PerformanceEstimationAudit(PartialAudit):
     def init(self, context: AuditContext, fitted: dict[str, Any]) -> State:
         models = 0 if fitted["classification"] else len(fitted["losses"].boots["mae"])
         groups = {column: _empty_groups(len(values) + 1, models) for column, values in fitted["segments"].items()}
-        state: State = {"rows": 0, "unfamiliar": 0, "scored": 0, "groups": groups, "labelled": 0}
+        state: State = {"rows": 0, "unfamiliar": 0, "scored": 0, "groups": groups, "labelled": 0,
+                        "realised": _empty_side(context.task, len(context.model.classes or ()))}
         if fitted["classification"]:
-            k = len(context.model.classes)
-            state["sums"] = empty_classification_sums(k)
-            state["realised"] = {"confusion": np.zeros((k, k)), "auc": np.zeros((len(auc_columns(k)), AUC_BINS, 2))}
+            state["sums"] = empty_classification_sums(len(context.model.classes))
         else:
             state["sums"] = empty_regression_sums(len(fitted["losses"].boots["mae"]))
-            state["realised"] = {"abs": 0.0, "sq": 0.0}
         return state
 
     def update(self, state: State, partition: Dataset, context: AuditContext, fitted: dict[str, Any]) -> State:
@@ -233,24 +241,18 @@ class PerformanceEstimationAudit(PartialAudit):
             if partition.labelled:
                 truth = class_indices(partition.y, classes)
                 known = truth >= 0
-                np.add.at(part["realised"]["confusion"], (truth[known], predicted[known]), 1.0)
-                for j, c in enumerate(auc_columns(len(classes))):
-                    where = score_bins(raw[known, c], AUC_BINS)
-                    positive = (truth[known] == c).astype(float)
-                    part["realised"]["auc"][j, :, 0] = np.bincount(where, weights=positive, minlength=AUC_BINS)
-                    part["realised"]["auc"][j, :, 1] = np.bincount(where, weights=1 - positive, minlength=AUC_BINS)
+                part["realised"] = _update_classification(part["realised"], partition, classes, REALISED_SCORES)
                 part["labelled"] = int(known.sum())
                 per_row["truth"] = np.where(known, (truth == predicted).astype(float), np.nan)
         else:
             prediction = partition.predictions.labels.astype(float)
-            part["sums"] = regression_sums(fitted["losses"], partition.X, prediction)
-            losses = fitted["losses"].predict(partition.X, prediction)["mae"]
-            per_row = {"estimate": losses.mean(axis=0), "variance": np.zeros(len(partition)), "models": losses}
+            losses = fitted["losses"].predict(partition.X, prediction)  # once: the sums and the segments read them
+            part["sums"] = regression_sums(losses)
+            per_row = {"estimate": losses["mae"].mean(axis=0), "variance": np.zeros(len(partition)), "models": losses["mae"]}
             if partition.labelled:
-                error = partition.y.to_numpy(dtype=float) - prediction
-                part["realised"] = {"abs": float(np.abs(error).sum()), "sq": float((error ** 2).sum())}
-                part["labelled"] = len(error)
-                per_row["truth"] = np.abs(error)
+                part["realised"] = _update_regression(part["realised"], partition)
+                part["labelled"] = len(partition)
+                per_row["truth"] = np.abs(partition.y.to_numpy(dtype=float) - prediction)
         if fitted["ood"] is not None:
             flags = fitted["ood"].flags(fitted["ood"].scores(partition.X))["knn"]
             part["unfamiliar"], part["scored"] = int(flags.sum()), len(flags)
@@ -264,7 +266,8 @@ class PerformanceEstimationAudit(PartialAudit):
     def merge(self, a: State, b: State) -> State:
         out = {key: a[key] + b[key] for key in ("rows", "unfamiliar", "scored", "labelled")}
         out["sums"] = add_sums(a["sums"], b["sums"])
-        out["realised"] = {key: a["realised"][key] + b["realised"][key] for key in a["realised"]}
+        out["realised"] = (_merge_classification(a["realised"], b["realised"], REALISED_SCORES) if "confusion" in a["realised"]
+                           else _merge_regression(a["realised"], b["realised"]))
         out["groups"] = {column: {key: a["groups"][column][key] + b["groups"][column][key] for key in a["groups"][column]}
                          for column in a["groups"]}
         return out
@@ -379,15 +382,18 @@ class PerformanceEstimationAudit(PartialAudit):
         return AuditResult(audit=self.name, metrics=metrics, artifacts=tuple(artifacts), info=info)
 
     def _realised(self, state: State, context: AuditContext, classification: bool) -> dict[str, float] | None:
+        """The realised figures as the performance audit reports them (accuracy, F1, ROC-AUC; MAE, RMSE), with precision
+        and recall from the same confusion matrix of the rows whose label is one of the model's classes."""
         if state["labelled"] == 0:
             return None
         if classification:
-            out = confusion_metrics(state["realised"]["confusion"])
-            aucs = [auc_from_bins(auc[:, 0], auc[:, 1])[0] for auc in state["realised"]["auc"]]
-            out["roc_auc"] = float(np.nanmean(aucs)) if np.isfinite(aucs).any() else float("nan")
-            return out
-        n = state["labelled"]
-        return {"mae": state["realised"]["abs"] / n, "rmse": float(np.sqrt(state["realised"]["sq"] / n))}
+            side = state["realised"]
+            figures = classification_figures(side, context.model.classes, True)
+            known = confusion_metrics(side["confusion"])
+            return {"accuracy": figures["accuracy"], "precision": known["precision"], "recall": known["recall"],
+                    "f1": figures["f1"], "roc_auc": figures["roc_auc"]}
+        figures = regression_figures(state["realised"])
+        return {"mae": figures["mae"], "rmse": figures["rmse"]}
 
     def _segments(self, state: State, fitted: dict[str, Any], classification: bool, metrics: dict[str, float],
                   headline: str) -> list[dict[str, Any]]:
