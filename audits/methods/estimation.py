@@ -33,6 +33,7 @@ quadrature, with Student's t for the few refits.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -142,15 +143,25 @@ def point_estimates(sums: State) -> dict[str, float]:
     return out
 
 
-def calibrator_shifts(calibrators: Calibrators, raw: np.ndarray, predicted: np.ndarray, bins: int = AUC_BINS) -> np.ndarray:
+def calibrator_shifts(calibrators: Calibrators, raw: np.ndarray, predicted: np.ndarray, bins: int = AUC_BINS,
+                      groups: Sequence[tuple[np.ndarray, int]] = ()) -> tuple[np.ndarray, list[np.ndarray]]:
     """(resamples, metrics): each figure under each bootstrap calibrator less its figure under the main one, on these
-    rows (CLASSIFICATION_METRICS order)."""
+    rows (CLASSIFICATION_METRICS order); and for each of ``groups`` (each row's group code, and how many groups), the
+    spread over the bootstrap calibrators of each group's estimated accuracy on these rows (0 for an empty group)."""
     main = point_estimates(classification_sums(calibrators.apply(raw), raw, predicted, bins))
-    shifts = np.zeros((len(calibrators.boots), len(CLASSIFICATION_METRICS)))
-    for b in range(len(calibrators.boots)):
-        boot = point_estimates(classification_sums(calibrators.apply(raw, b), raw, predicted, bins))
+    resamples, rows = len(calibrators.boots), np.arange(len(predicted))
+    shifts = np.zeros((resamples, len(CLASSIFICATION_METRICS)))
+    means = [np.zeros((resamples, n)) for _, n in groups]
+    sizes = [np.maximum(np.bincount(codes, minlength=n), 1) for codes, n in groups]
+    for b in range(resamples):
+        calibrated = calibrators.apply(raw, b)  # once per calibrator: the whole's shift and every group's figure
+        boot = point_estimates(classification_sums(calibrated, raw, predicted, bins))
         shifts[b] = [boot[name] - main[name] for name in CLASSIFICATION_METRICS]
-    return shifts
+        right = calibrated[rows, predicted]
+        for g, (codes, n) in enumerate(groups):
+            means[g][b] = np.bincount(codes, weights=right, minlength=n) / sizes[g]
+    spreads = [np.std(m, axis=0, ddof=1) if resamples > 1 else np.zeros(m.shape[1]) for m in means]
+    return shifts, spreads
 
 
 def _draw_confusions(sums: State, rounds: int, rng: np.random.Generator) -> np.ndarray:
@@ -234,7 +245,7 @@ def estimate_classification(holdout_proba: np.ndarray, holdout_index: np.ndarray
     calibrators = fit_calibrators(holdout_proba, holdout_index, method, resamples, rng)
     sums = classification_sums(calibrators.apply(current_proba), current_proba, current_pred_index)
     point = point_estimates(sums)
-    band = classification_band(sums, calibrator_shifts(calibrators, current_proba, current_pred_index), rng, level, rounds)
+    band = classification_band(sums, calibrator_shifts(calibrators, current_proba, current_pred_index)[0], rng, level, rounds)
     return {name: {"estimate": point[name], "low": band[name][0], "high": band[name][1]} for name in CLASSIFICATION_METRICS}
 
 

@@ -166,9 +166,6 @@ class PerformanceEstimationAudit(PartialAudit):
             fitted["held_out"] = realised_classification(index, predicted, proba)
             fitted["calibration_rows"] = len(index)
             fitted["ece_excess"] = self._calibration_check(proba, index, predicted, context)
-            current = context.current
-            fitted["shifts"] = calibrator_shifts(fitted["calibrators"], current.predictions.proba,
-                                                 _predicted_index(current, classes), AUC_BINS)
         else:
             y = held.y.to_numpy(dtype=float)
             prediction = held.predictions.labels.astype(float)
@@ -183,15 +180,19 @@ class PerformanceEstimationAudit(PartialAudit):
             fitted["ood"] = fit_ood(context.reference.X, context.categorical, context.random_state("performance_estimation.ood"),
                                     scorers=("knn",), percentile=cfg.unfamiliar_percentile)
         segments = context.current.segments
-        fitted["segments"], fitted["group_shift_sd"] = {}, {}
+        fitted["segments"] = {}
         if segments is not None:
             for column in segments.columns:
                 counts = pd.Series(labels_of(segments[column])).value_counts()
-                values = sorted(counts.index, key=lambda v, c=counts: (-c[v], v))[: cfg.max_segment_values]
-                fitted["segments"][column] = values
-                if fitted["classification"]:
-                    fitted["group_shift_sd"][column] = _group_shift_sd(fitted["calibrators"], context.current, values,
-                                                                       segments[column], context.model.classes)
+                fitted["segments"][column] = sorted(counts.index, key=lambda v, c=counts: (-c[v], v))[: cfg.max_segment_values]
+        if fitted["classification"]:
+            # the calibration's own uncertainty, measured on the sample: in the whole's figures and in each segment's
+            current = context.current
+            groups = [(_group_codes(values, current.segments[column]), len(values) + 1)
+                      for column, values in fitted["segments"].items()]
+            fitted["shifts"], spreads = calibrator_shifts(fitted["calibrators"], current.predictions.proba,
+                                                          _predicted_index(current, context.model.classes), AUC_BINS, groups)
+            fitted["group_shift_sd"] = dict(zip(fitted["segments"], spreads, strict=True))
         return fitted
 
     def _calibration_check(self, proba: np.ndarray, index: np.ndarray, predicted: np.ndarray, context: AuditContext) -> float:
@@ -258,9 +259,8 @@ class PerformanceEstimationAudit(PartialAudit):
             part["unfamiliar"], part["scored"] = int(flags.sum()), len(flags)
         if partition.segments is not None:
             for column, values in fitted["segments"].items():
-                codes = pd.Index(values).get_indexer(labels_of(partition.segments[column]))
-                codes = np.where(codes < 0, len(values), codes)
-                part["groups"][column] = _group_sums(codes, len(values) + 1, per_row)
+                part["groups"][column] = _group_sums(_group_codes(values, partition.segments[column]), len(values) + 1,
+                                                     per_row)
         return self.merge(state, part)
 
     def merge(self, a: State, b: State) -> State:
@@ -440,19 +440,10 @@ class PerformanceEstimationAudit(PartialAudit):
         return rows
 
 
-def _group_shift_sd(calibrators: Any, current: Dataset, values: list, column: pd.Series, classes: tuple) -> np.ndarray:
-    """Per group (the values, then '(other)'): the spread over the bootstrap calibrators of the group's estimated
-    accuracy on the sample's rows; 0 for a group the sample does not hold."""
+def _group_codes(values: list, column: pd.Series) -> np.ndarray:
+    """Each row's group: the index of its value among ``values``, or len(values) for '(other)'."""
     codes = pd.Index(values).get_indexer(labels_of(column))
-    codes = np.where(codes < 0, len(values), codes)
-    n = np.bincount(codes, minlength=len(values) + 1)
-    predicted = _predicted_index(current, classes)
-    rows = np.arange(len(predicted))
-    means = []
-    for b in range(len(calibrators.boots)):
-        right = calibrators.apply(current.predictions.proba, b)[rows, predicted]
-        means.append(np.bincount(codes, weights=right, minlength=len(values) + 1) / np.maximum(n, 1))
-    return np.std(np.array(means), axis=0, ddof=1) if len(means) > 1 else np.zeros(len(values) + 1)
+    return np.where(codes < 0, len(values), codes)
 
 
 def held_known(ds: Dataset, classes: tuple) -> np.ndarray:
