@@ -556,10 +556,10 @@ def history(
     _setup()
     logging.getLogger("mlflow").setLevel(logging.WARNING)
     from tasks.adapters.errors import AuditlensError, ConfigError
-    from tasks.adapters.history import build_history, history_summary, history_target, history_uri
+    from tasks.adapters.history import history_target, history_uri, write_history
     from tasks.adapters.mlflow_sink import MlflowSink
     from tasks.adapters.settings import DEFAULT_TRACKING_URI, load_settings
-    from tasks.adapters.tracking import check_reachable, make_client, redact
+    from tasks.adapters.tracking import check_reachable, redact
 
     try:
         name, alias = history_target(model)
@@ -567,17 +567,12 @@ def history(
         uri = tracking_uri or (loaded.tracking_uri() if loaded else os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI)
         pattern = experiment or (loaded.settings.mlflow.experiment if loaded else "auditlens/{model_name}")
         check_reachable(uri)
-        client = make_client(uri)
-        found = client.get_experiment_by_name(pattern.format(model_name=name))
+        sink = MlflowSink(uri)
+        found = sink.client.get_experiment_by_name(pattern.format(model_name=name))
         if found is None:
             raise ConfigError(f"no audits of {name} in {redact(uri)}: there is no experiment {pattern.format(model_name=name)!r}",
                               "pass the tracking URI and experiment the audits were recorded in (--config names both)")
-        page, records = build_history(client, found.experiment_id, model, last)
-        if not records:
-            raise ConfigError(f"no finished audit of {history_uri(name, alias)} in experiment {found.name!r}",
-                              "audit the model first (auditlens audit), or name the alias its scheduled audits use")
-        summary, metrics = history_summary(history_uri(name, alias), records)
-        run_id = MlflowSink(uri).record_history(found.experiment_id, history_uri(name, alias), page, summary, metrics)
+        run_id, page, records, summary = write_history(sink, found.experiment_id, history_uri(name, alias), last)
     except AuditlensError as exc:
         _fail(exc)
     if output is not None:

@@ -24,7 +24,7 @@ from audits.rendering.findings import plan_names, plan_questions
 from audits.rendering.html import markdown_summary, render_report
 from tasks.adapters import provenance
 from tasks.adapters.errors import AuditlensError, ConfigError, ModelLoadError, ModelTimeoutError
-from tasks.adapters.history import AS_OF, build_history, find_history_run, history_summary, history_uri
+from tasks.adapters.history import AS_OF, find_history_run, history_uri, write_history
 from tasks.adapters.mlflow_sink import AuditRun, MlflowSink
 from tasks.adapters.model_worker import ModelWorker, RecordedInputs, decode_result, encode_result
 from tasks.adapters.result_cache import CacheKeys, ResultCache, cache_folder, cache_keys, reused
@@ -303,11 +303,7 @@ def record_audit(run: AuditRun, ref: ModelRef, loaded: LoadedSettings, inputs: R
 @task(name="record-history", **MLFLOW_IO)
 def record_history(ref: ModelRef, tracking_uri: str, experiment_id: str, last: int = 30) -> str:
     """The history page of the audited alias (or model) over its last ``last`` audits, written to its history run."""
-    uri = history_uri(ref.name, ref.alias)
-    sink = MlflowSink(tracking_uri)  # reads and writes wait out an outage
-    page, records = build_history(sink.client, experiment_id, uri, last)
-    summary, metrics = history_summary(uri, records)
-    return sink.record_history(experiment_id, uri, page, summary, metrics)
+    return write_history(MlflowSink(tracking_uri), experiment_id, history_uri(ref.name, ref.alias), last)[0]
 
 
 def _data_line(fp: dict, every_row: dict | None) -> str:

@@ -28,6 +28,8 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
+from audits.core.thresholds import Threshold
+
 VERDICT_COLOURS = {"PASS": "#2e7d32", "WARN": "#f9a825", "FAIL": "#c62828", "ERROR": "#6a1b9a", "SKIPPED": "#9e9e9e"}
 SEVERITY_COLOURS = {"warn": "#f9a825", "fail": "#c62828"}
 HEADLINES = ("accuracy", "mae")  # the estimated figure shown first, classifiers then regressors
@@ -87,11 +89,14 @@ def gated_metrics(records: Sequence[HistoryRecord]) -> list[str]:
     return list(seen)
 
 
+def _threshold(check: dict[str, Any]) -> Threshold:
+    """The threshold a recorded check applied (its metric, bounds, baseline and severity)."""
+    return Threshold(metric=check["metric"], min=check.get("min"), max=check.get("max"), compare_to=check.get("compare_to"),
+                     relative=bool(check.get("relative")), severity=check["severity"])
+
+
 def _quantity(check: dict[str, Any]) -> str:
-    if not check.get("compare_to"):
-        return check["metric"]
-    change = f"{check['metric']} - {check['compare_to']}"
-    return f"({change}) / |{check['compare_to']}|" if check.get("relative") else change
+    return _threshold(check).quantity
 
 
 def _day(value: str) -> str:
@@ -154,10 +159,7 @@ def findings(records: Sequence[HistoryRecord]) -> list[str]:
 
 
 def _bound(check: dict[str, Any]) -> str:
-    low, high = check.get("min"), check.get("max")
-    if low is not None and high is not None:
-        return f"must lie between {low:g} and {high:g}"
-    return f"must be >= {low:g}" if low is not None else f"must be <= {high:g}" if high is not None else "its bound"
+    return f"must be {_threshold(check).bound}"
 
 
 # ------------------------------------------------------------------------------------------------ figures

@@ -122,3 +122,14 @@ def history_summary(uri: str, records: list[HistoryRecord]) -> tuple[str, dict[s
         _, headline, series = estimated
         metrics[f"history.estimated.{headline}"] = float(series["estimate"][-1])
     return "\n".join(lines), metrics
+
+
+def write_history(sink: Any, experiment_id: str, uri: str, last: int = 30) -> tuple[str, str, list[HistoryRecord], str]:
+    """``uri``'s history over its last ``last`` audits, drawn and written to its history run through ``sink`` (an
+    ``MlflowSink``: its client waits out an outage): (the run's id, the page, the records, the description)."""
+    page, records = build_history(sink.client, experiment_id, uri, last)
+    if not records:
+        raise ConfigError(f"no finished audit of {uri} in the audits' experiment (id {experiment_id})",
+                          "audit the model first (auditlens audit), or name the alias its scheduled audits use")
+    summary, metrics = history_summary(uri, records)
+    return sink.record_history(experiment_id, uri, page, summary, metrics), page, records, summary

@@ -229,16 +229,16 @@ class MlflowSink:
 
     def log_batch(self, run_id: str, metrics: dict[str, float] | None = None, params: dict[str, Any] | None = None,
                   tags: dict[str, str] | None = None, timestamp_ms: int | None = None, model_id: str | None = None,
-                  dataset: tuple[str, str] | None = None) -> None:
+                  dataset: tuple[str, str] | None = None, step: int = 0) -> None:
         """Values of a run, in batches within MLflow's limits; text values clipped to what MLflow accepts. With
         ``model_id``, the metrics are also the logged model's, measured on ``dataset`` (name, digest), as
-        ``mlflow.models.evaluate`` links an evaluation's metrics to the model it evaluated."""
+        ``mlflow.models.evaluate`` links an evaluation's metrics to the model it evaluated; ``step``: the metrics'."""
         from mlflow.entities import Metric, Param, RunTag
 
         now = timestamp_ms or int(time.time() * 1000)
         name, digest = dataset or (None, None)
         for chunk in _chunks(sorted((metrics or {}).items()), MAX_BATCH["metrics"]):
-            self.client.log_batch(run_id, metrics=[Metric(k, float(v), now, 0, model_id=model_id, dataset_name=name,
+            self.client.log_batch(run_id, metrics=[Metric(k, float(v), now, step, model_id=model_id, dataset_name=name,
                                                           dataset_digest=digest) for k, v in chunk])
         for chunk in _chunks(sorted((params or {}).items()), MAX_BATCH["params"]):
             self.client.log_batch(run_id, params=[Param(k, clipped(v, 6000)) for k, v in chunk])
@@ -354,12 +354,10 @@ class MlflowSink:
         """Write a model's (or alias's) history page to its ``history`` run in the audits' experiment: found by its
         tags, else created; each update replaces the page and the description (the findings), and logs ``metrics``
         (the latest figures) at the next step, so that the run's charts trace them over updates. Returns the run id."""
-        from tasks.adapters.history import HISTORY_OF, KIND
+        from tasks.adapters.history import HISTORY_OF, KIND, find_history_run
 
-        found = self.client.search_runs([experiment_id], filter_string=f"tags.`{KIND}` = 'history' and "
-                                        f"tags.`{HISTORY_OF}` = '{uri}'", max_results=1)
-        if found:
-            run_id = found[0].info.run_id
+        run_id = find_history_run(self.client, experiment_id, uri)
+        if run_id:
             self.client.update_run(run_id, status="RUNNING")
             step = 1 + max((m.step for m in self.client.get_metric_history(run_id, "history.audits")), default=-1)
         else:
@@ -368,11 +366,7 @@ class MlflowSink:
             step = 0
         try:
             self.client.log_text(run_id, page, "history.html")
-            from mlflow.entities import Metric
-
-            now = int(time.time() * 1000)
-            self.client.log_batch(run_id, metrics=[Metric(k, float(v), now, step) for k, v in metrics.items()])
-            self.log_batch(run_id, tags={"mlflow.note.content": summary})
+            self.log_batch(run_id, metrics=metrics, tags={"mlflow.note.content": summary}, step=step)
         finally:
             self.client.set_terminated(run_id, "FINISHED")
         return run_id
