@@ -4,6 +4,8 @@ these from here, so neither imports the other's module back."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -20,19 +22,27 @@ class AuditInputs:
     full: FullData | None = None  # the pass over every row, when the data was larger than the sample budgets
 
 
-def context_or_error(ref: ModelRef, model: ModelUnderAudit, reference, current, **kwargs: Any) -> AuditContext:
-    """The audits' context (the model predicts on both datasets), or the error a user can act on."""
+@contextmanager
+def predicting(ref: ModelRef, data: str = "the data") -> Iterator[None]:
+    """The model predicting on ``data``: what goes wrong becomes the error a user can act on."""
     try:
-        return build_context(model, reference, current, **kwargs)
+        yield
     except InvalidPredictions as exc:
-        raise ModelOutputError(f"{ref.label} answered, but not with one valid prediction per row: {exc}",
+        on = "" if data == "the data" else f" on {data}"
+        raise ModelOutputError(f"{ref.label} answered{on}, but not with one valid prediction per row: {exc}",
                                "fix the model (or the rows that make it answer so); every audit would compute on these predictions") from None
     except Exception as exc:
         raise DataError(
-            f"{ref.label} cannot predict on the data ({type(exc).__name__}: {exc})",
+            f"{ref.label} cannot predict on {data} ({type(exc).__name__}: {exc})",
             "check that the columns and their types match what the model was trained on; if they do, the model itself "
             "fails on them (its own message is in the brackets)",
         ) from None
+
+
+def context_or_error(ref: ModelRef, model: ModelUnderAudit, reference, current, **kwargs: Any) -> AuditContext:
+    """The audits' context (the model predicts on both datasets), or the error a user can act on."""
+    with predicting(ref):
+        return build_context(model, reference, current, **kwargs)
 
 
 def stratified(context: AuditContext, sampling: Any, population: dict[str, dict[str, int]] | None = None,

@@ -6,7 +6,7 @@ import pandas as pd
 
 from audits.core.context import ModelUnderAudit, infer_categorical
 from audits.core.partial import FullData
-from tasks.adapters.context import AuditInputs, context_or_error, stratified
+from tasks.adapters.context import AuditInputs, context_or_error, predicting, stratified
 from tasks.adapters.datasets import check_columns, image_shape, prepare, read_columns, resolve_features
 from tasks.adapters.errors import DataError
 from tasks.adapters.models import ModelRef, load_baseline, load_model
@@ -121,23 +121,15 @@ class HoldoutRows:
         return replace(context, holdout=self.dataset)
 
     def _read(self, context):
-        from audits.core.context import InvalidPredictions, with_holdout
+        from audits.core.context import with_holdout
 
-        settings, ref = self.loaded.settings, self.ref
+        settings = self.loaded.settings
         path = _holdout_path(self.loaded)
         numeric = [c for c in self.features if pd.api.types.is_numeric_dtype(context.reference.X[c])]
         held = prepare("holdout", path, self.features, settings.data.target, True, self.loaded.sample_rows("holdout"),
                        settings.seed, settings.data.segments, settings.data.encoding, numeric=numeric)
-        try:
+        with predicting(self.ref, f"the holdout data {path}"):
             return with_holdout(context, held.X, held.y, str(path), held.segments).holdout, held.fingerprint
-        except InvalidPredictions as exc:
-            from tasks.adapters.errors import ModelOutputError
-
-            raise ModelOutputError(f"{ref.label} answered on the holdout, but not with one valid prediction per row: {exc}",
-                                   "fix the model (or the holdout rows that make it answer so)") from None
-        except Exception as exc:
-            raise DataError(f"{ref.label} cannot predict on the holdout data {path} ({type(exc).__name__}: {exc})",
-                            "check that the holdout's columns and their types match the reference's") from None
 
     def recorded(self, inputs: AuditInputs) -> AuditInputs:
         """``inputs`` with the holdout's fingerprint beside the other datasets' (when there is a holdout)."""
