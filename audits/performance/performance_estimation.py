@@ -198,19 +198,17 @@ class PerformanceEstimationAudit(PartialAudit):
     def _calibration_check(self, proba: np.ndarray, index: np.ndarray, predicted: np.ndarray, context: AuditContext) -> float:
         """ECE beyond its noise floor of the recalibrated probability of the predicted class, out of fold."""
         cfg = self.config
-        rng = context.rng("performance_estimation.calibration_check")
-        folds = np.zeros(len(index), dtype=int)
-        for c in np.unique(index):  # stratified: each fold holds a share of every class
-            rows = rng.permutation(np.flatnonzero(index == c))
-            folds[rows] = np.arange(len(rows)) % cfg.folds
+        from sklearn.model_selection import StratifiedKFold
+
+        folds = StratifiedKFold(cfg.folds, shuffle=True, random_state=context.random_state("performance_estimation.folds"))
         confidence = np.zeros(len(index))
-        for k in range(cfg.folds):
-            held, fit = folds == k, folds != k
+        for fit, held in folds.split(proba, index):  # every fold holds a share of every class
             calibrated = fit_recalibration(cfg.calibration, proba[fit], index[fit]).predict_proba(proba[held])
-            confidence[held] = calibrated[np.arange(held.sum()), predicted[held]]
+            confidence[held] = calibrated[np.arange(len(held)), predicted[held]]
         correct = predicted == index
         ece = expected_calibration_error(confidence, correct, cfg.calibration_bins, "uniform")[0]
-        null, _ = consistency_ece(confidence, cfg.calibration_bins, "uniform", rng, cfg.null_resamples)
+        null, _ = consistency_ece(confidence, cfg.calibration_bins, "uniform", context.rng("performance_estimation.calibration_check"),
+                                  cfg.null_resamples)
         return float(ece - np.quantile(null, 0.95))
 
     # ----------------------------------------------------------------------------------------- every row
