@@ -205,21 +205,19 @@ def readmission(seed: int, share: float, days: int = 6, labelled_days: int = 3) 
     day, around the value where readmission is a coin toss: accuracy falls slowly, with no rows outside the training
     range. Labels arrive late: only the first ``labelled_days`` batches carry them."""
     rng = np.random.default_rng(seed)
-    train, holdout, current = (_patients(rng, n) for n in (5000, 2000, 2500))
-    frames = []
-    for (X, logit), name in ((train, "reference"), (holdout, "holdout")):
-        frames.append(X.assign(readmitted=_readmitted(rng, logit)))
-    X, logit = current
-    weak = (X["clinic"] == "north") & (X["age"] < 42)
-    frames.append(X.assign(readmitted=_readmitted(rng, logit + 8.0 * weak)))
+    (X_train, train), (X_hold, hold), (X_cur, cur) = (_patients(rng, n) for n in (5000, 2000, 2500))
+    reference = X_train.assign(readmitted=_readmitted(rng, train))
+    holdout = X_hold.assign(readmitted=_readmitted(rng, hold))
+    weak = (X_cur["clinic"] == "north") & (X_cur["age"] < 42)
+    current = X_cur.assign(readmitted=_readmitted(rng, cur + 8.0 * weak))
     batches = []
     for day in range(days):
         X, logit = _patients(rng, 1500, crowding=0.6 * (day + 1) / days)
         batches.append(X.assign(readmitted=_readmitted(rng, logit)) if day < labelled_days else X)
-    faults = ["weak slice: clinic = north and age < 42 readmitted far more often (about 4 % of current rows)",
+    faults = ["weak slice: clinic = north and age < 42 readmitted far more often (about 5 % of current rows)",
               f"{days} daily batches, glucose crowding towards the decision boundary (accuracy falls day by day)",
               f"labels only on the first {labelled_days} days"]
-    return DemoData(frames[0], frames[2], "readmitted", "classification", faults, holdout=frames[1], days=tuple(batches))
+    return DemoData(reference, current, "readmitted", "classification", faults, holdout=holdout, days=tuple(batches))
 
 
 DATASETS: dict[str, Callable[[int, float], DemoData]] = {"breast_cancer": breast_cancer, "diabetes": diabetes,
