@@ -632,5 +632,7 @@ def verify(
     raise typer.Exit(0 if found.verified else 1)
 
 
+from auditlens import init_command  # noqa: E402,F401  registers `auditlens init` (its own module: it inspects models and data)
+
 if __name__ == "__main__":
     app()
