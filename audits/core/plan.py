@@ -8,6 +8,9 @@
         time_limit_s: 600           # optional; past it the audit is ERROR and the others go on
         sample_rows: 5000           # optional; the seeded sample this audit computes (or, hybrid, fits) on, rows a
                                     # side; default: what the audit affords (Audit.default_sample_rows)
+
+An audit configuration may instead name a preset (``plan: quick | standard | full``, audits.core.presets); its
+``audits:`` entries then override the preset's, add to them, or remove one (``enabled: false``).
 """
 
 from __future__ import annotations
@@ -45,6 +48,17 @@ class AuditSpec(BaseModel):
     @property
     def audit_id(self) -> str:
         return self.id or self.audit
+
+
+class AuditEntry(AuditSpec):
+    """An entry of an audit configuration's ``audits:``. Beside a preset (``plan:``) it overrides the preset's entry
+    of the same id or adds one, and ``enabled: false`` removes the preset's entry (audits.core.presets.expand)."""
+
+    enabled: bool = True
+
+    def spec(self) -> AuditSpec:
+        """The plan entry itself, without ``enabled`` (which only a preset reads)."""
+        return AuditSpec.model_validate(self.model_dump(exclude={"enabled"}, exclude_unset=True))
 
 
 class PlanError(ValueError):
@@ -95,35 +109,44 @@ class AuditPlan(BaseModel):
 
     def build(self, location: tuple[Any, ...] = ("audits",), default_time_limit_s: float | None = None) -> list[PlannedAudit]:
         """Resolve each audit and validate its configuration; raise one PlanError listing every problem."""
-        planned: list[PlannedAudit] = []
-        problems: list[tuple[tuple[Any, ...], str]] = []
-        seen: set[str] = set()
-        for index, spec in enumerate(self.audits):
-            here = (*location, index)
-            if spec.audit_id in seen:
-                problems.append(((*here, "id"), f"two audits share the id {spec.audit_id!r}; give one of them an 'id'"))
-            seen.add(spec.audit_id)
-            try:
-                cls = get_audit_class(spec.audit)
-            except UnknownAuditError as exc:
-                problems.append(((*here, "audit"), str(exc)))
-                continue
-            try:
-                config = cls.Config.model_validate(spec.config)
-            except ValidationError as exc:
-                problems.extend(pydantic_problems(exc, (*here, "config")))
-                continue
-            if spec.thresholds is None:  # the audit's defaults, on its local keys: PlannedAudit puts this id before them
-                thresholds = cls.thresholds_for(config)
-            else:
-                thresholds = tuple(spec.thresholds)
-                problems.extend(threshold_problems(cls, spec.audit_id, thresholds, (*here, "thresholds")))
-            time_limit_s = spec.time_limit_s if spec.time_limit_s is not None else default_time_limit_s
-            sample_rows = spec.sample_rows if spec.sample_rows is not None else cls.default_sample_rows
-            planned.append(PlannedAudit(spec.audit_id, cls(config), tuple(thresholds), time_limit_s, sample_rows))
-        if problems:
-            raise PlanError(problems)
-        return planned
+        return build_entries([((*location, index), spec) for index, spec in enumerate(self.audits)], default_time_limit_s)
+
+
+def build_entries(entries: list[tuple[tuple[Any, ...], AuditSpec]], default_time_limit_s: float | None = None) -> list[PlannedAudit]:
+    """Resolve each audit and validate its configuration, a problem reported at the location that comes with its
+    entry (a preset's own entries at ('plan', <id>)); raise one PlanError listing every problem."""
+    planned: list[PlannedAudit] = []
+    problems: list[tuple[tuple[Any, ...], str]] = []
+    seen: set[str] = set()
+    for here, spec in entries:
+        if not getattr(spec, "enabled", True):
+            problems.append(((*here, "enabled"), "enabled: false removes an audit of a preset (plan: quick | "
+                             "standard | full); without plan:, delete the entry instead"))
+            continue
+        if spec.audit_id in seen:
+            problems.append(((*here, "id"), f"two audits share the id {spec.audit_id!r}; give one of them an 'id'"))
+        seen.add(spec.audit_id)
+        try:
+            cls = get_audit_class(spec.audit)
+        except UnknownAuditError as exc:
+            problems.append(((*here, "audit"), str(exc)))
+            continue
+        try:
+            config = cls.Config.model_validate(spec.config)
+        except ValidationError as exc:
+            problems.extend(pydantic_problems(exc, (*here, "config")))
+            continue
+        if spec.thresholds is None:  # the audit's defaults, on its local keys: PlannedAudit puts this id before them
+            thresholds = cls.thresholds_for(config)
+        else:
+            thresholds = tuple(spec.thresholds)
+            problems.extend(threshold_problems(cls, spec.audit_id, thresholds, (*here, "thresholds")))
+        time_limit_s = spec.time_limit_s if spec.time_limit_s is not None else default_time_limit_s
+        sample_rows = spec.sample_rows if spec.sample_rows is not None else cls.default_sample_rows
+        planned.append(PlannedAudit(spec.audit_id, cls(config), tuple(thresholds), time_limit_s, sample_rows))
+    if problems:
+        raise PlanError(problems)
+    return planned
 
 
 def plan_sample_rows(planned: list[PlannedAudit]) -> int:
