@@ -11,6 +11,13 @@
     audits:
       - audit: data_quality
       - audit: shap
+
+or, instead of listing every audit, a preset expanded for the model's kind (audits.core.presets), with ``audits:``
+then optional: entries that override the preset's (config keys merged over its), add to it, or remove one:
+
+    plan: standard                         # quick | standard | full
+    audits:
+      - {audit: shap, config: {rows: 500}}
 """
 
 from __future__ import annotations
@@ -24,9 +31,19 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
-from audits.core.plan import AuditPlan, AuditSpec, PlanError, PlannedAudit, format_location, plan_sample_rows, pydantic_problems
+from audits.core.plan import (
+    AuditEntry,
+    AuditSpec,
+    PlanError,
+    PlannedAudit,
+    build_entries,
+    format_location,
+    plan_sample_rows,
+    pydantic_problems,
+)
+from audits.core.presets import PRESET_NAMES, UnknownPresetError, expand
 from tasks.adapters.errors import ConfigError
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
@@ -188,7 +205,25 @@ class AuditSettings(StrictModel):
     execution: Execution = Execution()
     security: Security = Security()
     cache: CacheSettings = CacheSettings()
-    audits: list[AuditSpec] = Field(min_length=1)
+    # a preset, expanded for the model's kind when the settings load (audits.core.presets); None: audits lists them all
+    plan: str | None = None
+    # without plan: every audit to run, at least one; with plan: overrides of the preset's entries, or additions
+    audits: list[AuditEntry] = Field(default_factory=list, validate_default=True)
+
+    @field_validator("plan")
+    @classmethod
+    def _known_preset(cls, name: str | None) -> str | None:
+        if name is not None and name not in PRESET_NAMES:
+            raise ValueError(str(UnknownPresetError(name)))
+        return name
+
+    @field_validator("audits")
+    @classmethod
+    def _audits_or_plan(cls, audits: list[AuditEntry], info: ValidationInfo) -> list[AuditEntry]:
+        if not audits and info.data.get("plan", "invalid") is None:  # an invalid plan is reported under its own key
+            raise ValueError(f"no audits to run: list them under audits: (at least one, e.g. '- audit: performance'), "
+                             f"or name a preset with plan: {' | '.join(PRESET_NAMES)}")
+        return audits
 
     @model_validator(mode="after")
     def _strata_exist(self) -> AuditSettings:
@@ -208,8 +243,34 @@ class AuditSettings(StrictModel):
             return (database.parent / "mlartifacts").as_uri()
         return None
 
+    def plan_entries(self, problems: list[tuple[tuple[Any, ...], str]] | None = None) -> list[tuple[tuple[Any, ...], AuditSpec]]:
+        """What the plan is built from, each with where a problem in it is reported: the audits as listed, or the
+        preset expanded for data.modality and model.task with the listed ones applied (an entry that cannot apply is
+        left out, its problem appended to ``problems``, else raised as a PlanError)."""
+        if self.plan is None:
+            return [(("audits", index), entry) for index, entry in enumerate(self.audits)]
+        return expand(self.plan, self.audits, self.data.modality, self.model.task, segments=bool(self.data.segments),
+                      holdout=self.data.holdout is not None, problems=problems)
+
     def build_plan(self) -> list[PlannedAudit]:
-        return AuditPlan(audits=self.audits).build(default_time_limit_s=self.limits.audit_s)
+        """The planned audits; one PlanError listing every problem of the entries and of the preset's overrides."""
+        return self.build_plan_with_entries()[1]
+
+    def build_plan_with_entries(self) -> tuple[list[tuple[tuple[Any, ...], AuditSpec]], list[PlannedAudit]]:
+        problems: list[tuple[tuple[Any, ...], str]] = []
+        entries = self.plan_entries(problems)
+        try:
+            plan = build_entries(entries, default_time_limit_s=self.limits.audit_s)
+        except PlanError as exc:
+            problems.extend(exc.problems)
+        if problems:
+            raise PlanError(sorted(problems, key=lambda problem: _location_order(problem[0])))
+        return entries, plan
+
+
+def _location_order(location: tuple[Any, ...]) -> tuple[Any, ...]:
+    """Problems in the order of the file's entries (an entry's own in the order found; ints and names never compared)."""
+    return tuple((0, part, "") if isinstance(part, int) else (1, 0, str(part)) for part in location[:2])
 
 
 @dataclass(frozen=True)
@@ -219,6 +280,11 @@ class LoadedSettings:
     config_hash: str
     plan: list[PlannedAudit]
     current_override: Path | None = None  # a run's own current data (e.g. a scheduled run's dated file)
+
+    @property
+    def preset(self) -> str | None:
+        """The preset (plan:) the plan was expanded from; None when the configuration lists its audits one by one."""
+        return self.settings.plan
 
     def tracking_uri(self, override: str | None = None) -> str:
         """--tracking-uri, else the config's (a relative SQLite path starts at the config file's folder,
@@ -351,8 +417,22 @@ def config_error(path: Path, problems: list[tuple[tuple, str]]) -> ConfigError:
 
 
 def hash_settings(settings: BaseModel) -> str:
-    canonical = json.dumps(settings.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    return _hash_dumped(settings.model_dump(mode="json"))
+
+
+def _hash_dumped(dumped: dict[str, Any]) -> str:
+    canonical = json.dumps(dumped, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def audit_config_hash(settings: AuditSettings, specs: list[AuditSpec]) -> str:
+    """The hash of the settings with ``audits`` as planned (``specs``): a preset's expansion is part of it, so a
+    change to the preset's table is a change of configuration. A configuration without a preset hashes as it did
+    before presets existed (no ``plan`` key, each entry as an AuditSpec), so that its audits are not taken for new."""
+    dumped = settings.model_dump(mode="json", exclude={"plan"} if settings.plan is None else None)
+    dumped["audits"] = [AuditSpec.model_validate(spec.model_dump(exclude={"enabled"})).model_dump(mode="json")
+                        for spec in specs]
+    return _hash_dumped(dumped)
 
 
 def load_settings(path: str | Path, current_data: str | Path | None = None) -> LoadedSettings:
@@ -363,8 +443,8 @@ def load_settings(path: str | Path, current_data: str | Path | None = None) -> L
                           "pass a file with 'kind: audit' to 'auditlens audit'")
     settings = validated(AuditSettings, path, data)
     try:
-        plan = settings.build_plan()
+        entries, plan = settings.build_plan_with_entries()
     except PlanError as exc:
         raise config_error(path, exc.problems) from None
     override = Path(current_data).expanduser().resolve() if current_data else None
-    return LoadedSettings(settings, path, hash_settings(settings), plan, override)
+    return LoadedSettings(settings, path, audit_config_hash(settings, [spec for _, spec in entries]), plan, override)
