@@ -39,6 +39,14 @@ class World:
     model_name: str = MODEL
 
 
+def audited_model_inputs(client, run) -> tuple[list, list]:
+    """A run's model inputs as (the audited logged models, the references that stand for their versions in the run's
+    experiment, ``MlflowSink.version_reference``): MLflow returns inputs in no set order."""
+    models = [client.get_logged_model(m.model_id) for m in run.inputs.model_inputs]
+    return ([m for m in models if m.model_type != "auditlens-reference"],
+            [m for m in models if m.model_type == "auditlens-reference"])
+
+
 def write_config(folder: Path, tracking_uri: str, name: str = "audit.yaml", **overrides) -> Path:
     config = {
         "kind": "audit",

@@ -34,6 +34,7 @@ from tasks.adapters.version_state import AUDIT_KEY, STATUS, VersionState, Versio
 
 logger = logging.getLogger(__name__)
 TABLE_TAG = "mlflow.loggedArtifacts"  # how MLflow's own log_table lists tables for the UI's comparison view
+REFERENCE_TAG = "auditlens.audited_model_id"  # on a reference logged model (``version_reference``): the model it stands for
 MODEL_VERSIONS_TAG = "mlflow.modelVersions"  # on a logged model: the registered versions made from it (MLflow's key)
 MAX_BATCH = {"metrics": 1000, "params": 100, "tags": 100}
 HEARTBEAT_AT, HEARTBEAT_S = "audit.heartbeat_at", "audit.heartbeat_s"  # on the run: epoch seconds, the interval
@@ -267,10 +268,46 @@ class MlflowSink:
                 profile=json.dumps({"num_rows": item["rows"], "num_elements": item["elements"], "target": item["target"]}),
             )
             inputs.append(DatasetInput(entity, tags=[InputTag("mlflow.data.context", item["context"])]))
-        models = [LoggedModelInput(model_id)] if model_id else None
-        self.client.log_inputs(run.run_id, datasets=inputs, models=models)
+        models = [LoggedModelInput(model_id)] if model_id else []
         if model_id and run.model_name and run.model_version:
             self.list_version_on_model(model_id, run.model_name, run.model_version)
+            reference = self.version_reference(run, model_id)
+            if reference:  # after the audited model: the first model input stays the model itself
+                models.append(LoggedModelInput(reference))
+        self.client.log_inputs(run.run_id, datasets=inputs, models=models or None)
+
+    def version_reference(self, run: AuditRun, model_id: str) -> str | None:
+        """A logged model in the audit run's own experiment that stands for the audited version: no files, type
+        ``auditlens-reference``, tags naming the audited logged model and the version (``mlflow.modelVersions``).
+
+        Why: MLflow 3.17's run page lists "Registered models" from its model inputs' ``mlflow.modelVersions`` tags,
+        but looks the models up only in the run's own experiment (``search_logged_models(experiment_ids=[run's])``);
+        the audited model lives in its training experiment, so without this the audit run's page says "None". One per
+        audited logged model and experiment, found again by tag for later audits of the version. None when the model
+        is already in the run's experiment (its own tag does the work) or the store refuses (only the listing is lost).
+        """
+        from mlflow.exceptions import MlflowException
+
+        name, version = run.model_name, run.model_version
+        try:
+            if self.client.get_logged_model(model_id).experiment_id == run.experiment_id:
+                return None
+            found = self.client.search_logged_models([run.experiment_id], max_results=1,
+                                                     filter_string=f"tags.`{REFERENCE_TAG}` = '{model_id}'")
+            if found:
+                return found[0].model_id
+            entry = {"name": name, "version": int(version) if str(version).isdigit() else str(version)}
+            reference = self.client.create_logged_model(
+                run.experiment_id, name=f"{name}-v{version}", model_type="auditlens-reference",
+                tags={REFERENCE_TAG: model_id, MODEL_VERSIONS_TAG: json.dumps([entry]),
+                      "mlflow.note.content": f"Stands for {name} v{version} (logged model {model_id}) in this "
+                                             "experiment, so that its audit runs' pages list the version; no files."})
+            self.client.finalize_logged_model(reference.model_id, "READY")
+            return reference.model_id
+        except MlflowException as exc:
+            logger.warning("no reference to %s v%s in experiment %s (%s): the audit run's page in the MLflow UI will "
+                           "not list the version", name, version, run.experiment_id, exc)
+            return None
 
     def list_version_on_model(self, model_id: str, name: str, version: str) -> bool:
         """Make sure the logged model names the registered version made from it (tag ``mlflow.modelVersions``, the
@@ -280,10 +317,9 @@ class MlflowSink:
         listed; nothing else of the model or the version changes (the version's source run stays its training run). A
         store that refuses (permissions) costs only the listing. Returns whether the tag was written.
 
-        What MLflow 3.17's UI does with it: the logged model's page shows the version under "Model versions"; a run's
-        page lists "Registered models" from its model inputs' tags too, but looks the models up only in the run's own
-        experiment (``search_logged_models(experiment_ids=[run's])``; the lookup by id is behind a flag that is off), so
-        an audit run, in ``auditlens/<model>``, still says "None" there: its description links to the version."""
+        What MLflow 3.17's UI does with it: the logged model's page shows the version under "Model versions". A run's
+        page lists "Registered models" from its model inputs' tags too, but only of models in the run's own experiment
+        (the lookup by id is behind a flag that is off): ``version_reference`` covers that."""
         from mlflow.exceptions import MlflowException
 
         # as MLflow writes it: the version a number (its UI reads either)

@@ -19,7 +19,7 @@ from tasks.adapters.errors import DataError, ModelLoadError
 from tasks.adapters.model_gate import ModelRefusedError
 from tasks.adapters.settings import load_settings
 from tasks.adapters.tracking import make_client
-from tests.helpers import build_world, runs_with_status, sha256, write_config
+from tests.helpers import audited_model_inputs, build_world, runs_with_status, sha256, write_config
 
 pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("prefect_harness")]
 
@@ -54,7 +54,7 @@ def test_the_run_is_finished_named_and_parametrised(world, audited):
     contexts = {d.tags[0].value: d.dataset for d in run.inputs.dataset_inputs}
     assert set(contexts) == {"reference", "current"} and contexts["current"].source_type == "local"
     source = client.get_model_version("e2e-model", "1").source
-    [linked] = [client.get_logged_model(m.model_id) for m in run.inputs.model_inputs]
+    [linked], _ = audited_model_inputs(client, run)
     assert source.startswith(linked.artifact_location)
 
 
@@ -66,9 +66,12 @@ def test_the_run_and_the_version_it_audited_are_linked_both_ways(world, audited)
     client = make_client(world.tracking_uri)
     run = client.get_run(audited["run_id"])
     version = client.get_model_version("e2e-model", "1")
-    [model_input] = run.inputs.model_inputs
-    logged = client.get_logged_model(model_input.model_id)
+    [logged], [reference] = audited_model_inputs(client, run)
     assert json.loads(logged.tags["mlflow.modelVersions"]) == [{"name": "e2e-model", "version": 1}]
+    # the run's page lists "Registered models" only from models in its own experiment: a reference stands there
+    assert (reference.experiment_id, reference.tags["auditlens.audited_model_id"]) == (run.info.experiment_id, logged.model_id)
+    assert json.loads(reference.tags["mlflow.modelVersions"]) == [{"name": "e2e-model", "version": 1}]
+    assert logged.experiment_id != run.info.experiment_id and reference.source_run_id is None
     assert version.run_id == logged.source_run_id != run.info.run_id
     linked = {m.key: m for m in logged.metrics if m.run_id == run.info.run_id}
     checked = {c["metric"] for r in audited["audits"] for c in json.loads(Path(client.download_artifacts(
@@ -77,9 +80,12 @@ def test_the_run_and_the_version_it_audited_are_linked_both_ways(world, audited)
     assert all(m.value == run.data.metrics[k] and m.dataset_name.startswith("current:") for k, m in linked.items())
     assert "**Audit of [e2e-model v1](#/models/e2e-model/versions/1): " in run.data.tags["mlflow.note.content"]
 
-    from tasks.adapters.mlflow_sink import MlflowSink
+    from tasks.adapters.mlflow_sink import AuditRun, MlflowSink
 
-    assert MlflowSink(world.tracking_uri).list_version_on_model(logged.model_id, "e2e-model", "1") is False  # idempotent
+    sink = MlflowSink(world.tracking_uri)
+    assert sink.list_version_on_model(logged.model_id, "e2e-model", "1") is False  # idempotent
+    again = AuditRun(run.info.run_id, run.info.experiment_id, "", world.tracking_uri, "e2e-model", "1")
+    assert sink.version_reference(again, logged.model_id) == reference.model_id  # one per model and experiment
     assert json.loads(client.get_logged_model(logged.model_id).tags["mlflow.modelVersions"]) == [
         {"name": "e2e-model", "version": 1}]
 

@@ -23,6 +23,7 @@ import yaml
 from sklearn import metrics as skm
 
 from tasks.adapters.tracking import make_client
+from tests.helpers import audited_model_inputs
 
 pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("prefect_harness")]
 
@@ -168,7 +169,7 @@ def test_a_scikit_learn_model_logged_as_mlflow_shows_is_audited_from_another_fol
     X, y = current.drop(columns="label"), current["label"]
     assert run.data.metrics["performance.current.accuracy"] == pytest.approx(skm.accuracy_score(y, loaded.predict(X)), abs=1e-12)
     assert run.data.params["model.load_uri"] == f"models:/{model}/1"
-    assert [m.model_id for m in run.inputs.model_inputs] == [client.get_model_version(model, "1").source.removeprefix("models:/")]
+    assert [m.model_id for m in audited_model_inputs(client, run)[0]] == [client.get_model_version(model, "1").source.removeprefix("models:/")]
 
 
 @pytest.mark.parametrize("model", NETWORKS)

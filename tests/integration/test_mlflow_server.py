@@ -12,7 +12,7 @@ import pytest
 
 from flows.audit_model import audit_model
 from tasks.adapters.tracking import make_client
-from tests.helpers import build_world, runs_with_status, sha256
+from tests.helpers import audited_model_inputs, build_world, runs_with_status, sha256
 from tests.integration.servers import MlflowServer
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("prefect_harness")]
@@ -57,8 +57,8 @@ def test_audit_recorded_through_a_real_server(mlflow_server, tmp_path):
     assert (tags["audit.status"], tags["audit.verdict"], tags["audit.run_id"]) == ("done", summary["verdict"], summary["run_id"])
     # through the server too: the version's logged model names the version (the server wrote it at registration: the
     # sink left it as it was) and carries the checked metrics of this run, on the current data
-    [model_input] = run.inputs.model_inputs
-    logged = client.get_logged_model(model_input.model_id)
+    [logged], [reference] = audited_model_inputs(client, run)
+    assert reference.experiment_id == run.info.experiment_id and reference.tags["auditlens.audited_model_id"] == logged.model_id
     assert json.loads(logged.tags["mlflow.modelVersions"]) == [{"name": "e2e-model", "version": 1}]
     linked = {m.key: m.value for m in logged.metrics if m.run_id == summary["run_id"]}
     assert linked["performance.current.accuracy"] == run.data.metrics["performance.current.accuracy"]

@@ -24,7 +24,7 @@ import pytest
 
 from flows.audit_model import audit_model
 from tasks.adapters.tracking import make_client
-from tests.helpers import build_world, write_config
+from tests.helpers import audited_model_inputs, build_world, write_config
 from tests.integration.browser import (
     Screenshots,
     chromium,
@@ -261,6 +261,10 @@ def test_the_first_screens_lead_with_what_drove_the_verdict(world, drifted, mlfl
         assert f"Audit of {MODEL} v3: FAIL {verdict.removeprefix('FAIL ')}" in shown, f"the run page's first screen: {shown[:1500]}"
         assert "Drift failed: 1 of 5 features drifted" in shown
         assert link.get_attribute("href") == f"#/models/{MODEL}/versions/3"
+        # and the run's overview names it under "Registered models" (through the version's reference in this
+        # experiment): a link to the version page beside the description's
+        expect(page.locator("body")).to_contain_text(re.compile(rf"Registered models\s*{MODEL}\s*v3(?!\d)"))
+        assert page.locator(f"a[href*='/models/{MODEL}/versions/3']").count() >= 2
         with page.context.expect_page() as opened:  # the UI opens description links in a new tab
             link.click()
         version_page = opened.value
@@ -268,7 +272,7 @@ def test_the_first_screens_lead_with_what_drove_the_verdict(world, drifted, mlfl
         version_page.close()
 
         # the other way: the version's logged model lists the audit run (its checked metrics, on the current data)
-        logged = client.get_logged_model(run.inputs.model_inputs[0].model_id)
+        [logged], _ = audited_model_inputs(client, run)
         page.goto(ui_url(mlflow_ui, f"experiments/{logged.experiment_id}/models/{logged.model_id}"))
         expect(page.locator(f"a[href*='/runs/{run.info.run_id}']").first).to_have_text(run.info.run_name)  # Source run
         expect(page.locator(f"a[href*='/models/{MODEL}/versions/3']")).to_have_text(re.compile(rf"^\s*{MODEL}\s*v3\s*$"))

@@ -175,7 +175,7 @@ RUN_WRITES = {
     "create_experiment", "restore_experiment", "create_run", "update_run", "set_terminated", "delete_run",
     "log_metric", "log_metrics", "log_param", "log_params", "log_batch", "log_artifact", "log_artifacts", "log_dict",
     "log_text", "log_figure", "log_image", "log_table", "log_inputs", "set_tag", "set_tags", "delete_tag",
-    "start_run", "end_run",
+    "start_run", "end_run", "set_logged_model_tags",
 }  # fmt: skip
 VERSION_WRITES = {
     "set_model_version_tag", "delete_model_version_tag", "set_registered_model_alias", "delete_registered_model_alias",
@@ -187,7 +187,9 @@ REGISTRATION_WRITES = {
 }  # fmt: skip
 WEBHOOK_WRITES = {"create_webhook", "update_webhook", "delete_webhook"}
 WRITERS = {  # each module that writes to MLflow, and the one part it writes
-    "tasks/adapters/mlflow_sink.py": RUN_WRITES,  # the audit's run: params, metrics, artifacts, run tags, run status
+    # the audit's run: params, metrics, artifacts, run tags, run status; and the reference that stands for the audited
+    # version in the run's experiment (MlflowSink.version_reference), a logged model with no files
+    "tasks/adapters/mlflow_sink.py": RUN_WRITES | {"create_logged_model", "finalize_logged_model"},
     "tasks/adapters/version_state.py": VERSION_WRITES,  # the audit state on model versions, and aliases
     "tasks/adapters/demo.py": REGISTRATION_WRITES | {"create_run", "set_terminated"},  # a model, by its training run
     "tasks/adapters/webhook.py": WEBHOOK_WRITES,  # MLflow's webhook to our receiver
