@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import threading
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -140,3 +142,84 @@ def projection_figure(table: pd.DataFrame, embedding: str, colourings: list[Colo
 
 TITLES = {"pca": "PCA of the standardised features", "tsne": "t-SNE of the standardised features",
           "shap_tsne": "t-SNE of the SHAP values"}
+
+
+# --- shap's image plot ---------------------------------------------------------------------------------
+_PYPLOT = threading.Lock()  # shap.image_plot draws through pyplot's global state: one figure at a time, every thread
+
+
+def shap_image_figure(values: np.ndarray, images: np.ndarray, class_names: list[str], row_titles: list[str],
+                      title: str, width: float = 12.0) -> Figure:
+    """shap's own image plot (``shap.image_plot``) of ``values`` ``(N, C, H, W, K)`` over ``images`` ``(N, C, H, W)``:
+    one row per image, the input first, then one column per class output: the SHAP values (summed over channels) in
+    red for the class and blue against, over the faded grey input, on one symmetric scale (its colour bar).
+
+    image_plot has no ``ax`` and returns nothing: it draws with ``plt.subplots``, so it runs under a lock, its figure
+    is taken from pyplot (``plt.gcf()``) and closed there at once (the Figure lives on, drawn with Agg). What is
+    changed after it has drawn, and why:
+    - the faded input gets the attribution map's extent: image_plot places it at (-1, W, H, -1), half a pixel larger
+      on every side than the map (-0.5, W - 0.5, ...), so on 8x8 digits each grey pixel sat up to half a pixel off the
+      attribution drawn over it (invisible on the 224-pixel images of its examples, not on small ones);
+    - the layout: image_plot sizes the figure 3 x 2.5 inches a cell (scaled to ``width``) with no room for the titles
+      of rows, which then overlap the row above, and its colour bar reserves 30 % of the height (most of it blank); the
+      figure is re-laid out in inches: each row's title above its input, the colour bar in a strip at the bottom;
+    - a figure title, smaller titles, and the dpi fixed at 100 (the PNG's size does not follow a user's rcParams)."""
+    import matplotlib
+    import matplotlib.pyplot as plt
+    from matplotlib.backends import BackendFilter, backend_registry
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # importing shap warns about matplotlib colormap deprecations
+        import shap
+
+    values, images = np.asarray(values, dtype=float), np.asarray(images, dtype=float)
+    n, c, _, _, k = values.shape
+    pixels = np.transpose(images, (0, 2, 3, 1))  # image_plot reads channels last
+    if c == 3:  # RGB floats outside [0, 1] are clipped by imshow: each image min-max scaled, as show_image does
+        low = pixels.min(axis=(1, 2, 3), keepdims=True)
+        span = pixels.max(axis=(1, 2, 3), keepdims=True) - low
+        pixels = (pixels - low) / np.where(span > 0, span, 1.0)
+    per_class = [np.transpose(values[..., j], (0, 2, 3, 1)) for j in range(k)]
+    with _PYPLOT:
+        if matplotlib.get_backend().lower() in backend_registry.list_builtin(BackendFilter.INTERACTIVE):
+            plt.switch_backend("agg")  # a GUI backend opens windows, which fail outside the main thread
+        before = set(plt.get_fignums())
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                shap.image_plot(per_class, pixels, labels=[f"class {name}" for name in class_names],
+                                true_labels=list(row_titles), width=width, show=False)
+            fig = plt.gcf()
+            if set(plt.get_fignums()) - before != {fig.number}:  # pyplot is drawn on under this lock only
+                raise RuntimeError("shap.image_plot's figure is not pyplot's current one: another thread drew with pyplot")
+        finally:
+            for number in set(plt.get_fignums()) - before:
+                plt.close(number)
+    grid = np.array(fig.axes[: n * (k + 1)], dtype=object).reshape(n, k + 1)
+    for ax in grid[:, 1:].ravel():
+        faded, attribution = ax.images  # image_plot's two layers: the grey input, then the SHAP values
+        faded.set_extent(attribution.get_extent())
+    for ax in grid.ravel():
+        ax.title.set_fontsize(8)
+    _lay_out_image_grid(fig, grid, next(im.colorbar for im in grid[-1, -1].images if im.colorbar is not None), width, title)
+    return fig
+
+
+def _lay_out_image_grid(fig: Figure, grid: np.ndarray, bar, width: float, title: str) -> None:
+    """Cells as large as the width allows, a title's room above every row, the colour bar in a strip at the bottom."""
+    rows, columns = grid.shape
+    left, right = 0.3, 0.15  # inches: the first column's titles may be wider than its cell
+    wspace = 0.15  # share of a cell
+    cell = (width - left - right) / (columns + wspace * (columns - 1))
+    lines = max(ax.get_title().count("\n") + 1 for ax in grid.ravel())
+    gap = 0.1 + 0.15 * lines  # inches: a row's title
+    top, bottom = 0.45 + 0.15 * lines, 0.75  # inches: the figure's title and the first row's; the colour bar
+    height = top + bottom + rows * cell + (rows - 1) * gap
+    fig.set_size_inches(width, height)
+    fig.subplots_adjust(left=left / width, right=1 - right / width, top=1 - top / height, bottom=bottom / height,
+                        wspace=wspace, hspace=gap / cell)
+    bar.ax.set_position([0.25, 0.4 / height, 0.5, 0.1 / height])
+    bar.ax.tick_params(labelsize=8)
+    bar.ax.xaxis.label.set_fontsize(8)
+    fig.suptitle(title, fontsize=10, y=1 - 0.12 / height, va="top")
+    fig.set_dpi(100)
