@@ -7,6 +7,11 @@
   or silently stops adding up, so it runs on a deep copy of the network (its hooks never touch the audited
   one) and, when it raises, the audit falls back to ``GradientExplainer`` (expected gradients, which add up
   only in expectation) and says so in ``info``.
+- The SHAP figures are shap's own ``image_plot`` (every class's SHAP values over the faded input). The grid shows one
+  current row per class that the model classifies correctly (without labels: predicts most confidently), the one of
+  highest probability, never a planted row (``planted``: a segment column, ``clean`` its untouched value) nor one other
+  audits flagged as unfamiliar; the planted and flagged inputs get a figure of their own (``shap_planted``), and the
+  table ``shap_rows`` names every row shown.
 - gradients, SmoothGrad, integrated gradients: Captum, through ``audits.methods.gradients.attribute``, for the
   predicted class. Integrated gradients report their largest completeness gap |sum(attr) - (f(x) - f(baseline))|
   relative to the mean |f(x) - f(baseline)|, and warn above ``IG_RELATIVE_DELTA`` (more ``ig_steps`` lower it).
@@ -35,9 +40,10 @@ from audits.core import Artifact, Audit, AuditConfig, AuditContext, AuditResult,
 from audits.core.result import metric_key
 from audits.methods.compare import spearman
 from audits.methods.gradients import attribute
-from audits.methods.image_maps import mean_map, pixel_mass, sample_positions, top_share
+from audits.methods.image_maps import class_example_positions, mean_map, most_confident_of_each, pixel_mass, sample_positions, top_share
 from audits.methods.network import module_tensor, network_of
-from audits.rendering.figures import show_image, show_map
+from audits.methods.planted import planted_kinds
+from audits.rendering.figures import shap_image_figure, show_image, show_map
 
 Method = Literal["shap", "gradients", "smoothgrad", "integrated_gradients"]
 METHODS: tuple[Method, ...] = ("shap", "gradients", "smoothgrad", "integrated_gradients")
@@ -65,6 +71,14 @@ class NetworkAttributionConfig(AuditConfig):
     ig_steps: int = Field(32, ge=2)
     ig_baseline: float = 0.0  # the constant image integrated gradients start from
     examples: int = Field(4, ge=1, le=20)  # explained rows shown in the methods figure
+    # the SHAP grid shows one unmodified row per class: ``planted`` names a column of data.segments that says per current
+    # row what was planted on it (as concordance's ``planted``), ``clean`` its value on the untouched rows; the planted
+    # rows are drawn in a figure of their own. None: no row is known to be planted
+    planted: str | None = Field(None, min_length=1)
+    clean: str = "none"
+    # one-channel inputs drawn negated, as shap's MNIST example draws them (image_plot(values, -x)): bright strokes on a
+    # dark ground (digits) show dark on a light ground, under the attributions too
+    negate_grey: bool = True
 
 
 def rank_agreement(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -134,27 +148,6 @@ def shap_values(module: Any, x: np.ndarray, background: np.ndarray, *, top: int 
     return ShapOutcome(values, classes, expected, logits, "GradientExplainer", note)
 
 
-def _shap_grid(images: np.ndarray, values: np.ndarray, row_labels: list[str], class_names: list[str]) -> Figure:
-    """Rows: one example per class; columns: the input, then every class's SHAP map (summed over channels)."""
-    n_rows, n_cols = len(images), len(class_names) + 1
-    cell = min(1.15, 12.0 / n_cols)  # at most ~1,350 px wide at 110 dpi
-    fig = Figure(figsize=(cell * n_cols + 0.3, cell * n_rows + 0.7), layout="constrained")
-    axes = fig.subplots(n_rows, n_cols, squeeze=False)
-    for r in range(n_rows):
-        show_image(axes[r, 0], images[r])
-        maps = values[r].sum(axis=0)  # (H, W, K)
-        limit = float(np.percentile(np.abs(maps), 99.5)) or float(np.max(np.abs(maps))) or 1.0
-        axes[r, 0].set_ylabel(f"{row_labels[r]}\n±{limit:.2g}", fontsize=8)
-        for k in range(len(class_names)):
-            show_map(axes[r, k + 1], maps[..., k], signed=True, limit=limit, under=images[r])
-    axes[0, 0].set_title("input", fontsize=9)
-    for k, name in enumerate(class_names):
-        axes[0, k + 1].set_title(f"class {name}", fontsize=9)
-    fig.suptitle("SHAP values of each class's logit: red = evidence for the class, blue = against "
-                 "(colour limits symmetric per row)", fontsize=9)
-    return fig
-
-
 def _methods_figure(images: np.ndarray, maps: dict[str, np.ndarray], row_labels: list[str]) -> Figure:
     n_rows, n_cols = len(images), len(maps) + 1
     fig = Figure(figsize=(1.6 * n_cols, 1.6 * n_rows + 0.5), layout="constrained")
@@ -173,15 +166,92 @@ def _methods_figure(images: np.ndarray, maps: dict[str, np.ndarray], row_labels:
     return fig
 
 
-def class_examples(context: AuditContext) -> list[int]:
-    """The first current row of each class present, ordered by class: true labels when there are, else predicted."""
+SUSPECT_ROWS = 10  # planted or flagged inputs drawn at most (one per planted kind, one per flagging signal)
+
+
+@dataclass(frozen=True)
+class ShownRows:
+    """The rows the SHAP figures show: current positions (grid: one per class; planted: one per planted kind), the
+    flagged rows' images (data read by partition: other audits' flags, not rows of the sample), and a table of them."""
+
+    grid: list[int]
+    planted: list[int]
+    flagged: np.ndarray  # (M, C, H, W)
+    table: pd.DataFrame
+    basis: str  # how the grid's rows were chosen, in words
+
+
+def planted_kinds_of(context: AuditContext, cfg: NetworkAttributionConfig) -> np.ndarray | None:
+    """Each current row's planted kind (None where missing), or None when ``planted`` is not configured."""
+    if cfg.planted is None:
+        return None
+    segments = context.current.segments
+    if segments is None or cfg.planted not in segments.columns:
+        have = list(segments.columns) if segments is not None else []
+        raise ValueError(f"planted: {cfg.planted!r} is not a segment column of the current data (segment columns: "
+                         f"{have or 'none'}); add it to data.segments, or leave planted unset")
+    return planted_kinds(segments[cfg.planted])
+
+
+def flagged_positions(context: AuditContext) -> np.ndarray:
+    """Which current rows other audits flagged on every row (``context.flagged``, data read by partition): the flagged
+    rows carry their pixels, not a position in the sample, so they are matched by value."""
+    flagged = np.zeros(len(context.current), dtype=bool)
+    if context.flagged is None or not len(context.flagged):
+        return flagged
+    features = list(context.features)
+    seen = {row.tobytes() for row in context.flagged[features].to_numpy(dtype=np.float32)}
+    for i, row in enumerate(context.current.X[features].to_numpy(dtype=np.float32)):
+        flagged[i] = row.tobytes() in seen
+    return flagged
+
+
+def shown_rows(context: AuditContext, cfg: NetworkAttributionConfig) -> ShownRows:
+    """The SHAP grid's row per class, chosen among rows neither planted nor flagged (``class_example_positions``), and
+    the planted and flagged inputs the second figure shows instead: of each planted kind the row the model is surest
+    about, of each flagging signal its first flagged row."""
     current = context.current
-    labels = np.asarray(current.y) if current.labelled else current.predictions.labels
-    firsts = {}
-    for position, label in enumerate(labels.tolist()):
-        firsts.setdefault(label, position)
-    order = {c: i for i, c in enumerate(context.model.classes)}
-    return [firsts[c] for c in sorted(firsts, key=lambda c: order.get(c, len(order)))]
+    proba, predicted = current.predictions.proba, current.predictions.labels
+    truth = np.asarray(current.y, dtype=object) if current.labelled else None
+    kinds = planted_kinds_of(context, cfg)
+    flagged = flagged_positions(context)
+    eligible = ~flagged if kinds is None else ~flagged & (kinds == cfg.clean)
+    grid = class_example_positions(context.model.classes, proba, predicted, truth, eligible)
+    planted = {} if kinds is None else most_confident_of_each(kinds, proba, skip=(cfg.clean,))
+    planted = dict(list(planted.items())[:SUSPECT_ROWS])
+    others = context.flagged if context.flagged is not None else pd.DataFrame(columns=["row", "flagged_by"])
+    firsts = others.drop_duplicates("flagged_by").head(SUSPECT_ROWS - len(planted))
+
+    if truth is not None:
+        basis = "the correctly classified current row with the highest probability of its class"
+    else:
+        basis = ("without labels, the current row predicted as the class with the highest probability (whether it is "
+                 "correct is not known)")
+    excluded = [f"not planted ({cfg.planted!r} = {cfg.clean!r})"] if kinds is not None else []
+    if flagged.any() or (context.flagged is not None and len(context.flagged)):
+        excluded.append("not flagged as unfamiliar by another audit")
+    if excluded:
+        basis += ", among rows " + " and ".join(excluded)
+    index = current.X.index
+    record = []
+    for label, position in grid.items():
+        record.append({"figure": "shap_grid", "shown_for": str(label), "row": str(index[position]),
+                       "true": None if truth is None else str(truth[position]), "predicted": str(predicted[position]),
+                       "probability": float(np.max(proba[position])), "planted": None if kinds is None else kinds[position],
+                       "flagged_by": None})  # fmt: skip
+    for kind, position in planted.items():
+        record.append({"figure": "shap_planted", "shown_for": f"planted: {kind}", "row": str(index[position]),
+                       "true": None if truth is None else str(truth[position]), "predicted": str(predicted[position]),
+                       "probability": float(np.max(proba[position])), "planted": kind, "flagged_by": None})  # fmt: skip
+    for row in firsts.itertuples(index=False):
+        record.append({"figure": "shap_planted", "shown_for": f"flagged by {row.flagged_by}", "row": str(row.row),
+                       "true": None, "predicted": None, "probability": float("nan"), "planted": None,
+                       "flagged_by": str(row.flagged_by)})  # fmt: skip
+    images = context.images(firsts[list(context.features)]) if len(firsts) else np.zeros((0, *context.input_shape), np.float32)
+    return ShownRows(list(grid.values()), list(planted.values()), images, pd.DataFrame(record, columns=list(SHOWN_COLUMNS)), basis)
+
+
+SHOWN_COLUMNS = ("figure", "shown_for", "row", "true", "predicted", "probability", "planted", "flagged_by")
 
 
 class NetworkAttributionAudit(Audit):
@@ -219,12 +289,12 @@ class NetworkAttributionAudit(Audit):
         for method in (m for m in METHODS if m in cfg.methods):  # one order, so a pair always has one key
             started = time.perf_counter()
             if method == "shap":
-                maps[method], shap_classes, shap_metrics, shap_info, grid = self._shap(context, module, x, class_names)
+                maps[method], shap_classes, shap_metrics, shap_info, shap_artifacts = self._shap(context, module, x, class_names)
                 if not np.array_equal(shap_classes, predicted):  # ties between logits only
                     info["shap_classes"] = f"SHAP explained another class than the predicted one on {int((shap_classes != predicted).sum())} row(s)"
                 metrics.update(shap_metrics)
                 info.update(shap_info)
-                artifacts.append(grid)
+                artifacts.extend(shap_artifacts)
             else:
                 seed = context.random_state("network_attributions.smoothgrad")
                 result = attribute(module, x, predicted, method, seed=seed, smoothgrad_samples=cfg.smoothgrad_samples,
@@ -260,25 +330,60 @@ class NetworkAttributionAudit(Audit):
         return AuditResult(audit=self.name, metrics=metrics, artifacts=tuple(artifacts), info=info)
 
     def _shap(self, context: AuditContext, module, x: np.ndarray, class_names: list[str]):
-        """(values of each explained row's top class, metrics, info, the SHAP grid figure)."""
+        """(values of each explained row's top class, the classes explained, metrics, info, the SHAP figures and the
+        table of the rows they show)."""
         cfg: NetworkAttributionConfig = self.config
         reference = context.images(context.reference)
         background = reference[sample_positions(len(reference), cfg.background_rows, context.rng("network_attributions.background"))]
         seed = context.random_state("network_attributions.shap")
         explained = shap_values(module, x, background, top=1, seed=seed)  # the predicted class only: 1/K of the cost
-        examples = class_examples(context)
-        grid = shap_values(module, context.images(context.current)[examples], background, seed=seed)
-        metrics = {"shap.additivity_max_error": max(explained.additivity_error, grid.additivity_error)}
+        shown = shown_rows(context, cfg)
+        current = context.images(context.current)
+        images = np.concatenate([current[shown.grid], current[shown.planted], shown.flagged])
+        every = shap_values(module, images, background, seed=seed) if len(images) else None  # every class, for the figures
+        metrics = {"shap.additivity_max_error": max(explained.additivity_error, every.additivity_error if every else 0.0)}
         info = {"shap": f"{explained.explainer} on the logits, {len(background)} reference rows as background; "
-                        f"additivity checked on the explained rows' predicted class and on every class of the grid rows"}
+                        f"additivity checked on the explained rows' predicted class and on every class of the figures' rows",
+                "shap_grid": f"one row per class: {shown.basis}"}
         if explained.note:
             info["shap_fallback"] = explained.note
-        labelled = context.current.labelled
-        truth = np.asarray(context.current.y)[examples] if labelled else context.current.predictions.labels[examples]
-        row_labels = [f"{'true' if labelled else 'pred'} {t}" for t in truth.tolist()]
-        figure = Artifact.figure("shap_grid", _shap_grid(context.images(context.current)[examples], grid.values, row_labels, class_names),
-                                 "SHAP grid: the first current row of each class (rows), every class's SHAP values (columns)")
-        return explained.values[..., 0], explained.classes[:, 0], metrics, info, figure
+        shown_classes = set(shown.table.loc[shown.table["figure"] == "shap_grid", "shown_for"])
+        missing = [str(c) for c in context.model.classes if str(c) not in shown_classes]
+        if missing:
+            info["shap_grid_missing"] = f"no such row for class(es) {', '.join(missing)}: left out of the grid"
+        table = shown.table.copy()
+        flagged = (table["figure"] == "shap_planted") & table["flagged_by"].notna()
+        if flagged.any():  # the flagged rows are not in the sample: their prediction is the network's logits here
+            logits = every.logits[len(shown.grid) + len(shown.planted):]
+            table.loc[flagged, "predicted"] = [str(context.model.classes[k]) for k in np.argmax(logits, axis=1)]
+            probabilities = np.exp(logits - logits.max(axis=1, keepdims=True))
+            table.loc[flagged, "probability"] = (probabilities.max(axis=1) / probabilities.sum(axis=1)).tolist()
+
+        artifacts = [Artifact.table("shap_rows", table, "The rows the SHAP figures show: per class of the grid, "
+                                    f"{shown.basis}; in the planted figure, the planted and flagged inputs")]
+        if context.with_figures and len(shown.grid):
+            grid = table[table["figure"] == "shap_grid"]
+            titles = [f"row {r.row} · {'pred' if pd.isna(r.true) else 'true'} {r.shown_for}" for r in grid.itertuples()]
+            labelled = "correctly classified, unmodified" if context.current.labelled else "most confidently predicted (no labels)"
+            figure = shap_image_figure(every.values[: len(shown.grid)], self._drawn(images[: len(shown.grid)]), class_names, titles,
+                                       f"SHAP values of each class's logit over the faded input, one {labelled} current row "
+                                       "per class: red = evidence for the class, blue = against")  # fmt: skip
+            artifacts.append(Artifact.figure("shap_grid", figure, f"SHAP grid: per class, {shown.basis} (rows); "
+                                             "every class's SHAP values over the faded input (columns)"))
+        suspects = table[table["figure"] == "shap_planted"]
+        if context.with_figures and len(suspects):
+            titles = [f"{r.flagged_by if pd.isna(r.planted) else r.planted} · row {r.row}\n"
+                      f"{'' if pd.isna(r.true) else f'true {r.true}, '}pred {r.predicted}" for r in suspects.itertuples()]
+            figure = shap_image_figure(every.values[len(shown.grid):], self._drawn(images[len(shown.grid):]), class_names, titles,
+                                       "Planted or flagged inputs, not examples of their class: SHAP values of each class's "
+                                       "logit over the faded input (red = evidence for the class, blue = against)")  # fmt: skip
+            artifacts.append(Artifact.figure("shap_planted", figure, "SHAP values on planted or flagged inputs: of each planted "
+                                             "kind the row the model is surest about, of each flagging signal its first row"))
+        return explained.values[..., 0], explained.classes[:, 0], metrics, info, artifacts
+
+    def _drawn(self, images: np.ndarray) -> np.ndarray:
+        """The images as the figures draw them: one-channel inputs negated (``negate_grey``), as shap's MNIST example does."""
+        return -images if self.config.negate_grey and images.shape[1] == 1 else images
 
 
 def _relative_delta(module, x: np.ndarray, targets: np.ndarray, delta: np.ndarray, baseline: float) -> float:

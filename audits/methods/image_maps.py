@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
 import numpy as np
 
 
@@ -45,3 +48,36 @@ def mean_map(attributions: np.ndarray) -> np.ndarray:
 def sample_positions(n: int, k: int, rng: np.random.Generator) -> np.ndarray:
     return np.sort(rng.choice(n, size=min(k, n), replace=False))
 
+
+
+def class_example_positions(classes: Sequence[Any], proba: np.ndarray, predicted: np.ndarray, truth: np.ndarray | None,
+                            eligible: np.ndarray) -> dict[Any, int]:
+    """Per class (in ``classes``' order, which is ``proba``'s columns), the position of the row that stands for it: among
+    the ``eligible`` rows, one the model classifies correctly (``truth`` = ``predicted`` = the class) with the highest
+    probability of the class; without ``truth``, the one predicted as the class with the highest probability. Ties go
+    to the first row. A class without such a row is left out."""
+    predicted, eligible = np.asarray(predicted, dtype=object), np.asarray(eligible, dtype=bool)
+    truth = None if truth is None else np.asarray(truth, dtype=object)
+    picked: dict[Any, int] = {}
+    for k, label in enumerate(classes):
+        candidates = eligible & (predicted == label)
+        if truth is not None:
+            candidates &= truth == label
+        rows = np.flatnonzero(candidates)
+        if len(rows):
+            picked[label] = int(rows[np.argmax(proba[rows, k])])  # argmax: the first of equal maxima
+    return picked
+
+
+def most_confident_of_each(groups: np.ndarray, proba: np.ndarray, skip: Sequence[Any] = ()) -> dict[Any, int]:
+    """Per value of ``groups`` (a planted kind; None and ``skip`` excluded), in order of first appearance, the position
+    of its row with the highest top probability: the input of that kind the model is surest about."""
+    groups = np.asarray(groups, dtype=object)
+    top = np.max(proba, axis=1)
+    picked: dict[Any, int] = {}
+    for value in dict.fromkeys(groups.tolist()):
+        if value is None or value in skip:
+            continue
+        rows = np.flatnonzero(groups == value)
+        picked[value] = int(rows[np.argmax(top[rows])])
+    return picked

@@ -15,6 +15,7 @@ import struct
 from dataclasses import replace
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from audits.core.plan import PlannedAudit
@@ -25,6 +26,7 @@ from audits.explain.network_attributions import (
     NetworkAttributionAudit,
     NetworkAttributionConfig,
     shap_values,
+    shown_rows,
 )
 from audits.explain.occlusion import OcclusionAudit, OcclusionConfig, occlusion_drops
 from audits.methods.gradients import attribute
@@ -145,7 +147,8 @@ def test_attribution_audit_keeps_the_contract_and_passes_on_digits(image_context
     grid = next(a for a in result.artifacts if a.name == "shap_grid.png")
     width, height = png_size(grid.content)
     assert width <= 1400 and height <= 1400
-    assert {a.name for a in result.artifacts} == {"shap_grid.png", "methods.png", "mean_maps.json", "methods.json"}
+    assert {a.name for a in result.artifacts} == {"shap_grid.png", "shap_rows.json", "methods.png", "mean_maps.json",
+                                                  "methods.json"}  # no planted column: no planted figure
 
 
 def test_a_method_subset_changes_the_keys_but_not_the_values(image_context):
@@ -191,3 +194,142 @@ def test_occlusion_needs_labels_on_the_current_images(quadrant_network):
     unlabelled = replace(context, current=replace(context.current, y=None))
     assert "labels" in OcclusionAudit().skip_reason(unlabelled)
     assert NetworkAttributionAudit().skip_reason(unlabelled) is None
+
+
+# --- the SHAP figures: which rows, and what is drawn ------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def planted_context(digits_network):
+    """Held-out digits, 10 of them inverted, and noise images labelled as the network predicts them ("correct"); the
+    surest noise image is surer of its class than every clean digit of that class left in: (context, that class)."""
+    from audits.methods.synthetic import corrupt
+
+    model, X, y = digits_network
+    noise = corrupt(X[1200:1240], "noise", seed=1)
+    p_noise = model.predict_proba(noise.reshape(len(noise), -1))
+    trap = int(np.argmax(p_noise.max(axis=1)))
+    c = int(np.argmax(p_noise[trap]))
+    clean, truth = X[1240:1440], y[1240:1440]
+    p_clean = model.predict_proba(clean.reshape(len(clean), -1))
+    keep = ~((p_clean.argmax(axis=1) == c) & (p_clean[:, c] >= p_noise[trap, c]))
+    clean, truth = clean[keep], truth[keep]
+    inverted = corrupt(X[1440:1450], "inverted")
+    current = np.concatenate([noise, inverted, clean])
+    labels = np.concatenate([p_noise.argmax(axis=1), y[1440:1450], truth])
+    kinds = ["noise"] * len(noise) + ["inverted"] * len(inverted) + ["none"] * len(clean)
+    context = image_context_for(model, np.concatenate([X[:300], current]), np.concatenate([y[:300], labels]), split=300)
+    segments = pd.DataFrame({"fault": kinds}, index=context.current.X.index)
+    return replace(context, current=replace(context.current, segments=segments)), c
+
+
+def test_the_grid_shows_one_correct_unplanted_row_per_class_even_where_a_noise_image_is_surer(planted_context):
+    context, trap_class = planted_context
+    current = context.current
+    fault, truth, predicted = current.segments["fault"].to_numpy(), current.y.to_numpy(), current.predictions.labels
+
+    unaware = shown_rows(context, NetworkAttributionConfig())  # the trap is armed: without the planted column ...
+    assert fault[unaware.grid[list(context.model.classes).index(trap_class)]] == "noise"  # ... a noise image stands for its class
+
+    shown = shown_rows(context, NetworkAttributionConfig(planted="fault"))
+    assert len(shown.grid) == 10  # every class has a correct clean row here
+    assert all(fault[p] == "none" and truth[p] == predicted[p] for p in shown.grid)
+    assert [truth[p] for p in shown.grid] == list(context.model.classes)
+    for p in shown.grid:  # the surest such row of its class
+        k = list(context.model.classes).index(truth[p])
+        same = (fault == "none") & (truth == truth[p]) & (predicted == truth[p])
+        assert current.predictions.proba[p, k] == current.predictions.proba[same, k].max()
+    assert sorted(fault[p] for p in shown.planted) == ["inverted", "noise"]  # one per planted kind, none clean
+    assert shown_rows(context, NetworkAttributionConfig(planted="fault")).grid == shown.grid  # deterministic
+    rows = shown.table
+    assert list(rows["row"][rows["figure"] == "shap_grid"]) == [str(current.X.index[p]) for p in shown.grid]
+
+
+def test_without_labels_the_grid_takes_the_surest_prediction_of_each_class_and_says_so(planted_context):
+    context, _ = planted_context
+    unlabelled = replace(context, current=replace(context.current, y=None))
+    shown = shown_rows(unlabelled, NetworkAttributionConfig(planted="fault"))
+    proba, predicted = unlabelled.current.predictions.proba, unlabelled.current.predictions.labels
+    fault = unlabelled.current.segments["fault"].to_numpy()
+    for p in shown.grid:
+        same = (fault == "none") & (predicted == predicted[p])
+        assert fault[p] == "none" and proba[p].max() == proba[same].max(axis=1).max()
+    assert "without labels" in shown.basis
+
+
+def test_rows_other_audits_flagged_are_not_examples_but_are_shown_with_the_planted(planted_context):
+    context, _ = planted_context
+    first = shown_rows(context, NetworkAttributionConfig(planted="fault"))
+    flagged_position = first.grid[3]
+    flagged = context.current.X.iloc[[flagged_position]].assign(row="part-0.npz:17", flagged_by="ood (knn)")
+    shown = shown_rows(replace(context, flagged=flagged.reset_index(drop=True)), NetworkAttributionConfig(planted="fault"))
+    assert flagged_position not in shown.grid and len(shown.grid) == 10
+    np.testing.assert_array_equal(shown.flagged[0], context.images(context.current)[flagged_position])
+    assert shown.table["flagged_by"].tolist()[-1] == "ood (knn)" and "not flagged" in shown.basis
+
+
+def test_an_unknown_planted_column_is_refused_by_name(planted_context):
+    context, _ = planted_context
+    with pytest.raises(ValueError, match="'faults' is not a segment column.*fault"):
+        shown_rows(context, NetworkAttributionConfig(planted="faults"))
+
+
+def test_the_shap_figures_draw_each_input_beneath_its_attributions(planted_context):
+    """shap.image_plot's grid: the input first, then per class the faded input (grey, alpha < 1) under the SHAP values;
+    the planted inputs in a figure of their own."""
+    import matplotlib.pyplot as plt
+
+    context, _ = planted_context
+    images = context.images(context.current)
+    position = {str(index): i for i, index in enumerate(context.current.X.index)}
+    fault = context.current.segments["fault"]
+    flagged = context.current.X.iloc[[len(images) - 1]].assign(row="part-3.npz:9", flagged_by="ood (knn)")  # a clean digit
+    position["part-3.npz:9"] = len(images) - 1
+    context = replace(context, flagged=flagged.reset_index(drop=True))
+    result = NetworkAttributionAudit(NetworkAttributionConfig(**SMALL, methods=("shap",), planted="fault")).compute(context)
+    assert plt.get_fignums() == []
+    artifacts = {a.name: a for a in result.artifacts}
+    table = artifacts["shap_rows.json"].content
+    classes = len(context.model.classes)
+    for name, clean in (("shap_grid.png", True), ("shap_planted.png", False)):
+        rows = table["row"][table["figure"] == name.removesuffix(".png")].tolist()
+        assert len(rows) == (classes if clean else 3)
+        assert str(context.current.X.index[-1]) not in rows  # the flagged digit is not an example of its class
+        if clean:
+            assert all(fault.iloc[position[r]] == "none" for r in rows)
+        else:  # the planted figure: only planted rows, and the flagged one
+            assert [fault.iloc[position[r]] for r in rows[:2]] == ["noise", "inverted"] and rows[2] == "part-3.npz:9"
+        fig = artifacts[name].payload  # the Figure, not yet rendered
+        grid = np.array(fig.axes[: len(rows) * (classes + 1)], dtype=object).reshape(len(rows), classes + 1)
+        if not clean:
+            assert [ax.get_title().split(" · ")[0] for ax in grid[:, 0]] == ["noise", "inverted", "ood (knn)"]
+        for r, row in enumerate(rows):
+            drawn = -images[position[row], 0]  # one channel: drawn negated, as shap's MNIST example draws it
+            (shown,) = grid[r, 0].images
+            np.testing.assert_array_equal(shown.get_array(), drawn)
+            for ax in grid[r, 1:]:
+                faded, attribution = ax.images
+                assert faded.get_cmap().name == "gray" and 0 < faded.get_alpha() < 1
+                np.testing.assert_array_equal(faded.get_array(), drawn)
+                assert faded.get_extent() == attribution.get_extent()  # pixel under pixel
+                assert attribution.get_cmap().name == "red_transparent_blue" and attribution.get_array().shape == drawn.shape
+    width, height = png_size(artifacts["shap_grid.png"].content)
+    assert width <= 1400 and height <= 1400
+
+
+def test_shap_image_plot_figures_drawn_in_threads_each_keep_their_own_inputs():
+    """image_plot draws through pyplot's global state; audits run in threads: each call must get its own figure."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import matplotlib.pyplot as plt
+
+    from audits.rendering.figures import shap_image_figure
+
+    rng = np.random.default_rng(0)
+    inputs = [rng.uniform(size=(2, 1, 6, 6)) for _ in range(6)]
+    values = rng.normal(size=(2, 1, 6, 6, 3))
+    with ThreadPoolExecutor(3) as pool:
+        figures = list(pool.map(lambda x: shap_image_figure(values, x, ["a", "b", "c"], ["one", "two"], "t"), inputs))
+    assert plt.get_fignums() == []
+    for x, fig in zip(inputs, figures, strict=True):
+        np.testing.assert_array_equal(fig.axes[0].images[0].get_array(), x[0, 0])
+        np.testing.assert_array_equal(fig.axes[4].images[0].get_array(), x[1, 0])  # row 2: after the input and 3 classes
+        assert [ax.get_title() for ax in fig.axes[1:4]] == ["class a", "class b", "class c"]
