@@ -341,13 +341,16 @@ def facts_from_reply(value: dict, uri: str, label: str) -> ModelFacts:
     every name a bounded printable string."""
 
     def names(key: str, limit: int) -> tuple | None:
+        """A list of at most ``limit`` names (strings, or numbers for classes), kept exact: they are compared with the
+        data's columns and values, written through YAML's quoting, and cleaned wherever they reach a comment."""
         found = value.get(key)
         if found is None:
             return None
-        if not isinstance(found, list) or len(found) > limit:
+        if (not isinstance(found, list) or len(found) > limit
+                or not all(isinstance(v, (str, int, float, bool)) and len(str(v)) <= 1000 for v in found)):
             raise ModelLoadError(f"the process that loaded {label} answered {key} that is not a list of names",
                                  "log the model again with MLflow's log_model")
-        return tuple(v if isinstance(v, (int, float, bool)) else clean(v, 200) for v in found)
+        return tuple(found)
 
     task = value.get("task")
     if task not in (None, "classification", "regression"):
@@ -364,7 +367,8 @@ def facts_from_reply(value: dict, uri: str, label: str) -> ModelFacts:
         features_from=clean(value.get("features_from") or "", 80),
         n_features=n_features if isinstance(n_features, int) else None, estimator=clean(value.get("estimator") or "", 200),
         input_shape=tuple(int(s) for s in shape) if isinstance(shape, list) and all(isinstance(s, int) for s in shape) else None,
-        refusal=clean(value.get("refusal") or "", 1000), refused=tuple(str(n) for n in names("refused", 1000) or ()),
+        refusal=clean(value.get("refusal") or "", 1000),
+        refused=tuple(n for n in names("refused", 1000) or () if isinstance(n, str) and EXACT_CLASS.fullmatch(n)),
         loaded=bool(value.get("loaded")),
     )
 
@@ -632,10 +636,11 @@ def check_target(target: str, reference: DataFacts, holdout: DataFacts | None, m
 
 def segment_candidates(target: str, sides: list[DataFacts], max_values: int) -> tuple[str, ...]:
     """Columns to slice results by: text (category) or boolean columns of at most ``max_values`` distinct values (and
-    at least two), present in every file; never the target."""
+    at least two, each on two rows or more on average: not an identifier), present in every file; never the target."""
     first, others = sides[0], sides[1:]
     return tuple(c.name for c in first.columns if c.name != target and c.kind in ("category", "boolean")
-                 and 2 <= c.distinct <= max_values and all(o.column(c.name) is not None for o in others))
+                 and 2 <= c.distinct <= max_values and 2 * c.distinct <= first.rows
+                 and all(o.column(c.name) is not None for o in others))
 
 
 def decide(model: ModelFacts, reference: DataFacts, current: DataFacts, holdout: DataFacts | None = None, *,
@@ -666,8 +671,8 @@ def decide(model: ModelFacts, reference: DataFacts, current: DataFacts, holdout:
     check_target(target, reference, holdout, model)
     notes: list[str] = []
     if current.column(target) is None:
-        notes.append(f"the current data has no {target!r} column: the audits that need labels there say SKIPPED "
-                     "(performance_estimation estimates without them)")
+        notes.append(f"the current data has no {target!r} column: the audits that need labels there say SKIPPED"
+                     + ("" if holdout is not None else "; with --holdout, performance_estimation estimates them"))
     modality = "image" if all(images) else "tabular"
     if modality == "image":
         features, features_written = (), False  # the image's elements: the audit's default
@@ -695,8 +700,8 @@ def decide(model: ModelFacts, reference: DataFacts, current: DataFacts, holdout:
     categorical = tuple(f for f in features if reference.column(f) is not None and not reference.column(f).numeric)
     if segments is None:
         segments = segment_candidates(target, sides, max_values)
-        segments_reason = ("low-cardinality text columns found in every file" if segments else
-                           f"no text column of at most {max_values} values in every file")
+        segments_reason = ("low-cardinality text or boolean columns found in every file" if segments else
+                           f"no text or boolean column of 2 to {max_values} values in every file")
     else:
         for name in segments:
             for side in sides:
