@@ -7,6 +7,9 @@ holds no credentials; every audit that calls the model runs there, and only this
 Everything an audit reads (the model, both datasets, the predictions) is loaded and checked before the MLflow run is
 opened: bad input (a missing column, strings where numbers belong, a model that cannot predict) ends the flow with one
 clear error and leaves no run behind. A run exists only for an audit that ran.
+
+The plan and each phase are told to tasks/progress.py, which the command's display listens to (with no listener, as in
+deployments and the demo, telling costs nothing).
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from datetime import datetime, timezone
 from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 
+from tasks import progress
 from tasks.audit_tasks import (fail_audit_run, input_failed, load_config, load_inputs, model_process, open_audit_run,
                                promote_on_pass, record_audit, record_history, resolve, run_audits)
 from tasks.adapters.deployments import resolve_pattern
@@ -50,8 +54,11 @@ def audit_model(model_uri: str, config_path: str, tracking_uri: str | None = Non
     if current_data:
         current_data = resolve_pattern(current_data, when)
     loaded = load_config(config_path, current_data, model_loading)
+    progress.plan(planned.id for planned in loaded.plan)
     store = loaded.tracking_uri(tracking_uri)
+    progress.phase(progress.RESOLVE, model_uri)
     ref = resolve(model_uri, store)
+    progress.phase(progress.LOAD, ref.label)
     logger.info("Auditing %s (%s) with %s; recording to %s", ref.label, ref.load_uri, loaded.path.name, redact(store))
     with model_process(loaded) as worker:  # the model is loaded, scored and explained there, with no credentials
         try:
@@ -76,6 +83,7 @@ def audit_model(model_uri: str, config_path: str, tracking_uri: str | None = Non
             logger.info("History of %s updated: MLflow run %s (history.html)", ref.uri, history)
         except Exception as exc:  # noqa: BLE001
             logger.warning("The history of %s was not updated: %s: %s", ref.uri, type(exc).__name__, exc)
+    progress.phase(progress.DONE)
     return summary
 
 
@@ -91,15 +99,18 @@ def _as_of(given: str | None, scheduled: datetime | None) -> datetime:
 
 def _audit(ref, loaded, store: str, inputs, reuse, worker, reason: str, as_of: str) -> dict:
     logger = get_run_logger()
+    progress.phase(progress.OPEN)
     run = open_audit_run(ref, loaded, store, audit_key=f"prefect:{flow_run.id}", reason=reason, as_of=as_of)
     # proof of life on the run until it is ended: a process killed outright (SIGKILL, OOM) cannot end its run, and
     # the watcher and `auditlens doctor` tell it from a slow one by the heartbeat alone
     heartbeat = Heartbeat(run.tracking_uri, run.run_id, loaded.settings.mlflow.heartbeat_s).start()
     try:
+        progress.phase(progress.AUDITS)
         results = run_audits(loaded.plan, worker, reuse, run.run_id)
         for result in results:
             cached = " (cached)" if "cached" in result.info else ""
             logger.info("%-14s %-7s %.1fs%s  %s", result.audit, result.verdict.value, result.duration_s, cached, result.reason[:160])
+        progress.phase(progress.RECORD)
         summary = record_audit(run, ref, loaded, inputs, results)
         alias = loaded.settings.mlflow.promote_alias_on_pass
         if alias and summary["verdict"] == "PASS":

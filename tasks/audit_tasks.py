@@ -15,6 +15,7 @@ from pathlib import Path
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
+from prefect.futures import as_completed
 from prefect.tasks import exponential_backoff
 
 from audits.core.plan import PlannedAudit
@@ -22,6 +23,7 @@ from audits.core.result import AuditResult, Verdict
 from audits.core.runner import judge, overall_verdict
 from audits.rendering.findings import plan_names, plan_questions
 from audits.rendering.html import markdown_summary, render_report
+from tasks import progress
 from tasks.adapters import provenance
 from tasks.adapters.errors import AuditlensError, ConfigError, ModelLoadError, ModelTimeoutError
 from tasks.adapters.history import AS_OF, find_history_run, history_uri, write_history
@@ -227,6 +229,8 @@ def without_tracking(loaded: LoadedSettings) -> LoadedSettings:
 
 @task(name="audit", cache_policy=NO_CACHE)
 def run_one(planned: PlannedAudit, worker: ModelWorker) -> AuditResult:
+    if progress.listening():
+        progress.emit(progress.Started(planned.id))
     return worker.audit(planned)
 
 
@@ -235,7 +239,14 @@ def run_audits(plan: list[PlannedAudit], worker: ModelWorker, reuse: Reuse | Non
     (in its worker processes, or on the Dask cluster it started), and its result comes back as data, judged again here,
     where the only writer to MLflow (and to the cache) runs."""
     reuse = reuse or Reuse()
+    listening = progress.listening()  # the command's display; nobody else listens, and then nothing below is told
+    for planned in plan if listening else ():
+        if planned.id in reuse.hits:  # a cached result ends at once
+            hit = reuse.hits[planned.id]
+            progress.emit(progress.Finished(planned.id, hit.verdict.value, hit.duration_s, True, hit.reason))
     futures = {p.id: run_one.with_options(task_run_name=f"audit-{p.id}").submit(p, worker) for p in reuse.order(plan)}
+    if listening:
+        _tell_as_each_ends(futures)
     results = []
     for planned in plan:
         if planned.id in reuse.hits:
@@ -246,6 +257,22 @@ def run_audits(plan: list[PlannedAudit], worker: ModelWorker, reuse: Reuse | Non
         results.append(result)
     reuse.remember(results, plan)
     return results
+
+
+def _tell_as_each_ends(futures: dict) -> None:
+    """Tell each audit's end as it comes, here in the flow's thread (so before the flow's next phase); run_audits then
+    gathers the results in the plan's order. The first audit that raised (the model's process died) ends the telling,
+    and run_audits raises its error."""
+    ids = {future: audit_id for audit_id, future in futures.items()}
+    for future in as_completed(list(ids)):
+        try:
+            result = future.result(raise_on_failure=False)
+        except Exception as exc:  # noqa: BLE001 - raised again from the future by run_audits
+            result = exc
+        if not isinstance(result, AuditResult):
+            progress.emit(progress.Finished(ids[future], Verdict.ERROR.value, None, False, f"{type(result).__name__}: {result}"))
+            return
+        progress.emit(progress.Finished(ids[future], result.verdict.value, result.duration_s, False, result.reason))
 
 
 @task(name="record-audit", **MLFLOW_IO)
