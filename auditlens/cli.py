@@ -57,11 +57,20 @@ def _prefect_console(verbose: bool) -> None:
     os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "CRITICAL")
     ours = logging.getLogger("tasks")  # our own warnings (an MLflow server that went away, retried) stay visible
     if not ours.handlers:
-        handler = logging.StreamHandler(sys.stderr)
+        handler = _CurrentStderr()
         handler.setLevel(logging.WARNING)
         handler.setFormatter(logging.Formatter("warning: %(message)s"))
         ours.addHandler(handler)
         ours.propagate = False
+
+
+class _CurrentStderr(logging.StreamHandler):
+    """Writes to sys.stderr as it is when a record comes: while the live display runs, that is the display's proxy,
+    which prints the line above it instead of through it."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.stream = sys.stderr
+        super().emit(record)
 
 
 @contextmanager
@@ -91,49 +100,61 @@ def audit(
     config: Path = typer.Option(..., "--config", "-c", help="audit configuration (YAML, kind: audit)"),
     tracking_uri: str | None = typer.Option(None, help="MLflow tracking URI; default: the config's, $MLFLOW_TRACKING_URI, sqlite:///mlflow.db"),
     fail_on: FailOn = typer.Option(FailOn.FAIL, help="exit 1 when the verdict is this bad or worse (ERROR counts as FAIL)"),
-    verbose: bool = typer.Option(False, "--verbose", "-v", help="also print Prefect's log lines (they always reach the Prefect API)"),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="also print Prefect's log lines (they always reach the Prefect API); progress as plain lines"),
     no_cache: bool = typer.Option(False, "--no-cache", help="recompute every audit, even one whose model, data, settings and code are unchanged since a result was kept"),
 ) -> None:
     """Audit one model version and record the audit in MLflow."""
     _setup()
     _prefect_console(verbose)
     _no_collection_at_exit()
-    from tasks.adapters.errors import AuditlensError
-    from tasks.adapters.inputs import preflight_data
-    from tasks.adapters.model_worker import model_threads
-    from tasks.adapters.models import resolve_model
-    from tasks.adapters.settings import load_settings
-    from tasks.adapters.signing import signing_key
-    from tasks.adapters.tracking import check_reachable, configure_http, make_client
+    from auditlens.progress import display_for
+    from tasks import progress
 
-    try:
-        loaded = load_settings(config)
-        _prestart_model_process(model_threads(loaded))  # not for a config that does not hold
-        uri = loaded.tracking_uri(tracking_uri)
-        configure_http(loaded.settings.mlflow.request_timeout_s, loaded.settings.mlflow.request_max_retries)
-        check_reachable(uri)
-        resolve_model(model, make_client(uri))
-        preflight_data(loaded)
-        signing_key()  # a key that cannot sign is refused now, not after the model and data have loaded
-        _prefect_server_for_flows()
-    except AuditlensError as exc:
-        _fail(exc)
+    # on a terminal, a live display of the phases and of each audit; else a line per phase and per audit ended. Each
+    # error stops it first, so that the error is printed below its last frame.
+    with display_for(console, plain=verbose) as display:
+        progress.phase(progress.CHECK)  # the imports below are part of it (2-3 s)
+        from tasks.adapters.errors import AuditlensError
+        from tasks.adapters.inputs import preflight_data
+        from tasks.adapters.model_worker import model_threads
+        from tasks.adapters.models import resolve_model
+        from tasks.adapters.settings import load_settings
+        from tasks.adapters.signing import signing_key
+        from tasks.adapters.tracking import check_reachable, configure_http, make_client
 
-    from flows.audit_model import audit_model
+        try:
+            loaded = load_settings(config)
+            progress.plan(planned.id for planned in loaded.plan)
+            _prestart_model_process(model_threads(loaded))  # not for a config that does not hold
+            uri = loaded.tracking_uri(tracking_uri)
+            configure_http(loaded.settings.mlflow.request_timeout_s, loaded.settings.mlflow.request_max_retries)
+            check_reachable(uri)
+            resolve_model(model, make_client(uri))
+            preflight_data(loaded)
+            signing_key()  # a key that cannot sign is refused now, not after the model and data have loaded
+            _prefect_server_for_flows()
+        except AuditlensError as exc:
+            display.stop(failed=True)
+            _fail(exc)
 
-    try:
-        with _in_process_flow_settings():
-            summary = audit_model(model_uri=model, config_path=str(loaded.path), tracking_uri=uri, reason="cli",
-                                  use_cache=not no_cache)
-    except AuditlensError as exc:
-        _fail(exc)
-    except Exception as exc:
-        from tasks.adapters.tracking import redact_text
+        progress.phase(progress.START)
+        from flows.audit_model import audit_model
 
-        run_id = getattr(exc, "audit_run_id", None)
-        where = f"\n(the MLflow run {run_id} was ended FAILED with this reason)" if run_id else "\n(no MLflow run was opened)"
-        errors.print(f"[bold red]audit failed:[/] {type(exc).__name__}: {escape(redact_text(str(exc), uri))}{where}", highlight=False, markup=True, soft_wrap=True)
-        raise typer.Exit(1) from None
+        try:
+            with _in_process_flow_settings():
+                summary = audit_model(model_uri=model, config_path=str(loaded.path), tracking_uri=uri, reason="cli",
+                                      use_cache=not no_cache)
+        except AuditlensError as exc:
+            display.stop(failed=True)
+            _fail(exc)
+        except Exception as exc:
+            from tasks.adapters.tracking import redact_text
+
+            display.stop(failed=True)
+            run_id = getattr(exc, "audit_run_id", None)
+            where = f"\n(the MLflow run {run_id} was ended FAILED with this reason)" if run_id else "\n(no MLflow run was opened)"
+            errors.print(f"[bold red]audit failed:[/] {type(exc).__name__}: {escape(redact_text(str(exc), uri))}{where}", highlight=False, markup=True, soft_wrap=True)
+            raise typer.Exit(1) from None
     print_summary(summary)
     console.print(f"Open the MLflow UI: {ui_hint(uri, summary)}", soft_wrap=True, highlight=False)
     gate = {"FAIL": {"FAIL", "ERROR"}, "WARN": {"WARN", "FAIL", "ERROR"}, "never": set()}[fail_on.value]
