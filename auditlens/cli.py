@@ -24,6 +24,39 @@ from auditlens.console import console, errors, print_local_server, print_summary
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="auditlens: versioned model audits in MLflow, orchestrated by Prefect.")
 
 
+# what `auditlens --version` reports besides auditlens: the pinned core stack, then what it computes with (torch only
+# when the deep extra is installed)
+STACK = ("prefect", "mlflow", "shap", "lime", "scikit-learn", "great-expectations", "pandas", "numpy")
+OPTIONAL_STACK = ("torch",)
+
+
+def installed_versions() -> list[tuple[str, str]]:
+    """(distribution, version) of auditlens and its stack as installed, read from their metadata: nothing is imported."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = []
+    for name in ("auditlens", *STACK, *OPTIONAL_STACK):
+        try:
+            found.append((name, version(name)))
+        except PackageNotFoundError:
+            if name not in OPTIONAL_STACK:
+                found.append((name, "not installed"))
+    return found
+
+
+def _print_versions(asked: bool) -> None:
+    if asked:
+        for name, version in installed_versions():
+            typer.echo(f"{name} {version}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(version: bool = typer.Option(False, "--version", is_eager=True, callback=_print_versions,
+                                          help="print the versions of auditlens and of its stack as installed, and exit")) -> None:
+    pass
+
+
 class FailOn(str, Enum):
     FAIL = "FAIL"
     WARN = "WARN"

@@ -1,10 +1,13 @@
-"""The progress of an audit (tasks/progress.py, the events; auditlens/progress.py, what the command shows of them).
-Fake events in, exact lines out; no flow runs here (tests/e2e/test_progress.py runs one)."""
+"""The progress of an audit (tasks/progress.py, the events; auditlens/progress.py, what the command shows of them),
+and `auditlens --version`. Fake events in, exact lines out; no flow runs here (tests/e2e/test_progress.py runs one)."""
 
 from __future__ import annotations
 
 import io
+import subprocess
+import sys
 import threading
+from importlib.metadata import PackageNotFoundError, version
 
 import pytest
 from rich.console import Console
@@ -226,3 +229,20 @@ def test_the_display_is_live_only_on_a_terminal_and_never_with_verbose():
     assert isinstance(display_for(terminal, plain=True), PlainProgress)  # --verbose: Prefect's lines would tear it
     forced = Console(file=io.StringIO(), force_terminal=True)  # FORCE_COLOR in CI: still a pipe
     assert isinstance(display_for(forced), PlainProgress)
+
+
+# --- auditlens --version ---------------------------------------------------------------------------------------------
+def test_version_prints_auditlens_and_its_stack_as_installed_without_importing_it():
+    code = ("import sys\nfrom typer.testing import CliRunner\nfrom auditlens.cli import app\n"
+            "result = CliRunner().invoke(app, ['--version'])\nprint(result.exit_code)\nprint(result.output, end='')\n"
+            "print(sorted(m for m in ('prefect', 'mlflow', 'pandas', 'sklearn', 'shap', 'torch', 'great_expectations') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    exit_code, *printed, imported = done.stdout.splitlines()
+    assert exit_code == "0" and imported == "[]", done.stdout + done.stderr
+    expected = []
+    for name in ("auditlens", "prefect", "mlflow", "shap", "lime", "scikit-learn", "great-expectations", "pandas", "numpy", "torch"):
+        try:
+            expected.append(f"{name} {version(name)}")
+        except PackageNotFoundError:
+            assert name == "torch"  # the deep extra; every other is a dependency
+    assert printed == expected
