@@ -42,10 +42,11 @@ def test_a_live_display_on_a_terminal_and_a_line_per_audit_in_a_pipe(tmp_path):
     env["PREFECT_API_URL"] = PREFECT_API_URL.value()
     command = [str(AUDITLENS), "audit", "--model", "models:/e2e-model/1", "--config", str(config), "--fail-on", "never"]
 
-    # a terminal: a tmux server of this test's own, the pane as wide as a laptop's terminal
+    # a terminal: a tmux server of this test's own (its socket in the test's folder, gone with it), the pane as wide as
+    # a laptop's terminal
     script = tmp_path / "audit.sh"
     script.write_text(f"cd {shlex.quote(str(tmp_path))}\n{shlex.join(command)}\necho __exit=$?\nsleep 300\n")
-    tmux = [TMUX, "-L", f"auditlens-progress-{os.getpid()}", "-f", "/dev/null"]
+    tmux = [TMUX, "-S", str(tmp_path / "tmux.sock"), "-f", "/dev/null"]
     frames = []
     try:
         subprocess.run([*tmux, "new-session", "-d", "-s", "audit", "-x", "160", "-y", "50", f"bash --norc --noprofile {script}"],
