@@ -710,7 +710,7 @@ def decide(model: ModelFacts, reference: DataFacts, current: DataFacts, holdout:
                                     f"name columns present in every file (it has {_listing(side.names, 20)})")
         if target in segments:
             raise DataError(f"--segments names the target {target!r}", "slice by other columns")
-        segments_reason = "given (--segments)"
+        segments_reason = "given (--segments)" if segments else "none (--segments '')"
     return Scaffold(model, reference, current, holdout, target, target_reason, task, task_reason, modality, tuple(features),
                     features_written, categorical, tuple(segments), segments_reason, plan, model_loading,
                     tuple(trusted_types), encoding, tracking_uri, max_values, tuple(notes))
