@@ -234,9 +234,21 @@ def demo(config: Path = typer.Option(Path("config/demo.yaml"), "--config", "-c",
 
 
 @app.command("audits")
-def list_audits(verbose: bool = typer.Option(False, "--verbose", "-v", help="also each audit's configuration keys, defaults and default thresholds")) -> None:
-    """List the audits that plans can name (built-in and installed plugins)."""
+def list_audits(verbose: bool = typer.Option(False, "--verbose", "-v", help="also each audit's configuration keys, defaults and default thresholds"),
+                preset: str | None = typer.Option(None, "--preset", help="instead, what a preset (plan: quick | standard | full) holds for each kind of model")) -> None:
+    """List the audits that plans can name (built-in and installed plugins), or what a preset holds."""
     from audits.core.registry import available_audits, get_audit_class
+
+    if preset is not None:
+        from audits.core.presets import UnknownPresetError, format_preset
+
+        try:
+            text = format_preset(preset)
+        except UnknownPresetError as exc:
+            errors.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, markup=True, soft_wrap=True)
+            raise typer.Exit(2) from None
+        console.print(text, markup=False, highlight=False, soft_wrap=True)
+        return
 
     for name, source in available_audits().items():
         console.print(f"[bold]{name:22}[/] {source}", highlight=False, soft_wrap=True)

@@ -239,3 +239,15 @@ def test_describe_preset_lists_each_kind_with_its_configuration():
     assert "  network on images (image_network):" in text and "    segments (with data.segments)" in text
     assert "    performance_estimation (with data.holdout)" in text
     assert "    shap {rows: 100, permutation_rows: 25}" in format_preset("quick")
+
+
+def test_the_command_lists_a_preset_and_refuses_an_unknown_one():
+    """`auditlens audits --preset NAME` prints format_preset's text; an unknown name is one error naming the three."""
+    from typer.testing import CliRunner
+
+    from auditlens.cli import app
+
+    shown = CliRunner().invoke(app, ["audits", "--preset", "quick"])
+    assert shown.exit_code == 0 and shown.stdout.strip() == format_preset("quick").strip()
+    refused = CliRunner().invoke(app, ["audits", "--preset", "thorough"])
+    assert refused.exit_code == 2 and "unknown preset 'thorough'; the presets are quick, standard, full" in refused.output
