@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
 import sys
 import time
 from contextlib import contextmanager
@@ -19,6 +18,8 @@ from pathlib import Path
 import typer
 from rich.markup import escape
 
+from auditlens.common import fail as _fail
+from auditlens.common import setup as _setup
 from auditlens.console import console, errors, print_local_server, print_summary, ui_hint
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="auditlens: versioned model audits in MLflow, orchestrated by Prefect.")
@@ -63,15 +64,6 @@ class FailOn(str, Enum):
     never = "never"
 
 
-def _setup() -> None:
-    from tasks.adapters.tracking import quiet_environment
-
-    quiet_environment()
-    # `docker stop` and Prefect cancellation send SIGTERM: turn it into SystemExit so the audit's
-    # run is ended FAILED instead of being left RUNNING.
-    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
-
-
 def _prestart_model_process(threads: int | None, keep: bool = False, warm: tuple[str, ...] = ()) -> None:
     """Start the model's process now, so that its imports (1.8 s) overlap this command's own (MLflow, Prefect: 3 to
     4 s) on another core; it is confined and given the model only when the audit takes it (``model_worker.prestart``;
@@ -114,17 +106,6 @@ def _in_process_flow_settings():
 
     with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
         yield
-
-
-def _fail(exc: Exception) -> None:
-    from tasks.adapters.tracking import redact_text
-
-    # whatever raised it, a URL in the message (a registry's, MLflow's own) is printed without its secrets
-    errors.print(f"[bold red]error:[/] {escape(redact_text(str(exc)))}", highlight=False, markup=True, soft_wrap=True)
-    run_id = getattr(exc, "audit_run_id", None)
-    if run_id:  # a refused model is an audit's finding: its run says so
-        errors.print(f"(the MLflow run {run_id} was ended FAILED with this reason)", highlight=False, markup=False, soft_wrap=True)
-    raise typer.Exit(getattr(exc, "exit_code", 1))
 
 
 @app.command()
@@ -698,7 +679,9 @@ def verify(
     raise typer.Exit(0 if found.verified else 1)
 
 
-from auditlens import init_command  # noqa: E402,F401  registers `auditlens init` (its own module: it inspects models and data)
+from auditlens.init_command import init  # noqa: E402  its own module: it inspects models and data
+
+app.command("init")(init)
 
 if __name__ == "__main__":
     app()

@@ -16,7 +16,8 @@ from pathlib import Path
 
 import typer
 
-from auditlens.cli import _fail, _setup, app
+from auditlens.common import fail as _fail
+from auditlens.common import setup as _setup
 from auditlens.console import console
 
 
@@ -51,7 +52,6 @@ def _segments(value: str | None) -> tuple[str, ...] | None:
     return tuple(part.strip() for part in value.split(",") if part.strip())
 
 
-@app.command("init")
 def init(
     model: str = typer.Option(..., "--model", "-m", help="models:/NAME/VERSION, models:/NAME@ALIAS or runs:/RUN_ID/PATH"),
     reference: str = typer.Option(..., "--reference", help="what the model was trained on: a CSV or Parquet file, a folder of them, a glob, or a .npz of images"),
