@@ -251,3 +251,23 @@ def test_the_command_lists_a_preset_and_refuses_an_unknown_one():
     assert shown.exit_code == 0 and shown.stdout.strip() == format_preset("quick").strip()
     refused = CliRunner().invoke(app, ["audits", "--preset", "thorough"])
     assert refused.exit_code == 2 and "unknown preset 'thorough'; the presets are quick, standard, full" in refused.output
+
+
+def test_the_readmes_six_line_configuration_is_valid_and_six_lines(tmp_path):
+    """The README's own-model section starts from this file: it must hold as written."""
+    import re
+    from pathlib import Path
+
+    import pandas as pd
+
+    from tasks.adapters.settings import load_settings
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    block = re.search(r"The smallest configuration is six lines:\n\n```yaml\n(.*?)```", readme, re.S).group(1)
+    assert len(block.strip().splitlines()) == 6
+    frame = pd.DataFrame({"x": [0.1, 0.2, 0.3], "label": [0, 1, 0]})
+    for name in ("train.csv", "this_week.csv"):
+        frame.to_csv(tmp_path / name, index=False)
+    (tmp_path / "audit.yaml").write_text(block, encoding="utf-8")
+    loaded = load_settings(tmp_path / "audit.yaml")
+    assert loaded.preset == "standard" and {"data_quality", "drift", "performance", "shap"} <= {p.id for p in loaded.plan}
