@@ -101,7 +101,10 @@ def init(
         except LookupError:
             raise ConfigError(f"--encoding {encoding!r} is not a text encoding", "e.g. utf-8, latin-1, cp1252") from None
         # the model's process imports its libraries while this one reads the data and imports MLflow
-        with scaffold.ModelProcess() as describer:
+        from tasks.adapters.model_worker import ModelWorker, prestart
+
+        prestart(("skops.io", "tasks.adapters.model_facts"))
+        with ModelWorker() as describer:
             sides = {"reference": reference, "current": current, **({"holdout": holdout} if holdout else {})}
             data = {role: scaffold.inspect_data(role, spec, cwd, encoding) for role, spec in sides.items()}
             if "holdout" in data and data["holdout"].files > 1:

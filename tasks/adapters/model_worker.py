@@ -426,6 +426,21 @@ class ModelWorker:
             raise
         return RecordedInputs(**value)
 
+    def describe(self, request: dict[str, Any], timeout_s: float | None = None) -> dict[str, Any]:
+        """What the downloaded model in ``request['model_dir']`` is (``scaffold.describe_model_folder``: flavours,
+        whether the gate accepts it, task, classes, features), found in the model's process, confined first as for an
+        audit but reading only the model's folder (no data): for ``auditlens init``. Past ``timeout_s`` the process is
+        killed and FutureTimeout raised."""
+        from concurrent.futures import TimeoutError as FutureTimeout
+
+        future = self._call("describe", request=request)
+        try:
+            value = future.result(timeout=timeout_s)
+        except FutureTimeout:
+            self.kill()
+            raise
+        return value if isinstance(value, dict) else {}
+
     def audit(self, planned: Any) -> AuditResult:
         """One planned audit, run in the model's process and judged again here from its own metrics."""
         from audits.core.runner import judge
@@ -545,6 +560,19 @@ class _Worker:
         described["params"]["execution.audit_processes"] = str(self.lanes if self.engine is None else "dask")
         return described
 
+    def describe(self, request: dict[str, Any]) -> dict[str, Any]:
+        from types import SimpleNamespace
+
+        from tasks.adapters.sandbox import drop_capabilities, restrict
+        from tasks.adapters.model_facts import describe_model_folder
+
+        # before anything of the model is read, as prepare: writes only in its own folder, reads the model's and the
+        # system's files, opens no connection
+        self.isolation = restrict([Path.cwd(), Path("/dev")], _readable(SimpleNamespace(data_roles=()), request["model_dir"], None),
+                                  allow_tcp=False)
+        drop_capabilities()
+        return describe_model_folder(request)
+
     def _open_lanes(self) -> None:
         """Audits wait in one queue; each lane takes the next when it is free: this process's own (the inputs are
         already here) and one per worker process of the pool (the inputs sent once). A lane whose process died closes;
@@ -610,7 +638,7 @@ class _Worker:
             request = pickle.loads(body)  # noqa: S301 - from the auditor, which started this process
             if request["op"] == "stop":
                 break
-            if request["op"] == "prepare":
+            if request["op"] in ("prepare", "describe"):
                 self.handle(request)  # before any audit
             else:
                 self.pool.submit(self.handle, request)

@@ -3,9 +3,9 @@
 - The data (``inspect_data``): each column's kind and cardinality on up to ``INSPECT_ROWS`` rows (CSV or Parquet files,
   folders and globs through ``sources``; a ``.npz`` of images), and the modality: image for an image archive, text
   when the model reads one column of free text, else tabular.
-- The model (``inspect_model``): resolved in the registry and downloaded here, then described in a process of its own
-  (``worker_environment``: no credentials; Landlock-confined before any byte of the model is read, as the audit's
-  model process is) through the same loading gate: whether it loads under ``security.model_loading: strict`` and, if
+- The model (``inspect_model``): resolved in the registry and downloaded here, then described in the model's process
+  (``ModelWorker.describe``: no credentials; Landlock-confined before any byte of the model is read, as for an audit,
+  reading no data) through the same loading gate: whether it loads under ``security.model_loading: strict`` and, if
   not, what the gate refused; its task, classes and the features it expects. A model that the gate refuses is loaded
   there only when the user chose ``--model-loading trusted``; a pyfunc model is never loaded (its signature says what
   it takes, ``--task`` what it does).
@@ -24,8 +24,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import subprocess
-import sys
 import tempfile
 from dataclasses import dataclass, field, replace
 from datetime import date
@@ -35,6 +33,7 @@ from typing import Any
 import pandas as pd
 
 from tasks.adapters.errors import ConfigError, DataError, ModelLoadError, ModelTimeoutError
+from tasks.adapters.model_facts import EXACT_CLASS
 
 INSPECT_ROWS = 100_000  # rows read per file to describe its columns (kinds, distinct values)
 TARGET_NAMES = ("target", "label", "labels", "y", "class", "outcome", "response")  # common names, in order of preference
@@ -43,7 +42,6 @@ COMMON_VALUES = 50  # a column of at most this many distinct values has them lis
 LISTED_COLUMNS = 60  # columns listed one per line in the written file; the rest are counted
 MODEL_PROCESS_TIMEOUT_S = 300
 PIXEL = re.compile(r"p\d+_\d+_\d+")
-EXACT_CLASS = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)+")
 # refused names that security.trusted_types cannot make safe: code the model's own author wrote in a script, or
 # modules whose objects run commands or code (safe_pickle's own reasons)
 NEVER_LISTABLE = ("__main__.", "builtins.", "os.", "posix.", "nt.", "subprocess.", "sys.", "shutil.", "socket.", "pty.",
@@ -261,7 +259,7 @@ def _listing(values: Any, limit: int) -> str:
 
 
 def inspect_model(uri: str, tracking_uri: str, model_loading: str = "strict", trusted_types: tuple[str, ...] = (),
-                  process: ModelProcess | None = None) -> ModelFacts:
+                  worker: Any = None) -> ModelFacts:
     """The model at ``uri``, resolved in the registry at ``tracking_uri`` (which must answer, and, for SQLite, exist:
     init never creates a store), downloaded here and described in a process of its own (``process``, started early so
     that its imports overlap this one's; else started now)."""
@@ -277,63 +275,25 @@ def inspect_model(uri: str, tracking_uri: str, model_loading: str = "strict", tr
                                   "or http://host:port), or set MLFLOW_TRACKING_URI")
     client = make_client(tracking_uri)
     ref = resolve_model(uri, client)
-    with tempfile.TemporaryDirectory(prefix="auditlens-init-model-") as folder, (process or ModelProcess()) as describer:
-        model_dir = fetch_model_files(ref, client, f"{folder}/model")
-        request = {"model_dir": model_dir, "uri": ref.uri, "load_uri": ref.load_uri, "name": ref.name,
-                   "version": ref.version, "trusted": model_loading == "trusted", "trusted_types": list(trusted_types)}
-        reply = describer.describe(request, ref.label)
+    from concurrent.futures import TimeoutError as FutureTimeout
+
+    from tasks.adapters.model_worker import ModelWorker
+
+    describer = worker or ModelWorker()
+    try:
+        with tempfile.TemporaryDirectory(prefix="auditlens-init-model-") as folder:
+            model_dir = fetch_model_files(ref, client, f"{folder}/model")
+            request = {"model_dir": model_dir, "uri": ref.uri, "load_uri": ref.load_uri, "name": ref.name,
+                       "version": ref.version, "trusted": model_loading == "trusted", "trusted_types": list(trusted_types)}
+            reply = describer.describe(request, timeout_s=MODEL_PROCESS_TIMEOUT_S)
+    except FutureTimeout:
+        raise ModelTimeoutError(f"loading {ref.label} did not finish within {MODEL_PROCESS_TIMEOUT_S} s",
+                                "check that the model loads (mlflow.pyfunc.load_model) in reasonable time") from None
+    finally:
+        if worker is None:
+            describer.close()
     note = f"@{ref.alias} is version {ref.version} today" if ref.alias else ""
     return replace(facts_from_reply(reply, uri, ref.label), version_note=note)
-
-
-class ModelProcess:
-    """A process of the model's own that describes it (``describe_model_folder``): started with the auditor's
-    environment left behind (``worker_environment``: no credentials, no tracking URI) in an empty folder of its own; it
-    imports its libraries at once, then waits for the one request on its stdin, and confines itself (Landlock) before it
-    reads anything of the model. Its reply is JSON on its stdout (the model's own prints go to its stderr)."""
-
-    def __init__(self) -> None:
-        from tasks.adapters.model_worker import worker_environment
-        from tasks.adapters.sandbox import not_inspectable
-
-        not_inspectable()  # this process's /proc entries (its environment) closed to the model's
-        self.folder = tempfile.TemporaryDirectory(prefix="auditlens-init-model-process-")
-        environment = {**worker_environment(), "TMPDIR": self.folder.name, "NUMBA_CACHE_DIR": self.folder.name}
-        self.process = subprocess.Popen([sys.executable, "-m", "tasks.adapters.scaffold"], cwd=self.folder.name,
-                                        env=environment, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-
-    def __enter__(self) -> ModelProcess:
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.close()
-
-    def describe(self, request: dict, label: str) -> dict:
-        from tasks.adapters.model_worker import _decode_error
-
-        try:
-            out, err = self.process.communicate(json.dumps(request).encode("utf-8"), timeout=MODEL_PROCESS_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            self.close()
-            raise ModelTimeoutError(f"loading {label} did not finish within {MODEL_PROCESS_TIMEOUT_S} s",
-                                    "check that the model loads (mlflow.pyfunc.load_model) in reasonable time") from None
-        try:
-            reply = json.loads(out.decode("utf-8"))
-            ok = bool(reply["ok"])
-        except (ValueError, KeyError, TypeError, UnicodeDecodeError):
-            said = clean(" ".join(err.decode("utf-8", "replace").split()[-60:]), 600)
-            raise ModelLoadError(f"the process that loads {label} ended (exit code {self.process.returncode}) without "
-                                 f"describing it{': ' + said if said else ''}", "the model may crash when it loads: load it "
-                                 "once with mlflow.pyfunc.load_model to see why") from None
-        if not ok:
-            raise _decode_error(reply.get("error") if isinstance(reply.get("error"), dict) else {})
-        return reply.get("value") if isinstance(reply.get("value"), dict) else {}
-
-    def close(self) -> None:
-        if self.process.poll() is None:
-            self.process.kill()
-            self.process.communicate()
-        self.folder.cleanup()
 
 
 def facts_from_reply(value: dict, uri: str, label: str) -> ModelFacts:
@@ -374,153 +334,6 @@ def facts_from_reply(value: dict, uri: str, label: str) -> ModelFacts:
 
 
 # --- in the model's process ------------------------------------------------------------------
-
-
-def describe_model_folder(request: dict) -> dict:
-    """What a downloaded model is, as JSON-ready data: its flavours and serialisation; whether the gate accepts it under
-    model_loading strict (with ``trusted_types``) and, if not, what it refused; then, if it is loaded (accepted, or
-    refused and ``trusted``), its task, classes and feature names. A flavour the gate never loads natively (pyfunc) is
-    not loaded: its MLflow signature names its inputs."""
-    from tasks.adapters.model_gate import ModelRefusedError, read_model_folder
-    from tasks.adapters.models import ModelRef, load_model_files
-    from tasks.adapters.settings import Security
-
-    ref = ModelRef(request["uri"], request["load_uri"], request.get("name"), request.get("version"))
-    files = read_model_folder(request["model_dir"], ref.label)
-    flavors = files.flavors
-    serialization, model_file = _serialization(files)
-    facts: dict[str, Any] = {"flavors": sorted(flavors), "serialization": serialization, "model_file": model_file}
-    signature = _signature_inputs(files.mlmodel)
-    if signature:
-        facts.update(features=signature, features_from="its MLflow signature")
-    trusted_types = list(request.get("trusted_types") or [])
-    if "sklearn" not in flavors and "pytorch" not in flavors:
-        facts["refusal"] = (f"{ref.label} has {files.describe()}; auditlens loads scikit-learn and PyTorch models through "
-                            "its allowlist, and any other flavour runs the model's own code")
-        return facts
-    try:
-        model = load_model_files(request["model_dir"], ref, security=Security(trusted_types=trusted_types))
-    except ModelRefusedError as exc:
-        facts.update(refusal=exc.problem, refused=_refused_names(files, trusted_types))
-        if not request.get("trusted"):
-            return facts
-        model = load_model_files(request["model_dir"], ref, security=Security(model_loading="trusted", trusted_types=trusted_types))
-    facts.update(_described(model))
-    facts["loaded"] = True
-    return facts
-
-
-def _serialization(files: Any) -> tuple[str, str]:
-    if "sklearn" in files.flavors:
-        conf = files.flavors["sklearn"] or {}
-        return str(conf.get("serialization_format", "pickle")), str(conf.get("pickled_model", ""))
-    if "pytorch" in files.flavors:
-        data = Path(files.root) / str((files.flavors["pytorch"] or {}).get("model_data", "data"))
-        for name, kind in (("model.pth", "pth"), ("model.pt2", "pt2")):
-            if (data / name).is_file():
-                return kind, str((data / name).relative_to(files.root))
-    return "", ""
-
-
-def _signature_inputs(mlmodel: dict) -> list[str] | None:
-    """The input column names of the model's MLflow signature (a column-based one), else None."""
-    raw = (mlmodel.get("signature") or {}).get("inputs")
-    try:
-        specs = json.loads(raw) if isinstance(raw, str) else None
-    except ValueError:
-        return None
-    if not isinstance(specs, list):
-        return None
-    found = [spec.get("name") for spec in specs if isinstance(spec, dict)]
-    return [str(n) for n in found] if found and all(isinstance(n, str) for n in found) else None
-
-
-def _refused_names(files: Any, trusted_types: list[str]) -> list[str]:
-    """The names the gate refuses in a scikit-learn model's file (pickle: the globals it names; skops: its types), by
-    the gate's own allowlist; [] where they cannot be listed (the refusal's text says what was found)."""
-    from tasks.adapters import safe_pickle
-    from tasks.adapters.model_gate import _skops_allowed
-
-    conf = files.flavors.get("sklearn")
-    if conf is None:
-        return []
-    fmt = (conf or {}).get("serialization_format", "pickle")
-    allowlist = safe_pickle.Allowlist(trusted_types)
-    try:
-        path = files.inside(conf.get("pickled_model"), "sklearn pickled_model")
-        if fmt == "skops":
-            import skops.io
-
-            return [n for n in skops.io.get_untrusted_types(file=path) if not _skops_allowed(n, allowlist)]
-        safe_pickle.check(path.read_bytes(), allowlist)
-    except safe_pickle.UnsafePickleError as exc:
-        return [found.split(" (")[0] for found in exc.found if EXACT_CLASS.fullmatch(found.split(" (")[0])]
-    except Exception:  # noqa: BLE001 - unreadable: the refusal's own text says so
-        return []
-    return []
-
-
-def _described(model: Any) -> dict:
-    estimator = model.estimator
-    names = getattr(estimator, "feature_names_in_", None)
-    facts: dict[str, Any] = {"task": model.task, "flavor": model.flavor,
-                             "classes": list(model.classes) if model.classes is not None else None,
-                             "estimator": _estimator_name(estimator)}
-    if names is not None:
-        facts.update(features=[str(n) for n in names], features_from="the model's feature_names_in_")
-    count = getattr(estimator, "n_features_in_", None)
-    if isinstance(count, int):
-        facts["n_features"] = count
-    shape = getattr(estimator, "input_shape", None)
-    if shape is not None:
-        facts["input_shape"] = [int(s) for s in shape]
-    return facts
-
-
-def _estimator_name(estimator: Any) -> str:
-    if estimator is None:
-        return ""
-    steps = getattr(estimator, "steps", None)
-    if isinstance(steps, list):
-        return f"{type(estimator).__name__} ({', '.join(type(step).__name__ for _, step in steps)})"
-    return type(estimator).__name__
-
-
-# imported by the model's process before its request arrives (and before it is confined): our own code and the
-# libraries a scikit-learn model loads with (skops imports torch through scikit-learn's array API: seconds)
-WARM_IMPORTS = ("tasks.adapters.models", "tasks.adapters.model_gate", "tasks.adapters.safe_pickle", "tasks.adapters.settings",
-                "tasks.adapters.sandbox", "tasks.adapters.model_worker", "sklearn.base", "skops.io")
-
-
-def _model_process() -> None:
-    """The model's process: import, read the request, confine this process, describe the model, and write the JSON
-    reply on the original stdout (anything the model's code prints goes to stderr)."""
-    import importlib
-    from types import SimpleNamespace
-
-    reply_fd = os.dup(1)
-    os.dup2(2, 1)
-    sys.stdout = sys.stderr
-    from tasks.adapters.model_worker import _encode_error, _readable
-    from tasks.adapters.sandbox import drop_capabilities, restrict
-    from tasks.adapters.tracking import quiet_environment
-
-    quiet_environment()
-    for name in WARM_IMPORTS:
-        try:
-            importlib.import_module(name)
-        except ImportError:
-            pass  # an optional library: the load that needs it says so
-    try:
-        request = json.loads(sys.stdin.buffer.read())
-        readable = _readable(SimpleNamespace(data_roles=()), request["model_dir"], None)
-        restrict([Path.cwd(), Path("/dev")], readable, allow_tcp=False)
-        drop_capabilities()
-        reply = {"ok": True, "value": describe_model_folder(request)}
-    except BaseException as exc:  # noqa: BLE001 - every failure goes back as data
-        reply = {"ok": False, "error": _encode_error(exc)}
-    with os.fdopen(reply_fd, "wb") as stream:
-        stream.write(json.dumps(reply, default=str).encode("utf-8"))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -928,6 +741,3 @@ def audit_command(model_uri: str, out: Path, cwd: Path, program: str = "auditlen
     shown = os.path.relpath(out, cwd) if out.resolve().is_relative_to(cwd.resolve()) else str(out.resolve())
     return f"{program} audit --model {shlex.quote(model_uri)} --config {shlex.quote(shown)}"
 
-
-if __name__ == "__main__":
-    _model_process()
