@@ -229,9 +229,9 @@ def without_tracking(loaded: LoadedSettings) -> LoadedSettings:
 
 @task(name="audit", cache_policy=NO_CACHE)
 def run_one(planned: PlannedAudit, worker: ModelWorker) -> AuditResult:
-    if progress.listening():
-        progress.emit(progress.Started(planned.id))
-    return worker.audit(planned)
+    # running from when a lane of the model's process takes it (it may wait there behind others), told only to a display
+    told = (lambda: progress.emit(progress.Started(planned.id))) if progress.listening() else None
+    return worker.audit(planned, on_start=told)
 
 
 def run_audits(plan: list[PlannedAudit], worker: ModelWorker, reuse: Reuse | None = None, run_id: str = "") -> list[AuditResult]:

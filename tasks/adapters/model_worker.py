@@ -21,6 +21,7 @@ import base64
 import dataclasses
 import io
 import json
+import logging
 import os
 import pickle
 import queue
@@ -356,6 +357,7 @@ class ModelWorker:
         self._lock = threading.Lock()          # reused from the cache never starts it
         self.threads = threads  # its libraries' threads (``model_threads``)
         self._pending: dict[int, Future] = {}
+        self._on_start: dict[int, Any] = {}  # request id -> called when a lane of the process takes that audit
         self._next = 0
 
     def _start(self) -> None:
@@ -380,8 +382,13 @@ class ModelWorker:
                 break
             try:
                 reply = json.loads(body)
+                if reply.get("started") is True:  # a lane took this audit: it runs from now (it may have waited)
+                    callback = self._on_start.pop(int(reply["id"]), None)
+                    if callback is not None:
+                        _quietly(callback)
+                    continue
                 future = self._pending.pop(int(reply["id"]))
-            except (ValueError, KeyError, TypeError):
+            except (ValueError, KeyError, TypeError, AttributeError):
                 break  # not our protocol: the process is not trusted to speak again
             if reply.get("ok"):
                 future.set_result(reply.get("value"))
@@ -395,8 +402,9 @@ class ModelWorker:
             if not future.done():
                 future.set_exception(ended)
         self._pending.clear()
+        self._on_start.clear()
 
-    def _call(self, op: str, **args: Any) -> Future:
+    def _call(self, op: str, on_start: Any = None, **args: Any) -> Future:
         with self._lock:
             if self.process is None:
                 self._start()
@@ -404,6 +412,8 @@ class ModelWorker:
             request_id = self._next
             future: Future = Future()
             self._pending[request_id] = future
+            if on_start is not None:
+                self._on_start[request_id] = on_start
             try:
                 _write_frame(self._spawned.out, pickle.dumps({"id": request_id, "op": op, **args}))
             except (BrokenPipeError, OSError, ValueError):
@@ -441,11 +451,12 @@ class ModelWorker:
             raise
         return value if isinstance(value, dict) else {}
 
-    def audit(self, planned: Any) -> AuditResult:
-        """One planned audit, run in the model's process and judged again here from its own metrics."""
+    def audit(self, planned: Any, on_start: Any = None) -> AuditResult:
+        """One planned audit, run in the model's process and judged again here from its own metrics. ``on_start`` (no
+        arguments) is called when a lane of the process takes it: until then it waits behind the others."""
         from audits.core.runner import judge
 
-        value = self._call("audit", planned=planned).result()
+        value = self._call("audit", on_start=on_start, planned=planned).result()
         try:
             result = decode_result(value)
         except Exception as exc:  # a reply that is not a result: the audit is an error, never a pass
@@ -471,6 +482,14 @@ class ModelWorker:
             except (OSError, ValueError, subprocess.TimeoutExpired):
                 pass  # discard kills it
         self._spawned.discard()
+
+
+def _quietly(callback: Any) -> None:
+    """A listener's callback (the command's display): its failure is not the audit's."""
+    try:
+        callback()
+    except Exception:  # noqa: BLE001
+        logging.getLogger(__name__).debug("an on_start callback failed", exc_info=True)
 
 
 def _has_fileno(stream: Any) -> bool:
@@ -599,7 +618,8 @@ class _Worker:
             if item is None:
                 self.waiting.put(None)  # every lane sees the end
                 return
-            planned, future = item
+            planned, future, request_id = item
+            self.started(request_id)
             try:
                 future.set_result(run(planned))
             except BrokenProcessPool:  # its process died (a crash in native code, the memory killer): this audit is lost
@@ -611,20 +631,29 @@ class _Worker:
             except BaseException as exc:  # noqa: BLE001 - handed to the request
                 future.set_exception(exc)
 
-    def audit(self, planned: Any) -> dict:
+    def started(self, request_id: int) -> None:
+        """Tell the auditor that a lane took this request's audit (a frame of its own, before the reply)."""
+        with self.lock:
+            _write_frame(self.write, json.dumps({"id": request_id, "started": True}).encode("utf-8"))
+
+    def audit(self, planned: Any, request_id: int = 0) -> dict:
         from audits.core.runner import run_planned
 
         if self.inputs is None:
             raise ModelWorkerError("an audit was asked for before the inputs were prepared")
         if self.engine is None:
             future: Future = Future()
-            self.waiting.put((planned, future))
+            self.waiting.put((planned, future, request_id))
             return future.result()
+        self.started(request_id)  # the cluster schedules it now
         return encode_result(next(self.engine.map(run_planned, [planned], context=self.inputs.context, full=self.inputs.full)))
 
     def handle(self, request: dict) -> None:
         try:
-            value = getattr(self, request["op"])(**{k: v for k, v in request.items() if k not in ("id", "op")})
+            args = {k: v for k, v in request.items() if k not in ("id", "op")}
+            if request["op"] == "audit":
+                args["request_id"] = request["id"]
+            value = getattr(self, request["op"])(**args)
         except BaseException as exc:  # noqa: BLE001 - every failure goes back to the auditor as data
             self.reply(request["id"], False, _encode_error(exc))
         else:

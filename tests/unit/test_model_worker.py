@@ -3,10 +3,12 @@ auditor's second judgement, and the kernel's confinement."""
 
 from __future__ import annotations
 
+import json
 import math
 import subprocess
 import sys
 import textwrap
+import time
 
 import pytest
 
@@ -244,3 +246,58 @@ def test_the_model_process_libraries_get_their_lane_share_of_the_cores(tmp_path,
     assert {worker_environment({}, threads=2)[name] for name in audit_pool.THREAD_VARIABLES} == {"2"}
     assert worker_environment({"OMP_NUM_THREADS": "7"}, threads=2)["OMP_NUM_THREADS"] == "7"
     assert "OMP_NUM_THREADS" not in worker_environment({}, threads=None)
+
+
+def test_an_audit_is_told_started_when_a_lane_takes_it_not_while_it_waits():
+    """The model's process writes a 'started' frame for an audit when a lane takes it, so that the command's display
+    shows an audit waiting behind others as waiting, not running; the auditor's side calls that audit's on_start."""
+    import io
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tasks.adapters import model_worker
+
+    out = io.BytesIO()
+    worker = model_worker._Worker(out)
+    worker.inputs = object()  # prepared
+    gate = threading.Event()
+
+    def run(planned):
+        gate.wait(10)
+        return {"audit": planned}
+
+    threading.Thread(target=worker._lane, args=(run,), daemon=True).start()  # one lane for two audits
+
+    def frames() -> list[dict]:
+        stream, found = io.BytesIO(out.getvalue()), []
+        while (body := model_worker._read_frame(stream)) is not None:
+            found.append(json.loads(body))
+        return found
+
+    with ThreadPoolExecutor(2) as pool:
+        first = pool.submit(worker.audit, "a", request_id=1)
+        wait_until(lambda: frames() == [{"id": 1, "started": True}])
+        second = pool.submit(worker.audit, "b", request_id=2)
+        time.sleep(0.3)
+        assert frames() == [{"id": 1, "started": True}]  # b waits for the lane: not started
+        gate.set()
+        assert (first.result(10), second.result(10)) == ({"audit": "a"}, {"audit": "b"})
+    assert frames() == [{"id": 1, "started": True}, {"id": 2, "started": True}]
+    worker.waiting.put(None)
+
+    # the auditor's side: a started frame calls that request's on_start and resolves nothing
+    told, auditor = [], model_worker.ModelWorker()
+    auditor._on_start[7] = lambda: told.append(7)
+    replies = io.BytesIO()
+    model_worker._write_frame(replies, json.dumps({"id": 7, "started": True}).encode())
+    replies.seek(0)
+    auditor._spawned = type("Spawned", (), {"read": replies, "process": type("P", (), {"poll": lambda self: 0})()})()
+    auditor._read()
+    assert told == [7] and auditor._on_start == {}
+
+
+def wait_until(predicate, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
