@@ -42,7 +42,7 @@ from audits.methods.compare import spearman
 from audits.methods.gradients import attribute
 from audits.methods.image_maps import class_example_positions, mean_map, most_confident_of_each, pixel_mass, sample_positions, top_share
 from audits.methods.network import module_tensor, network_of
-from audits.methods.planted import planted_kinds
+from audits.methods.planted import planted_column
 from audits.rendering.figures import shap_image_figure, show_image, show_map
 
 Method = Literal["shap", "gradients", "smoothgrad", "integrated_gradients"]
@@ -181,18 +181,6 @@ class ShownRows:
     basis: str  # how the grid's rows were chosen, in words
 
 
-def planted_kinds_of(context: AuditContext, cfg: NetworkAttributionConfig) -> np.ndarray | None:
-    """Each current row's planted kind (None where missing), or None when ``planted`` is not configured."""
-    if cfg.planted is None:
-        return None
-    segments = context.current.segments
-    if segments is None or cfg.planted not in segments.columns:
-        have = list(segments.columns) if segments is not None else []
-        raise ValueError(f"planted: {cfg.planted!r} is not a segment column of the current data (segment columns: "
-                         f"{have or 'none'}); add it to data.segments, or leave planted unset")
-    return planted_kinds(segments[cfg.planted])
-
-
 def flagged_positions(context: AuditContext) -> np.ndarray:
     """Which current rows other audits flagged on every row (``context.flagged``, data read by partition): the flagged
     rows carry their pixels, not a position in the sample, so they are matched by value."""
@@ -213,7 +201,7 @@ def shown_rows(context: AuditContext, cfg: NetworkAttributionConfig) -> ShownRow
     current = context.current
     proba, predicted = current.predictions.proba, current.predictions.labels
     truth = np.asarray(current.y, dtype=object) if current.labelled else None
-    kinds = planted_kinds_of(context, cfg)
+    kinds = planted_column(context.current.segments, cfg.planted)
     flagged = flagged_positions(context)
     eligible = ~flagged if kinds is None else ~flagged & (kinds == cfg.clean)
     grid = class_example_positions(context.model.classes, proba, predicted, truth, eligible)

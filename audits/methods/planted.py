@@ -21,6 +21,18 @@ def planted_kinds(values: pd.Series | np.ndarray) -> np.ndarray:
     return np.array([None if pd.isna(v) else str(v) for v in series], dtype=object)
 
 
+def planted_column(segments: pd.DataFrame | None, column: str | None) -> np.ndarray | None:
+    """Each current row's planted kind from the segment column ``column`` (``planted_kinds``), or None when no column
+    is named; a column the segments lack is a ValueError that says how to name it."""
+    if column is None:
+        return None
+    if segments is None or column not in segments.columns:
+        have = list(segments.columns) if segments is not None else []
+        raise ValueError(f"planted: {column!r} is not a segment column of the current data (segment columns: "
+                         f"{have or 'none'}); add it to data.segments, or leave planted unset")
+    return planted_kinds(segments[column])
+
+
 def kind_counts(kinds: np.ndarray, clean: str) -> list[tuple[str, int]]:
     """(kind, rows) for every kind other than ``clean``: most rows first, then by name."""
     present = pd.Series([k for k in kinds if k is not None and k != clean], dtype=object)

@@ -47,7 +47,7 @@ from audits.core.result import key_part
 from audits.methods.compare import spearman
 from audits.methods.ensemble import bootstrap_members, decompose, member_predictions, member_probabilities, regressor_uncertainty
 from audits.methods.ood import SCORERS, Scorers, fit_ood
-from audits.methods.planted import planted_aurocs, planted_kinds
+from audits.methods.planted import planted_aurocs, planted_column
 from audits.methods.sampling import reference_sample
 from audits.methods.scores import confidence, entropy
 
@@ -164,7 +164,7 @@ class ConcordanceAudit(Audit):
 
     def compute(self, context: AuditContext) -> AuditResult:
         cfg: ConcordanceConfig = self.config
-        kinds = planted_column(context, cfg)
+        kinds = planted_column(context.current.segments, cfg.planted)
         # the planted view compares every scorer (ood_scores: the others score as they would alone)
         scorers = cfg.scorers if kinds is None else tuple(s for s in SCORERS if s in cfg.scorers or s in PLANTED_SIGNALS)
         scores = ood_scores(context, cfg, scorers)
@@ -185,18 +185,6 @@ class ConcordanceAudit(Audit):
 
 
 # ------------------------------------------------------------------------------------------------ planted shifts
-
-
-def planted_column(context: AuditContext, cfg: ConcordanceConfig) -> np.ndarray | None:
-    """Each current row's planted kind (a string; None where missing), or None when ``planted`` is not configured."""
-    if cfg.planted is None:
-        return None
-    segments = context.current.segments
-    if segments is None or cfg.planted not in segments.columns:
-        have = list(segments.columns) if segments is not None else []
-        raise ValueError(f"planted: {cfg.planted!r} is not a segment column of the current data (segment columns: "
-                         f"{have or 'none'}); add it to data.segments, or leave planted unset")
-    return planted_kinds(segments[cfg.planted])
 
 
 def _not_applicable(reason: str) -> tuple[None, str]:
