@@ -229,9 +229,10 @@ def without_tracking(loaded: LoadedSettings) -> LoadedSettings:
 
 @task(name="audit", cache_policy=NO_CACHE)
 def run_one(planned: PlannedAudit, worker: ModelWorker) -> AuditResult:
-    # running from when a lane of the model's process takes it (it may wait there behind others), told only to a display
-    told = (lambda: progress.emit(progress.Started(planned.id))) if progress.listening() else None
-    return worker.audit(planned, on_start=told)
+    if not progress.listening():
+        return worker.audit(planned)
+    # running from when a lane of the model's process takes it (it may wait there behind others), told to the display
+    return worker.audit(planned, on_start=lambda: progress.emit(progress.Started(planned.id)))
 
 
 def run_audits(plan: list[PlannedAudit], worker: ModelWorker, reuse: Reuse | None = None, run_id: str = "") -> list[AuditResult]:
@@ -300,6 +301,7 @@ def record_audit(run: AuditRun, ref: ModelRef, loaded: LoadedSettings, inputs: R
                           f"all rows, the others a seeded sample"} if inputs.every_row and inputs.every_row["audits"] else {}),
             "compared with": inputs.baseline_label or inputs.baseline_note,
             "config hash": loaded.config_hash,
+            **({"plan": f"preset {loaded.preset} (with the configuration's own entries)"} if loaded.preset else {}),
             "seed": loaded.settings.seed,
             "code version": provenance.code_version(),
             **({"history": f"{history_of}: MLflow run {history_run} (history.html), its last audits in one page"}

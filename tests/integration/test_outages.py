@@ -66,7 +66,7 @@ def outage_during_compute(monkeypatch, server: MlflowServer, model_version: str)
     lock = threading.Lock()
     compute = ModelWorker.audit  # the auditor's side: it asks the model's process for one audit
 
-    def stop_then_compute(worker, planned):
+    def stop_then_compute(worker, planned, **options):
         with lock:
             if "stopped_at" not in seen:
                 client = make_client(server.url)
@@ -74,7 +74,7 @@ def outage_during_compute(monkeypatch, server: MlflowServer, model_version: str)
                 seen["running"] = [r.info.run_id for r in runs if r.data.tags.get("auditlens.model_version") == model_version]
                 seen["stop_s"] = server.stop()
                 seen["stopped_at"] = time.monotonic()
-        return compute(worker, planned)
+        return compute(worker, planned, **options)
 
     monkeypatch.setattr(ModelWorker, "audit", stop_then_compute)
     return seen
