@@ -51,6 +51,7 @@ def model_params(ref, loaded, tracking_uri: str) -> dict[str, str]:
         "model.alias": ref.alias or "",
         "config.path": str(loaded.path),
         "config.hash": loaded.config_hash,
+        **({"config.plan": loaded.preset} if loaded.preset else {}),  # the preset the audits came from (plan:)
         "seed": str(settings.seed),
         "audits": ",".join(p.id for p in loaded.plan),
         "code.version": code_version(),

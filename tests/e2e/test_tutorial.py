@@ -109,6 +109,8 @@ def test_the_audit_is_recorded_and_the_version_carries_its_verdict(walked):
     [experiment] = [e for e in client.search_experiments() if e.name == "auditlens/breast-cancer"]
     [run] = client.search_runs([experiment.experiment_id])
     assert run.info.status == "FINISHED" and run.info.run_name == "audit breast-cancer v1"
+    assert run.data.params["config.plan"] == "quick"  # the preset the audits came from, beside their list
+    assert run.data.params["audits"].split(",")[:3] == ["data_quality", "drift", "performance"]
     tags = client.get_model_version("breast-cancer", "1").tags
     assert (tags["audit.status"], tags["audit.run_id"]) == ("done", run.info.run_id)
     assert tags["audit.verdict"] == run.data.tags["audit.verdict"] in ("PASS", "WARN", "FAIL")
