@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -171,6 +172,18 @@ _GRID_CELLS = """grid => [...grid.firstElementChild.children].map(c => ({
     height: parseFloat(c.style.height), width: parseFloat(c.style.width), text: c.innerText.trim()}))"""
 
 
+def _settled(read, interval_s: float = 0.25, timeout_s: float = 10.0) -> None:
+    """Wait until two reads ``interval_s`` apart agree: a virtualised grid renders a window's rows over several frames,
+    its lower rows last, and later still on a loaded machine."""
+    deadline, before = time.monotonic() + timeout_s, read()
+    while time.monotonic() < deadline:
+        time.sleep(interval_s)
+        now = read()
+        if now == before:
+            return
+        before = now
+
+
 def compare_page_metrics(page: Page) -> dict[str, list[str]]:
     """Every row of the compare page's Metrics grid: metric name -> the values shown, one per run column.
 
@@ -196,6 +209,7 @@ def compare_page_metrics(page: Page) -> dict[str, list[str]]:
                    [...g.firstElementChild.children].some(c => parseFloat(c.style.top) === top))""",
             arg=[names, values, wanted * row_height],
         )
+        _settled(lambda: (names.evaluate(_GRID_CELLS), values.evaluate(_GRID_CELLS)))  # the window's lower rows too
         for cell in names.evaluate(_GRID_CELLS):
             rows[round(cell["top"] / row_height)] = cell["text"]
         for cell in values.evaluate(_GRID_CELLS):
