@@ -67,15 +67,26 @@ def use(audit: str, needs: Needs | None = None, **config: Any) -> PresetEntry:
 #             retrains the network ten times)
 # champion_challenger and explanation_drift SKIP with their reason when there is no deployed version to compare with
 # (model.baseline_alias, or the audited version is the deployed one); audits that need labels SKIP without them.
+def tabular(*entries: PresetEntry) -> dict[Kind, tuple[PresetEntry, ...]]:
+    """A tabular preset for both tasks: the classifier's entries, and the regressor's the same without calibration
+    (the one audit of these lists made for a classifier's probabilities alone)."""
+    return {"tabular_classifier": entries,
+            "tabular_regressor": tuple(entry for entry in entries if entry.audit != "calibration")}
+
+
+# text: every audit made for it is in standard already, so full holds the same
+TEXT_STANDARD = (
+    use("data_quality"), use("performance"), use("performance_estimation", HOLDOUT),
+    use("champion_challenger"), use("segments", SEGMENTS),
+    use("text_explanations"),
+    use("calibration"), use("conformal"),
+)
+
 PRESETS: dict[str, dict[Kind, tuple[PresetEntry, ...]]] = {
     "quick": {
-        "tabular_classifier": (
+        **tabular(
             use("data_quality"), use("drift"), use("performance"), use("performance_estimation", HOLDOUT),
             use("calibration"), use("shap", rows=100, permutation_rows=25),
-        ),
-        "tabular_regressor": (
-            use("data_quality"), use("drift"), use("performance"), use("performance_estimation", HOLDOUT),
-            use("shap", rows=100, permutation_rows=25),
         ),
         "image_network": (
             use("data_quality"), use("drift"), use("performance"), use("performance_estimation", HOLDOUT),
@@ -87,17 +98,11 @@ PRESETS: dict[str, dict[Kind, tuple[PresetEntry, ...]]] = {
         ),
     },
     "standard": {
-        "tabular_classifier": (
+        **tabular(
             use("data_quality"), use("drift"), use("performance"), use("performance_estimation", HOLDOUT),
             use("champion_challenger"), use("slices"), use("segments", SEGMENTS),
             use("shap"), use("explanation_agreement"), use("importance"), use("explanation_drift"),
             use("calibration"), use("conformal"), use("ood"),
-        ),
-        "tabular_regressor": (
-            use("data_quality"), use("drift"), use("performance"), use("performance_estimation", HOLDOUT),
-            use("champion_challenger"), use("slices"), use("segments", SEGMENTS),
-            use("shap"), use("explanation_agreement"), use("importance"), use("explanation_drift"),
-            use("conformal"), use("ood"),
         ),
         "image_network": (
             use("data_quality"), use("drift"), use("performance"), use("performance_estimation", HOLDOUT),
@@ -105,28 +110,15 @@ PRESETS: dict[str, dict[Kind, tuple[PresetEntry, ...]]] = {
             use("network_attributions"), use("occlusion"),
             use("calibration"), use("conformal"), use("ood"), use("mc_dropout"),
         ),
-        "text_classifier": (
-            use("data_quality"), use("performance"), use("performance_estimation", HOLDOUT),
-            use("champion_challenger"), use("segments", SEGMENTS),
-            use("text_explanations"),
-            use("calibration"), use("conformal"),
-        ),
+        "text_classifier": TEXT_STANDARD,
     },
     "full": {
-        "tabular_classifier": (
+        **tabular(
             use("data_quality"), use("drift"), use("performance"), use("performance_estimation", HOLDOUT),
             use("champion_challenger"), use("slices"), use("segments", SEGMENTS),
             use("shap"), use("explanation_agreement"), use("importance"), use("explanation_drift"),
             use("lime"), use("prototypes"), use("sanity_checks"), use("explanation_stability"),
             use("calibration"), use("conformal"), use("ood"), use("disagreement"), use("concordance"),
-            use("projections"),
-        ),
-        "tabular_regressor": (
-            use("data_quality"), use("drift"), use("performance"), use("performance_estimation", HOLDOUT),
-            use("champion_challenger"), use("slices"), use("segments", SEGMENTS),
-            use("shap"), use("explanation_agreement"), use("importance"), use("explanation_drift"),
-            use("lime"), use("prototypes"), use("sanity_checks"), use("explanation_stability"),
-            use("conformal"), use("ood"), use("disagreement"), use("concordance"),
             use("projections"),
         ),
         "image_network": (
@@ -137,12 +129,7 @@ PRESETS: dict[str, dict[Kind, tuple[PresetEntry, ...]]] = {
             use("disagreement"), use("concordance"),
             use("embedding_projections"),
         ),
-        "text_classifier": (  # text: the audits made for it are all in standard already
-            use("data_quality"), use("performance"), use("performance_estimation", HOLDOUT),
-            use("champion_challenger"), use("segments", SEGMENTS),
-            use("text_explanations"),
-            use("calibration"), use("conformal"),
-        ),
+        "text_classifier": TEXT_STANDARD,
     },
 }
 
