@@ -57,6 +57,12 @@ class AuditRun:
         return f"#/experiments/{self.experiment_id}/runs/{self.run_id}"
 
 
+def version_entry(name: str, version: str) -> dict[str, Any]:
+    """One registered version as an entry of a logged model's ``mlflow.modelVersions`` tag, as MLflow writes it: the
+    version a number (its UI reads either)."""
+    return {"name": name, "version": int(version) if str(version).isdigit() else str(version)}
+
+
 def _chunks(items: list, size: int) -> Iterable[list]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
@@ -296,7 +302,7 @@ class MlflowSink:
                                                      filter_string=f"tags.`{REFERENCE_TAG}` = '{model_id}'")
             if found:
                 return found[0].model_id
-            entry = {"name": name, "version": int(version) if str(version).isdigit() else str(version)}
+            entry = version_entry(name, version)
             reference = self.client.create_logged_model(
                 run.experiment_id, name=f"{name}-v{version}", model_type="auditlens-reference",
                 tags={REFERENCE_TAG: model_id, MODEL_VERSIONS_TAG: json.dumps([entry]),
@@ -322,8 +328,7 @@ class MlflowSink:
         (the lookup by id is behind a flag that is off): ``version_reference`` covers that."""
         from mlflow.exceptions import MlflowException
 
-        # as MLflow writes it: the version a number (its UI reads either)
-        entry = {"name": name, "version": int(version) if str(version).isdigit() else str(version)}
+        entry = version_entry(name, version)
         try:
             listed = json.loads(self.client.get_logged_model(model_id).tags.get(MODEL_VERSIONS_TAG) or "[]")
             listed = listed if isinstance(listed, list) else []
