@@ -49,7 +49,6 @@ def sample_positions(n: int, k: int, rng: np.random.Generator) -> np.ndarray:
     return np.sort(rng.choice(n, size=min(k, n), replace=False))
 
 
-
 def class_example_positions(classes: Sequence[Any], proba: np.ndarray, predicted: np.ndarray, truth: np.ndarray | None,
                             eligible: np.ndarray) -> dict[Any, int]:
     """Per class (in ``classes``' order, which is ``proba``'s columns), the position of the row that stands for it: among

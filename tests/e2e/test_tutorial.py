@@ -15,7 +15,6 @@ import re
 import shlex
 import subprocess
 import sys
-import time
 import urllib.parse
 import urllib.request
 from dataclasses import dataclass
@@ -138,6 +137,4 @@ def test_the_mlflow_ui_command_serves_the_audit(walked):
     finally:
         stop_group(process)
         log.close()
-        deadline = time.monotonic() + 30
-        while not port_free(port) and time.monotonic() < deadline:
-            time.sleep(0.2)
+        wait_for(lambda: port_free(port), timeout=30, what=f"port {port} free")
