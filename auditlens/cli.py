@@ -19,6 +19,7 @@ import typer
 from rich.markup import escape
 
 from auditlens.common import fail as _fail
+from auditlens.common import report_crash
 from auditlens.common import setup as _setup
 from auditlens.console import console, errors, print_local_server, print_summary, ui_hint
 
@@ -114,66 +115,169 @@ def audit(
     config: Path = typer.Option(..., "--config", "-c", help="audit configuration (YAML, kind: audit)"),
     tracking_uri: str | None = typer.Option(None, help="MLflow tracking URI; default: the config's, $MLFLOW_TRACKING_URI, sqlite:///mlflow.db"),
     fail_on: FailOn = typer.Option(FailOn.FAIL, help="exit 1 when the verdict is this bad or worse (ERROR counts as FAIL)"),
-    verbose: bool = typer.Option(False, "--verbose", "-v", help="also print Prefect's log lines (they always reach the Prefect API); progress as plain lines"),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="also print Prefect's log lines (they always reach the Prefect API); progress as plain lines; audits in this process"),
     no_cache: bool = typer.Option(False, "--no-cache", help="recompute every audit, even one whose model, data, settings and code are unchanged since a result was kept"),
+    resident: bool = typer.Option(True, "--resident/--no-resident", help="hand the audit to the resident auditor when one runs for this user, code and environment (auditlens resident); --no-resident audits in this process"),
 ) -> None:
     """Audit one model version and record the audit in MLflow."""
+    if resident and not verbose:  # before anything heavy is imported: a resident auditor has it all imported already
+        from auditlens.resident import audit_by_resident
+
+        handed = audit_by_resident(model, config, tracking_uri, no_cache)
+        if handed is not None:
+            _finish_audit(*handed, fail_on)
+            return
     _setup()
     _prefect_console(verbose)
     _no_collection_at_exit()
     from auditlens.progress import display_for
-    from tasks import progress
+    from tasks.adapters.errors import AuditlensError
 
     # on a terminal, a live display of the phases and of each audit; else a line per phase and per audit ended. Each
     # error stops it first, so that the error is printed below its last frame.
     with display_for(console, plain=verbose) as display:
-        progress.phase(progress.CHECK)  # the imports below are part of it (2-3 s)
-        from tasks.adapters.errors import AuditlensError
-        from tasks.adapters.inputs import preflight_data
-        from tasks.adapters.model_worker import model_threads
-        from tasks.adapters.models import resolve_model
-        from tasks.adapters.settings import load_settings
-        from tasks.adapters.signing import signing_key
-        from tasks.adapters.tracking import check_reachable, configure_http, make_client
-
         try:
-            loaded = load_settings(config)
-            progress.plan(planned.id for planned in loaded.plan)
-            _prestart_model_process(model_threads(loaded))  # not for a config that does not hold
-            uri = loaded.tracking_uri(tracking_uri)
-            configure_http(loaded.settings.mlflow.request_timeout_s, loaded.settings.mlflow.request_max_retries)
-            check_reachable(uri)
-            resolve_model(model, make_client(uri))
-            preflight_data(loaded)
-            signing_key()  # a key that cannot sign is refused now, not after the model and data have loaded
-            _prefect_server_for_flows()
+            summary, uri = run_checked_audit(model, config, tracking_uri, no_cache)
         except AuditlensError as exc:
             display.stop(failed=True)
             _fail(exc)
-
-        progress.phase(progress.START)
-        from flows.audit_model import audit_model
-
-        try:
-            with _in_process_flow_settings():
-                summary = audit_model(model_uri=model, config_path=str(loaded.path), tracking_uri=uri, reason="cli",
-                                      use_cache=not no_cache)
-        except AuditlensError as exc:
+        except AuditCrashed as exc:
             display.stop(failed=True)
-            _fail(exc)
-        except Exception as exc:
-            from tasks.adapters.tracking import redact_text
+            report_crash(exc.text, exc.run_id)
+    _finish_audit(summary, ui_hint(uri, summary), fail_on)
 
-            display.stop(failed=True)
-            run_id = getattr(exc, "audit_run_id", None)
-            where = f"\n(the MLflow run {run_id} was ended FAILED with this reason)" if run_id else "\n(no MLflow run was opened)"
-            errors.print(f"[bold red]audit failed:[/] {type(exc).__name__}: {escape(redact_text(str(exc), uri))}{where}", highlight=False, markup=True, soft_wrap=True)
-            raise typer.Exit(1) from None
+
+class AuditCrashed(Exception):
+    """An audit that failed other than on bad input: ``text`` is its message, redacted; ``run_id`` the MLflow run it
+    ended FAILED, if one was opened."""
+
+    def __init__(self, text: str, run_id: str | None) -> None:
+        super().__init__(text)
+        self.text, self.run_id = text, run_id
+
+
+def run_checked_audit(model: str, config: Path, tracking_uri: str | None, no_cache: bool,
+                      prestart: bool = True) -> tuple[dict, str]:
+    """The audit command's work in this process, telling its progress (tasks/progress.py): the input checked (config,
+    store, model, data, signing key) before the flow, then the flow. Returns the summary and the tracking URI. Raises
+    AuditlensError for bad input (nothing recorded) and AuditCrashed for anything else. ``prestart``: start the model's
+    process as soon as the config holds (a resident auditor keeps one started instead)."""
+    from tasks import progress
+
+    progress.phase(progress.CHECK)  # the imports below are part of it (2-3 s)
+    from tasks.adapters.errors import AuditlensError
+    from tasks.adapters.inputs import preflight_data
+    from tasks.adapters.model_worker import model_threads
+    from tasks.adapters.models import resolve_model
+    from tasks.adapters.settings import load_settings
+    from tasks.adapters.signing import signing_key
+    from tasks.adapters.tracking import check_reachable, configure_http, make_client
+
+    loaded = load_settings(config)
+    progress.plan(planned.id for planned in loaded.plan)
+    if prestart:
+        _prestart_model_process(model_threads(loaded))  # not for a config that does not hold
+    uri = loaded.tracking_uri(tracking_uri)
+    configure_http(loaded.settings.mlflow.request_timeout_s, loaded.settings.mlflow.request_max_retries)
+    check_reachable(uri)
+    resolve_model(model, make_client(uri))
+    preflight_data(loaded)
+    signing_key()  # a key that cannot sign is refused now, not after the model and data have loaded
+    _prefect_server_for_flows()
+
+    progress.phase(progress.START)
+    from flows.audit_model import audit_model
+
+    try:
+        with _in_process_flow_settings():
+            summary = audit_model(model_uri=model, config_path=str(loaded.path), tracking_uri=uri, reason="cli",
+                                  use_cache=not no_cache)
+    except AuditlensError:
+        raise
+    except Exception as exc:
+        from tasks.adapters.tracking import redact_text
+
+        raise AuditCrashed(f"{type(exc).__name__}: {redact_text(str(exc), uri)}", getattr(exc, "audit_run_id", None)) from exc
+    return summary, uri
+
+
+def _finish_audit(summary: dict, hint: str, fail_on: FailOn) -> None:
     print_summary(summary)
-    console.print(f"Open the MLflow UI: {ui_hint(uri, summary)}", soft_wrap=True, highlight=False)
+    console.print(f"Open the MLflow UI: {hint}", soft_wrap=True, highlight=False)
     gate = {"FAIL": {"FAIL", "ERROR"}, "WARN": {"WARN", "FAIL", "ERROR"}, "never": set()}[fail_on.value]
     if summary["verdict"] in gate:
         raise typer.Exit(1)
+
+
+@app.command()
+def resident(
+    detach: bool = typer.Option(False, "--detach", help="start it in the background (its output in $AUDITLENS_STATE_DIR/resident/resident.log) and return once it answers"),
+    stop: bool = typer.Option(False, "--stop", help="stop the one running, after the audit under way"),
+    status: bool = typer.Option(False, "--status", help="say whether one runs, since when, and how many audits it served"),
+    idle_minutes: float = typer.Option(60.0, min=0.05, help="stop after this many minutes without an audit"),
+    log: Path | None = typer.Option(None, hidden=True, help="the log --detach writes to (reported by --status)"),
+) -> None:
+    """Keep an auditor resident, so that each `auditlens audit` starts at once: it pays the imports, the Prefect check
+    and the model process's start ahead, for this user, this code and this environment only. Runs until Ctrl-C,
+    --stop or --idle-minutes without an audit."""
+    from auditlens import resident as residence
+
+    if status or stop:
+        answer = residence.stop() if stop else residence.ask({"op": "ping"})
+        if answer is None:
+            console.print(f"No resident auditor runs (socket {residence.socket_path()})", soft_wrap=True, highlight=False)
+            raise typer.Exit(0 if stop else 1)
+        busy = f"auditing since {answer['busy_since'] and time.strftime('%H:%M:%S', time.localtime(answer['busy_since']))}" if answer["busy_since"] else "idle"
+        console.print(f"{'Stopped' if stop else 'Resident auditor'}: pid {answer['pid']}, started "
+                      f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(answer['started']))}, {answer['served']} audit(s) served, "
+                      f"{busy}, {answer['waiting']} waiting; stops after {answer['idle_s'] / 60:g} min idle\n"
+                      f"socket {residence.socket_path()}" + (f"\nlog {answer['log']}" if answer["log"] else ""),
+                      soft_wrap=True, highlight=False)
+        if not stop and answer["code"] != residence.code_fingerprint():
+            console.print("It runs other code than this command: restart it (auditlens resident --stop, then --detach)", soft_wrap=True)
+        return
+    from tasks.adapters.errors import AuditlensError
+
+    if detach:  # before this command's setup sets variables of its own: the resident's environment is the caller's
+        try:
+            answer = residence.start_detached(idle_minutes)
+        except AuditlensError as exc:
+            _fail(exc)
+        console.print(f"Resident auditor started: pid {answer['pid']}, socket {residence.socket_path()}, log {answer['log']}\n"
+                      "`auditlens audit` now hands it its audits; stop it with: auditlens resident --stop", soft_wrap=True, highlight=False)
+        return
+    environment = residence.environment_digests()  # before this command's setup sets variables of its own
+    _setup()
+    _prefect_console(False)
+    started = time.perf_counter()
+    server = residence.Resident(environment, idle_minutes * 60, log)
+    try:
+        server.bind()  # first: one already running is said at once; a command that comes meanwhile waits its turn
+        _warm_imports()
+        _prefect_server_for_flows()
+    except AuditlensError as exc:
+        server.close()
+        _fail(exc)
+    console.print(f"Resident auditor: pid {os.getpid()}, ready in {time.perf_counter() - started:.1f} s, listening on "
+                  f"{residence.socket_path()}; `auditlens audit` hands it its audits. Stop: Ctrl-C or auditlens resident --stop",
+                  soft_wrap=True, highlight=False)
+    try:
+        server.serve()
+    except (KeyboardInterrupt, SystemExit):
+        pass
+    finally:
+        server.close()
+
+
+def _warm_imports() -> None:
+    """What an audit imports, imported once: the flow (MLflow, Prefect), the inputs' checks and every audit class
+    registered (their libraries: SHAP, LIME, openTSNE, Great Expectations...)."""
+    import flows.audit_model  # noqa: F401
+    import tasks.adapters.inputs  # noqa: F401
+    from audits.core.registry import available_audits, get_audit_class
+
+    for name in available_audits():
+        get_audit_class(name)
 
 
 @app.command()

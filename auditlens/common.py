@@ -26,8 +26,19 @@ def fail(exc: Exception) -> None:
     from tasks.adapters.tracking import redact_text
 
     # whatever raised it, a URL in the message (a registry's, MLflow's own) is printed without its secrets
-    errors.print(f"[bold red]error:[/] {escape(redact_text(str(exc)))}", highlight=False, markup=True, soft_wrap=True)
-    run_id = getattr(exc, "audit_run_id", None)
+    report_failure(redact_text(str(exc)), getattr(exc, "audit_run_id", None), getattr(exc, "exit_code", 1))
+
+
+def report_failure(text: str, run_id: str | None, exit_code: int) -> None:
+    """Print a failure already redacted (``fail``'s, or one the resident auditor sent) and exit with its code."""
+    errors.print(f"[bold red]error:[/] {escape(text)}", highlight=False, markup=True, soft_wrap=True)
     if run_id:  # a refused model is an audit's finding: its run says so
         errors.print(f"(the MLflow run {run_id} was ended FAILED with this reason)", highlight=False, markup=False, soft_wrap=True)
-    raise typer.Exit(getattr(exc, "exit_code", 1))
+    raise typer.Exit(exit_code)
+
+
+def report_crash(text: str, run_id: str | None) -> None:
+    """An audit that failed other than on bad input (its message redacted): said with whether a run was left, exit 1."""
+    where = f"\n(the MLflow run {run_id} was ended FAILED with this reason)" if run_id else "\n(no MLflow run was opened)"
+    errors.print(f"[bold red]audit failed:[/] {escape(text)}{where}", highlight=False, markup=True, soft_wrap=True)
+    raise typer.Exit(1)
