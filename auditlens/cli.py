@@ -11,7 +11,6 @@ import logging
 import os
 import sys
 import time
-from contextlib import contextmanager
 from enum import Enum
 from pathlib import Path
 
@@ -20,6 +19,11 @@ from rich.markup import escape
 
 from auditlens.common import fail as _fail
 from auditlens.common import report_crash
+from auditlens.running import AuditCrashed, run_checked_audit
+from auditlens.running import in_process_flow_settings as _in_process_flow_settings
+from auditlens.running import prefect_api_url as _prefect_api_url
+from auditlens.running import prefect_server_for_flows as _prefect_server_for_flows
+from auditlens.running import prestart_model_process as _prestart_model_process
 from auditlens.common import setup as _setup
 from auditlens.console import console, errors, print_local_server, print_summary, ui_hint
 
@@ -65,15 +69,6 @@ class FailOn(str, Enum):
     never = "never"
 
 
-def _prestart_model_process(threads: int | None, keep: bool = False, warm: tuple[str, ...] = ()) -> None:
-    """Start the model's process now, so that its imports (1.8 s) overlap this command's own (MLflow, Prefect: 3 to
-    4 s) on another core; it is confined and given the model only when the audit takes it (``model_worker.prestart``;
-    ``keep``: the next is started each time one is taken)."""
-    from tasks.adapters.model_worker import prestart
-
-    prestart(warm, keep=keep, threads=threads)
-
-
 def _prefect_console(verbose: bool) -> None:
     """Prefect logs every state change and tells a failure four times over; these commands print their own outcome, with
     one message for bad input. Prefect's lines still reach its API (the Prefect UI), and this console with --verbose.
@@ -97,16 +92,6 @@ class _CurrentStderr(logging.StreamHandler):
     def emit(self, record: logging.LogRecord) -> None:
         self.stream = sys.stderr
         super().emit(record)
-
-
-@contextmanager
-def _in_process_flow_settings():
-    """A flow the CLI runs in its own process needs no heartbeat (Prefect uses it to detect crashed
-    workers); joining the heartbeat thread costs about a second per flow call."""
-    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
-
-    with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
-        yield
 
 
 @app.command()
@@ -145,60 +130,6 @@ def audit(
             display.stop(failed=True)
             report_crash(exc.text, exc.run_id)
     _finish_audit(summary, ui_hint(uri, summary), fail_on)
-
-
-class AuditCrashed(Exception):
-    """An audit that failed other than on bad input: ``text`` is its message, redacted; ``run_id`` the MLflow run it
-    ended FAILED, if one was opened."""
-
-    def __init__(self, text: str, run_id: str | None) -> None:
-        super().__init__(text)
-        self.text, self.run_id = text, run_id
-
-
-def run_checked_audit(model: str, config: Path, tracking_uri: str | None, no_cache: bool,
-                      prestart: bool = True) -> tuple[dict, str]:
-    """The audit command's work in this process, telling its progress (tasks/progress.py): the input checked (config,
-    store, model, data, signing key) before the flow, then the flow. Returns the summary and the tracking URI. Raises
-    AuditlensError for bad input (nothing recorded) and AuditCrashed for anything else. ``prestart``: start the model's
-    process as soon as the config holds (a resident auditor keeps one started instead)."""
-    from tasks import progress
-
-    progress.phase(progress.CHECK)  # the imports below are part of it (2-3 s)
-    from tasks.adapters.errors import AuditlensError
-    from tasks.adapters.inputs import preflight_data
-    from tasks.adapters.model_worker import model_threads
-    from tasks.adapters.models import resolve_model
-    from tasks.adapters.settings import load_settings
-    from tasks.adapters.signing import signing_key
-    from tasks.adapters.tracking import check_reachable, configure_http, make_client
-
-    loaded = load_settings(config)
-    progress.plan(planned.id for planned in loaded.plan)
-    if prestart:
-        _prestart_model_process(model_threads(loaded))  # not for a config that does not hold
-    uri = loaded.tracking_uri(tracking_uri)
-    configure_http(loaded.settings.mlflow.request_timeout_s, loaded.settings.mlflow.request_max_retries)
-    check_reachable(uri)
-    resolve_model(model, make_client(uri))
-    preflight_data(loaded)
-    signing_key()  # a key that cannot sign is refused now, not after the model and data have loaded
-    _prefect_server_for_flows()
-
-    progress.phase(progress.START)
-    from flows.audit_model import audit_model
-
-    try:
-        with _in_process_flow_settings():
-            summary = audit_model(model_uri=model, config_path=str(loaded.path), tracking_uri=uri, reason="cli",
-                                  use_cache=not no_cache)
-    except AuditlensError:
-        raise
-    except Exception as exc:
-        from tasks.adapters.tracking import redact_text
-
-        raise AuditCrashed(f"{type(exc).__name__}: {redact_text(str(exc), uri)}", getattr(exc, "audit_run_id", None)) from exc
-    return summary, uri
 
 
 def _finish_audit(summary: dict, hint: str, fail_on: FailOn) -> None:
@@ -370,12 +301,6 @@ def check_config(config: Path = typer.Argument(..., help="an audit (kind: audit)
     except AuditlensError as exc:
         _fail(exc)
     console.print(f"{config}: valid {kind} configuration" + (f" (hash {loaded.config_hash})" if kind == "audit" else ""))
-
-
-def _prefect_api_url() -> str | None:
-    from prefect.settings import PREFECT_API_URL
-
-    return PREFECT_API_URL.value()
 
 
 @app.command()
@@ -573,20 +498,6 @@ def render(deployments: Path = typer.Option(Path("config/deployments.yaml"), "--
 
 
 # --- the local Prefect server (tasks/adapters/prefect_local.py) ------------------------------------------------------
-def _prefect_server_for_flows() -> None:
-    """Point this process's flows at the local Prefect server, started if needed, unless a Prefect API is configured
-    (environment, profile or prefect.toml: the user's own server always wins) or AUDITLENS_PREFECT_SERVER=ephemeral
-    asks for Prefect's temporary server (one per command: 10-30 s to start, and it can time out on a busy machine)."""
-    from tasks.adapters.prefect_local import use_for_flows
-
-    url = use_for_flows(_prefect_api_url(), announce=lambda line: errors.print(line, highlight=False, markup=False, soft_wrap=True))
-    if url:
-        os.environ["PREFECT_API_URL"] = url  # also for any process the flow starts
-        from prefect.context import refresh_global_settings_context
-
-        refresh_global_settings_context()  # Prefect read its settings when _prefect_api_url imported it
-
-
 def _no_collection_at_exit() -> None:
     """Python's teardown after an audit runs full garbage collections over the ~460,000 objects that pandas, MLflow,
     SQLAlchemy and Prefect leave behind: 1.5-2 s of a 6-9 s command, to free memory the process is about to give

@@ -348,7 +348,7 @@ class Resident:
 
     def run(self, connection: socket.socket, request: dict) -> None:
         """One audit, as the command would run it in its own process, its progress and outcome sent back."""
-        from auditlens.cli import AuditCrashed, run_checked_audit
+        from auditlens.running import AuditCrashed, run_checked_audit
         from auditlens.console import ui_hint
         from tasks import progress
         from tasks.adapters.errors import AuditlensError

@@ -186,7 +186,7 @@ def run_record(client, run_id: str) -> dict:
 def ours_flow(model_uri: str, config_path: Path, tracking_uri: str, client, downloads: Path) -> dict:
     """The flow as `auditlens audit` runs it (in process, no heartbeat thread)."""
     from flows.audit_model import audit_model
-    from auditlens.cli import _in_process_flow_settings
+    from auditlens.running import in_process_flow_settings as _in_process_flow_settings
 
     started = time.perf_counter()
     with _in_process_flow_settings():

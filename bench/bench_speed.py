@@ -122,7 +122,8 @@ def warm_pair(model: str, config: Path, repeats: int) -> dict[str, list[float]]:
 
     from prefect import flow
 
-    from auditlens.cli import _in_process_flow_settings, _prefect_server_for_flows
+    from auditlens.running import in_process_flow_settings as _in_process_flow_settings
+    from auditlens.running import prefect_server_for_flows as _prefect_server_for_flows
     from flows.audit_model import audit_model
 
     logging.getLogger("prefect").setLevel(logging.WARNING)
