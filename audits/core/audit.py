@@ -88,6 +88,9 @@ class Audit(ABC):
     # scheduler only: with no timing of an earlier run, the costliest audits start first, so that the lanes finish
     # together instead of one waiting on the map it started last
     typical_cost_s: ClassVar[float] = 1.0
+    # the libraries it imports only when it runs (kept out of the module's import to keep listing audits light): a
+    # worker process that will run it imports them while the model's process still reads the data
+    imports: ClassVar[tuple[str, ...]] = ()
     # on data larger than the sample: 'sample' (computes on the seeded sample), or, for a PartialAudit (audits.core.partial),
     # 'partial' (every row) or 'hybrid' (fitted on the sample, applied to every row)
     mode: ClassVar[Literal["sample", "partial", "hybrid"]] = "sample"

@@ -61,6 +61,7 @@ class DataQualityAudit(PartialAudit):
     that add up over partitions on every row, the others on the sample."""
 
     name = "data_quality"
+    imports = ("great_expectations",)  # imported when it runs (audits.core.audit)
     question = "data"
     typical_cost_s = 2.0  # for the scheduler (audits.core.audit)
     metric_keys = (

@@ -119,6 +119,7 @@ class ExplanationStabilityAudit(Audit):
     """Variance of SHAP across background resamples and of LIME across seeds."""
 
     name = "explanation_stability"
+    imports = ("shap",)  # imported when it runs (audits.core.audit)
     question = "behaviour"
     typical_cost_s = 1.5  # for the scheduler (audits.core.audit)
     metric_keys = (

@@ -37,6 +37,7 @@ class LimeAudit(Audit):
     """LIME surrogates for informative rows: per-row weights and fidelity, global mean |weight|."""
 
     name = "lime"
+    imports = ("lime.lime_tabular",)  # imported when it runs (audits.core.audit)
     question = "behaviour"
     metric_keys = (
         "fidelity_mean", "fidelity_min", "importance.*", "rows_explained",

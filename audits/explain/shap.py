@@ -40,6 +40,7 @@ class ShapAudit(Audit):
     """SHAP attributions: importance, per-row values, beeswarm and bar plots, additivity error."""
 
     name = "shap"
+    imports = ("shap",)  # imported when it runs (audits.core.audit)
     question = "behaviour"
     metric_keys = (
         "importance.*", "importance_ci95_relative_halfwidth", "additivity_max_abs_error", "additivity_relative_error",

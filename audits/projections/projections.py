@@ -260,6 +260,7 @@ class ProjectionsAudit(Audit):
     """PCA, t-SNE and SHAP t-SNE maps of the reference with the current rows placed in, and how far to trust them."""
 
     name = "projections"
+    imports = ("openTSNE",)  # imported when it runs (audits.core.audit)
     question = "data"
     typical_cost_s = 5.0  # for the scheduler (audits.core.audit)
     metric_keys = (

@@ -108,6 +108,7 @@ class ConformalAudit(PartialAudit):
     Hybrid: conformalized on the sample, every labelled current row's set or interval tallied (see the module)."""
 
     name = "conformal"
+    imports = ("mapie.classification", "mapie.regression")  # imported when it runs (audits.core.audit)
     question = "certainty"
     metric_keys = (
         "coverage", "coverage_gap", "coverage_lower_tolerance", "coverage_shortfall_z", "calibration_rows",

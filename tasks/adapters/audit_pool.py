@@ -72,13 +72,31 @@ def _start_worker(writable: list[Path], readable: list[Path]) -> None:
         pass
 
 
-def _warm() -> int:
-    """Imports paid while the model's process reads the data."""
+def _warm(modules: tuple[str, ...] = ()) -> int:
+    """Imports paid while the model's process reads the data: the runner's, and ``modules`` (the planned audits' own
+    and the libraries they import when they run, ``planned_imports``)."""
+    import importlib
+
     import audits.core.runner  # noqa: F401
     import matplotlib.figure  # noqa: F401
     import sklearn.base  # noqa: F401
 
+    for name in modules:
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            pass  # an optional library not installed: the audit that needs it says so when it runs
     return os.getpid()
+
+
+def planned_imports(plan: Any) -> tuple[str, ...]:
+    """The modules a plan's audits import: each audit's own module and what it declares it imports when it runs
+    (``Audit.imports``), in plan order, once each."""
+    names: dict[str, None] = {}
+    for planned in plan:
+        names[type(planned.audit).__module__] = None
+        names.update(dict.fromkeys(getattr(planned.audit, "imports", ())))
+    return tuple(names)
 
 
 def _run(path: str, planned: Any) -> Any:
@@ -102,7 +120,8 @@ class AuditPool:
     """``processes`` spawned workers for the audits of one model process, confined to ``writable`` and ``readable``
     (the model process's own rules); ``share`` the inputs once, then ``run``."""
 
-    def __init__(self, processes: int, folder: Path, writable: list[Path], readable: list[Path], threads: int = 1) -> None:
+    def __init__(self, processes: int, folder: Path, writable: list[Path], readable: list[Path], threads: int = 1,
+                 warm: tuple[str, ...] = ()) -> None:
         self.processes = processes
         self.folder = folder
         saved = {name: os.environ.get(name) for name in THREAD_VARIABLES}
@@ -111,7 +130,7 @@ class AuditPool:
         try:
             self.executor = ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn"),
                                                 initializer=_start_worker, initargs=(writable, readable))
-            self._warming = [self.executor.submit(_warm) for _ in range(processes)]  # spawns them all now
+            self._warming = [self.executor.submit(_warm, warm) for _ in range(processes)]  # spawns them all now
         finally:
             for name, value in saved.items():
                 if value is None:

@@ -38,7 +38,7 @@ import pandas as pd
 
 from audits.core.result import Artifact, AuditResult, CheckResult, Verdict
 from tasks.adapters import errors as error_types
-from tasks.adapters.audit_pool import THREAD_VARIABLES, AuditPool, available_cores, lane_threads, lanes
+from tasks.adapters.audit_pool import THREAD_VARIABLES, AuditPool, available_cores, lane_threads, lanes, planned_imports
 from tasks.adapters.errors import AuditlensError
 
 # variables the model's process is given: what Python, the numeric libraries and matplotlib need, nothing that names a
@@ -546,7 +546,7 @@ class _Worker:
             self.lanes = lanes(settings.execution.processes, len(loaded.plan))
             if self.lanes > 1:
                 self.audit_pool = AuditPool(self.lanes - 1, Path.cwd(), writable, readable,
-                                            threads=max(1, available_cores() // self.lanes))
+                                            threads=max(1, available_cores() // self.lanes), warm=planned_imports(loaded.plan))
         self.isolation = restrict(writable, readable, allow_tcp=dask)
         if drop_capabilities():  # run as root: without them, the auditor's /proc entries stay closed to it
             self.isolation["capabilities"] = "none (dropped: the audit runs as root)"

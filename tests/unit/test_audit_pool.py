@@ -68,3 +68,31 @@ def test_the_pool_is_never_larger_than_the_plan_or_the_configured_number():
     assert lanes(1, 19) == 1
     assert 1 <= lanes(None, 19) <= 8
 
+
+
+def _imported(name: str) -> bool:
+    import sys
+
+    return name in sys.modules
+
+
+def test_workers_import_what_the_planned_audits_will_import_before_the_first_one_runs(tmp_path):
+    from tasks.adapters.audit_pool import planned_imports
+
+    plan = AuditPlan(audits=[{"audit": "data_quality"}, {"audit": "shap"}, {"audit": "performance"}]).build()
+    warm = planned_imports(plan)
+    assert warm == ("audits.data.data_quality", "great_expectations", "audits.explain.shap", "shap",
+                    "audits.performance.performance")
+    pool = AuditPool(1, tmp_path, [tmp_path, Path("/dev")], [Path("/")], warm=(*warm, "no_such_library"))
+    try:
+        assert pool._warming[0].result(timeout=300)  # warmed, the missing library passed over
+        assert pool.executor.submit(_imported, "great_expectations").result(timeout=60)
+        assert pool.executor.submit(_imported, "shap").result(timeout=60)
+    finally:
+        pool.close()
+    bare = AuditPool(1, tmp_path, [tmp_path, Path("/dev")], [Path("/")])
+    try:
+        bare._warming[0].result(timeout=300)
+        assert not bare.executor.submit(_imported, "great_expectations").result(timeout=60)
+    finally:
+        bare.close()
