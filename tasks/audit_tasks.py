@@ -17,6 +17,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 from prefect.futures import as_completed
 from prefect.tasks import exponential_backoff
+from prefect.utilities.annotations import quote
 
 from audits.core.plan import PlannedAudit
 from audits.core.result import AuditResult, Verdict
@@ -245,7 +246,7 @@ def run_audits(plan: list[PlannedAudit], worker: ModelWorker, reuse: Reuse | Non
         if planned.id in reuse.hits:  # a cached result ends at once
             hit = reuse.hits[planned.id]
             progress.emit(progress.Finished(planned.id, hit.verdict.value, hit.duration_s, True, hit.reason))
-    futures = {p.id: run_one.with_options(task_run_name=f"audit-{p.id}").submit(p, worker) for p in reuse.order(plan)}
+    futures = {p.id: run_one.with_options(task_run_name=f"audit-{p.id}").submit(quote(p), quote(worker)) for p in reuse.order(plan)}
     if listening:
         _tell_as_each_ends(futures)
     results = []

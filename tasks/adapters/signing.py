@@ -84,7 +84,7 @@ def signing_key(environ: Mapping[str, str] | None = None) -> SigningKey | None:
     value, path = environ.get(KEY_ENV) or None, environ.get(KEY_FILE_ENV) or None
     if value is not None and path is not None:
         raise ConfigError(f"both {KEY_ENV} and {KEY_FILE_ENV} are set: it is not clear which key signs",
-                          f"unset one of them")
+                          "unset one of them")
     if value is not None:
         return SigningKey(value.encode("utf-8", "surrogateescape"), KEY_ENV)
     if path is None:
