@@ -14,9 +14,13 @@ is a fresh process timed from outside, start to exit, imports included, as a use
 | evaluate | `mlflow.models.evaluate(model_type="classifier", evaluators=["default"])` on the current data: metrics, plots, SHAP on 2,000 rows |
 | three audits | `auditlens audit --no-cache` with bench_audit.py's plan (data_quality, performance, shap on 2,000 rows) |
 | plain | bench_audit.py's plain path: `mlflow.models.evaluate` and a GX suite on the current data, logged to one run |
+| ..._resident | the same command handing its audit to the resident auditor (`auditlens resident --detach`, started once) |
 
-The ratios and their goals: whole plan / evaluate <= 2; three audits / plain <= 0.2; rerun / whole plan <= 0.05
-(from the command line, and in one warm process).
+The command-line sides above run with `--no-resident` (a command that does everything itself, imports included); the
+`_resident` sides are the same commands while a resident auditor runs (auditlens/resident.py).
+The ratios and their goals: whole plan (fresh command) / evaluate <= 2; three audits (resident) / plain <= 0.2; rerun
+(resident) / whole plan (resident) <= 0.05; and, for comparison, the last two from fresh commands and in one warm
+process.
 Sides alternate order over `--repeats` rounds; medians are compared. Then (unless --skip-parts) the per-audit
 profile of bench_parts.py (each audit alone, in this process, pure path) on the demo's data and on the workload,
 beside the same profile measured before this work (bench/baseline/parts-82c0ab9.json).
