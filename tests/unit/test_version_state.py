@@ -59,6 +59,7 @@ class Turns:
     ``late_phase``: the late trigger parks before its first call of a later phase."""
 
     observe: object  # a plain client: reads the version after each write
+    model: str = MODEL
     version: str = ""
     cond: threading.Condition = field(default_factory=threading.Condition)
     turn: str = "test"
@@ -107,7 +108,7 @@ class Turns:
             elif name == "set_model_version_tag" and args[2:4] == ("audit.status", "queued"):
                 self.phase = 2  # its queued write is done; what follows is its re-check
             if name.endswith("model_version_tag"):  # the only writes that change what a reader of the version sees
-                self.snapshots.append((actor, name, args[2], dict(self.observe.get_model_version(MODEL, self.version).tags)))
+                self.snapshots.append((actor, name, args[2], dict(self.observe.get_model_version(self.model, self.version).tags)))
 
     def give(self, actor: str) -> None:
         with self.cond:
@@ -158,9 +159,9 @@ def _store(folder: Path):
     yield uri, client, old.info.run_id
 
 
-def new_version(store) -> str:
+def new_version(store, model: str = MODEL) -> str:
     uri, client, old_run = store
-    return str(client.create_model_version(MODEL, source="file:///nowhere", run_id=old_run,
+    return str(client.create_model_version(model, source="file:///nowhere", run_id=old_run,
                                            tags={**OLD, "audit.run_id": old_run}).version)
 
 
@@ -171,27 +172,27 @@ def sink_for(uri: str, turns: Turns, actor: str) -> MlflowSink:
 
 
 # --- the world's stories: the first trigger, then what the audit flow writes ---------------------------------
-def audit_done(sink: MlflowSink, version: str, flow: str, out: dict) -> None:
-    sink.versions.mark_queued(MODEL, version, 1, flow, "h1")
+def audit_done(sink: MlflowSink, model: str, version: str, flow: str, out: dict) -> None:
+    sink.versions.mark_queued(model, version, 1, flow, "h1")
     run = sink.open_run(experiment=EXPERIMENT, run_name="audit", audit_key=f"prefect:{flow}", tags={}, params={"p": 1},
-                        model_name=MODEL, model_version=version)
+                        model_name=model, model_version=version)
     out["run_id"] = run.run_id
     sink.close(run, Verdict.WARN, "the verdict table")
 
 
-def input_refused(sink: MlflowSink, version: str, flow: str, out: dict) -> None:
-    sink.versions.mark_queued(MODEL, version, 1, flow, "h1")
-    assert sink.versions.mark_input_failed(MODEL, version, flow, "DataError: current data lacks x1")
+def input_refused(sink: MlflowSink, model: str, version: str, flow: str, out: dict) -> None:
+    sink.versions.mark_queued(model, version, 1, flow, "h1")
+    assert sink.versions.mark_input_failed(model, version, flow, "DataError: current data lacks x1")
 
 
-def audit_killed(sink: MlflowSink, version: str, flow: str, out: dict) -> None:
+def audit_killed(sink: MlflowSink, model: str, version: str, flow: str, out: dict) -> None:
     """The audit process dies after opening its run; the watcher ends the run KILLED, then marks the version."""
-    sink.versions.mark_queued(MODEL, version, 1, flow, "h1")
+    sink.versions.mark_queued(model, version, 1, flow, "h1")
     run = sink.open_run(experiment=EXPERIMENT, run_name="audit", audit_key=f"prefect:{flow}", tags={}, params={"p": 1},
-                        model_name=MODEL, model_version=version)
+                        model_name=model, model_version=version)
     out["run_id"] = run.run_id
     sink.end_dead_run(run.run_id, "the audit process stopped", "KILLED")
-    sink.versions.mark_dead(MODEL, version, run.run_id, "the audit process stopped", flow)
+    sink.versions.mark_dead(model, version, run.run_id, "the audit process stopped", flow)
 
 
 def expected(story, out: dict, old_run: str, flow: str) -> dict:
@@ -221,10 +222,15 @@ class Outcome:
 
 def play(store, story, schedule: tuple[int, int, int], flow: str, late: bool = True) -> Outcome:
     """``schedule``: after how many world writes the late trigger makes its queued write, its re-check reads, and its
-    re-applying writes (it reads the version before anything else happens)."""
+    re-applying writes (it reads the version before anything else happens). Each play's version is the first of a
+    registered model of its own: MLflow reads the whole registered model (every version) on each version call, so
+    hundreds of plays on one model would each cost more than the one before; the protocol reads and writes only the
+    version and its runs, so what each play shows does not depend on other versions being there."""
     uri, client, _ = store
-    version = new_version(store)
-    turns = Turns(observe=make_client(uri), version=version)
+    model = f"{MODEL}-{flow}"
+    client.create_registered_model(model)
+    version = new_version(store, model)
+    turns = Turns(observe=make_client(uri), model=model, version=version)
     out: dict = {}
     world = sink_for(uri, turns, "world")
     second = sink_for(uri, turns, "late")
@@ -240,9 +246,9 @@ def play(store, story, schedule: tuple[int, int, int], flow: str, late: bool = T
                 turns.turn = "test"
                 turns.cond.notify_all()
 
-    threads = [threading.Thread(target=actor, args=("world", lambda: story(world, version, flow, out)), daemon=True)]
+    threads = [threading.Thread(target=actor, args=("world", lambda: story(world, model, version, flow, out)), daemon=True)]
     if late:
-        threads.append(threading.Thread(target=actor, args=("late", lambda: second.versions.mark_queued(MODEL, version, 1, flow, "h1")),
+        threads.append(threading.Thread(target=actor, args=("late", lambda: second.versions.mark_queued(model, version, 1, flow, "h1")),
                                         daemon=True))
     turns.actors = {"world", "late"} if late else {"world"}
     for thread in threads:
@@ -262,7 +268,7 @@ def play(store, story, schedule: tuple[int, int, int], flow: str, late: bool = T
         thread.join(WAIT_S)
     assert not turns.errors, turns.errors
     assert turns.finished == ({"world", "late"} if late else {"world"})
-    return Outcome(dict(client.get_model_version(MODEL, version).tags), turns.world_log, turns.phase, turns.snapshots, out)
+    return Outcome(dict(client.get_model_version(model, version).tags), turns.world_log, turns.phase, turns.snapshots, out)
 
 
 def deciding_boundaries(store, story) -> list[int]:
