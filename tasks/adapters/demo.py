@@ -421,54 +421,95 @@ class PreparedAudit:
     as_of: str | None = None  # the simulated day it audits (ISO date)
 
 
-def prepare_demo(settings: DemoSettings, sink_factory: Callable[[str], MlflowSink], log: Callable[[str], None] = print) -> tuple[str, list[PreparedAudit]]:
-    """Build the demo world from scratch; return the tracking URI and the audits to run."""
+@dataclass(frozen=True)
+class DemoStore:
+    """Where the demo's world lives: its folder, the SQLite MLflow store in it and the sink that registers models."""
+
+    workdir: Path
+    tracking_uri: str
+    artifacts: str  # the artifact root (file URI) of training runs and audits
+    sink: MlflowSink
+
+
+def start_demo(settings: DemoSettings, sink_factory: Callable[[str], MlflowSink]) -> DemoStore:
+    """An empty work folder (the last demo's wiped) and its MLflow store."""
     workdir = Path(settings.workdir).resolve()
     if workdir.exists():
         shutil.rmtree(workdir)
     (workdir / "data").mkdir(parents=True)
     tracking_uri = f"sqlite:///{workdir / 'mlflow.db'}"
-    artifacts = (workdir / "mlartifacts").as_uri()
-    sink = sink_factory(tracking_uri)
+    return DemoStore(workdir, tracking_uri, (workdir / "mlartifacts").as_uri(), sink_factory(tracking_uri))
+
+
+def prepare_demo(settings: DemoSettings, sink_factory: Callable[[str], MlflowSink], log: Callable[[str], None] = print) -> tuple[str, list[PreparedAudit]]:
+    """Build the demo world from scratch; return the tracking URI and the audits to run."""
+    store = start_demo(settings, sink_factory)
     audits: list[PreparedAudit] = []
     for spec in settings.models:
-        if spec.schedule is not None:
-            data = readmission(settings.seed, settings.current_share, spec.schedule.days, spec.schedule.labelled_days)
-        else:
-            data = DATASETS[spec.dataset](settings.seed, settings.current_share)
-        ref_path, cur_path = _data_file(workdir, spec.dataset, "reference"), _data_file(workdir, spec.dataset, "current")
-        _write(data.reference, ref_path, data.target)
-        _write(data.current, cur_path, data.target)
-        hold_path = _data_file(workdir, spec.dataset, "holdout") if data.holdout is not None else None
-        if hold_path is not None:
-            _write(data.holdout, hold_path, data.target)
-        log(f"{spec.dataset}: {len(data.reference)} reference rows, {len(data.current)} current rows; planted: {'; '.join(data.faults)}")
-        X, y = _inputs(data.reference, spec.dataset, data.target), data.reference[data.target]
-        for number, kind in enumerate(spec.versions, start=1):
-            estimator = make_estimator(kind, X, data.task, settings.seed).fit(X, y)
-            version = _register(sink, estimator, X, name=spec.name, kind=kind, dataset=spec.dataset,
-                                artifact_location=f"{artifacts}/training",
-                                params={"estimator": kind, "dataset": spec.dataset, "seed": settings.seed, "rows": len(X)},
-                                description=f"{kind} on {spec.dataset} (demo)")
-            log(f"registered {spec.name} v{version}: {kind}")
-            if number == spec.champion:
-                sink.versions.set_alias(spec.name, "champion", version)
-        config = {
-            "kind": "audit",
-            "seed": settings.seed,
-            "data": {"reference": f"data/{ref_path.name}", "current": f"data/{cur_path.name}", "target": data.target,
-                     **({"holdout": f"data/{hold_path.name}"} if hold_path is not None else {}),
-                     "segments": list(spec.segments), "modality": data.modality},
-            "mlflow": {"tracking_uri": tracking_uri, "artifact_location": f"{artifacts}/audits"},
-            "audits": [a.model_dump(mode="json", exclude_none=True) for a in spec.audits],
-        }
-        config_path = workdir / f"{spec.name}.audit.yaml"
-        config_path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
-        for version in spec.audit_versions or range(1, len(spec.versions) + 1):
-            audits.append(PreparedAudit(f"models:/{spec.name}/{version}", config_path, f"{spec.name} v{version}"))
-        if spec.schedule is not None:
-            audits += _scheduled_days(spec, data, config, workdir)
-    return tracking_uri, audits
+        audits += prepare_model(settings, spec, store, log)
+    return store.tracking_uri, audits
+
+
+def prepare_model(settings: DemoSettings, spec: DemoModel, store: DemoStore, log: Callable[[str], None] = print) -> list[PreparedAudit]:
+    """One demo model's data written, its versions trained and registered (@champion set), its audit configuration
+    written; return its audits, in the order they must run (every version, then the scheduled days). Models are
+    independent of one another: each its data (from the seed alone), its registered model and its experiments."""
+    workdir, tracking_uri, artifacts, sink = store.workdir, store.tracking_uri, store.artifacts, store.sink
+    audits: list[PreparedAudit] = []
+    if spec.schedule is not None:
+        data = readmission(settings.seed, settings.current_share, spec.schedule.days, spec.schedule.labelled_days)
+    else:
+        data = DATASETS[spec.dataset](settings.seed, settings.current_share)
+    ref_path, cur_path = _data_file(workdir, spec.dataset, "reference"), _data_file(workdir, spec.dataset, "current")
+    _write(data.reference, ref_path, data.target)
+    _write(data.current, cur_path, data.target)
+    hold_path = _data_file(workdir, spec.dataset, "holdout") if data.holdout is not None else None
+    if hold_path is not None:
+        _write(data.holdout, hold_path, data.target)
+    log(f"{spec.dataset}: {len(data.reference)} reference rows, {len(data.current)} current rows; planted: {'; '.join(data.faults)}")
+    X, y = _inputs(data.reference, spec.dataset, data.target), data.reference[data.target]
+    for number, kind in enumerate(spec.versions, start=1):
+        estimator = make_estimator(kind, X, data.task, settings.seed).fit(X, y)
+        version = _register(sink, estimator, X, name=spec.name, kind=kind, dataset=spec.dataset,
+                            artifact_location=f"{artifacts}/training",
+                            params={"estimator": kind, "dataset": spec.dataset, "seed": settings.seed, "rows": len(X)},
+                            description=f"{kind} on {spec.dataset} (demo)")
+        log(f"registered {spec.name} v{version}: {kind}")
+        if number == spec.champion:
+            sink.versions.set_alias(spec.name, "champion", version)
+    config = {
+        "kind": "audit",
+        "seed": settings.seed,
+        "data": {"reference": f"data/{ref_path.name}", "current": f"data/{cur_path.name}", "target": data.target,
+                 **({"holdout": f"data/{hold_path.name}"} if hold_path is not None else {}),
+                 "segments": list(spec.segments), "modality": data.modality},
+        "mlflow": {"tracking_uri": tracking_uri, "artifact_location": f"{artifacts}/audits"},
+        "audits": [a.model_dump(mode="json", exclude_none=True) for a in spec.audits],
+    }
+    config_path = workdir / f"{spec.name}.audit.yaml"
+    config_path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
+    for version in spec.audit_versions or range(1, len(spec.versions) + 1):
+        audits.append(PreparedAudit(f"models:/{spec.name}/{version}", config_path, f"{spec.name} v{version}"))
+    if spec.schedule is not None:
+        audits += _scheduled_days(spec, data, config, workdir)
+    return audits
+
+
+FLOW_COST_S = 6.0  # an audit's own cost besides its audits: the model's processes started, inputs loaded, run recorded
+TRAINING_COST_S = {"cnn": 10.0}  # training that takes longer than a second
+
+
+def estimated_cost_s(spec: DemoModel) -> float:
+    """A rough cost of preparing and auditing one demo model (its audits' ``typical_cost_s``, a fixed cost per audit
+    run, its training): the demo starts the costliest first, so that the ones run beside them end about together."""
+    from audits.core.registry import get_audit_class
+
+    def plan(audits: list[AuditSpec]) -> float:
+        return FLOW_COST_S + sum(get_audit_class(a.audit).typical_cost_s for a in audits)
+
+    versions = len(spec.audit_versions or spec.versions)
+    days = (spec.schedule.days * plan(spec.schedule.audits)) if spec.schedule is not None else 0.0
+    return sum(TRAINING_COST_S.get(kind, 0.0) for kind in spec.versions) + versions * plan(spec.audits) + days
 
 
 def _scheduled_days(spec: DemoModel, data: DemoData, config: dict[str, Any], workdir: Path) -> list[PreparedAudit]:
