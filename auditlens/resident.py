@@ -222,7 +222,11 @@ class Resident:
         self.stopping = threading.Event()
         self.path = socket_path()
         self.listener: socket.socket | None = None
-        self.threads: int | None = None  # the model's threads, as the last audit's settings said
+        # the model's threads, as the last audit's settings said; before any, the default plan's (many audits, the
+        # default lanes), so that a spare started now serves a first audit of a default configuration
+        from tasks.adapters.audit_pool import lane_threads
+
+        self.threads: int | None = lane_threads(None, 1000)
         self._inode: int | None = None
 
     # the socket
