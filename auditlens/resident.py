@@ -370,11 +370,16 @@ class Resident:
                 gone = True
 
         self.busy_since = time.time()
-        here = os.getcwd()
+        here, accepted = os.getcwd(), False
         print(f"resident auditor: auditing {request['model']} with {request['config']} (from {request['cwd']})", flush=True)
         try:
-            os.chdir(request["cwd"])
+            try:
+                os.chdir(request["cwd"])
+            except OSError as exc:
+                reply({"refused": f"it cannot work in the command's folder ({exc})"})
+                return
             reply({"accepted": True, **self.status()})
+            accepted = True
             with progress.listen(lambda event: reply(event_message(event))):
                 try:
                     summary, uri = run_checked_audit(request["model"], Path(request["config"]), request["tracking_uri"],
@@ -384,6 +389,8 @@ class Resident:
                            "exit": getattr(exc, "exit_code", 1)})
                 except AuditCrashed as exc:
                     reply({"crash": exc.text, "run_id": exc.run_id})
+                except Exception as exc:  # noqa: BLE001 - a defect before the flow: that command fails, the resident goes on
+                    reply({"crash": f"{type(exc).__name__}: {redact_text(str(exc))}", "run_id": None})
                 else:
                     reply({"done": summary, "hint": ui_hint(uri, summary)})
                     self._remember_threads(request)
@@ -394,7 +401,7 @@ class Resident:
         finally:
             os.chdir(here)
             connection.close()
-            self.served += 1
+            self.served += accepted
             self.busy_since = None
             print(f"resident auditor: done ({self.served} served)", flush=True)
         self._start_spare()
