@@ -183,6 +183,13 @@ def pause_and_settle(stack: AutoStack, name: str) -> None:
     wait_for(lambda: not flow_runs(stack, name, StateType.RUNNING, StateType.PENDING), 90, 1, f"{name}: no flow run in flight")
 
 
+def watcher_passes_since(stack: AutoStack, since: float) -> list:
+    """The served watcher's completed flow runs that started after ``since`` (epoch seconds)."""
+    from prefect.client.schemas.objects import StateType
+
+    return [r for r in flow_runs(stack, WATCHER, StateType.COMPLETED) if r.start_time and r.start_time.timestamp() > since]
+
+
 @contextmanager
 def paused(stack: AutoStack, name: str):
     pause_and_settle(stack, name)
@@ -346,7 +353,11 @@ def test_failing_audit_is_retried_up_to_max_attempts(env):
     began = time.monotonic()
     wait_for(settled, 2 * AUDIT_BOUND_S, 1, "two failed attempts")
     record_timing("retries.registration_to_second_failure_s", round(time.monotonic() - began, 1))
-    time.sleep(3 * WATCHER_INTERVAL_S)  # the watcher keeps running: no third attempt
+    # the watcher keeps running: a whole pass of it that started once the version had settled, and no third attempt
+    # (a pass that retried would have written attempt 3 on the version before it completed: trigger_audit marks it
+    # queued); waited for, instead of three intervals slept without knowing whether a pass ran in them
+    settled_at = time.time()
+    wait_for(lambda: watcher_passes_since(env.stack, settled_at), 60, 0.5, "a watcher pass after the second failure")
     tags = version_tags(env, "broken-model", version)
     assert (tags["audit.status"], tags["audit.attempts"]) == ("failed", str(MAX_ATTEMPTS))
     assert "x1" in tags["audit.error"] and "DataError" in tags["audit.error"]
