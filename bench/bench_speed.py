@@ -77,7 +77,8 @@ def timed(command: list[str], env: dict[str, str], cwd: Path, timeout: float) ->
     wall = time.perf_counter() - started
     if done.returncode not in (0, 1):  # 1: the verdict failed the gate, which is the workload's shifted data
         raise SystemExit(f"{' '.join(command[:3])} exited {done.returncode}:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
-    return {"wall_s": wall, "exit": done.returncode, "tail": done.stdout[-1500:]}
+    return {"wall_s": wall, "exit": done.returncode, "tail": done.stdout[-1500:],
+            "resident": "Audited by the resident auditor" in done.stdout, "reused": "results reused" in done.stdout}
 
 
 def write_plan(workdir: Path, name: str, seed: int, tracking_uri: str, audits: list[dict]) -> Path:
@@ -234,7 +235,7 @@ def main() -> int:
             order = list(sides) if round_ % 2 == 0 else list(reversed(sides))
             for name in order:
                 done = timed(sides[name], env, workdir, args.timeout)
-                if ("Audited by the resident auditor" in done["tail"]) != name.endswith("_resident"):
+                if done["resident"] != name.endswith("_resident"):
                     raise SystemExit(f"{name}: the resident auditor {'did not take' if name.endswith('_resident') else 'took'} "
                                      f"the audit:\n{done['tail']}")
                 rounds[name].append(done["wall_s"])
@@ -242,8 +243,8 @@ def main() -> int:
             # the reruns: the whole plan once more, nothing changed, the cache allowed (the first runs above filled it)
             for name, command in reruns.items():
                 rerun = timed(command, env, workdir, args.timeout)
-                if "reused" not in rerun["tail"]:
-                    raise SystemExit(f"the rerun reused nothing:\n{rerun['tail']}")
+                if not rerun["reused"] or rerun["resident"] != name.endswith("_resident"):
+                    raise SystemExit(f"{name} reused nothing, or was (not) audited by the resident:\n{rerun['tail']}")
                 rounds[name].append(rerun["wall_s"])
                 print(f"round {round_ + 1}: {name} {rerun['wall_s']:.1f} s", flush=True)
     finally:

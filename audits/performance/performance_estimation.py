@@ -479,8 +479,13 @@ def _figure(table: pd.DataFrame, headline: str, trusted: bool) -> Figure:
     fig = Figure(figsize=(7, 0.6 * len(table) + 1.6), layout="constrained")
     ax = fig.subplots()
     y = np.arange(len(table))[::-1]
-    ax.errorbar(table["estimated"], y, xerr=[table["estimated"] - table["low"], table["high"] - table["estimated"]],
-                fmt="o", color="C0" if trusted else "C3", capsize=4, label="estimated, with its band")
+    colour = "C0" if trusted else "C3"
+    # the band and the estimate drawn each as computed: the band is the central share of simulated batches (shifted by
+    # the calibrators' spread), and a skewed or shifted simulation can leave the point estimate outside it, where an
+    # error bar (lengths from the estimate) cannot be drawn
+    ax.hlines(y, table["low"], table["high"], color=colour, linewidth=2, label="its band")
+    ax.plot(table["low"], y, "|", table["high"], y, "|", color=colour, markersize=10)
+    ax.plot(table["estimated"], y, "o", color=colour, label="estimated")
     ax.scatter(table["held_out"], y, marker="|", s=300, color="0.3", label="on the held-out rows")
     if "realised" in table:
         ax.scatter(table["realised"], y, marker="x", s=60, color="C2", label="realised (labels)")
