@@ -130,7 +130,7 @@ class AuditPool:
         try:
             self.executor = ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn"),
                                                 initializer=_start_worker, initargs=(writable, readable))
-            self._warming = [self.executor.submit(_warm, warm) for _ in range(processes)]  # spawns them all now
+            self.warming = [self.executor.submit(_warm, warm) for _ in range(processes)]  # spawns them all now
         finally:
             for name, value in saved.items():
                 if value is None:

@@ -607,12 +607,20 @@ class _Worker:
         def there(planned: Any) -> dict:
             return encode_result(self.audit_pool.run(planned).result())
 
-        for run in [here] + [there] * (self.audit_pool.processes if self.audit_pool else 0):
-            threading.Thread(target=self._lane, args=(run,), name="audit-lane", daemon=True).start()
+        threading.Thread(target=self._lane, args=(here,), name="audit-lane", daemon=True).start()
+        for warming in self.audit_pool.warming if self.audit_pool else ():
+            threading.Thread(target=self._lane, args=(there, warming), name="audit-lane", daemon=True).start()
 
-    def _lane(self, run: Any) -> None:
+    def _lane(self, run: Any, ready: Future | None = None) -> None:
+        """Take the next audit whenever free. A worker's lane takes none before its process has imported its libraries
+        (``ready``): an audit taken earlier would wait there while this process's own lane, free, could have run it."""
         from concurrent.futures.process import BrokenProcessPool
 
+        if ready is not None:
+            try:
+                ready.result()
+            except BaseException:  # noqa: BLE001 - a worker that could not start: its lane never opens
+                return
         while True:
             item = self.waiting.get()
             if item is None:

@@ -85,14 +85,14 @@ def test_workers_import_what_the_planned_audits_will_import_before_the_first_one
                     "audits.performance.performance")
     pool = AuditPool(1, tmp_path, [tmp_path, Path("/dev")], [Path("/")], warm=(*warm, "no_such_library"))
     try:
-        assert pool._warming[0].result(timeout=300)  # warmed, the missing library passed over
+        assert pool.warming[0].result(timeout=300)  # warmed, the missing library passed over
         assert pool.executor.submit(_imported, "great_expectations").result(timeout=60)
         assert pool.executor.submit(_imported, "shap").result(timeout=60)
     finally:
         pool.close()
     bare = AuditPool(1, tmp_path, [tmp_path, Path("/dev")], [Path("/")])
     try:
-        bare._warming[0].result(timeout=300)
+        bare.warming[0].result(timeout=300)
         assert not bare.executor.submit(_imported, "great_expectations").result(timeout=60)
     finally:
         bare.close()
