@@ -441,15 +441,6 @@ def start_demo(settings: DemoSettings, sink_factory: Callable[[str], MlflowSink]
     return DemoStore(workdir, tracking_uri, (workdir / "mlartifacts").as_uri(), sink_factory(tracking_uri))
 
 
-def prepare_demo(settings: DemoSettings, sink_factory: Callable[[str], MlflowSink], log: Callable[[str], None] = print) -> tuple[str, list[PreparedAudit]]:
-    """Build the demo world from scratch; return the tracking URI and the audits to run."""
-    store = start_demo(settings, sink_factory)
-    audits: list[PreparedAudit] = []
-    for spec in settings.models:
-        audits += prepare_model(settings, spec, store, log)
-    return store.tracking_uri, audits
-
-
 def prepare_model(settings: DemoSettings, spec: DemoModel, store: DemoStore, log: Callable[[str], None] = print) -> list[PreparedAudit]:
     """One demo model's data written, its versions trained and registered (@champion set), its audit configuration
     written; return its audits, in the order they must run (every version, then the scheduled days). Models are
