@@ -19,13 +19,13 @@ from rich.markup import escape
 
 from auditlens.common import fail as _fail
 from auditlens.common import report_crash
+from auditlens.common import setup as _setup
+from auditlens.console import console, errors, print_local_server, print_summary, ui_hint
 from auditlens.running import AuditCrashed, run_checked_audit
 from auditlens.running import in_process_flow_settings as _in_process_flow_settings
 from auditlens.running import prefect_api_url as _prefect_api_url
 from auditlens.running import prefect_server_for_flows as _prefect_server_for_flows
 from auditlens.running import prestart_model_process as _prestart_model_process
-from auditlens.common import setup as _setup
-from auditlens.console import console, errors, print_local_server, print_summary, ui_hint
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="auditlens: versioned model audits in MLflow, orchestrated by Prefect.")
 
