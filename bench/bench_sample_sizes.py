@@ -32,7 +32,6 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "out" / "sample_sizes.json")
     args = parser.parse_args()
 
-    import numpy as np
     import pandas as pd
     from sklearn.datasets import make_classification
     from sklearn.ensemble import HistGradientBoostingClassifier

@@ -20,7 +20,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-import yaml
 
 from tasks.adapters.demo import register_sklearn_model
 from tasks.adapters.mlflow_sink import MlflowSink

@@ -288,7 +288,7 @@ def test_a_sample_stratified_by_a_rare_segment_explains_it_with_the_population_c
         outcomes.append(audit_with_config(world, cli_env, config, name))
     r0 = int((data["region"] == "r0").sum())
     rows = {r["id"]: r for r in outcomes[0]["manifest"]["audits"]}
-    assert f"current: stratified by region (2 strata, at least 50 rows each: 'r0' " in rows["shap"]["rows"]
+    assert "current: stratified by region (2 strata, at least 50 rows each: 'r0' " in rows["shap"]["rows"]
     assert rows["performance"]["rows"] == "every row (25,000 reference, 100,000 current)"
     with tempfile.TemporaryDirectory() as tmp:
         values = json.loads(Path(make_client(world.tracking_uri).download_artifacts(

@@ -34,7 +34,7 @@ from tasks.adapters.errors import AuditlensError, ConfigError
 from tasks.adapters.mlflow_sink import MlflowSink
 from tasks.adapters.models import resolve_model
 from tasks.adapters.settings import load_settings
-from tasks.adapters.signing import KEY_ENV, KEY_FILE_ENV, SigningKey, metric_entry, verify_run
+from tasks.adapters.signing import KEY_ENV, KEY_FILE_ENV, SigningKey, verify_run
 from tasks.adapters.tracking import make_client
 from tests.helpers import build_world, write_config
 from tests.integration.servers import free_port
