@@ -24,7 +24,8 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from tasks.adapters.errors import ConfigError
-from tasks.adapters.settings import DEFAULT_TRACKING_URI, StrictModel, config_error, load_settings, read_yaml, state_dir, validated
+from tasks.adapters.settings import DEFAULT_TRACKING_URI, StrictModel, config_error, load_settings, read_yaml, validated
+from tasks.adapters.state import state_dir
 
 AUDIT_DEPLOYMENT = "audit-model/audit-model"  # flow name / deployment name
 

@@ -42,6 +42,7 @@ from pathlib import Path
 
 from tasks.adapters.errors import AuditlensError
 from tasks.adapters.local_servers import healthy, wait_until
+from tasks.adapters.state import state_dir as default_state_dir
 
 try:
     import fcntl
@@ -60,12 +61,6 @@ SUPERVISOR_MODULE = "tasks.adapters.prefect_local"
 
 class LocalPrefectServerError(AuditlensError):
     pass
-
-
-def default_state_dir() -> Path:
-    from tasks.adapters.settings import state_dir  # here: the supervisor process needs none of settings' imports
-
-    return state_dir()
 
 
 def _seconds(env: str, default: float, value: float | str | None = None) -> float:

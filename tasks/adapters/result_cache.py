@@ -38,7 +38,7 @@ SOURCE_FOLDERS = ("audits", "tasks", "flows", "auditlens")
 
 def cache_folder(configured: str | None = None) -> Path:
     """``cache.folder`` of the config, else $AUDITLENS_CACHE_DIR, else <state folder>/cache."""
-    from tasks.adapters.settings import state_dir
+    from tasks.adapters.state import state_dir
 
     chosen = configured or os.environ.get(CACHE_DIR_ENV)
     return Path(chosen).expanduser() if chosen else state_dir() / "cache"

@@ -49,12 +49,6 @@ from tasks.adapters.errors import ConfigError
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 
 
-def state_dir() -> Path:
-    """Where auditlens keeps state between runs on this machine (the local Prefect server, the webhook's replay store):
-    $AUDITLENS_STATE_DIR, else ~/.auditlens. (AUDITLENS_HOME is another thing: the code folder deployments run from.)"""
-    return Path(os.environ.get("AUDITLENS_STATE_DIR") or "~/.auditlens").expanduser()
-
-
 class StrictModel(BaseModel):
     """Configuration sections: frozen, and unknown keys are errors rather than silently ignored."""
 
