@@ -122,7 +122,7 @@ def audit(
     # error stops it first, so that the error is printed below its last frame.
     with display_for(console, plain=verbose) as display:
         try:
-            summary, uri = run_checked_audit(model, config, tracking_uri, no_cache)
+            summary, uri, _ = run_checked_audit(model, config, tracking_uri, no_cache)
         except AuditlensError as exc:
             display.stop(failed=True)
             _fail(exc)
@@ -158,7 +158,7 @@ def resident(
         if answer is None:
             console.print(f"No resident auditor runs (socket {residence.socket_path()})", soft_wrap=True, highlight=False)
             raise typer.Exit(0 if stop else 1)
-        busy = f"auditing since {answer['busy_since'] and time.strftime('%H:%M:%S', time.localtime(answer['busy_since']))}" if answer["busy_since"] else "idle"
+        busy = f"auditing since {time.strftime('%H:%M:%S', time.localtime(answer['busy_since']))}" if answer["busy_since"] else "idle"
         console.print(f"{'Stopped' if stop else 'Resident auditor'}: pid {answer['pid']}, started "
                       f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(answer['started']))}, {answer['served']} audit(s) served, "
                       f"{busy}, {answer['waiting']} waiting; stops after {answer['idle_s'] / 60:g} min idle\n"

@@ -29,9 +29,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import queue
 import socket
 import struct
 import sys
+import threading
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -53,13 +55,36 @@ CONNECT_TIMEOUT_S = 2.0
 
 # --- what must match ------------------------------------------------------------------------------------------------
 def resident_dir() -> Path:
-    """The resident's folder: the socket and, when detached, its log. In auditlens's state folder (settings.state_dir,
-    read here without importing the settings module)."""
-    return Path(os.environ.get("AUDITLENS_STATE_DIR") or "~/.auditlens").expanduser() / "resident"
+    """The resident's folder: the socket and, when detached, its log, in auditlens's state folder."""
+    from tasks.adapters.state import state_dir
+
+    return state_dir() / "resident"
 
 
 def socket_path() -> Path:
     return resident_dir() / SOCKET_NAME
+
+
+def refuse_if_running() -> None:
+    """One resident per state folder: ConfigError when one answers on the socket."""
+    from tasks.adapters.errors import ConfigError
+
+    answer = ask({"op": "ping"}, timeout=5)
+    if answer is not None:
+        raise ConfigError(f"a resident auditor already runs (pid {answer['pid']}) on {socket_path()}",
+                          "use it, or stop it first: auditlens resident --stop")
+
+
+def private_resident_dir() -> Path:
+    """``resident_dir``, made if missing, open to its user only; refused when another user owns it."""
+    from tasks.adapters.errors import ConfigError
+
+    folder = resident_dir()
+    folder.mkdir(parents=True, exist_ok=True)
+    if folder.stat().st_uid != os.getuid():
+        raise ConfigError(f"{folder} belongs to another user", "set AUDITLENS_STATE_DIR to a folder of your own")
+    os.chmod(folder, 0o700)
+    return folder
 
 
 def code_fingerprint() -> str:
@@ -212,9 +237,6 @@ class Resident:
     WARM = ("great_expectations",)
 
     def __init__(self, environment: dict[str, str], idle_s: float, log: Path | None = None) -> None:
-        import queue
-        import threading
-
         self.idle_s, self.log = idle_s, log
         self.code, self.environment = code_fingerprint(), environment  # as it was before the command's own setup
         self.started, self.served, self.busy_since = time.time(), 0, None
@@ -233,18 +255,11 @@ class Resident:
     def bind(self) -> None:
         from tasks.adapters.errors import ConfigError
 
-        folder = self.path.parent
         if len(os.fsencode(str(self.path))) > MAX_SOCKET_PATH:
             raise ConfigError(f"the resident auditor's socket path is longer than a Unix socket allows: {self.path}",
                               "set AUDITLENS_STATE_DIR to a shorter folder")
-        folder.mkdir(parents=True, exist_ok=True)
-        os.chmod(folder, 0o700)
-        if folder.stat().st_uid != os.getuid():
-            raise ConfigError(f"{folder} belongs to another user", "set AUDITLENS_STATE_DIR to a folder of your own")
-        answer = ask({"op": "ping"}, timeout=5)
-        if answer is not None:
-            raise ConfigError(f"a resident auditor already runs (pid {answer['pid']}) on {self.path}",
-                              "use it, or stop it first: auditlens resident --stop")
+        private_resident_dir()
+        refuse_if_running()
         self.path.unlink(missing_ok=True)  # left by one that died
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         listener.bind(str(self.path))
@@ -318,9 +333,6 @@ class Resident:
 
     # the main thread
     def serve(self) -> None:
-        import queue
-        import threading
-
         if self.listener is None:
             self.bind()
         threading.Thread(target=self.accept_forever, name="resident-accept", daemon=True).start()
@@ -356,6 +368,7 @@ class Resident:
         from auditlens.console import ui_hint
         from tasks import progress
         from tasks.adapters.errors import AuditlensError
+        from tasks.adapters.model_worker import model_threads
         from tasks.adapters.tracking import redact_text
 
         gone = False
@@ -382,8 +395,8 @@ class Resident:
             accepted = True
             with progress.listen(lambda event: reply(event_message(event))):
                 try:
-                    summary, uri = run_checked_audit(request["model"], Path(request["config"]), request["tracking_uri"],
-                                                     bool(request["no_cache"]), prestart=False)
+                    summary, uri, loaded = run_checked_audit(request["model"], Path(request["config"]),
+                                                             request["tracking_uri"], bool(request["no_cache"]), prestart=False)
                 except AuditlensError as exc:
                     reply({"error": redact_text(str(exc)), "run_id": getattr(exc, "audit_run_id", None),
                            "exit": getattr(exc, "exit_code", 1)})
@@ -393,7 +406,7 @@ class Resident:
                     reply({"crash": f"{type(exc).__name__}: {redact_text(str(exc))}", "run_id": None})
                 else:
                     reply({"done": summary, "hint": ui_hint(uri, summary)})
-                    self._remember_threads(request)
+                    self.threads = model_threads(loaded)  # the next spare's, as this audit's settings said
         except BaseException as exc:  # SIGTERM or Ctrl-C on the resident: the flow ended its run FAILED; say so
             run_id = getattr(exc, "audit_run_id", None)
             reply({"crash": f"the resident auditor was stopped ({type(exc).__name__})", "run_id": run_id})
@@ -405,16 +418,6 @@ class Resident:
             self.busy_since = None
             print(f"resident auditor: done ({self.served} served)", flush=True)
         self._start_spare()
-
-    def _remember_threads(self, request: dict) -> None:
-        from tasks.adapters.errors import AuditlensError
-        from tasks.adapters.model_worker import model_threads
-        from tasks.adapters.settings import load_settings
-
-        try:
-            self.threads = model_threads(load_settings(Path(request["cwd"]) / request["config"]))
-        except AuditlensError:
-            pass
 
     def _start_spare(self) -> None:
         """A model process for the next audit, started while none runs (started during one, it would take a core from
@@ -431,14 +434,8 @@ def start_detached(idle_minutes: float, wait_s: float = 120.0) -> dict:
 
     from tasks.adapters.errors import ConfigError
 
-    running = ask({"op": "ping"}, timeout=5)
-    if running is not None:
-        raise ConfigError(f"a resident auditor already runs (pid {running['pid']}) on {socket_path()}",
-                          "use it, or stop it first: auditlens resident --stop")
-    folder = resident_dir()
-    folder.mkdir(parents=True, exist_ok=True)
-    os.chmod(folder, 0o700)
-    log = folder / "resident.log"
+    refuse_if_running()
+    log = private_resident_dir() / "resident.log"
     with open(log, "ab") as out:
         process = subprocess.Popen([sys.executable, "-m", "auditlens", "resident", "--idle-minutes", f"{idle_minutes:g}",
                                     "--log", str(log)], stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,

@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from auditlens.console import errors
 
@@ -60,9 +61,10 @@ class AuditCrashed(Exception):
 
 
 def run_checked_audit(model: str, config: Path, tracking_uri: str | None, no_cache: bool,
-                      prestart: bool = True) -> tuple[dict, str]:
+                      prestart: bool = True) -> tuple[dict, str, Any]:
     """The audit command's work in this process, telling its progress (tasks/progress.py): the input checked (config,
-    store, model, data, signing key) before the flow, then the flow. Returns the summary and the tracking URI. Raises
+    store, model, data, signing key) before the flow, then the flow. Returns the summary, the tracking URI and the
+    loaded settings. Raises
     AuditlensError for bad input (nothing recorded) and AuditCrashed for anything else. ``prestart``: start the model's
     process as soon as the config holds (a resident auditor keeps one started instead)."""
     from tasks import progress
@@ -101,4 +103,4 @@ def run_checked_audit(model: str, config: Path, tracking_uri: str | None, no_cac
         from tasks.adapters.tracking import redact_text
 
         raise AuditCrashed(f"{type(exc).__name__}: {redact_text(str(exc), uri)}", getattr(exc, "audit_run_id", None)) from exc
-    return summary, uri
+    return summary, uri, loaded

@@ -95,7 +95,7 @@ def planned_imports(plan: Any) -> tuple[str, ...]:
     names: dict[str, None] = {}
     for planned in plan:
         names[type(planned.audit).__module__] = None
-        names.update(dict.fromkeys(getattr(planned.audit, "imports", ())))
+        names.update(dict.fromkeys(planned.audit.imports))
     return tuple(names)
 
 
