@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -83,6 +84,18 @@ def build_world(folder: Path, tracking_uri: str | None = None, versions: int = 1
             sink.versions.set_alias(MODEL, "champion", version)
     config = write_config(folder, tracking_uri)
     return World(tracking_uri, folder, config, folder / "reference.csv", folder / "current.csv")
+
+
+def figures(run) -> dict[str, float]:
+    """A run's metrics other than the audit's own bookkeeping (``audit.*``: cached, durations)."""
+    return {k: v for k, v in run.data.metrics.items() if not k.startswith("audit.")}
+
+
+def same(a: dict[str, float], b: dict[str, float]) -> bool:
+    """The same metrics, with the same values (NaN equal to NaN)."""
+    differ = {k: (a.get(k), b.get(k)) for k in a.keys() | b.keys()
+              if k not in a or k not in b or not (a[k] == b[k] or (math.isnan(a[k]) and math.isnan(b[k])))}
+    return not differ
 
 
 def sha256(path: Path) -> str:

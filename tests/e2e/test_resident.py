@@ -5,7 +5,6 @@ environment differs, stop on --stop, and leave nothing behind when it dies."""
 
 from __future__ import annotations
 
-import math
 import os
 import re
 import signal
@@ -18,7 +17,7 @@ import pytest
 import yaml
 
 from tasks.adapters.tracking import make_client
-from tests.helpers import build_world, wait_for, write_config
+from tests.helpers import build_world, figures, same, wait_for, write_config
 
 pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("prefect_harness")]
 
@@ -32,14 +31,6 @@ def alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     return True
-
-
-def figures(run) -> dict[str, float]:
-    return {k: v for k, v in run.data.metrics.items() if not k.startswith("audit.")}
-
-
-def same(a: dict[str, float], b: dict[str, float]) -> bool:
-    return a.keys() == b.keys() and all(a[k] == b[k] or (math.isnan(a[k]) and math.isnan(b[k])) for k in a)
 
 
 @pytest.fixture

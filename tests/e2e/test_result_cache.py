@@ -3,7 +3,6 @@ served from the cache and says so; --no-cache, new data or a changed audit entry
 
 from __future__ import annotations
 
-import math
 import os
 import subprocess
 import sys
@@ -14,7 +13,7 @@ import pytest
 from flows.audit_model import audit_model
 from tasks.audit_tasks import NOT_STARTED
 from tasks.adapters.tracking import make_client
-from tests.helpers import build_world, write_config
+from tests.helpers import build_world, figures, same, write_config
 
 pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("prefect_harness")]
 
@@ -30,16 +29,6 @@ def audited(world, config: Path, **options) -> tuple[dict, object]:
 def cached(run) -> dict[str, float]:
     return {k.removeprefix("audit.").removesuffix(".cached"): v for k, v in run.data.metrics.items()
             if k.startswith("audit.") and k.endswith(".cached")}
-
-
-def figures(run) -> dict[str, float]:
-    return {k: v for k, v in run.data.metrics.items() if not k.startswith("audit.")}
-
-
-def same(a: dict[str, float], b: dict[str, float]) -> bool:
-    differ = {k: (a.get(k), b.get(k)) for k in a.keys() | b.keys()
-              if k not in a or k not in b or not (a[k] == b[k] or (math.isnan(a[k]) and math.isnan(b[k])))}
-    return not differ
 
 
 def test_a_rerun_reuses_every_result_and_any_change_recomputes(tmp_path, prefect_harness):
