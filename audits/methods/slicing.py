@@ -20,6 +20,7 @@ more than 2**53 ids (see ``ID_BITS``): wider data is searched on pairs of column
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from itertools import pairwise
@@ -133,12 +134,44 @@ def membership(codes: np.ndarray, candidates: list[Candidate]) -> np.ndarray:
     return out
 
 
+# Values of one dense block of (rows x candidate slices) in ``_eval_slice`` (float32: 32 MB)
+EVAL_BLOCK = 8_000_000
+
+
+@functools.cache
+def finder_class() -> type:
+    """SliceLine's ``Slicefinder`` with its candidates evaluated on dense row blocks.
+
+    SliceLine 0.3.0 evaluates a level's candidates as ``x_encoded @ slices.T == level`` in scipy's sparse formats: on
+    10,000 rows and the ~3,700 pairs of 22 columns of quartiles that is a 15-million-entry sparse product, compared and
+    summed, 2.4 s. The same product on blocks of rows through BLAS, in float32 (sums of at most ``level`` ones: exact),
+    gives the same statistics (tested against ``Slicefinder`` itself) in a tenth of the time. Nothing else of the
+    search changes; the override is bound to the pinned version."""
+    from sliceline.slicefinder import Slicefinder
+
+    class BlockedSlicefinder(Slicefinder):
+        def _eval_slice(self, x_encoded, errors, slices, level):
+            count = slices.shape[0]
+            sizes, sums, maxes = np.zeros(count), np.zeros(count), np.zeros(count)
+            chosen = slices.T.astype(np.float32).toarray()  # (one-hot columns, slices)
+            errors = np.asarray(errors, dtype=float)
+            step = max(1, EVAL_BLOCK // max(count, 1))
+            for start in range(0, x_encoded.shape[0], step):
+                member = (x_encoded[start:start + step].astype(np.float32).toarray() @ chosen) == level
+                block_errors = errors[start:start + step]
+                sizes += member.sum(axis=0)
+                sums += block_errors @ member
+                maxes = np.maximum(maxes, np.where(member, block_errors[:, None], 0.0).max(axis=0, initial=0.0))
+            scores = self._score(sizes, sums, x_encoded.shape[0])
+            return np.column_stack([scores, sums, maxes, sizes])
+
+    return BlockedSlicefinder
+
+
 def _slicefinder(codes: np.ndarray, figure: np.ndarray, columns: list[int], max_l: int, min_sup: int, k: int,
                  alpha: float) -> list[Candidate]:
     """SliceLine on ``columns`` of ``codes``; conditions name positions in ``codes``."""
-    from sliceline.slicefinder import Slicefinder
-
-    finder = Slicefinder(alpha=alpha, k=k, max_l=max_l, min_sup=min_sup, verbose=False)
+    finder = finder_class()(alpha=alpha, k=k, max_l=max_l, min_sup=min_sup, verbose=False)
     finder.fit(codes[:, columns], figure)
     out = []
     for values, stats in zip(finder.top_slices_, finder.top_slices_statistics_, strict=True):

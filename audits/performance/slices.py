@@ -128,6 +128,7 @@ class SlicesAudit(Audit):
     found by SliceLine on half of the current sample and confirmed, Holm-corrected, on the other half."""
 
     name = "slices"
+    imports = ("sliceline.slicefinder",)  # imported when it runs (audits.core.audit)
     Config = SlicesConfig
     requires = Requirements(modalities=("tabular",))
     description = "Weak slices (up to three conditions) found by SliceLine and confirmed on held-out rows."

@@ -167,3 +167,22 @@ def test_a_regressor_without_labels_searches_unfamiliarity_fitted_on_the_referen
     assert result.info["figure"].startswith("unfamiliarity (unfamiliarity): no labels on current data, and the model is a regressor")
     top = table_of(result).iloc[0]
     assert top["passes"] and top["ratio"] > 2 and top["slice"].startswith("a = x and b > ")
+
+
+@pytest.mark.parametrize("max_l", [2, 3])
+def test_the_blocked_search_finds_what_sliceline_itself_finds(max_l, monkeypatch):
+    """The dense-block evaluation (``slicing.finder_class``) against SliceLine's own ``Slicefinder``: the same slices
+    and the same statistics, on a continuous figure, with blocks of a few rows so that the blocks' sums are exercised."""
+    from sliceline.slicefinder import Slicefinder
+
+    rng = np.random.default_rng(3)
+    codes = rng.integers(0, 4, size=(1500, 7))
+    figure = rng.random(1500) * (1 + 0.4 * codes[:, 0] + 0.3 * codes[:, 2] + 2 * ((codes[:, 1] == 2) & (codes[:, 4] == 0)))
+    monkeypatch.setattr(slicing, "EVAL_BLOCK", 5_000)  # a few dozen rows a block at these candidate counts
+    fits = [cls(alpha=0.99, k=15, max_l=max_l, min_sup=30, verbose=False).fit(codes, figure)
+            for cls in (Slicefinder, slicing.finder_class())]
+    assert len(fits[0].top_slices_statistics_) == 15
+    np.testing.assert_array_equal(fits[1].top_slices_, fits[0].top_slices_)
+    for ours, theirs in zip(fits[1].top_slices_statistics_, fits[0].top_slices_statistics_, strict=True):
+        assert ours == pytest.approx(theirs, rel=1e-12)
+    assert max(len([v for v in s if v is not None]) for s in fits[0].top_slices_) == max_l
