@@ -424,7 +424,7 @@ class Resident:
         it): it imports its libraries now and is confined, and given the model, by that audit's first request."""
         from tasks.adapters.model_worker import prestart
 
-        prestart(self.WARM, threads=self.threads)
+        prestart(self.WARM, threads=self.threads, pool=True)
 
 
 def start_detached(idle_minutes: float, wait_s: float = 120.0) -> dict:

@@ -14,11 +14,11 @@ from auditlens.console import errors
 
 def prestart_model_process(threads: int | None, keep: bool = False, warm: tuple[str, ...] = ()) -> None:
     """Start the model's process now, so that its imports (1.8 s) overlap this command's own (MLflow, Prefect: 3 to
-    4 s) on another core; it is confined and given the model only when the audit takes it (``model_worker.prestart``;
-    ``keep``: the next is started each time one is taken)."""
+    4 s) on another core, with its lanes' worker processes; it is confined and given the model only when the audit takes
+    it (``model_worker.prestart``; ``keep``: the next is started each time one is taken)."""
     from tasks.adapters.model_worker import prestart
 
-    prestart(warm, keep=keep, threads=threads)
+    prestart(warm, keep=keep, threads=threads, pool=True)
 
 
 @contextmanager

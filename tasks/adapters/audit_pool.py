@@ -9,10 +9,18 @@ the merged states of the every-row pass) are written once to a file in the model
 by each worker; each audit then crosses as its plan entry and comes back as its result.
 
 The workers get the model process's environment (no credentials) and its confinement: they are started before the
-model process confines itself and before anything of the model is read, and each confines itself first, to the same
-folders with its own /proc entry in place of the model process's (Landlock allows a process only what it names, and a
-worker's /proc entry is not the one its parent was allowed), and gives up its capabilities when run as root. They die
-with the model's process (``PR_SET_PDEATHSIG``).
+model process confines itself and before anything of the model is read (Landlock allows a process only what it names,
+and a worker's /proc entry is not the one its parent was allowed), and each confines itself to the same folders with
+its own /proc entry in place of the model process's, and gives up its capabilities when run as root, before it reads
+anything of the audit: when it starts, if the rules are known then, else in its first task, which always carries them
+(a pool started ahead by a spare model process, ``model_worker.prestart``). They die with the model's process
+(``PR_SET_PDEATHSIG``).
+
+No thread of the model's process is left unconfined. Landlock confines the thread that asks and the threads it starts
+later, not those already running, and ``ProcessPoolExecutor``'s own thread unpickles what the workers send back: a
+worker running the model's code could send it a pickle that runs code. So the workers are started without that thread
+(``_launch_processes``, Python 3.11's executor), and ``open``, called after the model's process confined itself,
+starts it; ``confine`` refuses to confine a process that already runs a second Python thread.
 """
 
 from __future__ import annotations
@@ -20,6 +28,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import sys
+import threading
 from concurrent.futures import Future, ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -53,16 +62,47 @@ def lane_threads(processes: int | None, audits: int) -> int | None:
     return max(1, available_cores() // shared) if shared > 1 else None
 
 
-def _start_worker(writable: list[Path], readable: list[Path]) -> None:
-    """In each worker, before any audit: confine itself as the model's process is, and die with it. Its libraries
-    size their thread pools from the variables it was started with (threadpoolctl's limits, applied under Landlock,
-    made openTSNE's Barnes-Hut gradient 18 times slower)."""
+Rules = tuple[tuple[Path, ...], tuple[Path, ...]]  # (writable, readable) folders of a confinement
+
+_confined: list[Rules] = []  # in each worker (and the model's process): the rules it confined itself to
+
+
+def rules_of(writable: list[Path], readable: list[Path]) -> Rules:
+    return tuple(writable), tuple(readable)
+
+
+def only_thread(who: str) -> None:
+    """Refuse to confine a process that runs another Python thread: that thread would stay unconfined."""
+    if threading.active_count() != 1:
+        names = ", ".join(t.name for t in threading.enumerate() if t is not threading.current_thread())
+        raise RuntimeError(f"{who} runs other threads ({names}) before it confines itself: they would stay unconfined")
+
+
+def confine(rules: Rules, own_proc: bool = True) -> dict[str, str]:
+    """Confine this process to ``rules`` (and, with ``own_proc``, its own /proc entry), once; asked again with the same
+    rules, nothing changes; with other rules, an error (a worker never serves two confinements)."""
     from tasks.adapters.sandbox import drop_capabilities, restrict
+
+    if _confined:
+        if _confined[0] != rules:
+            raise RuntimeError("this process was confined for another audit")
+        return {}
+    only_thread("an audit's process")
+    writable, readable = rules
+    extra = [Path(f"/proc/{os.getpid()}")] if own_proc else []
+    isolation = restrict(list(writable), [*readable, *extra], allow_tcp=False)
+    drop_capabilities()
+    _confined.append(rules)
+    return isolation
+
+
+def _start_worker(rules: Rules | None, warm: tuple[str, ...]) -> None:
+    """In each worker, first: die with the model's process, confine itself when the rules are known already, and import
+    what it will need (``_warm``). Its libraries size their thread pools from the variables it was started with
+    (threadpoolctl's limits, applied under Landlock, made openTSNE's Barnes-Hut gradient 18 times slower)."""
     from tasks.adapters.tracking import quiet_joblib
 
     quiet_joblib()  # before the confinement: it may run lscpu
-    restrict(writable, [*readable, Path(f"/proc/{os.getpid()}")], allow_tcp=False)
-    drop_capabilities()
     try:
         import ctypes
         import signal
@@ -70,13 +110,16 @@ def _start_worker(writable: list[Path], readable: list[Path]) -> None:
         ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
     except (OSError, AttributeError):
         pass
+    _warm(warm, rules)
 
 
-def _warm(modules: tuple[str, ...] = ()) -> int:
-    """Imports paid while the model's process reads the data: the runner's, and ``modules`` (the planned audits' own
-    and the libraries they import when they run, ``planned_imports``)."""
+def _warm(modules: tuple[str, ...] = (), rules: Rules | None = None) -> int:
+    """Confine this worker (when ``rules`` are given), then import what the audits will: the runner's, and ``modules``
+    (the planned audits' own and the libraries they import when they run, ``planned_imports``)."""
     import importlib
 
+    if rules is not None:
+        confine(rules)
     import audits.core.runner  # noqa: F401
     import matplotlib.figure  # noqa: F401
     import sklearn.base  # noqa: F401
@@ -99,9 +142,10 @@ def planned_imports(plan: Any) -> tuple[str, ...]:
     return tuple(names)
 
 
-def _run(path: str, planned: Any) -> Any:
+def _run(path: str, planned: Any, rules: Rules) -> Any:
     from audits.core.runner import run_planned
 
+    confine(rules)  # before anything of the audit is read
     if path not in _shared:
         import cloudpickle
 
@@ -117,27 +161,37 @@ def _run(path: str, planned: Any) -> Any:
 
 
 class AuditPool:
-    """``processes`` spawned workers for the audits of one model process, confined to ``writable`` and ``readable``
-    (the model process's own rules); ``share`` the inputs once, then ``run``."""
+    """``processes`` spawned workers for the audits of one model process, confined to ``rules`` (the model process's
+    own) when they start, or, for a pool started ahead (``rules`` None), by the first task ``open`` gives each. Started
+    before the model's process confines itself; ``open`` after it (see the module's text). Then ``share`` the inputs
+    once, and ``run``."""
 
-    def __init__(self, processes: int, folder: Path, writable: list[Path], readable: list[Path], threads: int = 1,
+    def __init__(self, processes: int, folder: Path, rules: Rules | None = None, threads: int = 1,
                  warm: tuple[str, ...] = ()) -> None:
-        self.processes = processes
-        self.folder = folder
+        self.processes, self.folder, self.rules, self.threads = processes, folder, rules, threads
         saved = {name: os.environ.get(name) for name in THREAD_VARIABLES}
         for name in THREAD_VARIABLES:  # the workers' libraries size their pools from these (threads per worker) on load
             os.environ[name] = str(threads)
         try:
             self.executor = ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn"),
-                                                initializer=_start_worker, initargs=(writable, readable))
-            self.warming = [self.executor.submit(_warm, warm) for _ in range(processes)]  # spawns them all now
+                                                initializer=_start_worker, initargs=(rules, warm))
+            self.executor._launch_processes()  # spawned now, and no thread here yet: open() starts it
         finally:
             for name, value in saved.items():
                 if value is None:
                     os.environ.pop(name, None)
                 else:
                     os.environ[name] = value
+        self.warming: list[Future] = []  # one per worker, from open(): a lane opens once its worker is ready
         self.path: str | None = None
+
+    def open(self, rules: Rules, warm: tuple[str, ...] = ()) -> None:
+        """Called once this process is confined: the workers' rules (those they started with, if any), and a first
+        task per worker that confines it if it is not yet and imports ``warm`` (the plan's, ``planned_imports``)."""
+        if self.rules is not None and rules != self.rules:
+            raise ValueError("a pool's workers are confined to the rules they started with")
+        self.rules = rules
+        self.warming = [self.executor.submit(_warm, warm, rules) for _ in range(self.processes)]
 
     def share(self, context: Any, full: Any) -> None:
         import cloudpickle
@@ -148,9 +202,9 @@ class AuditPool:
         self.path = str(path)
 
     def run(self, planned: Any) -> Future:
-        if self.path is None:
-            raise RuntimeError("the inputs must be shared before an audit runs")
-        return self.executor.submit(_run, self.path, planned)
+        if self.path is None or self.rules is None:
+            raise RuntimeError("the pool must be opened and the inputs shared before an audit runs")
+        return self.executor.submit(_run, self.path, planned, self.rules)
 
     def close(self) -> None:
         processes = list((getattr(self.executor, "_processes", None) or {}).values())

@@ -38,7 +38,8 @@ import pandas as pd
 
 from audits.core.result import Artifact, AuditResult, CheckResult, Verdict
 from tasks.adapters import errors as error_types
-from tasks.adapters.audit_pool import THREAD_VARIABLES, AuditPool, available_cores, lane_threads, lanes, planned_imports
+from tasks.adapters.audit_pool import (THREAD_VARIABLES, AuditPool, available_cores, lane_threads, lanes, only_thread,
+                                       planned_imports, rules_of)
 from tasks.adapters.errors import AuditlensError
 
 # variables the model's process is given: what Python, the numeric libraries and matplotlib need, nothing that names a
@@ -60,6 +61,16 @@ def model_threads(loaded: Any) -> int | None:
     if settings.execution.engine != "local":
         return None  # a Dask cluster's workers, started by the model's process, size their own threads
     return lane_threads(settings.execution.processes, len(loaded.plan))
+
+
+def spare_pool(threads: int | None) -> tuple[int, int]:
+    """(worker processes, their threads) a spare model process started with ``threads`` starts beside it: those of the
+    default plan's lanes (one per core, at most 8) when ``threads`` is that plan's share, else none. An audit whose lanes
+    differ closes them and starts its own (``prepare``)."""
+    default = lanes(None, 1000)
+    if default < 2 or threads != lane_threads(None, 1000):
+        return 0, 0
+    return default - 1, max(1, available_cores() // default)
 
 
 def worker_environment(environ: dict[str, str] | None = None, threads: int | None = None) -> dict[str, str]:
@@ -264,13 +275,15 @@ class _Spawned:
         self.process, self.folder, self.out, self.read, self.environment = process, folder, out, read, environment
 
     @classmethod
-    def start(cls, warm: tuple[str, ...] = (), threads: int | None = None) -> _Spawned:
+    def start(cls, warm: tuple[str, ...] = (), threads: int | None = None, pool: bool = False) -> _Spawned:
+        """``pool``: also start the worker processes of the lanes ``threads`` implies (``spare_pool``)."""
         folder = tempfile.TemporaryDirectory(prefix="auditlens-model-process-")
         environment = worker_environment(threads=threads)
         to_worker_r, to_worker_w = os.pipe()
         from_worker_r, from_worker_w = os.pipe()
         process = subprocess.Popen(
-            [sys.executable, "-m", "tasks.adapters.model_worker", str(to_worker_r), str(from_worker_w), ",".join(warm)],
+            [sys.executable, "-m", "tasks.adapters.model_worker", str(to_worker_r), str(from_worker_w), ",".join(warm),
+             ",".join(str(v) for v in spare_pool(threads)) if pool else ""],
             # the process writes only in its folder once confined: numba's compiled-code cache (SliceLine's kernels)
             # too, which would otherwise try the installed package's folder and ~/.cache and fail
             cwd=folder.name, env={**environment, "TMPDIR": folder.name, "NUMBA_CACHE_DIR": folder.name},
@@ -297,16 +310,17 @@ class _Spawned:
         self.folder.cleanup()
 
 
-_spare: dict[str, Any] = {"process": None, "keep": False, "warm": (), "threads": None}
+_spare: dict[str, Any] = {"process": None, "keep": False, "warm": (), "threads": None, "pool": False}
 _spare_lock = threading.Lock()
 
 
-def prestart(warm: tuple[str, ...] = (), keep: bool = False, threads: int | None = None) -> None:
+def prestart(warm: tuple[str, ...] = (), keep: bool = False, threads: int | None = None, pool: bool = False) -> None:
     """Start a model process now, for the next ``ModelWorker`` of this process to take: it imports its libraries
     (``WARM_IMPORTS`` and ``warm``) while this process is still starting (the CLI's own imports, the demo's training),
     on another core, instead of after the audit asked for it. ``keep``: each time one is taken, start the next (a
     command that runs several audits one after another). ``threads``: the libraries' threads, as ``model_threads`` will
-    say for the audit that takes it (one started with others is not used). It holds nothing of the model or the data
+    say for the audit that takes it (one started with others is not used). ``pool``: it starts its lanes' worker
+    processes too (``spare_pool``), which import the same libraries. It holds nothing of the model or the data
     until it is taken (its confinement comes with its first request, as for any model process), and one never taken is
     killed at exit. This process's /proc entries are made unreadable first, as ``model_process`` does before any model
     process starts."""
@@ -316,12 +330,12 @@ def prestart(warm: tuple[str, ...] = (), keep: bool = False, threads: int | None
 
     not_inspectable()
     with _spare_lock:
-        _spare["keep"], _spare["warm"], _spare["threads"] = keep, tuple(warm), threads
+        _spare["keep"], _spare["warm"], _spare["threads"], _spare["pool"] = keep, tuple(warm), threads, pool
         if _spare["process"] is None:
             if not _spare.get("registered"):
                 atexit.register(discard_spare)
                 _spare["registered"] = True
-            _spare["process"] = _Spawned.start(_spare["warm"], threads)
+            _spare["process"] = _Spawned.start(_spare["warm"], threads, pool)
 
 
 def discard_spare() -> None:
@@ -338,7 +352,7 @@ def _take_spare(threads: int | None) -> _Spawned | None:
     with _spare_lock:
         spawned, _spare["process"] = _spare["process"], None
         if _spare["keep"]:
-            _spare["process"] = _Spawned.start(_spare["warm"], _spare["threads"])
+            _spare["process"] = _Spawned.start(_spare["warm"], _spare["threads"], _spare["pool"])
     if spawned is None:
         return None
     if spawned.process.poll() is not None or spawned.environment != worker_environment(threads=threads):
@@ -505,8 +519,9 @@ def _has_fileno(stream: Any) -> bool:
 
 
 class _Worker:
-    def __init__(self, write: Any) -> None:
+    def __init__(self, write: Any, spare_pool: Any = None) -> None:
         self.write = write
+        self.spare_pool = spare_pool  # worker processes started with this one (a spare's), for the lanes of its audit
         self.lock = threading.Lock()
         self.inputs: Any = None
         self.cluster: Any = None
@@ -541,13 +556,22 @@ class _Worker:
 
             readable.append(Path("/proc"))
         writable = [Path.cwd(), Path("/dev")]
-        if not dask:  # the lanes beyond this process's own: started before anything of the model is read; each
-            # confines itself as this process does below, then imports its libraries while the data is read
+        rules = rules_of(writable, readable)
+        spare, self.spare_pool = self.spare_pool, None
+        if not dask:  # the lanes beyond this process's own: started before anything of the model is read (or ahead,
+            # with this process: ``spare``); each confines itself as this process does below
             self.lanes = lanes(settings.execution.processes, len(loaded.plan))
-            if self.lanes > 1:
-                self.audit_pool = AuditPool(self.lanes - 1, Path.cwd(), writable, readable,
-                                            threads=max(1, available_cores() // self.lanes), warm=planned_imports(loaded.plan))
+            threads = max(1, available_cores() // self.lanes)
+            if self.lanes > 1 and spare is not None and (spare.processes, spare.threads) == (self.lanes - 1, threads):
+                self.audit_pool, spare = spare, None
+            elif self.lanes > 1:
+                self.audit_pool = AuditPool(self.lanes - 1, Path.cwd(), rules, threads=threads)
+        if spare is not None:
+            spare.close()
+        only_thread("the model's process")
         self.isolation = restrict(writable, readable, allow_tcp=dask)
+        if self.audit_pool is not None:  # its thread, started now, is confined too; its workers import the plan's
+            self.audit_pool.open(rules, planned_imports(loaded.plan))  # libraries while the data is read
         if drop_capabilities():  # run as root: without them, the auditor's /proc entries stay closed to it
             self.isolation["capabilities"] = "none (dropped: the audit runs as root)"
         model = load_model_files(model_dir, ref, settings.model.task, settings.model.device, security)
@@ -587,6 +611,10 @@ class _Worker:
 
         # before anything of the model is read, as prepare: writes only in its own folder, reads the model's and the
         # system's files, opens no connection
+        if self.spare_pool is not None:
+            self.spare_pool.close()
+            self.spare_pool = None
+        only_thread("the model's process")
         self.isolation = restrict([Path.cwd(), Path("/dev")], _readable(SimpleNamespace(data_roles=()), request["model_dir"], None),
                                   allow_tcp=False)
         drop_capabilities()
@@ -681,8 +709,9 @@ class _Worker:
                 self.pool.submit(self.handle, request)
         self.pool.shutdown(wait=True)
         self.waiting.put(None)
-        if self.audit_pool is not None:
-            self.audit_pool.close()
+        for pool in (self.audit_pool, self.spare_pool):
+            if pool is not None:
+                pool.close()
         if self.cluster is not None:
             self.cluster.close()
 
@@ -721,13 +750,18 @@ def main(argv: list[str]) -> None:
     quiet_environment()
     read, write = os.fdopen(int(argv[0]), "rb"), os.fdopen(int(argv[1]), "wb")
     sys.stdout = sys.stderr  # the model's prints never reach the frames
-    for name in (*WARM_IMPORTS, *filter(None, (argv[2] if len(argv) > 2 else "").split(","))):
+    warm = tuple(filter(None, (argv[2] if len(argv) > 2 else "").split(",")))
+    spare_pool = None
+    if len(argv) > 3 and argv[3]:  # a spare: its lanes' worker processes start now too, importing as this one does
+        processes, threads = (int(v) for v in argv[3].split(","))
+        spare_pool = AuditPool(processes, Path.cwd(), threads=threads, warm=warm) if processes else None
+    for name in (*WARM_IMPORTS, *warm):
         try:  # our own libraries, imported before the first request (and before the confinement it brings)
             importlib.import_module(name)
         except ImportError:
             pass  # an optional library not installed: the audit that needs it says so
     quiet_joblib()
-    _Worker(write).serve(read)
+    _Worker(write, spare_pool).serve(read)
     # the auditor waits for this process to end: its exit handlers run (multiprocessing releases the lanes' locks), but
     # not the full garbage collections of Python's teardown over every object the libraries left (about a second)
     import gc

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from pathlib import Path
 
 import pytest
 
@@ -210,6 +211,44 @@ def test_keep_starts_the_next_one_and_discarding_ends_it(spare):
     assert worker.process is first and following is not first and following.poll() is None
     spare.discard_spare()
     assert following.poll() is not None and spare._spare["process"] is None
+
+
+def _workers(pid: int) -> set[int]:
+    """The spawned worker processes among ``pid``'s children (not multiprocessing's resource tracker)."""
+    found: set[int] = set()
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        for child in (task / "children").read_text().split():
+            command = Path(f"/proc/{child}/cmdline").read_bytes()
+            if b"spawn_main" in command and b"resource_tracker" not in command:
+                found.add(int(child))
+    return found
+
+
+def test_a_spare_started_for_audits_starts_its_lanes_worker_processes_too(spare, monkeypatch):
+    """The worker processes of a spare's lanes start with it (spare_pool), so that they have imported their libraries
+    when its audit comes, instead of starting when the audit asks; one started for anything else starts none."""
+    import time
+
+    from tasks.adapters import audit_pool
+
+    monkeypatch.setattr(audit_pool, "available_cores", lambda: 3)
+    assert spare.spare_pool(1) == (2, 1)  # three lanes of one thread: two worker processes beside the model's own
+    assert spare.spare_pool(None) == (0, 0) and spare.spare_pool(2) == (0, 0)  # not the default plan's lanes
+    monkeypatch.undo()
+    expected = spare.spare_pool(audit_pool.lane_threads(None, 1000))[0]
+    spare.prestart(threads=audit_pool.lane_threads(None, 1000), pool=True)
+    started = spare._spare["process"].process
+    deadline = time.monotonic() + 60
+    while len(_workers(started.pid)) < expected and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert len(_workers(started.pid)) == expected
+    spare.discard_spare()
+    bare = spare._Spawned.start(threads=audit_pool.lane_threads(None, 1000))
+    try:
+        time.sleep(3)
+        assert len(_workers(bare.process.pid)) == 0
+    finally:
+        bare.discard()
 
 
 def test_the_imports_before_the_first_request_start_no_python_thread():
