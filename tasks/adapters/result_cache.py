@@ -55,9 +55,22 @@ def code_digest() -> str:
     for folder in SOURCE_FOLDERS:
         for path in sorted((ROOT / folder).rglob("*.py")):
             digest.update(path.relative_to(ROOT).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
-    installed = sorted({f"{d.metadata['Name']}=={d.version}".lower() for d in distributions() if d.metadata["Name"]})
-    digest.update("\n".join(installed).encode())
+    digest.update("\n".join(installed_distributions()).encode())
     return digest.hexdigest()
+
+
+def installed_distributions() -> list[str]:
+    """Every installed distribution as ``name-version``, lower case: from its ``.dist-info`` folder's name, which
+    says both (the packaging standard), else from its metadata (an ``.egg-info`` may name no version). Parsing every
+    distribution's metadata took 0.15 to 0.4 s of each command."""
+    found = set()
+    for dist in distributions():
+        folder = Path(str(getattr(dist, "_path", ""))).name
+        if folder.endswith(".dist-info") and "-" in folder:
+            found.add(folder.removesuffix(".dist-info").lower())
+        elif dist.metadata["Name"]:
+            found.add(f"{dist.metadata['Name']}-{dist.version}".lower())
+    return sorted(found)
 
 
 def files_digest(paths: list[Path], root: Path | None = None) -> str:

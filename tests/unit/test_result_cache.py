@@ -111,6 +111,22 @@ def test_the_code_digest_reads_every_source_file_and_the_installed_packages():
     assert version("scikit-learn")  # the packages are read from the installed distributions' metadata
 
 
+def test_the_installed_packages_read_from_folder_names_are_those_their_metadata_names():
+    """``installed_distributions`` reads a .dist-info folder's name instead of parsing its metadata: the same
+    distributions and versions as importlib.metadata says, names compared as packaging canonicalises them."""
+    from importlib.metadata import distributions
+
+    from packaging.utils import canonicalize_name
+
+    def canonical(entries):
+        return {(canonicalize_name(name), version) for name, version in entries}
+
+    ours = canonical(entry.rsplit("-", 1) for entry in result_cache.installed_distributions())
+    theirs = canonical((d.metadata["Name"], d.version) for d in distributions() if d.metadata["Name"])
+    assert len(ours) > 50 and ours == theirs
+    assert ("scikit-learn", __import__("sklearn").__version__) in ours
+
+
 def test_an_error_is_never_kept_and_an_entry_reads_back_only_under_its_own_key(tmp_path):
     cache = ResultCache(tmp_path)
     cache.put_result("a" * 64, {"audit": "x", "verdict": "ERROR"}, "run1")
