@@ -21,7 +21,11 @@ The command-line sides above run with `--no-resident` (a command that does every
 The ratios and their goals: whole plan (fresh command) / evaluate <= 2; three audits (resident) / plain <= 0.2; rerun
 (resident) / whole plan (resident) <= 0.05; and, for comparison, the last two from fresh commands and in one warm
 process.
-Sides alternate order over `--repeats` rounds; medians are compared. Then (unless --skip-parts) the per-audit
+Before the rounds, one audit through each path (a fresh command, then the resident) starts what stays up between
+audits: the local Prefect server, and the resident with its MLflow store open. Every side starts SETTLE_S seconds
+after the one before (a reviewer reads a verdict before the next audit): time for a resident's next model process to
+import its libraries, and for the machine to settle after a fresh side. Sides alternate order over `--repeats`
+rounds; medians are compared. Then (unless --skip-parts) the per-audit
 profile of bench_parts.py (each audit alone, in this process, pure path) on the demo's data and on the workload,
 beside the same profile measured before this work (bench/baseline/parts-82c0ab9.json).
 Figures go to <workdir>/speed.json.
@@ -46,6 +50,7 @@ from bench_cli import AUDITLENS, stop_local_server  # noqa: E402
 from bench_cli import hermetic_env as cli_env  # noqa: E402
 
 BEFORE = REPO / "bench" / "baseline" / "parts-82c0ab9.json"
+SETTLE_S = 3.0  # seconds between sides (see above)
 GOALS = {"whole_plan_over_evaluate": 2.0, "three_audits_over_plain": 0.2, "rerun_over_first": 0.05,
          "three_audits_fresh_command_over_plain": 0.2, "rerun_over_first_fresh_command": 0.05,
          "rerun_over_first_in_process": 0.05}
@@ -220,6 +225,11 @@ def main() -> int:
     # the resident auditor (auditlens resident): the commands without --no-resident hand it their audits
     resident = timed([str(AUDITLENS), "resident", "--detach", "--idle-minutes", "60"], env, workdir, args.timeout)
     print(f"resident auditor started: {resident['wall_s']:.1f} s", flush=True)
+    time.sleep(SETTLE_S)
+    warm_resident = timed([*audit, "--config", str(workdir / "warm.yaml")], env, workdir, args.timeout)
+    if not warm_resident["resident"]:
+        raise SystemExit(f"the resident auditor did not take the warm-up audit:\n{warm_resident['tail']}")
+    print(f"warm-up through the resident (opens the MLflow store): {warm_resident['wall_s']:.1f} s", flush=True)
     sides = {
         "whole_plan": [*fresh, "--config", str(whole), "--no-cache"],
         "evaluate": [*me, "evaluate", "--workdir", str(workdir), "--model", model],
@@ -234,6 +244,7 @@ def main() -> int:
         for round_ in range(args.repeats):
             order = list(sides) if round_ % 2 == 0 else list(reversed(sides))
             for name in order:
+                time.sleep(SETTLE_S)
                 done = timed(sides[name], env, workdir, args.timeout)
                 if done["resident"] != name.endswith("_resident"):
                     raise SystemExit(f"{name}: the resident auditor {'did not take' if name.endswith('_resident') else 'took'} "
@@ -242,6 +253,7 @@ def main() -> int:
                 print(f"round {round_ + 1}: {name} {rounds[name][-1]:.1f} s", flush=True)
             # the reruns: the whole plan once more, nothing changed, the cache allowed (the first runs above filled it)
             for name, command in reruns.items():
+                time.sleep(SETTLE_S)
                 rerun = timed(command, env, workdir, args.timeout)
                 if not rerun["reused"] or rerun["resident"] != name.endswith("_resident"):
                     raise SystemExit(f"{name} reused nothing, or was (not) audited by the resident:\n{rerun['tail']}")
