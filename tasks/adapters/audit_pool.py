@@ -96,13 +96,13 @@ def confine(rules: Rules, own_proc: bool = True) -> dict[str, str]:
     return isolation
 
 
-def _start_worker(rules: Rules | None, warm: tuple[str, ...]) -> None:
-    """In each worker, first: die with the model's process, confine itself when the rules are known already, and import
-    what it will need (``_warm``). Its libraries size their thread pools from the variables it was started with
-    (threadpoolctl's limits, applied under Landlock, made openTSNE's Barnes-Hut gradient 18 times slower)."""
-    from tasks.adapters.tracking import quiet_joblib
+def _start_worker(parent: int, rules: Rules | None, warm: tuple[str, ...]) -> None:
+    """In each worker, first: die with the model's process (``parent``), confine itself when the rules are known
+    already, and import what it will need (``_warm``). Its libraries size their thread pools from the variables it was
+    started with (threadpoolctl's limits, applied under Landlock, made openTSNE's Barnes-Hut gradient 18 times slower).
 
-    quiet_joblib()  # before the confinement: it may run lscpu
+    A parent that died before the death signal was asked for is not told by it: the worker, its parent gone, checks
+    and ends (it would otherwise wait forever on a queue whose writing end it holds itself)."""
     try:
         import ctypes
         import signal
@@ -110,6 +110,11 @@ def _start_worker(rules: Rules | None, warm: tuple[str, ...]) -> None:
         ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
     except (OSError, AttributeError):
         pass
+    if os.getppid() != parent:
+        os._exit(1)
+    from tasks.adapters.tracking import quiet_joblib
+
+    quiet_joblib()  # before the confinement: it may run lscpu
     _warm(warm, rules)
 
 
@@ -174,7 +179,7 @@ class AuditPool:
             os.environ[name] = str(threads)
         try:
             self.executor = ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn"),
-                                                initializer=_start_worker, initargs=(rules, warm))
+                                                initializer=_start_worker, initargs=(os.getpid(), rules, warm))
             self.executor._launch_processes()  # spawned now, and no thread here yet: open() starts it
         finally:
             for name, value in saved.items():

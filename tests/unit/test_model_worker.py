@@ -251,6 +251,37 @@ def test_a_spare_started_for_audits_starts_its_lanes_worker_processes_too(spare,
         bare.discard()
 
 
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_a_spare_s_worker_ends_with_it_even_when_it_dies_at_once(spare):
+    """A spare model process killed right after it started its lanes' worker (an audit that fails on its input, a
+    command stopped): the worker, which may not yet have asked for the death signal, ends too instead of waiting forever
+    on its queue."""
+    import time
+
+    from tasks.adapters import audit_pool
+
+    if spare.spare_pool(audit_pool.lane_threads(None, 1000))[0] == 0:
+        pytest.skip("one core: a spare starts no worker process")
+    spare.prestart(threads=audit_pool.lane_threads(None, 1000), pool=True)
+    started = spare._spare["process"].process
+    deadline = time.monotonic() + 60
+    while not (workers := _workers(started.pid)) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert workers
+    started.kill()  # as soon as its worker exists: most likely before that worker's initializer ran
+    started.wait(10)
+    deadline = time.monotonic() + 60
+    while any(_alive(w) for w in workers) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not any(_alive(w) for w in workers)
+
+
 def test_the_imports_before_the_first_request_start_no_python_thread():
     """The model's process confines itself (Landlock) when its first request comes: a thread started before that would
     stay unconfined. The imports paid ahead (``WARM_IMPORTS``) must start none."""
