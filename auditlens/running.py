@@ -81,7 +81,10 @@ def run_checked_audit(model: str, config: Path, tracking_uri: str | None, no_cac
     loaded = load_settings(config)
     progress.plan(planned.id for planned in loaded.plan)
     if prestart:
-        prestart_model_process(model_threads(loaded))  # not for a config that does not hold
+        from tasks.adapters.audit_pool import planned_imports
+
+        # not for a config that does not hold; importing what the plan's audits import (Great Expectations: 1.5 s)
+        prestart_model_process(model_threads(loaded), warm=planned_imports(loaded.plan))
     uri = loaded.tracking_uri(tracking_uri)
     configure_http(loaded.settings.mlflow.request_timeout_s, loaded.settings.mlflow.request_max_retries)
     check_reachable(uri)
