@@ -64,7 +64,7 @@ def lane_threads(processes: int | None, audits: int) -> int | None:
 
 Rules = tuple[tuple[Path, ...], tuple[Path, ...]]  # (writable, readable) folders of a confinement
 
-_confined: list[Rules] = []  # in each worker (and the model's process): the rules it confined itself to
+_confined: list[Rules] = []  # in each worker: the rules it confined itself to
 
 
 def rules_of(writable: list[Path], readable: list[Path]) -> Rules:
@@ -78,22 +78,20 @@ def only_thread(who: str) -> None:
         raise RuntimeError(f"{who} runs other threads ({names}) before it confines itself: they would stay unconfined")
 
 
-def confine(rules: Rules, own_proc: bool = True) -> dict[str, str]:
-    """Confine this process to ``rules`` (and, with ``own_proc``, its own /proc entry), once; asked again with the same
-    rules, nothing changes; with other rules, an error (a worker never serves two confinements)."""
+def confine(rules: Rules) -> None:
+    """Confine this worker to ``rules`` and its own /proc entry, once: asked again with the same rules, nothing
+    changes; with other rules, an error (a worker never serves two confinements)."""
     from tasks.adapters.sandbox import drop_capabilities, restrict
 
     if _confined:
         if _confined[0] != rules:
             raise RuntimeError("this process was confined for another audit")
-        return {}
+        return
     only_thread("an audit's process")
     writable, readable = rules
-    extra = [Path(f"/proc/{os.getpid()}")] if own_proc else []
-    isolation = restrict(list(writable), [*readable, *extra], allow_tcp=False)
+    restrict(list(writable), [*readable, Path(f"/proc/{os.getpid()}")], allow_tcp=False)
     drop_capabilities()
     _confined.append(rules)
-    return isolation
 
 
 def _start_worker(parent: int, rules: Rules | None, warm: tuple[str, ...]) -> None:
