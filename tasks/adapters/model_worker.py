@@ -570,10 +570,11 @@ class _Worker:
             spare.close()
         only_thread("the model's process")
         self.isolation = restrict(writable, readable, allow_tcp=dask)
-        if self.audit_pool is not None:  # its thread, started now, is confined too; its workers import the plan's
-            self.audit_pool.open(rules, planned_imports(loaded.plan))  # libraries while the data is read
         if drop_capabilities():  # run as root: without them, the auditor's /proc entries stay closed to it
             self.isolation["capabilities"] = "none (dropped: the audit runs as root)"
+        if self.audit_pool is not None:  # its thread, started now, is confined and without capabilities too (both are
+            # a thread's own); its workers import the plan's libraries while the data is read
+            self.audit_pool.open(rules, planned_imports(loaded.plan))
         model = load_model_files(model_dir, ref, settings.model.task, settings.model.device, security)
         baseline_model = None
         if baseline is not None:
