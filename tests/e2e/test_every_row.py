@@ -93,9 +93,13 @@ PLAN = [
 
 @pytest.fixture(scope="module")
 def local_and_dask(world, cli_env):
+    from concurrent.futures import ThreadPoolExecutor
+
     before = spawned_workers()
-    local = audit(world, cli_env, "local", {"engine": "local"}, PLAN, segments=("colour",))
-    dask = audit(world, cli_env, "dask", {"engine": "dask", "workers": 2}, PLAN, segments=("colour",))
+    # two independent commands, run at once (each waits on its imports, its model's process and its cluster)
+    with ThreadPoolExecutor(2) as pool:
+        local, dask = pool.map(lambda args: audit(world, cli_env, *args, PLAN, segments=("colour",)),
+                               [("local", {"engine": "local"}), ("dask", {"engine": "dask", "workers": 2})])
     return local, dask, before
 
 
@@ -278,14 +282,19 @@ def test_a_sample_stratified_by_a_rare_segment_explains_it_with_the_population_c
     reference = pd.concat([X, y], axis=1).assign(region=np.where(np.random.default_rng(5).random(len(X)) < 0.004, "r0", "r1"))
     reference.to_parquet(world.folder / "strata-reference.parquet", index=False)
     plan = [{"audit": "shap", "config": {"rows": 100}}, {"audit": "performance"}]
-    outcomes = []
-    for engine in ({"engine": "local"}, {"engine": "dask", "workers": 2}):
+
+    def audited(engine: dict) -> dict:
         name = f"strata-{engine['engine']}"
         config = write_config(world.folder, world.tracking_uri, name=f"{name}.yaml", execution=engine, audits=plan,
                               data={"reference": "strata-reference.parquet", "current": "strata", "target": "label",
                                     "segments": ["region"]},
                               sampling={"stratify_by": "region", "min_rows_per_stratum": 50})
-        outcomes.append(audit_with_config(world, cli_env, config, name))
+        return audit_with_config(world, cli_env, config, name)
+
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(2) as pool:  # two independent commands, run at once
+        outcomes = list(pool.map(audited, ({"engine": "local"}, {"engine": "dask", "workers": 2})))
     r0 = int((data["region"] == "r0").sum())
     rows = {r["id"]: r for r in outcomes[0]["manifest"]["audits"]}
     assert "current: stratified by region (2 strata, at least 50 rows each: 'r0' " in rows["shap"]["rows"]
