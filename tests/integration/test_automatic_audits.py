@@ -300,12 +300,16 @@ def test_concurrent_triggers_start_exactly_one_audit(env):
         ids = list(pool.map(fire, range(2)))
     assert ids[0] == ids[1]
     run = wait_for(lambda: finished_audit(env, "e2e-model", version), AUDIT_BOUND_S, 0.5, "audit done")
+    done_at = time.time()
     from flows.watch_registry import watch_registry
 
     with env.stack.prefect():  # one more watcher pass, in this process: nothing is pending any more
         passes = watch_registry(deployments_path=str(env.deployments.path), tracking_uri=env.url)
     assert {p["model"]: p["started"] for p in passes}["e2e-model"] == []
-    time.sleep(2 * WATCHER_INTERVAL_S)  # and the served watcher had its turns too
+    # and the served watcher had its turn too: a whole pass of it that started once the version was done (one that
+    # started an audit would have raised audit.attempts before it completed: trigger_audit marks the version queued);
+    # waited for, instead of two intervals slept without knowing whether a pass ran in them
+    wait_for(lambda: watcher_passes_since(env.stack, done_at), 60, 0.5, "a served watcher pass after the audit")
 
     runs = audit_runs(env, "e2e-model", version)
     assert [r.info.run_id for r in runs] == [run.info.run_id]
