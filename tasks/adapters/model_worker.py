@@ -743,24 +743,32 @@ def _readable(loaded: Any, model_dir: str, baseline: tuple[Any, str] | None) -> 
     return sorted({p.resolve() for p in paths if p.exists()})
 
 
-def main(argv: list[str]) -> None:
+def _import_all(names: tuple[str, ...]) -> None:
+    """Our own libraries, imported before the first request (and before the confinement it brings)."""
     import importlib
 
+    for name in names:
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            pass  # an optional library not installed: the audit that needs it says so
+
+
+def main(argv: list[str]) -> None:
     from tasks.adapters.tracking import quiet_environment, quiet_joblib
 
     quiet_environment()
     read, write = os.fdopen(int(argv[0]), "rb"), os.fdopen(int(argv[1]), "wb")
     sys.stdout = sys.stderr  # the model's prints never reach the frames
     warm = tuple(filter(None, (argv[2] if len(argv) > 2 else "").split(",")))
+    _import_all(WARM_IMPORTS)
     spare_pool = None
-    if len(argv) > 3 and argv[3]:  # a spare: its lanes' worker processes start now too, importing as this one does
+    if len(argv) > 3 and argv[3]:  # a spare: its lanes' worker processes start now, importing the same libraries. Not
+        # at once: the command that started this one still imports and checks its input (three processes importing on
+        # two cores slow it), and a command whose input fails those checks ends about now
         processes, threads = (int(v) for v in argv[3].split(","))
         spare_pool = AuditPool(processes, Path.cwd(), threads=threads, warm=warm) if processes else None
-    for name in (*WARM_IMPORTS, *warm):
-        try:  # our own libraries, imported before the first request (and before the confinement it brings)
-            importlib.import_module(name)
-        except ImportError:
-            pass  # an optional library not installed: the audit that needs it says so
+    _import_all(warm)
     quiet_joblib()
     _Worker(write, spare_pool).serve(read)
     # the auditor waits for this process to end: its exit handlers run (multiprocessing releases the lanes' locks), but
