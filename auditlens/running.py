@@ -73,12 +73,13 @@ def run_checked_audit(model: str, config: Path, tracking_uri: str | None, no_cac
     from tasks.adapters.errors import AuditlensError
     from tasks.adapters.inputs import preflight_data
     from tasks.adapters.model_worker import model_threads
-    from tasks.adapters.models import resolve_model
+    from tasks.adapters.models import check_model_uri, resolve_model
     from tasks.adapters.settings import load_settings
     from tasks.adapters.signing import signing_key
     from tasks.adapters.tracking import check_reachable, configure_http, make_client
 
     loaded = load_settings(config)
+    check_model_uri(model)  # a URI of another form: said before the model's process starts
     progress.plan(planned.id for planned in loaded.plan)
     if prestart:
         from tasks.adapters.audit_pool import planned_imports

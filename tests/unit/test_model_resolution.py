@@ -27,3 +27,16 @@ def test_the_logged_model_of_a_version_is_the_one_its_source_names(tmp_path):
     # a version whose source names a logged model this store does not hold: found by its run's models, or none
     other = client.create_model_version("m", mv.source.replace(logged.model_id, "m-" + "0" * 32), run_id=mv.run_id)
     assert resolve_model(f"models:/m/{other.version}", client).model_id is None
+
+
+def test_a_model_uri_of_another_form_is_refused_before_any_store_is_read():
+    import pytest
+
+    from tasks.adapters.errors import ModelNotFoundError
+    from tasks.adapters.models import check_model_uri
+
+    for fine in ("models:/churn/3", "models:/churn@champion", "runs:/" + "a" * 32 + "/model"):
+        check_model_uri(fine)
+    for wrong in ("s3://bucket/model", "models:/churn", "models:/churn/v3", "runs:/abc/model", "churn"):
+        with pytest.raises(ModelNotFoundError, match="unsupported model URI"):
+            check_model_uri(wrong)
