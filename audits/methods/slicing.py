@@ -146,8 +146,15 @@ def finder_class() -> type:
     10,000 rows and the ~3,700 pairs of 22 columns of quartiles that is a 15-million-entry sparse product, compared and
     summed, 2.4 s. The same product on blocks of rows through BLAS, in float32 (sums of at most ``level`` ones: exact),
     gives the same statistics (tested against ``Slicefinder`` itself) in a tenth of the time. Nothing else of the
-    search changes; the override is bound to the pinned version."""
+    search changes; the override is bound to the pinned version.
+
+    SliceLine's scoring also has numba kernels, used when numba is installed (shap brings it): compiled on their first
+    call in each process, and an audit's process starts with an empty compiled-code cache (its own folder), they cost
+    0.9 s of a 2.5 s search on the benchmark workload and save 0.2 s afterwards. Its NumPy code is used instead."""
+    from sliceline import slicefinder
     from sliceline.slicefinder import Slicefinder
+
+    slicefinder.NUMBA_AVAILABLE = False  # read at each call: the NumPy branches of _score, _score_ub and the ids
 
     class BlockedSlicefinder(Slicefinder):
         def _eval_slice(self, x_encoded, errors, slices, level):
