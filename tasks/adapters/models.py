@@ -55,13 +55,14 @@ def _refused(where: str, exc: Exception) -> TrackingServerError:
                                "MLFLOW_TRACKING_PASSWORD), and that it is an MLflow tracking server")
 
 
+def _unsupported(uri: str) -> ModelNotFoundError:
+    return ModelNotFoundError(f"unsupported model URI {uri!r}", "use models:/NAME/VERSION, models:/NAME@ALIAS or runs:/RUN_ID/PATH")
+
+
 def check_model_uri(uri: str) -> None:
     """Refuse a model URI of a form auditlens does not read, before anything is imported or started for it."""
     if not (_REGISTRY.match(uri) or _RUN.match(uri)):
-        raise ModelNotFoundError(
-            f"unsupported model URI {uri!r}",
-            "use models:/NAME/VERSION, models:/NAME@ALIAS or runs:/RUN_ID/PATH",
-        )
+        raise _unsupported(uri)
 
 
 def resolve_model(uri: str, client) -> ModelRef:  # client: mlflow.MlflowClient
@@ -103,8 +104,7 @@ def resolve_model(uri: str, client) -> ModelRef:  # client: mlflow.MlflowClient
                 raise _refused(where, exc) from None
             raise ModelNotFoundError(f"no run {match['run_id']} in the tracking store", "check the run id in the URI") from None
         return ModelRef(uri, uri, run_id=match["run_id"], source=uri)
-    check_model_uri(uri)
-    raise AssertionError("unreachable: check_model_uri refuses every other form")
+    raise _unsupported(uri)
 
 
 def _logged_model_id(mv, client) -> str | None:
