@@ -70,7 +70,7 @@ def spare_pool(threads: int | None) -> tuple[int, int]:
     default = lanes(None, 1000)
     if default < 2 or threads != lane_threads(None, 1000):
         return 0, 0
-    return default - 1, max(1, available_cores() // default)
+    return default - 1, threads
 
 
 def worker_environment(environ: dict[str, str] | None = None, threads: int | None = None) -> dict[str, str]:

@@ -18,6 +18,7 @@ from audits.core.result import Artifact, AuditResult, Verdict
 from audits.core.runner import judge, run_planned
 from audits.testing import classifier_context, text_context
 from tasks.adapters.model_worker import decode_result, encode_result, worker_environment
+from tests.helpers import wait_for
 
 
 def test_the_environment_keeps_what_python_needs_and_leaves_every_credential_behind():
@@ -238,9 +239,7 @@ def test_a_spare_started_for_audits_starts_its_lanes_worker_processes_too(spare,
     expected = spare.spare_pool(audit_pool.lane_threads(None, 1000))[0]
     spare.prestart(threads=audit_pool.lane_threads(None, 1000), pool=True)
     started = spare._spare["process"].process
-    deadline = time.monotonic() + 60
-    while len(_workers(started.pid)) < expected and time.monotonic() < deadline:
-        time.sleep(0.2)
+    wait_for(lambda: len(_workers(started.pid)) >= expected, 60, 0.2)
     assert len(_workers(started.pid)) == expected
     spare.discard_spare()
     bare = spare._Spawned.start(threads=audit_pool.lane_threads(None, 1000))
@@ -262,23 +261,16 @@ def test_a_spare_s_worker_ends_with_it_even_when_it_dies_at_once(spare):
     """A spare model process killed right after it started its lanes' worker (an audit that fails on its input, a
     command stopped): the worker, which may not yet have asked for the death signal, ends too instead of waiting forever
     on its queue."""
-    import time
-
     from tasks.adapters import audit_pool
 
     if spare.spare_pool(audit_pool.lane_threads(None, 1000))[0] == 0:
         pytest.skip("one core: a spare starts no worker process")
     spare.prestart(threads=audit_pool.lane_threads(None, 1000), pool=True)
     started = spare._spare["process"].process
-    deadline = time.monotonic() + 60
-    while not (workers := _workers(started.pid)) and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert workers
+    workers = wait_for(lambda: _workers(started.pid), 60, 0.01)
     started.kill()  # as soon as its worker exists: most likely before that worker's initializer ran
     started.wait(10)
-    deadline = time.monotonic() + 60
-    while any(_alive(w) for w in workers) and time.monotonic() < deadline:
-        time.sleep(0.2)
+    wait_for(lambda: not any(_alive(w) for w in workers), 60, 0.2)
     assert not any(_alive(w) for w in workers)
 
 
